@@ -1,0 +1,221 @@
+"""Precompute: run a teacher over frames once and store (frame, latent, decode) triples.
+
+`precompute` takes a teacher object (anything following organic_sd.teachers.base.Teacher),
+so tests pass a fake one and `osd precompute` passes `load_teacher(spec)`. Re-running the
+same call resumes: frames whose key is already in the store are skipped, the rest appended.
+The first Ctrl-C stops after the current batch and commits the partial shard; a second one
+aborts at once, losing only the open shard.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from organic_sd.data.preprocess import FrameTooSmallError, describe_preprocess, preprocess
+from organic_sd.data.sources import iter_frames, open_sources
+from organic_sd.data.store import DiskFullError, StoreWriter
+
+
+@dataclass
+class PrecomputeReport:
+    """What one precompute call did."""
+
+    store: Path
+    written: int = 0  # new samples committed by this call
+    already: int = 0  # frames found in the store already (resume)
+    total: int = 0  # samples in the store afterwards
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (frame key, reason)
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+        rate = self.written / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"{'interrupted: ' if self.interrupted else ''}wrote {self.written} new samples "
+                 f"({rate:.2f} frames/s), {self.already} already stored; {self.store} now holds {self.total}"]
+        if self.skipped:
+            by_reason: dict[str, list[str]] = defaultdict(list)
+            for key, reason in self.skipped:
+                by_reason[reason].append(key)
+            lines.append(f"skipped {len(self.skipped)} frames:")
+            for reason, keys in by_reason.items():
+                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                lines.append(f"  {len(keys)} x {reason}: {', '.join(keys[:3])}{more}")
+        if self.interrupted:
+            lines.append("re-run the same command to resume")
+        return "\n".join(lines)
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto'/None -> 'cuda' if available else 'cpu'; a CUDA device without CUDA is a clear error."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available here "
+                           f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
+    return str(device)
+
+
+def run_teacher(teacher, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, H, W) float32 in [-1, 1] -> latents (B, C, H/f, W/f), decodes (B, 3, H, W), float32."""
+    import torch
+
+    B, _, H, W = images.shape
+    dtype = getattr(teacher, "dtype", None) or torch.float32
+    with torch.inference_mode():
+        x = torch.from_numpy(images).to(teacher.device, dtype=dtype)
+        z = teacher.encode(x)
+        d = teacher.decode(z)
+    f = teacher.downscale
+    if tuple(z.shape) != (B, teacher.latent_channels, H // f, W // f):
+        raise RuntimeError(f"teacher {teacher.id} encoded {(B, 3, H, W)} to {tuple(z.shape)}, "
+                           f"expected {(B, teacher.latent_channels, H // f, W // f)}")
+    if tuple(d.shape) != (B, 3, H, W):
+        raise RuntimeError(f"teacher {teacher.id} decoded to {tuple(d.shape)}, expected {(B, 3, H, W)}")
+    return z.float().cpu().numpy(), d.float().cpu().numpy()
+
+
+def precompute(
+    sources: str | list[str],
+    teacher,
+    out: str | Path,
+    size: int = 256,
+    *,
+    stride: int = 1,
+    start: int = 0,
+    max_frames: int | None = None,
+    batch: int = 16,
+    val_fraction: float = 0.05,
+    shard_size: int = 1024,
+    progress: bool = True,
+) -> PrecomputeReport:
+    """Encode and decode every frame of `sources` with `teacher` into the store at `out` (resumable)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    f = int(teacher.downscale)
+    if size % f:
+        raise ValueError(f"size {size} is not a multiple of teacher {teacher.id}'s downscale {f}")
+    specs = [sources] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
+    srcs = open_sources(specs, stride, start, max_frames)  # every input checked before the store is touched
+    h = size // f
+    header = {
+        "teacher": teacher.id,
+        "size": size,
+        "preprocess": describe_preprocess(size),
+        "shapes": {"images": [3, size, size], "latents": [int(teacher.latent_channels), h, h],
+                   "decodes": [3, size, size]},
+        "val_fraction": val_fraction,
+        "dtype": "float16",
+    }
+    out = Path(out)
+    existed = out.exists()
+    writer = StoreWriter(out, header, shard_size)
+    writer.note_sources(specs)
+    rep = PrecomputeReport(store=out)
+    stop = {"requested": False}
+
+    def on_sigint(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        tqdm.write("stopping after this batch and saving (Ctrl-C again to abort now, losing the open shard)",
+                   file=sys.stderr)
+
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(s.estimate() for s in srcs), unit="frame", disable=not progress, smoothing=0.1,
+               dynamic_ncols=True)
+    keys: list[str] = []
+    groups: list[str] = []
+    pixels: list[np.ndarray] = []
+    seen: set[str] = set()  # keys queued this run: a source listed twice is stored once
+
+    def flush() -> None:
+        if not keys:
+            return
+        x = np.stack(pixels)  # (B, 3, size, size)
+        z, d = run_teacher(teacher, x)
+        if not (np.isfinite(z.astype(np.float16)).all() and np.isfinite(d.astype(np.float16)).all()):
+            raise RuntimeError(f"teacher {teacher.id} produced NaN/inf (or values beyond fp16) for {keys[0]}...")
+        writer.add(keys, groups, x, z, d)
+        rep.written += len(keys)
+        bar.set_postfix(new=rep.written, stored=writer.count, skipped=len(rep.skipped), refresh=False)
+        bar.update(len(keys))
+        keys.clear(), groups.clear(), pixels.clear()
+
+    try:
+        for fr in iter_frames(srcs):
+            if stop["requested"]:
+                rep.interrupted = True
+                break
+            if fr.key in writer.done or fr.key in seen:
+                rep.already += 1
+                bar.update(1)
+                continue
+            if fr.image is None:
+                rep.skipped.append((fr.key, fr.error))
+                tqdm.write(f"skipped {fr.key}: {fr.error}", file=sys.stderr)
+                bar.update(1)
+                continue
+            try:
+                pixels.append(preprocess(fr.image, size))
+            except FrameTooSmallError:
+                W, H = fr.image.size
+                rep.skipped.append((fr.key, f"{W}x{H} is smaller than size {size} (never upscaled)"))
+                bar.update(1)
+                continue
+            seen.add(fr.key)
+            keys.append(fr.key)
+            groups.append(fr.group)
+            if len(keys) == batch:
+                flush()
+        flush()  # the last partial batch, also when interrupted
+        writer.close()  # commits the partial shard
+    except BaseException as e:
+        # keep the batches already written to the open shard unless the write path itself failed
+        if isinstance(e, Exception) and not isinstance(e, (DiskFullError, OSError)):
+            try:
+                writer.commit()
+            except Exception:
+                writer.abort()
+        else:
+            writer.abort()
+        writer.release()
+        raise
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
+    rep.seconds = time.perf_counter() - t0
+    rep.total = writer.meta["count"]
+    if rep.total == 0:
+        if not existed:
+            _remove_empty_store(out)
+        reasons = "; ".join(sorted({r for _, r in rep.skipped})) or "the sources yielded no frames"
+        raise ValueError(f"no usable frames in {', '.join(specs)} at size {size}: {reasons}")
+    return rep
+
+
+def _remove_empty_store(out: Path) -> None:
+    # a failed first run should not leave an empty store behind
+    for name in ("meta.json", ".lock"):
+        (out / name).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,12 @@
+"""OLA: populations of affine+tanh genomes trained by evolution, never by gradients.
+
+    from organic_sd import ola
+    m = ola.fit(x, y, hidden=(), strategy="auto")   # x (N, in), y (N, out)
+    y_hat = m(x); m.save("run/enc"); m2 = ola.load("run/enc")
+"""
+
+from organic_sd.ola.fit import fit
+from organic_sd.ola.module import OLAConfig, OLAModule, load
+from organic_sd.ola.strategies import STRATEGIES
+
+__all__ = ["fit", "load", "OLAModule", "OLAConfig", "STRATEGIES"]

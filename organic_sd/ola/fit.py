@@ -1,0 +1,150 @@
+"""`ola.fit`: clone a mapping x -> y into an OLA module by evolution, without gradients."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import torch
+
+from organic_sd.ola import cascade
+from organic_sd.ola.checks import as_matrix, check_pair, resolve_device
+from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.ola.population import Whitener, mse_loss
+from organic_sd.ola.search import Budget, run_search
+from organic_sd.ola.strategies import AUTO, make_strategy
+
+DEFAULT_GENERATIONS = 2000  # when neither max_seconds nor generations is given
+MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
+
+
+def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
+        max_seconds=None, generations=None, batch_size=None,
+        x_val=None, y_val=None, device="cpu", seed=0, progress=False) -> OLAModule:
+    """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    x, y = as_matrix("x", x, dev), as_matrix("y", y, dev)
+    check_pair(x, y)
+    hidden = tuple(int(h) for h in ((hidden,) if isinstance(hidden, int) else hidden))
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden widths must be positive, got {hidden}")
+    if out_scale <= 0:
+        raise ValueError(f"out_scale must be positive, got {out_scale}")
+    if generations is not None and generations < 1:
+        raise ValueError(f"generations must be at least 1, got {generations}")
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    outside = float((y.abs() >= out_scale).float().mean())
+    if outside > 0.10:
+        warnings.warn(f"{outside:.1%} of y lies outside (-out_scale, out_scale) = (-{out_scale}, {out_scale}); "
+                      "tanh cannot reach it: raise out_scale", stacklevel=2)
+
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    x, y, x_val, y_val = _split(x, y, x_val, y_val, dev, seed)
+    if generations is None and max_seconds is None:
+        generations = DEFAULT_GENERATIONS
+    if batch_size is None:
+        batch_size = 4096 if dev.type == "cuda" else 1024
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    budget = Budget(max_seconds, generations, start=t0)
+    data = Data(x, y, x_val, y_val, min(batch_size, x.shape[0]), gen)
+    name = AUTO if strategy == "auto" else strategy
+    make = lambda: make_strategy(name, population)  # noqa: E731  (fresh strategy per search)
+    make()  # fail fast on a bad name
+
+    with torch.no_grad():
+        if hidden:
+            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress)
+        else:
+            readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress)
+            layers, curve, gens = [], res.curve, res.generations
+        module = OLAModule(OLAConfig(x.shape[1], y.shape[1], hidden, out_scale))
+        module.to(dev)
+        for layer, (w, b) in zip(module.hidden, layers):
+            layer.weight.copy_(w), layer.bias.copy_(b)
+        module.readout.weight.copy_(readout[:, :-1]), module.readout.bias.copy_(readout[:, -1])
+        val_mse = float((module(x_val) - y_val).square().mean())
+    module.training_summary = {
+        "strategy": name, "population": population, "hidden": list(hidden), "generations": gens,
+        "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
+        "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
+        "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
+    }
+    return module
+
+
+class Data:
+    """Training and held-out rows on one device, and the batches drawn from them."""
+
+    def __init__(self, x, y, x_val, y_val, batch_size: int, generator: torch.Generator):
+        self.x, self.y, self.x_val, self.y_val = x, y, x_val, y_val
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def batch_index(self) -> torch.Tensor:
+        """Random training rows for one generation (shared by every candidate: common random numbers)."""
+        n = self.x.shape[0]
+        return torch.randint(n, (self.batch_size,), generator=self.generator, device=self.x.device)
+
+
+def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress):
+    """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result."""
+    u = torch.cat(feats, dim=1)  # (N, F)
+    wh = Whitener.fit(u)
+    z, zv = wh(u), wh(torch.cat(feats_val, dim=1))
+    d = z.shape[1] + 1
+    if init_raw is None:
+        mean0, sigma0 = torch.zeros(data.y.shape[1], d, device=z.device), 1.0 / math.sqrt(d)
+    else:
+        mean0, sigma0 = wh.from_raw(init_raw), 0.2 / math.sqrt(d)
+    y, yv = data.y, data.y_val
+
+    def batch_loss(theta):
+        i = data.batch_index()
+        return mse_loss(theta, z[i], y[i], out_scale)
+
+    def val_loss(theta):
+        return chunked(lambda t: mse_loss(t, zv, yv, out_scale), theta, zv.shape[0])
+
+    res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
+                     progress=progress, desc="readout")
+    return wh.to_raw(res.theta), res
+
+
+def chunked(fn, theta: torch.Tensor, n_rows: int, max_elems: int = 2**26) -> torch.Tensor:
+    """fn over candidates theta (K, R, d) in chunks, so (K, n_rows, R) never exceeds max_elems."""
+    K, R = theta.shape[:2]
+    step = max(1, max_elems // max(1, n_rows * R))
+    return torch.cat([fn(theta[i:i + step]) for i in range(0, K, step)])
+
+
+def _split(x, y, x_val, y_val, dev, seed):
+    """Held-out rows: the given ones, else a seeded random slice of the training rows."""
+    if (x_val is None) != (y_val is None):
+        raise ValueError("give both x_val and y_val, or neither")
+    if x_val is not None:
+        x_val, y_val = as_matrix("x_val", x_val, dev), as_matrix("y_val", y_val, dev)
+        check_pair(x_val, y_val, "x_val", "y_val")
+        if x_val.shape[1] != x.shape[1]:
+            raise ValueError(f"x_val has {x_val.shape[1]} columns but x has {x.shape[1]}")
+        if y_val.shape[1] != y.shape[1]:
+            raise ValueError(f"y_val has {y_val.shape[1]} columns but y has {y.shape[1]}")
+        return x, y, x_val, y_val
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 samples to hold one out, got {n}")
+    n_val = min(MAX_HELDOUT, max(1, n // 10))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(dev)
+    v, t = perm[:n_val], perm[n_val:]
+    return x[t], y[t], x[v], y[v]
+
+
+def _thin(curve, n):
+    """At most n points of a curve, keeping the first and the last."""
+    if len(curve) <= n:
+        return curve
+    idx = sorted({round(i * (len(curve) - 1) / (n - 1)) for i in range(n)})
+    return [curve[i] for i in idx]

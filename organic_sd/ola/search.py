@@ -1,0 +1,97 @@
+"""The search loop shared by every OLA fit: ask, score on a batch, tell, keep the best on held-out data."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Budget:
+    """A wall-clock and/or generation allowance; whichever runs out first ends the search."""
+
+    seconds: float | None = None
+    generations: int | None = None
+    start: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def done(self, generation: int) -> bool:
+        """True once either limit is reached."""
+        if self.generations is not None and generation >= self.generations:
+            return True
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+    def share(self, fraction: float) -> "Budget":
+        """A sub-budget starting now: `fraction` of what is left (at least one generation)."""
+        secs = None if self.seconds is None else max(0.0, self.seconds - self.elapsed()) * fraction
+        gens = None if self.generations is None else max(1, int(self.generations * fraction))
+        return Budget(secs, gens)
+
+
+@dataclass
+class SearchResult:
+    theta: torch.Tensor  # (R, d) best candidate per row (or the best whole genome)
+    val_loss: torch.Tensor  # (R,) its held-out loss per row
+    generations: int
+    seconds: float
+    curve: list[tuple[float, int, float]]  # (seconds, generation, summed held-out loss)
+
+
+def run_search(
+    strategy,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    val_loss: Callable[[torch.Tensor], torch.Tensor],
+    mean0: torch.Tensor,
+    sigma0: float,
+    budget: Budget,
+    generator: torch.Generator,
+    eval_every: int = 25,
+    progress: bool = False,
+    desc: str = "evolve",
+) -> SearchResult:
+    """Evolve rows starting at `mean0 (R, d)` until the budget is spent.
+
+    `batch_loss(theta (P, R, d)) -> (P, R)` scores candidates on a fresh training batch;
+    `val_loss(theta (K, R, d)) -> (K, R)` on held-out data. The result keeps, per row for
+    per-row strategies or per genome otherwise, the candidate with the lowest held-out loss
+    seen at any evaluation: loss, not trust, decides what is exported.
+    """
+    best_theta = mean0.clone()
+    best_val = val_loss(mean0[None])[0]  # (R,)
+    curve = [(budget.elapsed(), 0, float(best_val.sum()))]
+    state = strategy.init(mean0, sigma0, generator)
+    gen = 0
+    bar = tqdm(desc=desc, disable=not progress, unit="gen", leave=False)
+    while not budget.done(gen):
+        state, theta = strategy.ask(state)
+        state, metrics = strategy.tell(state, theta, batch_loss(theta))
+        gen += 1
+        bar.update(1)
+        if gen % eval_every == 0 or budget.done(gen):
+            best_theta, best_val = _keep_best(strategy, state, val_loss, best_theta, best_val)
+            curve.append((budget.elapsed(), gen, float(best_val.sum())))
+            bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
+    bar.close()
+    return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve)
+
+
+def _keep_best(strategy, state, val_loss, best_theta, best_val):
+    """Score the strategy's candidates on held-out data and keep whichever beats the best so far."""
+    cand = strategy.candidates(state)  # (K, R, d)
+    vl = torch.nan_to_num(val_loss(cand), nan=float("inf"))  # (K, R)
+    if strategy.per_row:
+        k = vl.argmin(dim=0)  # (R,)
+        rows = torch.arange(cand.shape[1], device=cand.device)
+        cand_best, cand_val = cand[k, rows], vl[k, rows]
+        better = cand_val < best_val
+        return torch.where(better[:, None], cand_best, best_theta), torch.where(better, cand_val, best_val)
+    k = int(vl.sum(dim=1).argmin())
+    if vl[k].sum() < best_val.sum():
+        return cand[k].clone(), vl[k]
+    return best_theta, best_val

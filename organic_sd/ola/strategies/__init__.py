@@ -1,0 +1,35 @@
+"""Search strategies over a population of rows, in evosax's init/ask/tell style.
+
+A strategy never sees data: `ask(state) -> theta (P, R, d)` proposes candidates,
+the trainer measures their loss `(P, R)`, and `tell(state, theta, loss)` returns the new
+state and a dict of metrics. `candidates(state) -> (K, R, d)` are what the trainer scores
+on held-out data to pick the module it exports. `per_row` says whether selection acts on
+each row (output neuron) on its own, or on whole genomes.
+"""
+
+from __future__ import annotations
+
+from organic_sd.ola.strategies.snes import SNES
+from organic_sd.ola.strategies.trust import Trust
+
+STRATEGIES = {
+    "trust": lambda population: Trust(population, per_row=False),
+    "trust-neuron": lambda population: Trust(population, per_row=True),
+    "snes": lambda population: SNES(population),
+}
+# `auto` is the strategy that won bench/ola_core.py (docs/BENCHMARKS.md).
+AUTO = "snes"
+
+
+def make_strategy(name: str, population: int):
+    """The strategy registered under `name` ('auto' picks the benchmark winner)."""
+    if name == "auto":
+        name = AUTO
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {['auto', *STRATEGIES]}")
+    if population < 2:
+        raise ValueError(f"population must be at least 2, got {population}")
+    return STRATEGIES[name](population)
+
+
+__all__ = ["STRATEGIES", "AUTO", "make_strategy", "SNES", "Trust"]
