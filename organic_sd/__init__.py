@@ -2,5 +2,14 @@
 
 from organic_sd import ola
 
-__all__ = ["ola"]
+__all__ = ["ola", "OVAE"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # OVAE is imported on first use, so `import organic_sd` stays light
+    if name == "OVAE":
+        from organic_sd.ovae.model import OVAE
+
+        return OVAE
+    raise AttributeError(f"module 'organic_sd' has no attribute {name!r}")

@@ -19,9 +19,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_precompute(args: argparse.Namespace) -> int:
+    from organic_sd import dist
     from organic_sd.data.precompute import precompute, resolve_device
 
     device = resolve_device(args.device)  # before loading anything: no CUDA is a clear error
+    dist.init()  # under torchrun: join the group; otherwise nothing changes
+    device = dist.local_device(device)
     from organic_sd.teachers import load_teacher
 
     teacher = load_teacher(args.teacher, device=device)
@@ -35,8 +38,218 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
             raise
         # e.g. a read-only --out: report it like the other errors instead of a traceback
         raise RuntimeError(f"precompute: {e}") from e
+    if dist.is_main():
+        print(rep.summary())
+    dist.destroy()
+    return 130 if rep.interrupted else 0
+
+
+# -- O-VAE: train, eval, reconstruct, demo, export (organic_sd.ovae) ---------------------------
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from organic_sd.ovae.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        kind=args.part, store=args.store, out=args.out, mode=args.mode, window=args.window,
+        hidden=tuple(args.hidden), strategy=args.strategy, population=args.population, max_minutes=args.max_minutes,
+        ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
+        generations=args.generations, save_minutes=args.save_minutes, device=args.device,
+        latents=args.latents, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
+        batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
+        retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
+    )
+    res = train(cfg)
+    return 130 if res["status"] == "interrupted" else 0
+
+
+def _load_ovae(spec: str | None, device: str = "cpu"):
+    from organic_sd.ovae import OVAE
+
+    return OVAE.load(spec, device=device)
+
+
+def _cmd_eval_latents(args: argparse.Namespace) -> int:
+    from organic_sd.ovae.evaluate import latents
+
+    v = _load_ovae(args.ovae, args.device)
+    res = latents(v, args.store, args.out, split=args.split, max_images=args.max_images)
+    print(f"{res['images']} {res['split']} images, {res['positions']:,} latent positions: L2 {res['l2']:.5f}, "
+          f"mean cosine {res['cosine']:.4f} (median {res['cosine_median']:.4f}), mean R² {res['r2_mean']:.4f}")
+    if args.out:
+        print(f"wrote {args.out}/latents.json and latents.png")
+    return 0
+
+
+def _cmd_eval_pipeline(args: argparse.Namespace) -> int:
+    from organic_sd.ovae.evaluate import pipeline, print_report
+
+    v = _load_ovae(args.ovae, args.device)
+    teacher = None
+    if args.teacher:
+        from organic_sd.teachers import load_teacher
+
+        teacher = load_teacher(args.teacher, device=args.device)
+    rep = pipeline(args.images, v, args.out, teacher=teacher, size=args.size, max_images=args.max_images)
+    print_report(rep, args.out)
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from organic_sd.ovae.evaluate import reconstruct
+
+    v = _load_ovae(args.ovae, args.device)
+    path, m = reconstruct(args.image, v, args.out, size=args.size)
+    print(f"wrote {path} (PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} against the preprocessed input)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from organic_sd.ovae.evaluate import demo, print_report
+
+    teacher = args.teacher or os.environ.get("OSD_TEACHER") or None
+    rep = demo(args.out, teacher, seconds=args.seconds, device=args.device, images=args.images)
+    print_report(rep, args.out if teacher is None else f"{args.out}/eval")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from organic_sd.ovae.evaluate import export
+
+    v = export(args.encoder, args.decoder, args.out)
+    print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
+    return 0
+
+
+def _add_ovae_parsers(sub) -> None:
+    """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
+    tr = sub.add_parser("train", help="evolve an O-VAE part from a store (no gradients)")
+    parts = tr.add_subparsers(dest="part", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", required=True, help="store folder written by `osd precompute`")
+    common.add_argument("--out", required=True, help="run folder (created, or resumed if it holds the same run)")
+    common.add_argument("--mode", choices=("patch", "global"), default="patch",
+                        help="patch: per latent position (default); global: whole frame (the research's setup)")
+    common.add_argument("--window", type=int, default=0,
+                        help="decoder: latent window k (odd, default 3); encoder: pixel window (default 2*f = 16)")
+    common.add_argument("--hidden", type=int, nargs="*", default=[], help="hidden tanh layer widths, e.g. --hidden 64")
+    common.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
+    common.add_argument("--population", type=int, default=40, help="candidates per row")
+    common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
+    common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
+    common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")
+    common.add_argument("--first-tick-seconds", type=float, default=None,
+                        help="search time of the first tick, which grows the hidden units (later ticks keep them "
+                             "and refine the readout); default --tick-seconds")
+    common.add_argument("--generations", type=int, default=None,
+                        help="search generations per tick (ends a tick early; reproducible runs)")
+    common.add_argument("--save-minutes", type=float, default=0.0, help="checkpoint interval (0: every tick)")
+    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    common.add_argument("--freeze-loss", type=float, default=None, help="stop once held-out MSE is at or below this")
+    common.add_argument("--max-rows", type=int, default=200_000, help="patch rows drawn per tick")
+    common.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")
+    common.add_argument("--eval-images", type=int, default=32, help="held-out images scored per tick")
+    common.add_argument("--pad", choices=("replicate", "reflect"), default="replicate", help="border padding")
+    common.add_argument("--grid", type=int, default=1, help="global mode: latent pooled to GRID x GRID")
+    common.add_argument("--retina-dim", type=int, default=512, help="global encoder: random projection size (0: none)")
+    common.add_argument("--global-size", type=int, default=64, help="global decoder: output side before upsampling")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--progress", action="store_true", help="show the search's progress bars")
+    dec = parts.add_parser("decoder", parents=[common], help="O-Decoder: latent window -> pixel block")
+    dec.add_argument("--latents", default="teacher", help="'teacher' (stored latents) or 'oenc:RUN' (an O-Encoder's)")
+    dec.add_argument("--target", choices=("decode", "image"), default="",
+                     help="train toward the teacher's decode (default with teacher latents) or the original image "
+                          "(default with oenc latents)")
+    enc = parts.add_parser("encoder", parents=[common], help="O-Encoder: pixel window -> latent vector")
+    enc.set_defaults(latents="teacher", target="")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate an O-VAE")
+    evs = ev.add_subparsers(dest="what", required=True)
+    el = evs.add_parser("latents", help="O-Encoder vs teacher latents on a store's held-out split")
+    el.add_argument("--ovae", required=True, help="O-VAE file, export or encoder run folder")
+    el.add_argument("--store", required=True)
+    el.add_argument("--out", default=None, help="folder for latents.json and latents.png")
+    el.add_argument("--split", choices=("val", "train", "all"), default="val")
+    el.add_argument("--max-images", type=int, default=None)
+    el.add_argument("--device", default="cpu")
+    el.set_defaults(func=_cmd_eval_latents)
+    ep = evs.add_parser("pipeline", help="original / teacher recon / O-VAE recon pictures and metrics")
+    ep.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="images, folders or sample:skimage ...")
+    ep.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")
+    ep.add_argument("--teacher", default=None, help="teacher spec, for teacher recon and O-Decoder-on-teacher metrics")
+    ep.add_argument("--out", required=True, help="output folder")
+    ep.add_argument("--size", type=int, default=None, help="frame side (default: the O-VAE's training size)")
+    ep.add_argument("--max-images", type=int, default=None)
+    ep.add_argument("--device", default="cpu")
+    ep.set_defaults(func=_cmd_eval_pipeline)
+
+    rc = sub.add_parser("reconstruct", help="O-VAE round trip of one image (no teacher needed)")
+    rc.add_argument("image")
+    rc.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")
+    rc.add_argument("--out", default=None, help="output PNG (default: IMAGE_ovae.png beside the image)")
+    rc.add_argument("--size", type=int, default=None, help="frame side (default: the O-VAE's training size)")
+    rc.add_argument("--device", default="cpu")
+    rc.set_defaults(func=_cmd_reconstruct)
+
+    dm = sub.add_parser("demo", help="the whole loop on built-in samples; prints where the pictures are")
+    dm.add_argument("--teacher", default=None, help="teacher spec (or OSD_TEACHER): precompute + train + eval")
+    dm.add_argument("--out", default="osd-demo", help="output folder")
+    dm.add_argument("--seconds", type=float, default=20.0, help="training time per part (with a teacher)")
+    dm.add_argument("--images", type=int, default=6, help="sample photos to evaluate on")
+    dm.add_argument("--device", default="cpu")
+    dm.set_defaults(func=_cmd_demo)
+
+    ex = sub.add_parser("export", help="bundle an encoder run and a decoder run into one O-VAE file")
+    ex.add_argument("--encoder", required=True, help="encoder run folder or file")
+    ex.add_argument("--decoder", required=True, help="decoder run folder or file")
+    ex.add_argument("--out", required=True, help="output .safetensors file")
+    ex.set_defaults(func=_cmd_export)
+
+
+def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
+    from organic_sd.data.denoiser_precompute import precompute_denoiser, read_prompts
+    from organic_sd.data.precompute import resolve_device
+
+    device = resolve_device(args.device)  # before loading anything: no CUDA is a clear error
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    from organic_sd.teachers import load_denoiser
+
+    teacher = load_denoiser(args.teacher, device=device)
+    try:
+        rep = precompute_denoiser(
+            teacher, args.out, args.samples, steps=args.steps, renoise=args.renoise, prompts=prompts,
+            batch=args.batch, seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
+        )
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise RuntimeError(f"precompute denoiser: {e}") from e
     print(rep.summary())
     return 130 if rep.interrupted else 0
+
+
+def build_precompute_denoiser_parser() -> argparse.ArgumentParser:
+    """The parser of `osd precompute denoiser` (dispatched by main before the frame precompute's parser)."""
+    p = argparse.ArgumentParser(
+        prog="osd precompute denoiser",
+        description="run a denoiser teacher's DDIM sampler from seeded noise into a store of (x_t, t, cond, eps): "
+                    "every step of its trajectories plus re-noised copies of its final samples (resumable)")
+    p.add_argument("--teacher", required=True,
+                   help="ddpm-mnist, ddpm-mnist:PATH, or a Stable Diffusion pipeline folder / hub id")
+    p.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line (sample i uses prompt i mod P)")
+    p.add_argument("--samples", type=int, default=256, help="trajectories in the store (raise it to add more)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps per trajectory (one record each)")
+    p.add_argument("--renoise", type=int, default=4, help="re-noised copies of each final sample at random t")
+    p.add_argument("--batch", type=int, default=16, help="samples per teacher call")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (with the sample number)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="held-out share of samples, fixed at write time")
+    p.add_argument("--shard-size", type=int, default=4096, help="records per shard file")
+    p.set_defaults(func=_cmd_precompute_denoiser)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="folder or .safetensors file saved by organic_sd")
     info.set_defaults(func=_cmd_info)
 
-    pre = sub.add_parser("precompute", help="run a teacher over frames into a store of (frame, latent, decode)")
+    pre = sub.add_parser("precompute", help="run a teacher over frames into a store of (frame, latent, decode)",
+                         epilog="denoiser teachers: osd precompute denoiser --help")
     pre.add_argument("sources", nargs="+", metavar="SOURCE",
                      help="video file, image file, image folder (recursive), or sample:videos / sample:skimage / "
                           "sample:bigbuckbunny ...")
@@ -63,12 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--val-fraction", type=float, default=0.05, help="held-out share, fixed at write time")
     pre.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
     pre.set_defaults(func=_cmd_precompute)
+    _add_ovae_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `osd` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["precompute", "denoiser"]:  # its own flags; `osd precompute SOURCE...` is unchanged
+        args = build_precompute_denoiser_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -5,6 +5,12 @@ so tests pass a fake one and `osd precompute` passes `load_teacher(spec)`. Re-ru
 same call resumes: frames whose key is already in the store are skipped, the rest appended.
 The first Ctrl-C stops after the current batch and commits the partial shard; a second one
 aborts at once, losing only the open shard.
+
+Under torchrun (`organic_sd.dist.init()` called first) every rank runs the same call: frame
+i goes to rank i % N, each rank writes its own shards, and rank 0 lists all of them in the
+store's meta.json at once when every rank is done. Ctrl-C reaches every rank through
+torchrun and stops them all as above; shards that a killed run committed are listed by the
+next one, so a resume with any N still stores every frame exactly once.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from organic_sd import dist
 from organic_sd.data.preprocess import FrameTooSmallError, describe_preprocess, preprocess
-from organic_sd.data.sources import iter_frames, open_sources
+from organic_sd.data.sources import Frame, ImageFiles, VideoFile, iter_frames, open_sources
 from organic_sd.data.store import DiskFullError, StoreWriter
 
 
@@ -86,6 +93,59 @@ def run_teacher(teacher, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z.float().cpu().numpy(), d.float().cpu().numpy()
 
 
+def _rank_frames(srcs: list, rank: int, world: int):
+    """iter_frames, except that a still image owned by another rank (index % world != rank) is not decoded."""
+    if world == 1:
+        yield from iter_frames(srcs)
+        return
+    index = 0
+    for src in srcs:
+        if isinstance(src, ImageFiles):
+            for path, tag in src.files:
+                if index % world == rank:
+                    for t, pos, image, error in ImageFiles([(path, tag)], src.name):
+                        yield Frame(index, t, pos, image, error)
+                else:
+                    yield Frame(index, tag, 0, None)  # another rank's: only its key is needed here
+                index += 1
+        else:
+            # a video decodes sequentially: every rank reads every frame and keeps its own
+            for tag, pos, image, error in src:
+                yield Frame(index, tag, pos, image, error, isinstance(src, VideoFile))
+                index += 1
+
+
+def _agree(fn):
+    """Run fn on every rank; if it raised on any rank, raise on all (so that none waits for the others)."""
+    result, err = None, None
+    try:
+        result = fn()
+    except Exception as e:
+        err = e
+    errs = dist.all_gather_object(None if err is None else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    failed = [(r, m) for r, m in enumerate(errs) if m is not None]
+    if failed:
+        r, m = failed[0]
+        raise RuntimeError(f"precompute failed on rank {r}: {m}")
+    return result
+
+
+def _open_writer(out: Path, header: dict, shard_size: int, rank: int, world: int) -> StoreWriter:
+    # rank 0 locks, creates or cleans the store and lists a killed run's shards before the others read it
+    if world == 1:
+        return StoreWriter(out, header, shard_size)
+    writer = _agree(lambda: StoreWriter(out, header, shard_size, rank=0) if rank == 0 else None)
+    try:
+        mine = _agree(lambda: StoreWriter(out, header, shard_size, rank=rank) if rank else None)
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        raise
+    return writer or mine
+
+
 def precompute(
     sources: str | list[str],
     teacher,
@@ -100,7 +160,7 @@ def precompute(
     shard_size: int = 1024,
     progress: bool = True,
 ) -> PrecomputeReport:
-    """Encode and decode every frame of `sources` with `teacher` into the store at `out` (resumable)."""
+    """Encode and decode every frame of `sources` with `teacher` into the store at `out` (resumable, torchrun-aware)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     if not 0.0 <= val_fraction < 1.0:
@@ -109,7 +169,9 @@ def precompute(
     if size % f:
         raise ValueError(f"size {size} is not a multiple of teacher {teacher.id}'s downscale {f}")
     specs = [sources] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
-    srcs = open_sources(specs, stride, start, max_frames)  # every input checked before the store is touched
+    rank, world = dist.rank(), dist.world_size()
+    # every input checked before the store is touched
+    srcs = _agree(lambda: open_sources(specs, stride, start, max_frames))
     h = size // f
     header = {
         "teacher": teacher.id,
@@ -122,7 +184,7 @@ def precompute(
     }
     out = Path(out)
     existed = out.exists()
-    writer = StoreWriter(out, header, shard_size)
+    writer = _open_writer(out, header, shard_size, rank, world)
     writer.note_sources(specs)
     rep = PrecomputeReport(store=out)
     stop = {"requested": False}
@@ -138,12 +200,13 @@ def precompute(
     if threading.current_thread() is threading.main_thread():
         old_handler = signal.signal(signal.SIGINT, on_sigint)
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(s.estimate() for s in srcs), unit="frame", disable=not progress, smoothing=0.1,
-               dynamic_ncols=True)
+    est = sum(s.estimate() for s in srcs)
+    bar = tqdm(total=(est - rank + world - 1) // world, unit="frame", disable=not progress or rank != 0,
+               smoothing=0.1, dynamic_ncols=True)
     keys: list[str] = []
     groups: list[str] = []
     pixels: list[np.ndarray] = []
-    seen: set[str] = set()  # keys queued this run: a source listed twice is stored once
+    seen: set[str] = set()  # keys met this run, on any rank: a source listed twice is stored once
 
     def flush() -> None:
         if not keys:
@@ -159,13 +222,18 @@ def precompute(
         keys.clear(), groups.clear(), pixels.clear()
 
     try:
-        for fr in iter_frames(srcs):
+        for fr in _rank_frames(srcs, rank, world):
             if stop["requested"]:
                 rep.interrupted = True
                 break
+            mine = fr.index % world == rank
             if fr.key in writer.done or fr.key in seen:
-                rep.already += 1
-                bar.update(1)
+                if mine:
+                    rep.already += 1
+                    bar.update(1)
+                continue
+            seen.add(fr.key)
+            if not mine:
                 continue
             if fr.image is None:
                 rep.skipped.append((fr.key, fr.error))
@@ -179,13 +247,17 @@ def precompute(
                 rep.skipped.append((fr.key, f"{W}x{H} is smaller than size {size} (never upscaled)"))
                 bar.update(1)
                 continue
-            seen.add(fr.key)
             keys.append(fr.key)
             groups.append(fr.group)
             if len(keys) == batch:
                 flush()
         flush()  # the last partial batch, also when interrupted
-        writer.close()  # commits the partial shard
+        if world == 1:
+            writer.close()  # commits the partial shard
+            rep.total = writer.meta["count"]
+        else:
+            writer.commit()  # into this rank's part file
+            _merge_ranks(writer, rep)
     except BaseException as e:
         # keep the batches already written to the open shard unless the write path itself failed
         if isinstance(e, Exception) and not isinstance(e, (DiskFullError, OSError)):
@@ -202,13 +274,27 @@ def precompute(
         if old_handler is not None:
             signal.signal(signal.SIGINT, old_handler)
     rep.seconds = time.perf_counter() - t0
-    rep.total = writer.meta["count"]
     if rep.total == 0:
-        if not existed:
+        if not existed and rank == 0:
             _remove_empty_store(out)
         reasons = "; ".join(sorted({r for _, r in rep.skipped})) or "the sources yielded no frames"
         raise ValueError(f"no usable frames in {', '.join(specs)} at size {size}: {reasons}")
     return rep
+
+
+def _merge_ranks(writer: StoreWriter, rep: PrecomputeReport) -> None:
+    # one gather carries every rank's shards and counts; rank 0 lists the shards, a second tells the total
+    got = dist.all_gather_object((writer.parts, rep.written, rep.already, rep.skipped, rep.interrupted))
+    total = None
+    if writer.rank == 0:
+        writer.merge([sh for parts, *_ in got for sh in parts])
+        total = writer.meta["count"]
+        writer.release()
+    rep.total = dist.all_gather_object(total)[0]  # also keeps the other ranks until meta.json is committed
+    rep.written = sum(g[1] for g in got)
+    rep.already = sum(g[2] for g in got)
+    rep.skipped = [s for g in got for s in g[3]]
+    rep.interrupted = any(g[4] for g in got)
 
 
 def _remove_empty_store(out: Path) -> None:

@@ -36,6 +36,9 @@ VERSION = 1
 ARRAYS = ("images", "latents", "decodes")
 DTYPE = np.dtype("<f2")
 META = "meta.json"
+# a rank of a multi-process precompute lists its committed shards in its own part file, so
+# that ranks never write the same file; rank 0 merges the parts into META (also on resume)
+PARTS = "meta.r*.json"
 # fields that must match to append to an existing store (the rest is bookkeeping)
 HEADER_FIELDS = ("teacher", "size", "preprocess", "shapes", "val_fraction", "dtype")
 
@@ -147,11 +150,18 @@ class _Array:
 class Store:
     """Read access to a store folder; see the module docstring for the layout."""
 
+    ARRAYS = ARRAYS
+
     def __init__(self, path: str | Path, meta: dict):
         self.path, self.meta = Path(path), meta
         self._counts = np.array([sh["count"] for sh in meta["shards"]], np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self._counts)]).astype(np.int64)  # (S+1,)
-        self.images, self.latents, self.decodes = (_Array(self, a) for a in ARRAYS)
+        missing = [a for a in self.ARRAYS if a not in meta["shapes"]]
+        if missing:
+            raise StoreError(f"{self.path} is a {meta.get('kind') or 'frame'} store without arrays {missing}; "
+                             f"open it with its own reader (e.g. DenoiserStore)")
+        for a in self.ARRAYS:  # images, latents, decodes (a subclass may store other arrays)
+            setattr(self, a, _Array(self, a))
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -190,7 +200,7 @@ class Store:
         """Check every shard file's size and sha256 against meta; raise StoreError listing all bad files."""
         bad = []
         for k, sh in enumerate(self.meta["shards"]):
-            for name in ARRAYS:
+            for name in self.ARRAYS:
                 f = self._file(k, name)
                 want = sh["count"] * int(np.prod(self.meta["shapes"][name])) * DTYPE.itemsize
                 if not f.is_file():
@@ -211,14 +221,26 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _part_file(rank: int) -> str:
+    return f"meta.r{rank:03d}.json"
+
+
 class StoreWriter:
     """Appends samples to a store (created if absent), committing one shard at a time."""
 
-    def __init__(self, path: str | Path, header: dict, shard_size: int = 1024):
+    ARRAYS = ARRAYS  # a subclass may store other arrays under other header fields
+    HEADER_FIELDS = HEADER_FIELDS
+
+    def __init__(self, path: str | Path, header: dict, shard_size: int = 1024, rank: int | None = None):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.path, self.shard_size = Path(path), shard_size
-        header = {k: header[k] for k in HEADER_FIELDS}
+        # with `rank` set this is one of several processes: its shards are named after the rank and
+        # listed in the rank's part file; rank 0 opens first (lock, create, clean up), later `merge`s
+        self.path, self.shard_size, self.rank = Path(path), shard_size, rank
+        header = {k: header[k] for k in self.HEADER_FIELDS}
+        if rank not in (None, 0):
+            self._open_as_rank(header)
+            return
         self._lock()
         if (self.path / META).exists():
             try:
@@ -227,7 +249,7 @@ class StoreWriter:
                 self.release()
                 raise
             diff = [f"{k}: store has {self.meta.get(k)!r}, asked {header[k]!r}"
-                    for k in HEADER_FIELDS if _norm(self.meta.get(k)) != _norm(header[k])]
+                    for k in self.HEADER_FIELDS if _norm(self.meta.get(k)) != _norm(header[k])]
             if diff:
                 self.release()
                 raise StoreError(f"cannot append to store {self.path}, it was written with other settings: "
@@ -244,11 +266,60 @@ class StoreWriter:
             _atomic_write_json(self.path / META, self.meta)
         for stray in self.path.glob("*.tmp"):  # left by a crash mid-shard; never listed in meta
             stray.unlink()
+        try:
+            self._merge_leftover_parts()
+        except Exception:
+            self.release()
+            raise
+        self._start()
+
+    def _start(self) -> None:
         self.done = {key for sh in self.meta["shards"] for key in sh["keys"]}
         self._files = None  # name -> open tmp file of the shard being written
         self._hash: dict = {}
         self._keys: list[str] = []
         self._val: list[int] = []
+        self.parts: list[dict] = []  # shards a rank committed to its part file (meta.json not yet listing them)
+
+    def _open_as_rank(self, header: dict) -> None:
+        # rank 0 holds the lock and has created or cleaned the store already
+        self._lockf = None
+        self.meta = _read_meta(self.path)
+        diff = [k for k in self.HEADER_FIELDS if _norm(self.meta.get(k)) != _norm(header[k])]
+        if diff:
+            raise StoreError(f"rank {self.rank}: store {self.path} differs from rank 0's settings in {diff}")
+        self._start()
+
+    def _merge_leftover_parts(self) -> None:
+        # part files outlive meta.json only when a multi-process run was killed before rank 0 merged them
+        parts = sorted(self.path.glob(PARTS))
+        shards = []
+        for f in parts:
+            try:
+                shards += json.loads(f.read_text())["shards"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as e:
+                raise StoreError(f"{f} is not a valid part file ({e}); its shards cannot be listed") from None
+        self._list(shards)
+        for f in parts:
+            f.unlink()
+
+    def _list(self, shards: list[dict]) -> list[dict]:
+        # idempotent: a crash between writing meta.json and deleting the part files lists nothing twice
+        listed = {sh["name"] for sh in self.meta["shards"]}
+        new = [sh for sh in shards if sh["name"] not in listed]
+        if new:
+            meta = _with_shards(self.meta, new)
+            _atomic_write_json(self.path / META, meta)
+            self.meta = meta
+        return new
+
+    def merge(self, shards: list[dict]) -> None:
+        """Rank 0: list every rank's committed shards (their `parts`) in meta.json at once, then drop the part files."""
+        for sh in self._list(shards):
+            self.done.update(sh["keys"])
+        self.parts = []
+        for f in self.path.glob(PARTS):
+            f.unlink()
 
     def _lock(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -262,7 +333,8 @@ class StoreWriter:
 
     def release(self) -> None:
         """Release the store's write lock without committing (close() commits, then releases)."""
-        self._lockf.close()  # closing releases the flock
+        if self._lockf is not None:
+            self._lockf.close()  # closing releases the flock
 
     def _only_lock(self) -> bool:
         return [p.name for p in self.path.iterdir()] == [".lock"]
@@ -270,7 +342,7 @@ class StoreWriter:
     @property
     def count(self) -> int:
         """Committed samples plus those in the open shard."""
-        return self.meta["count"] + len(self._keys)
+        return self.meta["count"] + sum(sh["count"] for sh in self.parts) + len(self._keys)
 
     def note_sources(self, specs: list[str]) -> None:
         """Record source specs in meta (written with the next shard)."""
@@ -278,13 +350,25 @@ class StoreWriter:
             if s not in self.meta["sources"]:
                 self.meta["sources"].append(s)
 
+    def _name(self) -> str:
+        k = len(self.meta["shards"])
+        if self.rank is None:
+            return f"shard-{k:05d}"
+        # every rank read the same meta.json: names differ by rank, and from earlier runs' by k
+        return f"shard-{k:05d}-r{self.rank:03d}-{len(self.parts):05d}"
+
     def _tmp(self, name: str) -> Path:
-        return self.path / f"shard-{len(self.meta['shards']):05d}.{name}.f16.tmp"
+        return self.path / f"{self._name()}.{name}.f16.tmp"
 
     def add(self, keys: list[str], groups: list[str], images: np.ndarray, latents: np.ndarray,
             decodes: np.ndarray) -> None:
         """Append B samples: images/decodes (B, 3, H, W), latents (B, C, h, w); commits full shards."""
-        arrays = {"images": images, "latents": latents, "decodes": decodes}
+        self.add_arrays(keys, groups, {"images": images, "latents": latents, "decodes": decodes})
+
+    def add_arrays(self, keys: list[str], groups: list[str], arrays: dict[str, np.ndarray]) -> None:
+        """Append B samples given as {name: (B, *shape)} for every name in ARRAYS; commits full shards."""
+        if sorted(arrays) != sorted(self.ARRAYS):
+            raise ValueError(f"arrays must be exactly {list(self.ARRAYS)}, got {sorted(arrays)}")
         B = len(keys)
         for name, a in arrays.items():
             want = (B, *self.meta["shapes"][name])
@@ -293,8 +377,8 @@ class StoreWriter:
         i = 0
         while i < B:
             if self._files is None:
-                self._files = {n: open(self._tmp(n), "wb") for n in ARRAYS}
-                self._hash = {n: hashlib.sha256() for n in ARRAYS}
+                self._files = {n: open(self._tmp(n), "wb") for n in self.ARRAYS}
+                self._hash = {n: hashlib.sha256() for n in self.ARRAYS}
             j = min(B, i + self.shard_size - len(self._keys))
             for name, a in arrays.items():
                 data = np.ascontiguousarray(a[i:j], DTYPE).tobytes()
@@ -326,23 +410,24 @@ class StoreWriter:
         if not self._keys:
             self.abort()
             return
-        k = len(self.meta["shards"])
-        name = f"shard-{k:05d}"
+        name = self._name()
         try:
             for f in self._files.values():
                 f.flush()
                 os.fsync(f.fileno())
                 f.close()
-            for n in ARRAYS:
+            for n in self.ARRAYS:
                 os.replace(self._tmp(n), self.path / f"{name}.{n}.f16")
             _fsync_dir(self.path)
             shard = {"name": name, "count": len(self._keys),
                      "sha256": {n: h.hexdigest() for n, h in self._hash.items()}, "keys": self._keys, "val": self._val}
-            meta = dict(self.meta, shards=[*self.meta["shards"], shard], count=self.meta["count"] + len(self._keys),
-                        updated=_now())
-            nval = meta["counts"]["val"] + len(self._val)
-            meta["counts"] = {"train": meta["count"] - nval, "val": nval}
-            _atomic_write_json(self.path / META, meta)  # the commit point
+            if self.rank is None:
+                meta = _with_shards(self.meta, [shard])
+                _atomic_write_json(self.path / META, meta)  # the commit point
+            else:
+                meta = self.meta
+                _atomic_write_json(self.path / _part_file(self.rank), {"shards": [*self.parts, shard]})
+                self.parts.append(shard)
         except OSError as e:
             # meta.json still lists the previous shards; renamed files of this one are unlisted orphans
             self.abort()
@@ -365,6 +450,15 @@ class StoreWriter:
             self.commit()
         finally:
             self.release()
+
+
+def _with_shards(meta: dict, shards: list[dict]) -> dict:
+    # a new meta dict listing `shards` after the existing ones, with the counts updated
+    n = sum(sh["count"] for sh in shards)
+    nval = meta["counts"]["val"] + sum(len(sh["val"]) for sh in shards)
+    count = meta["count"] + n
+    return dict(meta, shards=[*meta["shards"], *shards], count=count, counts={"train": count - nval, "val": nval},
+                updated=_now())
 
 
 def _norm(v):

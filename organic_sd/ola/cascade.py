@@ -1,11 +1,11 @@
 """Hidden layers without gradients: grow tanh units in rounds (a cascade).
 
 Evolving a whole network at once is slow (notes/calibration.md). Instead, each round:
-  1. take the residual of the current model on the training rows, and its top principal
-     directions in output space (data statistics, no gradient);
-  2. evolve U new tanh units side by side, unit k maximising the squared correlation of its
-     output with the residual projected on direction k: U independent searches in one tensor;
-  3. re-evolve the readout per output neuron on [inputs, all units so far].
+  1. take the residual of the current model on the training rows (data statistics);
+  2. evolve U new tanh units side by side, each maximising the residual energy it explains
+     beyond a linear readout of its inputs (cascade-correlation); the units start from
+     different random points, so they settle on different features: U searches, one tensor;
+  3. re-evolve the readout per output neuron on [inputs, all units so far], warm-started.
 Layer l+1 grows on the outputs of layer l once layer l is complete.
 """
 
@@ -15,122 +15,103 @@ import math
 
 import torch
 
-from organic_sd.ola.population import Whitener, corr_loss
+from organic_sd.ola.population import Whitener, explained_loss
+from organic_sd.ola.search import run_search
 
 UNITS_PER_ROUND = 16
-READOUT_SHARE = 0.5  # of each round's time, the rest goes to the unit search
+FIRST_READOUT_SHARE = 0.2  # of the whole budget, for the linear readout before any unit
+UNIT_SHARE = 0.5  # of each round, the rest re-fits the readout
 
 
 def grow(data, hidden, out_scale, make_strategy, budget, progress):
     """Grow `hidden` layers and fit the readout; returns ([(W, b)], readout (out, F+1), curve, generations)."""
-    from organic_sd.ola.fit import chunked, fit_readout
+    from organic_sd.ola.fit import fit_readout
 
     rounds = [(l, min(UNITS_PER_ROUND, w - s)) for l, w in enumerate(hidden) for s in range(0, w, UNITS_PER_ROUND)]
-    first = budget.share(1.0 / (2 * len(rounds) + 1))
-    readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(), first, None, progress)
+    readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
+                               budget.share(FIRST_READOUT_SHARE), None, progress)
     curve, gens = list(res.curve), res.generations
-    units = [[] for _ in hidden]  # per layer: list of (U, in_l + 1) raw rows
+    units = [[] for _ in hidden]  # per layer: rounds of raw rows (U, in_l + 1)
 
     for r, (layer, n_units) in enumerate(rounds):
-        feats, feats_val = _features(data.x, units), _features(data.x_val, units)
-        inp, inp_val = (feats[layer], feats_val[layer])  # this layer's input: x, or the previous layer
-        resid = data.y - _predict(feats, readout, out_scale)
-        resid_val = data.y_val - _predict(feats_val, readout, out_scale)
-        dirs = _residual_directions(resid, n_units)  # (out, U)
-        t, t_val = resid @ dirs, resid_val @ dirs  # (N, U), (N_val, U)
+        round_budget = budget.share(1.0 / (len(rounds) - r))
+        feats, feats_val = features(data.x, units), features(data.x_val, units)
+        new = _evolve_units(data, feats[layer], feats_val[layer], data.y - predict(feats, readout, out_scale),
+                            data.y_val - predict(feats_val, readout, out_scale), n_units, make_strategy,
+                            round_budget.share(UNIT_SHARE), progress, f"units L{layer + 1} r{r + 1}")
+        units[layer].append(new.theta_raw)
+        gens += new.generations
 
-        wh = Whitener.fit(inp)
-        z, zv = wh(inp), wh(inp_val)
-        d = z.shape[1] + 1
-
-        def batch_loss(theta, z=z, t=t):
-            i = data.batch_index()
-            return corr_loss(theta, z[i], t[i], _basis(z[i]))
-
-        basis_val = _basis(zv)
-
-        def val_loss(theta, zv=zv, t_val=t_val):
-            return chunked(lambda th: corr_loss(th, zv, t_val, basis_val), theta, zv.shape[0])
-
-        from organic_sd.ola.search import run_search
-
-        left = len(rounds) - r
-        share = budget.share(1.0 / left)
-        unit_budget = share.share(1.0 - READOUT_SHARE)
-        mean0 = torch.zeros(n_units, d, device=z.device)
-        found = run_search(make_strategy(), batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), unit_budget,
-                           data.generator, progress=progress, desc=f"units L{layer + 1} r{r + 1}")
-        units[layer].append(wh.to_raw(found.theta))
-        gens += found.generations
-
-        # Readout over [x, every unit]; the old readout is the warm start, new units begin at 0.
-        feats, feats_val = _features(data.x, units), _features(data.x_val, units)
-        n_old = readout.shape[1] - 1
-        init = torch.zeros(readout.shape[0], sum(f.shape[1] for f in _readout_inputs(feats)) + 1, device=readout.device)
-        init[:, :n_old], init[:, -1] = readout[:, :-1], readout[:, -1]
-        init = _reorder_for_readout(init, units, layer, n_units)
-        rb = budget.share(1.0 / left) if r < len(rounds) - 1 else budget.share(1.0)
-        readout, res = fit_readout(data, _readout_inputs(feats), _readout_inputs(feats_val), out_scale,
-                                   make_strategy(), rb, init, progress)
+        # The old readout is the warm start; the new units' columns begin at zero.
+        init = _insert_zero_columns(readout, data.x.shape[1], units, layer, n_units)
+        feats, feats_val = features(data.x, units), features(data.x_val, units)
+        readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
+                                   round_budget.share(1.0), init, progress)
         gens += res.generations
         curve.append((budget.elapsed(), gens, res.curve[-1][2]))
 
-    layers = [_stack(u) for u in units]
-    return layers, readout, curve, gens
+    return [stack(u) for u in units], readout, curve, gens
 
 
-def _stack(rows):
+class _Units:
+    def __init__(self, theta_raw, generations):
+        self.theta_raw, self.generations = theta_raw, generations
+
+
+def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc):
+    """Evolve n_units tanh units on inputs (N, in) against the residual (N, out); raw rows (U, in+1)."""
+    wh = Whitener.fit(inp)
+    z, zv = wh(inp), wh(inp_val)
+    basis_val = _basis(zv)
+    d = z.shape[1] + 1
+
+    def batch_loss(theta):
+        i = data.batch_index()
+        return explained_loss(theta, z[i], resid[i], _basis(z[i]))
+
+    def val_loss(theta):
+        return explained_loss(theta, zv, resid_val, basis_val)
+
+    # Random starts with pre-activations of std ~2 reach the saturated, most nonlinear
+    # part of tanh; all-zero starts would make every unit chase the same feature.
+    mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
+    found = run_search(make_strategy(), batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
+                       data.generator, progress=progress, desc=desc)
+    return _Units(wh.to_raw(found.theta), found.generations)
+
+
+def stack(rounds):
     """Rounds of raw unit rows -> one layer's (W (H, in), b (H,))."""
-    allr = torch.cat(rows)
-    return allr[:, :-1], allr[:, -1]
+    rows = torch.cat(rounds)
+    return rows[:, :-1], rows[:, -1]
 
 
-def _features(x, units):
+def features(x, units):
     """[x, h_1, ..., h_L] for the layers grown so far (a layer with no units yet ends the list)."""
     feats = [x]
-    for rows in units:
-        if not rows:
+    for rounds in units:
+        if not rounds:
             break
-        w, b = _stack(rows)
+        w, b = stack(rounds)
         feats.append(torch.tanh(feats[-1] @ w.T + b))
     return feats
 
 
-def _readout_inputs(feats):
-    return feats
-
-
-def _reorder_for_readout(init, units, layer, n_units):
-    """Move the zero columns of the new units to where that layer's units sit in [x, h_1, ..., h_L]."""
-    widths = [units_w for units_w in (sum(r.shape[0] for r in rows) for rows in units)]
-    in_dim = init.shape[1] - 1 - sum(widths)
-    # the old readout covered x and every unit except the n_units just added to `layer`
-    old_cols = list(range(in_dim))
-    pos = in_dim
-    for l, w in enumerate(widths):
-        keep = w - n_units if l == layer else w
-        old_cols += list(range(pos, pos + keep))
-        pos += w
-    out = torch.zeros_like(init)
-    out[:, old_cols] = init[:, :len(old_cols)]
-    out[:, -1] = init[:, -1]
-    return out
-
-
-def _basis(z):
-    """Orthonormal columns (B, k) spanning the centred inputs of a batch."""
-    q, _ = torch.linalg.qr(z - z.mean(0))
-    return q
-
-
-def _predict(feats, readout, out_scale):
+def predict(feats, readout, out_scale):
+    """The readout s * tanh(W [feats] + b) on (N, F) features."""
     u = torch.cat(feats, dim=1)
     return out_scale * torch.tanh(u @ readout[:, :-1].T + readout[:, -1])
 
 
-def _residual_directions(resid, k):
-    """Top principal directions of the residual in output space (out, k), cycled if k > out."""
-    rc = resid[:65536] - resid[:65536].mean(0)
-    _, _, vh = torch.linalg.svd(rc, full_matrices=False)  # vh (min(N, out), out)
-    idx = torch.arange(k, device=resid.device) % vh.shape[0]
-    return vh[idx].T
+def _insert_zero_columns(readout, in_dim, units, layer, n_units):
+    """The readout (out, F_old+1) widened with zero columns where `layer`'s n_units new units sit."""
+    widths = [sum(r.shape[0] for r in rounds) for rounds in units]
+    pos = in_dim + sum(widths[: layer + 1]) - n_units  # first column of the new units
+    return torch.cat([readout[:, :pos], readout.new_zeros(readout.shape[0], n_units), readout[:, pos:]], dim=1)
+
+
+def _basis(z):
+    """Orthonormal columns (B, in+1) spanning a batch's inputs and the constant."""
+    ones = torch.ones(z.shape[0], 1, device=z.device, dtype=z.dtype)
+    q, _ = torch.linalg.qr(torch.cat([z, ones], dim=1))
+    return q

@@ -21,8 +21,12 @@ MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
 
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
-        x_val=None, y_val=None, device="cpu", seed=0, progress=False) -> OLAModule:
-    """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss."""
+        x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None) -> OLAModule:
+    """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
+
+    `init`, a module from an earlier fit of the same shape, continues that search: its
+    hidden units are kept and its readout is the starting point (resumable training).
+    """
     t0 = time.perf_counter()
     dev = resolve_device(device)
     x, y = as_matrix("x", x, dev), as_matrix("y", y, dev)
@@ -41,6 +45,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         warnings.warn(f"{outside:.1%} of y lies outside (-out_scale, out_scale) = (-{out_scale}, {out_scale}); "
                       "tanh cannot reach it: raise out_scale", stacklevel=2)
 
+    if init is not None:
+        _check_init(init, x.shape[1], y.shape[1], hidden, out_scale)
     gen = torch.Generator(device=dev).manual_seed(seed)
     x, y, x_val, y_val = _split(x, y, x_val, y_val, dev, seed)
     if generations is None and max_seconds is None:
@@ -56,7 +62,13 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     make()  # fail fast on a bad name
 
     with torch.no_grad():
-        if hidden:
+        if init is not None:
+            layers = [(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden]
+            feats, feats_val = _layer_features(x, layers), _layer_features(x_val, layers)
+            start = torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev)
+            readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start, progress)
+            curve, gens = res.curve, res.generations
+        elif hidden:
             layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress)
         else:
             readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress)
@@ -119,6 +131,27 @@ def chunked(fn, theta: torch.Tensor, n_rows: int, max_elems: int = 2**26) -> tor
     K, R = theta.shape[:2]
     step = max(1, max_elems // max(1, n_rows * R))
     return torch.cat([fn(theta[i:i + step]) for i in range(0, K, step)])
+
+
+def _check_init(init, in_dim, out_dim, hidden, out_scale):
+    """Raise a ValueError unless `init` is a module this fit can continue."""
+    if not isinstance(init, OLAModule):
+        raise ValueError(f"init must be an OLAModule (from ola.fit or ola.load), got {type(init).__name__}")
+    c = init.config
+    if (c.in_dim, c.out_dim) != (in_dim, out_dim):
+        raise ValueError(f"init maps {c.in_dim} -> {c.out_dim} but the data is {in_dim} -> {out_dim}")
+    if tuple(c.hidden) != tuple(hidden):
+        raise ValueError(f"init has hidden={tuple(c.hidden)} but hidden={tuple(hidden)} was asked for")
+    if c.out_scale != out_scale:
+        raise ValueError(f"init has out_scale={c.out_scale} but out_scale={out_scale} was asked for")
+
+
+def _layer_features(x, layers):
+    """[x, h_1, ..., h_L] through fixed hidden layers [(W, b)]."""
+    feats = [x]
+    for w, b in layers:
+        feats.append(torch.tanh(feats[-1] @ w.T + b))
+    return feats
 
 
 def _split(x, y, x_val, y_val, dev, seed):

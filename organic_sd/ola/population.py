@@ -26,21 +26,19 @@ def mse_loss(theta: torch.Tensor, z: torch.Tensor, y: torch.Tensor, scale: float
     return err.square_().mean(dim=1)
 
 
-def corr_loss(theta: torch.Tensor, z: torch.Tensor, t: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
-    """Minus the squared correlation of each unit `tanh(affine)` with its target t (B, R) -> (P, R).
+def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Minus the residual energy each candidate unit `tanh(affine)` would explain -> (P, R).
 
-    With `basis` (B, k), orthonormal columns spanning what the model already has (its
-    inputs), only the part of each unit outside that span counts: a unit is worth adding
-    for what it explains that a linear readout of the inputs could not.
+    Cascade-correlation's objective: sum over outputs of cov(h, resid_o)^2 / var(h), where h
+    is the unit's output with its projection on `basis` (B, k) removed (orthonormal columns
+    spanning the inputs), so a unit only counts for what a linear readout could not do.
+    resid (B, out) is the current model's residual on the batch.
     """
     h = affine(theta, z).tanh_()  # (P, B, R)
-    h = h - h.mean(dim=1, keepdim=True)
-    if basis is not None:
-        h = h - basis @ (basis.T @ h)
-    tc = t - t.mean(dim=0, keepdim=True)  # (B, R)
-    cov = (h * tc).mean(dim=1)
-    var = h.square().mean(dim=1) * tc.square().mean(dim=0)
-    return -cov.square() / var.clamp_min(1e-12)
+    h = h - basis @ (basis.T @ h)
+    rc = resid - resid.mean(dim=0)
+    cov = torch.einsum("pbr,bo->pro", h, rc) / z.shape[0]  # (P, R, out)
+    return -cov.square().sum(-1) / h.square().mean(dim=1).clamp_min(1e-12)
 
 
 @dataclass

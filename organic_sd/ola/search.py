@@ -17,21 +17,30 @@ class Budget:
     seconds: float | None = None
     generations: int | None = None
     start: float = field(default_factory=time.perf_counter)
+    used: int = 0  # generations spent, by this budget and its shares
+    parent: "Budget | None" = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def done(self, generation: int) -> bool:
         """True once either limit is reached."""
-        if self.generations is not None and generation >= self.generations:
+        if self.generations is not None and self.used + generation >= self.generations:
             return True
         return self.seconds is not None and self.elapsed() >= self.seconds
 
     def share(self, fraction: float) -> "Budget":
         """A sub-budget starting now: `fraction` of what is left (at least one generation)."""
         secs = None if self.seconds is None else max(0.0, self.seconds - self.elapsed()) * fraction
-        gens = None if self.generations is None else max(1, int(self.generations * fraction))
-        return Budget(secs, gens)
+        gens = None if self.generations is None else max(1, round((self.generations - self.used) * fraction))
+        return Budget(secs, gens, parent=self)
+
+    def spend(self, generations: int) -> None:
+        """Record generations spent here and in every budget this one is a share of."""
+        b = self
+        while b is not None:
+            b.used += generations
+            b = b.parent
 
 
 @dataclass
@@ -78,6 +87,7 @@ def run_search(
             curve.append((budget.elapsed(), gen, float(best_val.sum())))
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
     bar.close()
+    budget.spend(gen)
     return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve)
 
 

@@ -7,3 +7,6 @@ from organic_sd.teachers.load import load_teacher
 from organic_sd.teachers.taesd import VARIANTS, TAESDTeacher
 
 __all__ = ["Teacher", "TeacherError", "VAETeacher", "TAESDTeacher", "VARIANTS", "load_teacher"]
+from organic_sd.teachers.denoiser import Denoiser, load_denoiser  # noqa: E402
+
+__all__ += ["Denoiser", "load_denoiser"]

@@ -1,0 +1,197 @@
+"""Benchmark O-VAE configurations on held-out photos: quality, size and CPU speed against the teacher.
+
+    python bench/ovae.py --store STORE --teacher TEACHER [--val DIR] [--seconds 60] [--device cuda]
+
+For each configuration (global mode as in the research; patch linear; patch with hidden layers;
+each strategy) an encoder and a decoder are trained with `osd train`'s loop for --seconds each,
+then measured on --val (default $OSD_SHARED_DATA/images/val/cset14, never trained on; each photo
+preprocessed to 256x256 by organic_sd.data.preprocess):
+  - O-Decoder on teacher latents vs the teacher's decode (PSNR, SSIM)
+  - full O-VAE (O-Encoder -> O-Decoder) vs the original (PSNR, SSIM)
+  - mean cosine of O-Encoder vs teacher latent vectors
+  - parameters, and CPU encode+decode time of one 512x512 image as a ratio to the teacher's,
+    both timed in this process on the same threads (median of repeats)
+Closed-form least-squares fits of the same linear architectures (no tanh) are listed as
+references: the single-layer optimum that evolution is measured against. They live here only.
+Writes results.json and results.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organic_sd.data import Store
+from organic_sd.ovae.evaluate import pipeline
+from organic_sd.ovae.model import OVAE, Part, PartConfig, read_parts
+from organic_sd.ovae.train import Rows, TrainConfig, _part_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# name -> (encoder settings, decoder settings); strategy and hidden layers per part
+CONFIGS = {
+    "global-retina512-1x1": ({"mode": "global", "retina_dim": 512, "grid": 1},
+                             {"mode": "global", "grid": 1, "global_size": 64}),
+    "patch-linear-snes": ({"window": 16}, {"window": 3}),
+    "patch-linear-trust": ({"window": 16, "strategy": "trust"}, {"window": 3, "strategy": "trust"}),
+    "patch-linear-trust-neuron": ({"window": 16, "strategy": "trust-neuron"}, {"window": 3, "strategy": "trust-neuron"}),
+    "patch-linear-dec5x5": ({"window": 16}, {"window": 5}),
+    "patch-hidden": ({"window": 16, "hidden": (128,)}, {"window": 3, "hidden": (64,)}),
+    "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
+}
+# least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
+REFERENCES = {
+    "LS global-retina512-1x1": CONFIGS["global-retina512-1x1"],
+    "LS patch-linear (enc 16x16, dec 3x3)": ({"window": 16}, {"window": 3}),
+    "LS patch-linear (enc 16x16, dec 5x5)": ({"window": 16}, {"window": 5}),
+}
+
+
+class LinearRef(torch.nn.Module):
+    """y = W x + b fitted in closed form (a reference, never produced by evolution)."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.weight, self.bias = torch.nn.Parameter(w, requires_grad=False), torch.nn.Parameter(b, requires_grad=False)
+        self.out_dim, self.in_dim = w.shape
+
+    def forward(self, x):
+        return x @ self.weight.T + self.bias
+
+
+def least_squares(store: Store, cfg: TrainConfig, device, max_rows: int, ridge: float = 1e-3) -> Part:
+    """Ridge least squares on a draw of training rows, wrapped as a Part."""
+    part_cfg = _part_config(cfg, store)
+    rows = Rows(store, part_cfg, torch.device(device), None)
+    x, y = rows.draw(store.indices("train"), max_rows, np.random.default_rng(cfg.seed))
+    xb = torch.cat([x, torch.ones(x.shape[0], 1, device=x.device)], 1).double()  # (N, in+1)
+    g = xb.T @ xb
+    g += ridge * g.diagonal().mean() * torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
+    sol = torch.linalg.solve(g, xb.T @ y.double()).float()  # (in+1, out)
+    return Part(part_cfg, LinearRef(sol[:-1].T.contiguous(), sol[-1].contiguous()))
+
+
+def cpu_seconds(fn, x, repeats: int) -> float:
+    """Median wall time of fn(x) over repeats, after one warm-up call."""
+    with torch.inference_mode():
+        fn(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(name: str, v: OVAE, teacher, args, out: Path, teacher_cpu_s: float) -> dict:
+    """Quality on the held-out photos and CPU speed of one encoder/decoder pair."""
+    rep = pipeline([args.val], v, out / "eval" / name.replace(" ", "_").replace("/", "_"), teacher=teacher, size=256,
+                   max_images=args.max_images)
+    m = rep["mean"]
+    cpu = OVAE(*[Part(p.config, p.module.to("cpu")) for p in (v.encoder, v.decoder)])
+    x = torch.rand(1, 3, 512, 512) * 2 - 1
+    if v.encoder.config.mode == "global":
+        x = torch.rand(1, 3, 256, 256) * 2 - 1  # global mode only runs at its training size
+    ovae_s = cpu_seconds(lambda t: cpu.decode(cpu.encode(t)), x, 5)
+    return {
+        "name": name, "params_encoder": v.encoder.num_parameters(), "params_decoder": v.decoder.num_parameters(),
+        "params": v.num_parameters(),
+        "odec_psnr": m["odec_vs_teacher"]["psnr"], "odec_ssim": m["odec_vs_teacher"]["ssim"],
+        "ovae_psnr": m["ovae_vs_orig"]["psnr"], "ovae_ssim": m["ovae_vs_orig"]["ssim"],
+        "latent_cosine": m.get("latent_cosine"), "teacher_psnr": m["teacher_vs_orig"]["psnr"],
+        "cpu_ms": 1000 * ovae_s, "speedup_vs_teacher": teacher_cpu_s / ovae_s,
+        "timed_at": "256x256 (global mode)" if v.encoder.config.mode == "global" else "512x512",
+    }
+
+
+def markdown(rows: list[dict], args, teacher_id: str, teacher_ms: float) -> str:
+    lines = [f"O-VAE benchmark: teacher `{teacher_id}`, store `{args.store}`, held-out photos `{args.val}` (256x256), "
+             f"{args.seconds:.0f} s of training per part on {args.device}; CPU times on {torch.get_num_threads()} "
+             f"threads, teacher encode+decode of 512x512: {teacher_ms:.0f} ms.", "",
+             "| configuration | params (enc + dec) | O-Dec on teacher z vs teacher PSNR / SSIM | O-VAE vs original "
+             "PSNR / SSIM | latent cosine | CPU ms (512x512) | x faster than teacher |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cos = "" if r["latent_cosine"] is None else f"{r['latent_cosine']:.3f}"
+        lines.append(f"| {r['name']} | {r['params']:,} ({r['params_encoder']:,} + {r['params_decoder']:,}) | "
+                     f"{r['odec_psnr']:.2f} / {r['odec_ssim']:.3f} | {r['ovae_psnr']:.2f} / {r['ovae_ssim']:.3f} | "
+                     f"{cos} | {r['cpu_ms']:.1f}{'*' if r['timed_at'] != '512x512' else ''} | "
+                     f"{r['speedup_vs_teacher']:.1f} |")
+    if rows:
+        lines += ["", f"Teacher vs original on the same photos: {rows[0]['teacher_psnr']:.2f} dB PSNR. "
+                      "Global mode compares its pooled latent with the teacher's latent pooled the same way; "
+                      "* timed at 256x256 (global mode runs at its training size only). "
+                      "LS rows are closed-form least-squares references (no tanh), not evolution."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", required=True, help="store written by `osd precompute` with the same teacher")
+    p.add_argument("--teacher", required=True, help="teacher spec (the store's teacher)")
+    p.add_argument("--val", default=str(SHARED / "images" / "val" / "cset14"), help="held-out photos folder")
+    p.add_argument("--seconds", type=float, default=60.0, help="training seconds per part per configuration")
+    p.add_argument("--tick-seconds", type=float, default=None, help="default: a third of --seconds")
+    p.add_argument("--max-rows", type=int, default=200_000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
+    p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N photos only (smoke runs)")
+    p.add_argument("--no-references", action="store_true", help="skip the least-squares references")
+    p.add_argument("--out", default=str(REPO / "bench" / "out" / "ovae"))
+    args = p.parse_args(argv)
+    from organic_sd.teachers import load_teacher
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store.open(args.store)
+    teacher = load_teacher(args.teacher, device=args.device)
+    if teacher.id != store.meta["teacher"]:
+        raise SystemExit(f"the store holds teacher {store.meta['teacher']!r} but --teacher is {teacher.id!r}")
+    cpu_teacher = load_teacher(args.teacher, device="cpu")
+    x512 = torch.rand(1, 3, 512, 512) * 2 - 1
+    teacher_s = cpu_seconds(lambda t: cpu_teacher.decode(cpu_teacher.encode(t)), x512, 3)
+    print(f"teacher {teacher.id}: CPU encode+decode of 512x512 {1000 * teacher_s:.0f} ms", flush=True)
+    tick = args.tick_seconds or args.seconds / 3
+    results = []
+    names = [n for n in args.configs.split(",") if n]
+    for name in names:
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown configuration {name!r}; known: {list(CONFIGS)}")
+        enc_kw, dec_kw = CONFIGS[name]
+        parts = {}
+        for kind, kw in (("encoder", enc_kw), ("decoder", dec_kw)):
+            run = out / "runs" / f"{name}-{kind}"
+            hidden = bool(kw.get("hidden"))
+            cfg = TrainConfig(kind, args.store, str(run), max_minutes=args.seconds / 60, tick_seconds=tick,
+                              first_tick_seconds=0.6 * args.seconds if hidden else None, max_rows=args.max_rows,
+                              device=args.device, **kw)
+            print(f"== {name}: {kind}", flush=True)
+            train(cfg)
+            parts[kind] = read_parts(run, args.device)[kind]
+        results.append(measure(name, OVAE(parts["encoder"], parts["decoder"]), teacher, args, out, teacher_s))
+        print(json.dumps(results[-1]), flush=True)
+    if not args.no_references:
+        for name, (enc_kw, dec_kw) in REFERENCES.items():
+            enc = least_squares(store, TrainConfig("encoder", args.store, "-", **enc_kw), args.device, args.max_rows)
+            dec = least_squares(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows)
+            results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
+            print(json.dumps(results[-1]), flush=True)
+    (out / "results.json").write_text(json.dumps({"teacher": teacher.id, "teacher_cpu_ms": 1000 * teacher_s,
+                                                  "args": vars(args), "results": results}, indent=1))
+    md = markdown(results, args, teacher.id, 1000 * teacher_s)
+    (out / "results.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

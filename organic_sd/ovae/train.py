@@ -1,0 +1,389 @@
+"""`osd train encoder|decoder`: evolve an O-Encoder or O-Decoder from a store, tick by tick (no gradients).
+
+One readable loop, nanoGPT style:
+    setup: open the store, fix the held-out images, resume RUN_DIR if it holds a run
+    each tick: draw a fresh random sample of patch rows from the train split (streamed from the
+               store's shards, never the whole store), continue the search with ola.fit for
+               --tick-seconds, score the held-out split, keep the module if it is no worse,
+               append a log line, redraw the plot, save a checkpoint atomically
+    stop: --max-minutes spent, held-out MSE <= --freeze-loss, --ticks done, or Ctrl-C (saves first)
+Files in RUN_DIR: config.json (the run), model.safetensors (an O-VAE file holding this part),
+state.json (tick, time, best), log.jsonl (one line per tick), plot.png.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from organic_sd import ola
+from organic_sd.data.store import Store
+from organic_sd.ovae import patches
+from organic_sd.ovae.evaluate import cosine_rows, psnr
+from organic_sd.ola.checks import resolve_device
+from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_rows, read_parts
+
+# fields that define a run: a resume with other values would silently mix two experiments
+RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "target", "pad", "grid", "retina_dim", "global_size")
+LOAD_CHUNK = 64  # store images read and windowed at a time (bounds peak memory while drawing rows)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `osd train` takes; RUN_FIELDS plus the store's teacher must match on resume."""
+
+    kind: str  # "encoder" or "decoder"
+    store: str
+    out: str
+    mode: str = "patch"
+    window: int = 0  # 0: 3 (decoder, latent cells) or 2 * f (encoder, pixels)
+    hidden: tuple[int, ...] = ()
+    strategy: str = "auto"
+    population: int = 40
+    max_minutes: float | None = None
+    ticks: int | None = None
+    tick_seconds: float = 30.0
+    first_tick_seconds: float | None = None  # the tick that grows hidden units (later ticks only refine)
+    generations: int | None = None  # per tick, instead of (or besides) tick_seconds: reproducible runs
+    save_minutes: float = 0.0  # 0: checkpoint after every tick
+    device: str = "cpu"
+    latents: str = "teacher"  # decoder inputs: "teacher" or "oenc:RUN"
+    target: str = ""  # decoder targets: "decode" (teacher's decode) or "image"; "" picks by latents
+    freeze_loss: float | None = None
+    max_rows: int = 200_000
+    batch_size: int | None = None
+    eval_images: int = 32
+    pad: str = "replicate"
+    grid: int = 1
+    retina_dim: int = 512
+    global_size: int = 64
+    seed: int = 0
+    progress: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind must be 'encoder' or 'decoder', got {self.kind!r}")
+        if self.kind == "encoder" and self.latents != "teacher":
+            raise ValueError("--latents only applies to the decoder (the encoder always learns the teacher's latents)")
+        if self.latents != "teacher" and not self.latents.startswith("oenc:"):
+            raise ValueError(f"--latents must be 'teacher' or 'oenc:RUN', got {self.latents!r}")
+        if not self.target:
+            self.target = "decode" if self.latents == "teacher" else "image"
+        if self.target not in ("decode", "image"):
+            raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
+        for name in ("tick_seconds", "max_rows", "eval_images", "population"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+# -- data --------------------------------------------------------------------------------------
+
+class Rows:
+    """Turns store samples into (module input rows, target rows) for one part."""
+
+    def __init__(self, store: Store, part: PartConfig, device: torch.device, source: Part | None):
+        self.store, self.part, self.device, self.source = store, part, device, source
+
+    def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
+        """Decoder inputs for samples idx: the teacher's stored latents, or the O-Encoder's on the images."""
+        if self.source is None:
+            return torch.from_numpy(self.store.latents[idx]).to(self.device)
+        return self.source(images)
+
+    def pairs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples idx -> rows x (N, in), y (N, out) on the device."""
+        p, s = self.part, self.store
+        images = torch.from_numpy(s.images[idx]).to(self.device)  # (n, 3, H, W)
+        if p.kind == "encoder":
+            z = torch.from_numpy(s.latents[idx]).to(self.device)  # (n, C, h, w)
+            if p.mode == "patch":
+                return patches.pixel_windows(images, p.downscale, p.window, p.pad), patches.grid_to_rows(z)
+            return part_rows(p, images), F.adaptive_avg_pool2d(z, p.grid).flatten(1)
+        target = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.device)
+        z = self.latents(idx, images)
+        if p.mode == "patch":
+            return patches.latent_windows(z, p.window, p.pad), patches.blocks(target, p.downscale)
+        small = F.interpolate(target, size=(p.global_size,) * 2, mode="area")  # (n, 3, S, S)
+        return F.adaptive_avg_pool2d(z, p.grid).flatten(1), small.flatten(1)
+
+    def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random sample of at most max_rows rows from randomly chosen samples of `pool`."""
+        p = self.part
+        per_image = (p.image_size // p.downscale) ** 2 if p.mode == "patch" else 1
+        n = min(len(pool), max(1, math.ceil(max_rows / per_image)))
+        idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
+        share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
+        xs, ys = [], []
+        for i in range(0, n, LOAD_CHUNK):
+            x, y = self.pairs(idx[i:i + LOAD_CHUNK])
+            if share < 1.0:
+                keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(x.device)
+                x, y = x[keep], y[keep]
+            xs.append(x), ys.append(y)
+        x, y = torch.cat(xs), torch.cat(ys)
+        if x.shape[0] > max_rows:
+            keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
+            x, y = x[keep], y[keep]
+        return x, y
+
+
+class HeldOut:
+    """A fixed set of held-out samples, scored whole-image through the part (as inference runs)."""
+
+    def __init__(self, store: Store, part: PartConfig, rows: Rows, n: int, seed: int):
+        val = store.indices("val")
+        if len(val) == 0:
+            raise ValueError(f"store {store.path} has no held-out samples (val split is empty); "
+                             "re-run precompute with --val-fraction > 0")
+        rng = np.random.default_rng(seed + 1)
+        self.idx = np.sort(rng.choice(val, min(n, len(val)), replace=False))
+        self.part, self.rows, self.store = part, rows, store
+
+    def score(self, part: Part) -> dict:
+        """Held-out MSE (the freeze metric), plus PSNR (decoder, on [0, 1]) or mean cosine (encoder)."""
+        p, s, dev = self.part, self.store, self.rows.device
+        se, n, cos_sum, cos_n = 0.0, 0, 0.0, 0
+        for i in range(0, len(self.idx), 16):
+            idx = self.idx[i:i + 16]
+            images = torch.from_numpy(s.images[idx]).to(dev)
+            if p.kind == "encoder":
+                z = torch.from_numpy(s.latents[idx]).to(dev)
+                if p.mode == "global":
+                    z = F.adaptive_avg_pool2d(z, p.grid)
+                pred = part(images)
+                a, b = patches.grid_to_rows(pred), patches.grid_to_rows(z)
+                cos_sum += float(cosine_rows(a, b).sum())
+                cos_n += a.shape[0]
+            else:
+                target = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(dev)
+                pred = part(self.rows.latents(idx, images)).clamp(-1, 1)
+                z = target
+            se += float((pred - z).double().square().sum())
+            n += z.numel()
+        mse = se / n
+        out = {"heldout_mse": mse}
+        if p.kind == "decoder":
+            out["psnr"] = float(psnr(torch.tensor(mse)))
+        else:
+            out["cosine"] = cos_sum / cos_n
+        return out
+
+
+# -- run folder --------------------------------------------------------------------------------
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _part_config(cfg: TrainConfig, store: Store) -> PartConfig:
+    m = store.meta
+    C, h, _ = m["shapes"]["latents"]
+    size = int(m["size"])
+    return PartConfig(kind=cfg.kind, mode=cfg.mode, teacher=m["teacher"], latent_channels=int(C),
+                      downscale=size // int(h), image_size=size, window=cfg.window, pad=cfg.pad,
+                      retina_dim=cfg.retina_dim, retina_seed=cfg.seed, grid=cfg.grid, global_size=cfg.global_size,
+                      latents=cfg.latents if cfg.kind == "decoder" else "teacher",
+                      target=cfg.target if cfg.kind == "decoder" else "decode", preprocess=m["preprocess"])
+
+
+def _run_record(cfg: TrainConfig, part: PartConfig, store: Store) -> dict:
+    rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    rec.update(window=part.window, teacher=store.meta["teacher"], image_size=part.image_size,
+               latent_channels=part.latent_channels)
+    return rec
+
+
+def _check_resume(run: Path, rec: dict) -> dict | None:
+    """The saved run record if RUN_DIR holds a run of the same configuration; None if RUN_DIR is new."""
+    cfg_file = run / "config.json"
+    if not cfg_file.is_file():
+        if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
+            raise ValueError(f"{run} exists and is not empty but holds no config.json: not a training run; "
+                             "use another --out folder")
+        return None
+    old = json.loads(cfg_file.read_text())
+    diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in (*RUN_FIELDS, "teacher", "image_size",
+                                                                         "latent_channels")
+            if old.get(k) != rec[k]]
+    if old.get("kind") != rec["kind"]:
+        diff.insert(0, f"kind: {run} holds an {old.get('kind')} run")
+    if diff:
+        raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
+                         "Use another --out folder, or the same settings to continue it.")
+    return old
+
+
+def _source_encoder(spec: str, store: Store, device: torch.device) -> Part | None:
+    if spec == "teacher":
+        return None
+    enc = read_parts(spec[len("oenc:"):], device)["encoder"]
+    if enc is None:
+        raise ValueError(f"--latents {spec}: that run/file holds no encoder")
+    if enc.config.teacher != store.meta["teacher"]:
+        raise ValueError(f"--latents {spec}: the encoder clones teacher {enc.config.teacher!r} but the store holds "
+                         f"{store.meta['teacher']!r}")
+    return enc
+
+
+def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> float:
+    """Decoder: 1 (pixels in [-1, 1]); encoder: 1.2 x the largest |latent| in a sample, rounded up to 0.5."""
+    if cfg.kind == "decoder":
+        return 1.0
+    idx = rng.choice(store.indices("train"), min(64, len(store.indices("train"))), replace=False)
+    return math.ceil(1.2 * float(np.abs(store.latents[np.sort(idx)]).max()) * 2) / 2
+
+
+def _plot(run: Path, log: list[dict], kind: str) -> None:
+    """Redraw plot.png: held-out MSE, PSNR or cosine, and the search's best validation loss over time."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the plots extra is optional; the JSONL log has the same numbers
+    t = [r["time"] / 60 for r in log]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(t, [r["heldout_mse"] for r in log], "o-")
+    ax[0].set(xlabel="training minutes", ylabel="held-out MSE", yscale="log", title="held-out loss")
+    key, label = ("psnr", "PSNR (dB)") if kind == "decoder" else ("cosine", "mean cosine")
+    ax[1].plot(t, [r[key] for r in log], "o-", color="C1")
+    ax[1].set(xlabel="training minutes", ylabel=label, title=f"held-out {label}")
+    for r in log:
+        c = r.get("curve") or []
+        if c:
+            ax[2].plot([(r["time"] - r["fit_seconds"] + s) / 60 for s, _, _ in c], [v for _, _, v in c], color="C2")
+    ax[2].set(xlabel="training minutes", ylabel="best search val loss (sum over outputs)", yscale="log",
+              title="search: best candidate per tick")
+    fig.tight_layout()
+    tmp = run / ".plot.png.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, run / "plot.png")
+
+
+def _fit(x, y, init=None, **kw):
+    """ola.fit, continuing from `init` when the engine supports it (else each tick searches afresh)."""
+    if init is not None and "init" in inspect.signature(ola.fit).parameters:
+        kw["init"] = init
+    return ola.fit(x, y, **kw)
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, log_to=None) -> dict:
+    """Run (or resume) a training run; returns a summary dict (also when stopped by Ctrl-C)."""
+    log_to = log_to or sys.stdout
+    t_wall = time.perf_counter()
+    dev = resolve_device(cfg.device)
+    store = Store.open(cfg.store)
+    part_cfg = _part_config(cfg, store)
+    run = Path(cfg.out)
+    rec = _run_record(cfg, part_cfg, store)
+    old = _check_resume(run, rec)
+    run.mkdir(parents=True, exist_ok=True)
+    train_idx = store.indices("train")
+    if len(train_idx) == 0:
+        raise ValueError(f"store {store.path} has no training samples")
+    rows = Rows(store, part_cfg, dev, _source_encoder(cfg.latents, store, dev))
+    heldout = HeldOut(store, part_cfg, rows, cfg.eval_images, cfg.seed)
+
+    state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    part = None
+    if old is not None and (run / WEIGHTS_NAME).is_file():
+        part = read_parts(run, dev)[cfg.kind]
+        state = json.loads((run / "state.json").read_text())
+        rec["out_scale"] = old["out_scale"]
+        print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out MSE "
+              f"{state['best']['heldout_mse']:.5g})", file=log_to)
+    else:
+        rec["out_scale"] = old["out_scale"] if old else _out_scale(cfg, store, np.random.default_rng(cfg.seed))
+    _atomic_json(run / "config.json", rec)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
+        if old is not None and (run / "log.jsonl").is_file() else []
+    if old is None:
+        (run / "log.jsonl").unlink(missing_ok=True)  # a log without a run (crash before config) starts over
+    rng = np.random.default_rng([cfg.seed, state["tick"]])  # resumed runs draw new samples, not the same ones
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    if budget is None and cfg.ticks is None and cfg.freeze_loss is None:
+        print("no --max-minutes, --ticks or --freeze-loss: training until Ctrl-C", file=log_to)
+    last_save = time.perf_counter()
+
+    def save(status: str) -> None:
+        if part is None:
+            return
+        state["status"] = status
+        summary = {"run": rec, "tick": state["tick"], "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
+        part.module.training_summary = {**part.module.training_summary, "run": summary}
+        OVAE(**{cfg.kind: part}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+        _atomic_json(run / "state.json", state)
+
+    ticks_done = 0
+    try:
+        while True:
+            left = None if budget is None else budget - (time.perf_counter() - t_wall)
+            if (left is not None and left < 1.0) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
+                state["status"] = "done"
+                break
+            want = cfg.first_tick_seconds if part is None and cfg.first_tick_seconds else cfg.tick_seconds
+            tick_s = want if left is None else min(want, left)
+            t0 = time.perf_counter()
+            x, y = rows.draw(train_idx, cfg.max_rows, rng)  # (N, in), (N, out)
+            t_data = time.perf_counter() - t0
+            module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
+                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
+                          batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"],
+                          progress=cfg.progress, init=None if part is None else part.module)
+            del x, y
+            cand = Part(part_cfg, module)
+            scores = heldout.score(cand)
+            kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
+            if kept:
+                part, state["best"] = cand, scores
+            state["tick"] += 1
+            ticks_done += 1
+            state["time"] += time.perf_counter() - t0
+            ts = module.training_summary
+            line = {"tick": state["tick"], "time": round(state["time"], 3), "rows": ts.get("n_train", 0) + ts.get("n_val", 0),
+                    "data_seconds": round(t_data, 3), "fit_seconds": ts.get("seconds"),
+                    "generations": ts.get("generations"), "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
+                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", [])}
+            log.append(line)
+            with open(run / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            _plot(run, log, cfg.kind)
+            metric = f"PSNR {scores['psnr']:.2f} dB" if "psnr" in scores else f"cosine {scores['cosine']:.4f}"
+            print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
+                  f"held-out MSE {scores['heldout_mse']:.5g}, {metric}{'' if kept else ' (worse: kept previous)'}",
+                  file=log_to, flush=True)
+            if time.perf_counter() - last_save >= 60.0 * cfg.save_minutes:
+                save("running")
+                last_save = time.perf_counter()
+            if cfg.freeze_loss is not None and state["best"]["heldout_mse"] <= cfg.freeze_loss:
+                print(f"held-out MSE {state['best']['heldout_mse']:.5g} <= --freeze-loss {cfg.freeze_loss}: frozen",
+                      file=log_to)
+                state["status"] = "frozen"
+                break
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        print("interrupted: saving the last kept module", file=log_to)
+    save(state["status"])
+    result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
+              **(state["best"] or {}), "parameters": None if part is None else part.num_parameters()}
+    if part is not None:
+        print(f"{state['status']}: {run / WEIGHTS_NAME} ({result['parameters']:,} parameters)", file=log_to)
+    return result

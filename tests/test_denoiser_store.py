@@ -1,0 +1,208 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from organic_sd.cli import build_parser, main
+from organic_sd.data import Store, StoreError
+from organic_sd.data.denoiser_precompute import precompute_denoiser
+from organic_sd.data.denoiser_store import DenoiserStore
+from organic_sd.teachers.denoiser import check_eps_inputs, ddim_timesteps
+
+SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
+K, R = 4, 2  # DDIM steps and re-noised copies per sample
+
+
+class FakeDenoiser:
+    """A tiny deterministic teacher: eps depends on x_t, t and (when conditional) the prompt embedding."""
+
+    sample_shape = (1, 4, 4)
+
+    def __init__(self, conditional=False, fail_after=None, interrupt_after=None):
+        self.id = "fake-denoiser" + ("-cond" if conditional else "")
+        self.device = torch.device("cpu")
+        self.alphas_cumprod = torch.linspace(0.999, 0.01, 101, dtype=torch.float64)  # (T,) T = 101
+        self.cond_shape = (3, 5) if conditional else None
+        self.calls, self.fail_after, self.interrupt_after = 0, fail_after, interrupt_after
+
+    def eps(self, x_t, t, cond=None):
+        tt = check_eps_inputs(x_t, t, self.sample_shape, len(self.alphas_cumprod))
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("teacher crashed")
+        if self.interrupt_after is not None and self.calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        out = 0.5 * x_t * (1 + tt.float() / 100)[:, None, None, None]
+        if self.cond_shape is not None:
+            out = out + cond.mean(dim=(1, 2))[:, None, None, None]
+        return out
+
+    def encode_text(self, prompts):
+        return torch.stack([torch.full(self.cond_shape, float(len(p))) + torch.arange(5) * 0.1 for p in prompts])
+
+
+def _run(path, samples, teacher=None, **kw):
+    kw = {"steps": K, "renoise": R, "batch": 2, "shard_size": 5, "val_fraction": 0.3, "progress": False, **kw}
+    return precompute_denoiser(teacher or FakeDenoiser(), path, samples, **kw)
+
+
+def test_records_roundtrip(tmp_path):
+    rep = _run(tmp_path / "s", 5)
+    assert rep.samples_written == 5 and rep.records_written == rep.total == 5 * (K + R)
+    s = DenoiserStore.open(tmp_path / "s")
+    assert len(s) == 30 and s.x_t.shape == (30, 1, 4, 4) and s.eps.shape == (30, 1, 4, 4) and s.t.shape == (30,)
+    assert s.cond[0].shape == (0,) and s.cond[[0, 3]].shape == (2, 0)
+    assert s.keys[:K + R] == [f"00000000/d{k:04d}" for k in range(K)] + [f"00000000/r{j:04d}" for j in range(R)]
+    ts = ddim_timesteps(101, K)
+    assert ts == [100, 75, 50, 25]
+    np.testing.assert_array_equal(s.t[0:K], ts)
+    rt = s.t[np.flatnonzero(s.renoised)]
+    assert ((rt >= 1) & (rt <= 100)).all() and (rt == np.round(rt)).all()
+    # every stored eps is the teacher's at the stored (x_t, t), up to fp16 rounding
+    fake = FakeDenoiser()
+    want = fake.eps(torch.from_numpy(s.x_t[:]), torch.from_numpy(s.t[:]).long()).numpy()
+    np.testing.assert_allclose(s.eps[:], want, atol=2e-3, rtol=2e-3)
+    # the first trajectory step starts from the seeded noise, and the next follows DDIM
+    ab = fake.alphas_cumprod
+    x0, e0 = s.x_t[0], s.eps[0]
+    x1 = (ab[75] / ab[100]).sqrt().item() * (x0 - (1 - ab[100]).sqrt().item() * e0) + (1 - ab[75]).sqrt().item() * e0
+    np.testing.assert_allclose(s.x_t[1], x1, atol=3e-3)
+    m = s.meta
+    assert m["kind"] == "denoiser" and m["teacher"] == "fake-denoiser" and m["sampler"]["seed"] == 0
+    assert m["sampler"]["timesteps"] == ts and len(m["schedule"]["alphas_cumprod"]) == 101
+    np.testing.assert_allclose(s.alphas_cumprod, fake.alphas_cumprod.numpy())
+    s.verify()
+    with pytest.raises(StoreError, match="not a denoiser store"):
+        DenoiserStore(tmp_path, {**m, "kind": None})
+
+
+def test_split_is_by_sample(tmp_path):
+    _run(tmp_path / "s", 20, val_fraction=0.5)
+    s = DenoiserStore.open(tmp_path / "s")
+    val, train = s.indices("val"), s.indices("train")
+    assert len(val) and len(train) and len(val) + len(train) == len(s)
+    assert not set(s.sample[val]) & set(s.sample[train])  # no trajectory straddles the split
+    assert np.bincount(s.sample[val]).max() == K + R
+
+
+def test_resume_and_determinism(tmp_path):
+    _run(tmp_path / "a", 6, batch=4)
+    rep1 = _run(tmp_path / "b", 3, batch=1)
+    rep2 = _run(tmp_path / "b", 6, batch=3)  # more samples: continues at sample 3
+    assert rep1.samples_written == 3 and rep2.samples_written == 3 and rep2.samples_already == 3
+    rep3 = _run(tmp_path / "b", 6)
+    assert rep3.samples_written == 0 and rep3.total == 36
+    a, b = DenoiserStore.open(tmp_path / "a"), DenoiserStore.open(tmp_path / "b")
+    assert a.keys == b.keys and len(set(b.keys)) == len(b)
+    for name in ("x_t", "t", "eps"):  # the same seed gives the same records whatever the batching
+        np.testing.assert_array_equal(getattr(a, name)[:], getattr(b, name)[:])
+    other = _run(tmp_path / "c", 2, seed=1)
+    assert other.total == 12 and not np.array_equal(DenoiserStore.open(tmp_path / "c").x_t[0], a.x_t[0])
+    with pytest.raises(StoreError, match="other settings.*sampler"):
+        _run(tmp_path / "b", 6, steps=K + 1)
+
+
+@pytest.mark.parametrize("kind", ["crash", "interrupt"])
+def test_crash_mid_run_then_resume(tmp_path, kind):
+    clean = _run(tmp_path / "clean", 6)
+    # each batch of 2 samples makes K + R eps calls; fail inside the third batch
+    opts = {"fail_after": 2 * (K + R) + 1} if kind == "crash" else {"interrupt_after": 2 * (K + R) + 1}
+    with pytest.raises(RuntimeError if kind == "crash" else KeyboardInterrupt):
+        _run(tmp_path / "s", 6, FakeDenoiser(**opts))
+    partial = DenoiserStore.open(tmp_path / "s")
+    assert 0 < len(partial) < clean.total
+    assert not list((tmp_path / "s").glob("*.tmp"))
+    _run(tmp_path / "s", 6)
+    a, b = DenoiserStore.open(tmp_path / "clean"), DenoiserStore.open(tmp_path / "s")
+    assert sorted(a.keys) == sorted(b.keys) and len(set(b.keys)) == len(b)  # no duplicates, nothing lost
+    order = np.argsort(b.keys)
+    for name in ("x_t", "t", "eps"):
+        np.testing.assert_array_equal(getattr(a, name)[np.argsort(a.keys)], getattr(b, name)[order])
+    b.verify()
+
+
+def test_conditional_teacher_and_cond_table(tmp_path):
+    prompts = ["a", "bb", "ccc"]
+    _run(tmp_path / "s", 4, FakeDenoiser(conditional=True), prompts=prompts)
+    s = DenoiserStore.open(tmp_path / "s")
+    assert s.prompts == prompts and s.cond.shape == (len(s), 3, 5) and s.cond_table.shape == (3, 3, 5)
+    np.testing.assert_array_equal(s.prompt_index, s.sample % 3)
+    fake = FakeDenoiser(conditional=True)
+    np.testing.assert_allclose(s.cond[3 * (K + R)], fake.encode_text(["a"])[0].numpy(), atol=1e-3)  # sample 3
+    np.testing.assert_allclose(s.cond[K + R], fake.encode_text(["bb"])[0].numpy(), atol=1e-3)
+    want = fake.eps(torch.from_numpy(s.x_t[:]), torch.from_numpy(s.t[:]).long(), torch.from_numpy(s.cond[:]))
+    np.testing.assert_allclose(s.eps[:], want.numpy(), atol=3e-3, rtol=3e-3)
+    s.verify()
+    (tmp_path / "s" / "cond.f16").write_bytes(b"\0" * 90)
+    with pytest.raises(StoreError, match="cond.f16"):
+        DenoiserStore.open(tmp_path / "s").verify()
+    # no prompts for a conditional teacher: the empty prompt
+    _run(tmp_path / "u", 1, FakeDenoiser(conditional=True))
+    assert DenoiserStore.open(tmp_path / "u").prompts == [""]
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unconditional"):
+        _run(tmp_path / "s", 2, prompts=["a cat"])
+    with pytest.raises(ValueError, match="steps must be <= 100"):
+        _run(tmp_path / "s", 2, steps=101)
+    with pytest.raises(ValueError, match="val_fraction"):
+        _run(tmp_path / "s", 2, val_fraction=1.0)
+    _run(tmp_path / "v", 1)
+    with pytest.raises(StoreError, match="denoiser store without arrays"):
+        Store.open(tmp_path / "v")  # a frame store reader does not take a denoiser store
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+def test_real_mnist_teacher_tiny(tmp_path):
+    from organic_sd.teachers import load_denoiser
+
+    d = load_denoiser(f"ddpm-mnist:{MNIST}")
+    rep = precompute_denoiser(d, tmp_path / "s", 4, steps=5, renoise=1, batch=4, progress=False)
+    assert rep.total == 4 * 6
+    s = DenoiserStore.open(tmp_path / "s")
+    i = np.array([1, 5, 11])  # two trajectory steps and a re-noised record
+    e = d.eps(torch.from_numpy(s.x_t[i]), torch.from_numpy(s.t[i]).long())
+    np.testing.assert_allclose(s.eps[i], e.numpy(), atol=5e-3)
+    assert s.meta["teacher"] == d.id and s.meta["schedule"]["num_steps"] == 1001
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+def test_cli_precompute_denoiser(tmp_path, capsys):
+    argv = ["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(tmp_path / "s"),
+            "--samples", "2", "--steps", "3", "--renoise", "1", "--device", "cpu", "--val-fraction", "0.5"]
+    assert main(argv) == 0
+    assert "wrote 2 samples (8 records" in capsys.readouterr().out
+    assert main(argv) == 0 and "0 samples" in capsys.readouterr().out  # resumed: nothing left to do
+    assert main([*argv[:-6], "--steps", "4"]) == 2  # other settings: a clear error, not a traceback
+    assert "other settings" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["count"] == 8 and meta["val_fraction"] == 0.5
+
+
+def test_cli_frame_precompute_unchanged():
+    a = build_parser().parse_args(["precompute", "clip.mp4", "frames/", "--teacher", "t", "--out", "o"])
+    assert a.sources == ["clip.mp4", "frames/"] and a.size == 256
+    with pytest.raises(SystemExit):
+        main(["precompute", "denoiser", "--out", "o"])  # --teacher is required
+
+
+def test_ctrl_c_stops_after_the_batch_and_keeps_it(tmp_path):
+    import signal
+
+    class CtrlC(FakeDenoiser):
+        def eps(self, x_t, t, cond=None):
+            if self.calls == K + R + 1:  # inside the second batch, as if the user pressed Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().eps(x_t, t, cond)
+
+    rep = _run(tmp_path / "s", 6, CtrlC())
+    assert rep.interrupted and rep.samples_written == 4 and rep.total == 4 * (K + R)  # the second batch is kept
+    assert "re-run the same command to resume" in rep.summary()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    rep = _run(tmp_path / "s", 6)
+    assert not rep.interrupted and rep.samples_already == 4 and rep.total == 6 * (K + R)

@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from organic_sd import cli
+from organic_sd.ovae import OVAE, evaluate, model
+from organic_sd.ovae.train import train
+from test_ovae_train import SIZE, make_store, quick, smooth_images
+from test_precompute import FakeTeacher
+
+
+def test_metrics_known_values():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    m = evaluate.image_metrics(x[:1], x[:1])
+    assert m["l2"] == 0 and m["cosine"] == pytest.approx(1) and m["ssim"] == pytest.approx(1)
+    y = x[:1] + 0.2  # MSE 0.04 on [-1, 1] is 0.01 on [0, 1]: 20 dB
+    assert evaluate.image_metrics(y, x[:1])["psnr"] == pytest.approx(20.0, abs=1e-6)
+    assert float(evaluate.ssim(x[:1], -x[:1])[0]) < 0.1
+
+
+def test_ssim_matches_skimage():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 40, 48))
+    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
+    ref = metrics.structural_similarity(a, b, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False)
+    ours = float(evaluate.ssim(torch.from_numpy(a)[None] * 2 - 1, torch.from_numpy(b)[None] * 2 - 1)[0])
+    assert ours == pytest.approx(ref, abs=2e-3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A fake-teacher store, a few-generation encoder and decoder, and their export."""
+    tmp = tmp_path_factory.mktemp("ovae")
+    store = make_store(tmp)
+    train(quick("encoder", store, tmp / "enc", ticks=1))
+    train(quick("decoder", store, tmp / "dec", ticks=1))
+    rc = cli.main(["export", "--encoder", str(tmp / "enc"), "--decoder", str(tmp / "dec"),
+                   "--out", str(tmp / "ovae.safetensors")])
+    assert rc == 0
+    return tmp, store, tmp / "ovae.safetensors"
+
+
+def test_pipeline_writes_pictures_and_reports(trained, tmp_path):
+    tmp, _, path = trained
+    images = smooth_images(tmp_path / "test", 2, size=48, seed=5)
+    rep = evaluate.pipeline([str(images)], OVAE.load(path), tmp_path / "out", teacher=FakeTeacher())
+    for name in ("im000", "im001"):
+        for f in ("orig.png", "teacher_recon.png", "o_recon.png", "o_decoder_on_teacher_latents.png",
+                  "side_by_side.png"):
+            assert (tmp_path / "out" / name / f).is_file(), f
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["mean"].keys() >= {"teacher_vs_orig", "ovae_vs_orig", "odec_vs_teacher", "latent_cosine"}
+    assert set(saved["mean"]["ovae_vs_orig"]) == {"l2", "cosine", "psnr", "ssim"}
+    assert rep["size"] == SIZE and "O-VAE recon vs original" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_eval_reconstruct(trained, tmp_path, capsys):
+    tmp, store, path = trained
+    images = smooth_images(tmp_path / "test", 1, size=48, seed=6)
+    assert cli.main(["eval", "pipeline", str(images), "--ovae", str(path), "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "im000" / "o_recon.png").is_file()
+    assert not (tmp_path / "p" / "im000" / "teacher_recon.png").exists()  # no teacher given
+    assert cli.main(["eval", "latents", "--ovae", str(path), "--store", str(store), "--out", str(tmp_path / "l")]) == 0
+    res = json.loads((tmp_path / "l" / "latents.json").read_text())
+    assert len(res["r2_per_channel"]) == 4 and -1 <= res["cosine"] <= 1 and (tmp_path / "l" / "latents.png").is_file()
+    assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(path), "--out",
+                     str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").is_file() and "PSNR" in capsys.readouterr().out
+    assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(tmp / "nothing")]) == 2
+
+
+def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("skimage")
+    monkeypatch.setattr(model, "DEFAULT_PATH", trained[2])
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "side_by_side.png" in out and (tmp_path / "demo" / "report.md").is_file()
+
+
+def test_demo_without_default_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(model, "DEFAULT_PATH", tmp_path / "none.safetensors")
+    monkeypatch.delenv("OSD_TEACHER", raising=False)
+    assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert "no default O-VAE is shipped" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_with_teacher(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("skimage")
+    pytest.importorskip("av")
+    import organic_sd.teachers
+
+    monkeypatch.setattr(organic_sd.teachers, "load_teacher", lambda spec, device="cpu": FakeTeacher())
+    rep = evaluate.demo(tmp_path / "demo", "fake", seconds=4, images=2, size=32)
+    assert (tmp_path / "demo" / "ovae.safetensors").is_file()
+    assert "odec_vs_teacher" in rep["mean"] and (tmp_path / "demo" / "eval" / "report.md").is_file()

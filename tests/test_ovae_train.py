@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from organic_sd import cli
+from organic_sd.data import Store, precompute
+from organic_sd.ovae import OVAE
+from organic_sd.ovae import train as train_mod
+from organic_sd.ovae.train import TrainConfig, train
+from test_precompute import FakeTeacher
+
+SIZE = 32  # 4 x 4 latent cells per image: every fit here is a few thousand rows at most
+
+
+def smooth_images(folder, n, size=40, seed=0):
+    """Smooth random colour fields (learnable, unlike white noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"im{i:03d}.png")
+    return folder
+
+
+def make_store(tmp_path, n=24):
+    store = tmp_path / "store"
+    precompute([str(smooth_images(tmp_path / "imgs", n))], FakeTeacher(), store, SIZE, val_fraction=0.25,
+               progress=False)
+    return store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store(tmp_path)
+
+
+def quick(kind, store, out, **kw):
+    kw = {"ticks": 2, "generations": 4, "tick_seconds": 60, "eval_images": 4, "max_rows": 2000, **kw}
+    return TrainConfig(kind, str(store), str(out), **kw)
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_decoder_train_and_resume(store, tmp_path, capsys):
+    run = tmp_path / "dec"
+    res = train(quick("decoder", store, run))
+    assert res["status"] == "done" and res["tick"] == 2
+    for name in ("config.json", "model.safetensors", "state.json", "log.jsonl", "plot.png"):
+        assert (run / name).is_file(), name
+    first = _log(run)
+    assert [r["tick"] for r in first] == [1, 2] and all("psnr" in r and "heldout_mse" in r for r in first)
+    v = OVAE.load(run)
+    assert v.encoder is None and v.decoder.config.teacher == "fake-avgpool8-c4"
+    assert v.decode(torch.zeros(1, 4, 3, 5)).shape == (1, 3, 24, 40)  # any latent size
+    best = json.loads((run / "state.json").read_text())["best"]["heldout_mse"]
+
+    res = train(quick("decoder", store, run, ticks=1))  # resume: same run, one more tick
+    assert res["tick"] == 3 and "resuming" in capsys.readouterr().out
+    log = _log(run)
+    assert log[:2] == first and log[2]["tick"] == 3
+    assert log[2]["best_heldout_mse"] <= best  # the kept module never gets worse on held-out data
+
+
+def test_resume_refuses_other_settings(store, tmp_path):
+    run = tmp_path / "dec"
+    train(quick("decoder", store, run, ticks=1))
+    with pytest.raises(ValueError, match="window: run has 3, asked 5"):
+        train(quick("decoder", store, run, window=5))
+    with pytest.raises(ValueError, match="holds an decoder run"):
+        train(quick("encoder", store, run))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a training run"):
+        train(quick("decoder", store, tmp_path / "other"))
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint(store, tmp_path, monkeypatch):
+    real, calls = train_mod._fit, []
+
+    def fit_then_interrupt(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second tick's search
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "_fit", fit_then_interrupt)
+    run = tmp_path / "dec"
+    res = train(quick("decoder", store, run, ticks=5))
+    assert res["status"] == "interrupted" and res["tick"] == 1
+    assert json.loads((run / "state.json").read_text())["status"] == "interrupted"
+    assert OVAE.load(run).decoder is not None
+    # Ctrl-C before any module exists: nothing to save, no crash
+    calls.clear(), calls.append(1)
+    res = train(quick("decoder", store, tmp_path / "dec2"))
+    assert res["status"] == "interrupted" and res["parameters"] is None
+
+
+def test_encoder_then_decoder_on_its_latents(store, tmp_path):
+    res = train(quick("encoder", store, tmp_path / "enc", hidden=(2,), ticks=1))
+    assert res["status"] == "done" and "cosine" in res
+    cfg = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert cfg["out_scale"] >= 1.2 * float(np.abs(Store.open(store).latents[:]).max())
+    res = train(quick("decoder", store, tmp_path / "dec", latents=f"oenc:{tmp_path / 'enc'}", ticks=1))
+    v = OVAE.load(tmp_path / "dec")
+    assert v.decoder.config.latents.startswith("oenc:") and v.decoder.config.target == "image"
+    with pytest.raises(ValueError, match="holds no encoder"):
+        train(quick("decoder", store, tmp_path / "dec2", latents=f"oenc:{tmp_path / 'dec'}"))
+    with pytest.raises(ValueError, match="only applies to the decoder"):
+        quick("encoder", store, tmp_path / "x", latents="oenc:y")
+
+
+def test_global_mode(store, tmp_path):
+    train(quick("encoder", store, tmp_path / "genc", mode="global", retina_dim=16, grid=1, ticks=1))
+    train(quick("decoder", store, tmp_path / "gdec", mode="global", grid=1, global_size=8, ticks=1))
+    e, d = OVAE.load(tmp_path / "genc"), OVAE.load(tmp_path / "gdec")
+    x = torch.zeros(2, 3, SIZE, SIZE)
+    z = e.encode(x)
+    assert z.shape == (2, 4, 1, 1) and d.decode(z).shape == (2, 3, SIZE, SIZE)
+
+
+def test_freeze_loss_stops(store, tmp_path, capsys):
+    res = train(quick("decoder", store, tmp_path / "dec", ticks=5, freeze_loss=10.0))
+    assert res["status"] == "frozen" and res["tick"] == 1 and "frozen" in capsys.readouterr().out
+
+
+def test_cli_train(store, tmp_path):
+    rc = cli.main(["train", "decoder", "--store", str(store), "--out", str(tmp_path / "d"), "--ticks", "1",
+                   "--generations", "3", "--max-rows", "1000", "--eval-images", "2", "--window", "1"])
+    assert rc == 0 and OVAE.load(tmp_path / "d").decoder.config.window == 1
+    rc = cli.main(["train", "decoder", "--store", str(store), "--out", str(tmp_path / "d"), "--ticks", "1",
+                   "--window", "3"])
+    assert rc == 2  # a clear error, not a traceback
