@@ -13,7 +13,8 @@ preprocessed to 256x256 by organic_sd.data.preprocess):
     both timed in this process on the same threads (median of repeats)
 Closed-form least-squares fits of the same linear architectures (no tanh) are listed as
 references: the single-layer optimum that evolution is measured against. They live here only.
-Writes results.json and results.md to --out.
+Writes results.json and results.md to --out, merged with earlier calls' results there (so the
+configurations can be split over several calls with --configs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -43,7 +45,8 @@ CONFIGS = {
                              {"mode": "global", "grid": 1, "global_size": 64}),
     "patch-linear-snes": ({"window": 16}, {"window": 3}),
     "patch-linear-trust": ({"window": 16, "strategy": "trust"}, {"window": 3, "strategy": "trust"}),
-    "patch-linear-trust-neuron": ({"window": 16, "strategy": "trust-neuron"}, {"window": 3, "strategy": "trust-neuron"}),
+    "patch-linear-trust-neuron": ({"window": 16, "strategy": "trust-neuron"},
+                                  {"window": 3, "strategy": "trust-neuron"}),
     "patch-linear-dec5x5": ({"window": 16}, {"window": 5}),
     "patch-hidden": ({"window": 16, "hidden": (128,)}, {"window": 3, "hidden": (64,)}),
     "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
@@ -175,6 +178,7 @@ def main(argv=None) -> int:
                               first_tick_seconds=0.6 * args.seconds if hidden else None, max_rows=args.max_rows,
                               device=args.device, **kw)
             print(f"== {name}: {kind}", flush=True)
+            shutil.rmtree(run, ignore_errors=True)  # a fresh run: resuming would give it more than --seconds
             train(cfg)
             parts[kind] = read_parts(run, args.device)[kind]
         results.append(measure(name, OVAE(parts["encoder"], parts["decoder"]), teacher, args, out, teacher_s))
@@ -185,6 +189,12 @@ def main(argv=None) -> int:
             dec = least_squares(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows)
             results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
             print(json.dumps(results[-1]), flush=True)
+    # results of earlier calls with the same --out are kept (configs can be run in separate calls)
+    old = json.loads((out / "results.json").read_text())["results"] if (out / "results.json").is_file() else []
+    done = {r["name"] for r in results}
+    results = [r for r in old if r["name"] not in done] + results
+    order = {n: i for i, n in enumerate([*CONFIGS, *REFERENCES])}
+    results.sort(key=lambda r: order.get(r["name"], len(order)))
     (out / "results.json").write_text(json.dumps({"teacher": teacher.id, "teacher_cpu_ms": 1000 * teacher_s,
                                                   "args": vars(args), "results": results}, indent=1))
     md = markdown(results, args, teacher.id, 1000 * teacher_s)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from organic_sd import cli, dist
-from organic_sd.data import Store, precompute
+from organic_sd.data import Store, StoreWriter, describe_preprocess, precompute
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -89,6 +89,31 @@ def _assert_same(a: dict, b: dict) -> None:
         for x, y in zip(a[k][:3], b[k][:3]):
             np.testing.assert_array_equal(x, y)
         assert a[k][3] == b[k][3], f"{k} is in another split"
+
+
+def test_part_files_are_merged_once_even_if_left_behind(tmp_path):
+    header = {"teacher": "fake", "size": 8, "preprocess": describe_preprocess(8), "val_fraction": 0.5,
+              "dtype": "float16", "shapes": {"images": [3, 8, 8], "latents": [4, 1, 1], "decodes": [3, 8, 8]}}
+    rng = np.random.default_rng(0)
+    w0 = StoreWriter(tmp_path / "s", header, 2, rank=0)  # rank 0 first: it creates the store and holds the lock
+    w1 = StoreWriter(tmp_path / "s", header, 2, rank=1)
+    for r, w in enumerate((w0, w1)):
+        keys = [f"f#{2 * i + r}" for i in range(3)]  # frame i goes to rank i % 2
+        w.add(keys, keys, rng.uniform(-1, 1, (3, 3, 8, 8)), rng.normal(size=(3, 4, 1, 1)),
+              rng.uniform(-1, 1, (3, 3, 8, 8)))
+        w.commit()
+    assert Store.open(tmp_path / "s").meta["count"] == 0  # committed to the part files only
+    stale = (tmp_path / "s" / "meta.r001.json").read_text()
+    w0.merge(w0.parts + w1.parts)
+    w0.release()
+    assert sorted(Store.open(tmp_path / "s").keys) == [f"f#{i}" for i in range(6)]
+    # a crash right after meta.json was written, before the part files were removed, leaves one behind
+    (tmp_path / "s" / "meta.r001.json").write_text(stale)
+    StoreWriter(tmp_path / "s", header, 2).close()
+    s = Store.open(tmp_path / "s")
+    s.verify()
+    assert sorted(s.keys) == [f"f#{i}" for i in range(6)] and len(s.meta["shards"]) == 4
+    assert not list((tmp_path / "s").glob("meta.r*.json"))
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def store(tmp_path):
 
 
 def quick(kind, store, out, **kw):
-    kw = {"ticks": 2, "generations": 4, "tick_seconds": 60, "eval_images": 4, "max_rows": 2000, **kw}
+    kw = {"ticks": 2, "generations": 4, "tick_seconds": 10, "eval_images": 4, "max_rows": 2000, **kw}
     return TrainConfig(kind, str(store), str(out), **kw)
 
 

@@ -21,6 +21,7 @@ from organic_sd.ola.search import run_search
 UNITS_PER_ROUND = 16
 FIRST_READOUT_SHARE = 0.2  # of the whole budget, for the linear readout before any unit
 UNIT_SHARE = 0.5  # of each round, the rest re-fits the readout
+UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger batches than the readout
 
 
 def grow(data, hidden, out_scale, make_strategy, budget, progress):
@@ -66,7 +67,7 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     d = z.shape[1] + 1
 
     def batch_loss(theta):
-        i = data.batch_index()
+        i = data.batch_index(UNIT_BATCH_FACTOR * data.batch_size)
         return explained_loss(theta, z[i], resid[i], _basis(z[i]))
 
     def val_loss(theta):

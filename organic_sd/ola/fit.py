@@ -96,10 +96,11 @@ class Data:
         self.batch_size = batch_size
         self.generator = generator
 
-    def batch_index(self) -> torch.Tensor:
+    def batch_index(self, size: int | None = None) -> torch.Tensor:
         """Random training rows for one generation (shared by every candidate: common random numbers)."""
         n = self.x.shape[0]
-        return torch.randint(n, (self.batch_size,), generator=self.generator, device=self.x.device)
+        size = min(n, size or self.batch_size)
+        return torch.randint(n, (size,), generator=self.generator, device=self.x.device)
 
 
 def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress):
@@ -108,10 +109,14 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
     wh = Whitener.fit(u)
     z, zv = wh(u), wh(torch.cat(feats_val, dim=1))
     d = z.shape[1] + 1
+    # Whitened inputs have unit variance, so sigma * sqrt(d) is the spread of the
+    # candidates' pre-activations: start it at the spread the targets need, or a
+    # large out_scale makes every early candidate overshoot and the mean wander off.
+    spread = target_spread(data.y, out_scale) / math.sqrt(d)
     if init_raw is None:
-        mean0, sigma0 = torch.zeros(data.y.shape[1], d, device=z.device), 1.0 / math.sqrt(d)
+        mean0, sigma0 = torch.zeros(data.y.shape[1], d, device=z.device), spread
     else:
-        mean0, sigma0 = wh.from_raw(init_raw), 0.2 / math.sqrt(d)
+        mean0, sigma0 = wh.from_raw(init_raw), 0.2 * spread
     y, yv = data.y, data.y_val
 
     def batch_loss(theta):
@@ -124,6 +129,12 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
     res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
                      progress=progress, desc="readout")
     return wh.to_raw(res.theta), res
+
+
+def target_spread(y: torch.Tensor, out_scale: float) -> float:
+    """Typical std of the pre-activations that would produce y: std of atanh(y / out_scale)."""
+    pre = torch.atanh((y[:65536] / out_scale).clamp(-0.95, 0.95))
+    return float(pre.std(dim=0).mean().clamp(0.05, 2.0))
 
 
 def chunked(fn, theta: torch.Tensor, n_rows: int, max_elems: int = 2**26) -> torch.Tensor:

@@ -55,16 +55,17 @@ class Whitener:
     A_inv: torch.Tensor  # (in, in)
 
     @classmethod
-    def fit(cls, x: torch.Tensor, ridge: float = 1e-4, max_rows: int = 65536) -> "Whitener":
+    def fit(cls, x: torch.Tensor, ridge: float = 1e-4, max_rows: int = 32768) -> "Whitener":
         """PCA whitening of x (N, in); `ridge` (relative to the mean eigenvalue) keeps flat directions finite."""
-        xs = x[:max_rows].double()
+        xs = x[:max_rows]
         mean = xs.mean(0)
-        cov = torch.cov((xs - mean).T).reshape(x.shape[1], x.shape[1])
+        xc = xs - mean
+        cov = (xc.T @ xc).double() / max(1, xs.shape[0] - 1)  # float32 product, float64 eigensolve
         evals, evecs = torch.linalg.eigh(cov)
         evals = evals.clamp_min(0) + ridge * evals.clamp_min(0).mean() + 1e-12
         A = evecs / evals.sqrt()  # (in, in): column k = k-th principal direction / its std
         A_inv = (evecs * evals.sqrt()).T
-        return cls(mean.float(), A.float(), A_inv.float())
+        return cls(mean, A.float(), A_inv.float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) raw inputs -> (N, in) whitened inputs."""

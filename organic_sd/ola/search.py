@@ -61,6 +61,7 @@ def run_search(
     budget: Budget,
     generator: torch.Generator,
     eval_every: int = 25,
+    fallback_tolerance: float = 0.05,
     progress: bool = False,
     desc: str = "evolve",
 ) -> SearchResult:
@@ -83,7 +84,10 @@ def run_search(
         gen += 1
         bar.update(1)
         if gen % eval_every == 0 or budget.done(gen):
-            best_theta, best_val = _keep_best(strategy, state, val_loss, best_theta, best_val)
+            best_theta, best_val, cand_val = _keep_best(strategy, state, val_loss, best_theta, best_val)
+            if hasattr(strategy, "fall_back"):
+                # rows whose search wandered off (held-out loss clearly above their best) restart there, calmer
+                state = strategy.fall_back(state, cand_val > best_val * (1 + fallback_tolerance) + 1e-12, best_theta)
             curve.append((budget.elapsed(), gen, float(best_val.sum())))
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
     bar.close()
@@ -92,7 +96,10 @@ def run_search(
 
 
 def _keep_best(strategy, state, val_loss, best_theta, best_val):
-    """Score the strategy's candidates on held-out data and keep whichever beats the best so far."""
+    """Score the strategy's candidates on held-out data and keep whichever beats the best so far.
+
+    Returns the new best rows, their held-out losses, and the current candidates' losses.
+    """
     cand = strategy.candidates(state)  # (K, R, d)
     vl = torch.nan_to_num(val_loss(cand), nan=float("inf"))  # (K, R)
     if strategy.per_row:
@@ -100,8 +107,8 @@ def _keep_best(strategy, state, val_loss, best_theta, best_val):
         rows = torch.arange(cand.shape[1], device=cand.device)
         cand_best, cand_val = cand[k, rows], vl[k, rows]
         better = cand_val < best_val
-        return torch.where(better[:, None], cand_best, best_theta), torch.where(better, cand_val, best_val)
+        return torch.where(better[:, None], cand_best, best_theta), torch.where(better, cand_val, best_val), cand_val
     k = int(vl.sum(dim=1).argmin())
     if vl[k].sum() < best_val.sum():
-        return cand[k].clone(), vl[k]
-    return best_theta, best_val
+        return cand[k].clone(), vl[k], vl[k]
+    return best_theta, best_val, vl[k]

@@ -158,8 +158,9 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
             to_pil(xo).save(d / "o_recon.png")
             rec["ovae_vs_orig"] = image_metrics(xo, x)
             panels.append((f"O-VAE {rec['ovae_vs_orig']['psnr']:.1f} dB", xo))
-            if teacher is not None and zo.shape == zt.shape:
-                a, b = zo.permute(0, 2, 3, 1).flatten(0, 2), zt.permute(0, 2, 3, 1).flatten(0, 2)
+            if teacher is not None:
+                zr = zt if zo.shape == zt.shape else F.adaptive_avg_pool2d(zt, zo.shape[-2:])  # global: pooled
+                a, b = zo.permute(0, 2, 3, 1).flatten(0, 2), zr.permute(0, 2, 3, 1).flatten(0, 2)
                 rec["latent_cosine"] = float(cosine_rows(a, b).mean())
                 rec["latent_l2"] = float((a - b).double().square().mean())
         if teacher is not None and v.decoder is not None:
@@ -215,7 +216,8 @@ def _markdown(rep: dict) -> str:
     lines += ["", "| image | " + " | ".join(f"{COMPARISONS[k]} PSNR" for k in COMPARISONS if k in rep["mean"]) + " |",
               "| --- |" + " --- |" * sum(k in rep["mean"] for k in COMPARISONS)]
     for r in rep["images"]:
-        lines.append(f"| {r['image']} | " + " | ".join(f"{r[k]['psnr']:.2f}" for k in COMPARISONS if k in rep["mean"]) + " |")
+        cells = [f"{r[k]['psnr']:.2f}" for k in COMPARISONS if k in rep["mean"]]
+        lines.append(f"| {r['image']} | " + " | ".join(cells) + " |")
     for n in rep["notes"]:
         lines += ["", f"Note: {n}."]
     return "\n".join(lines) + "\n"
@@ -353,7 +355,8 @@ def print_report(rep: dict, out) -> None:
     for key, label in COMPARISONS.items():
         m = rep["mean"].get(key)
         if m:
-            print(f"{label:48s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  L2 {m['l2']:.5f}  cos {m['cosine']:.4f}")
+            print(f"{label:48s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  L2 {m['l2']:.5f}  "
+                  f"cos {m['cosine']:.4f}")
     if "latent_cosine" in rep["mean"]:
         print(f"{'O-Encoder vs teacher latents':48s} cosine {rep['mean']['latent_cosine']:.4f}")
     print(f"pictures: {Path(out).resolve()}/<image>/side_by_side.png ({len(rep['images'])} images); "

@@ -120,7 +120,7 @@ class Part(nn.Module):
         return out.reshape(B, c.latent_channels, c.grid, c.grid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder: (B, 3, H, W) -> (B, C, H/f, W/f) [global: (B, C, g, g)]; decoder: (B, C, h, w) -> (B, 3, h*f, w*f)."""
+        """Encoder (B, 3, H, W) -> (B, C, H/f, W/f) [global: (B, C, g, g)]; decoder (B, C, h, w) -> (B, 3, hf, wf)."""
         c = self.config
         if c.kind == "encoder":
             _check_tensor("images", x, 3, self.device, "3 (RGB)")

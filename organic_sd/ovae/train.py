@@ -336,16 +336,19 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            if (left is not None and left < 1.0) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
+            want = cfg.first_tick_seconds if part is None and cfg.first_tick_seconds else cfg.tick_seconds
+            # a tick much shorter than asked would be mostly setup: stop instead
+            out_of_time = left is not None and left < max(1.0, 0.2 * want)
+            if out_of_time or (cfg.ticks is not None and ticks_done >= cfg.ticks):
                 state["status"] = "done"
                 break
-            want = cfg.first_tick_seconds if part is None and cfg.first_tick_seconds else cfg.tick_seconds
             tick_s = want if left is None else min(want, left)
             t0 = time.perf_counter()
             x, y = rows.draw(train_idx, cfg.max_rows, rng)  # (N, in), (N, out)
             t_data = time.perf_counter() - t0
             module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
-                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
+                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data),
+                          generations=cfg.generations,
                           batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"],
                           progress=cfg.progress, init=None if part is None else part.module)
             del x, y
@@ -358,7 +361,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             ticks_done += 1
             state["time"] += time.perf_counter() - t0
             ts = module.training_summary
-            line = {"tick": state["tick"], "time": round(state["time"], 3), "rows": ts.get("n_train", 0) + ts.get("n_val", 0),
+            line = {"tick": state["tick"], "time": round(state["time"], 3),
+                    "rows": ts.get("n_train", 0) + ts.get("n_val", 0),
                     "data_seconds": round(t_data, 3), "fit_seconds": ts.get("seconds"),
                     "generations": ts.get("generations"), "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
                     "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", [])}

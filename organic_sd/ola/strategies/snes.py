@@ -58,6 +58,18 @@ class SNES:
         new = replace(state, mean=mean, sigma=sigma, generation=state.generation + 1)
         return new, {"sigma": float(sigma.mean())}
 
+    def fall_back(self, state: SNESState, rows: torch.Tensor, best: torch.Tensor) -> SNESState:
+        """Restart the masked rows (R,) at their best-known point `best (R, d)` with half the step size.
+
+        In high dimensions with small target weights, a mean step of sigma * sqrt(d) can
+        be mostly noise and the mean drifts away faster than sigma adapts; the trainer
+        notices on held-out data and sends those rows back, with smaller steps.
+        """
+        if not bool(rows.any()):
+            return state
+        m = rows[:, None]
+        return replace(state, mean=torch.where(m, best, state.mean), sigma=torch.where(m, 0.5 * state.sigma, state.sigma))
+
     def candidates(self, state: SNESState) -> torch.Tensor:
         """The search means, (1, R, d): what the distribution believes in."""
         return state.mean[None]

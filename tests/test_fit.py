@@ -1,0 +1,108 @@
+"""ola.fit: quality on problems with a known optimum, determinism, bad input, no autograd."""
+
+import numpy as np
+import pytest
+import torch
+
+from organic_sd import ola
+from organic_sd.ola.strategies import SNES
+
+
+def _linear_tanh(n=3000, n_in=8, n_out=4, noise=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_in, generator=g) @ torch.randn(n_in, n_in, generator=g)  # correlated inputs
+    w = torch.randn(n_out, n_in, generator=g) / n_in
+    clean = torch.tanh(x @ w.T + 0.2)
+    return x, clean + noise * torch.randn(clean.shape, generator=g), noise ** 2
+
+
+def test_fit_reaches_the_noise_floor_of_a_linear_tanh_teacher():
+    x, y, floor = _linear_tanh()
+    m = ola.fit(x[:2500], y[:2500], generations=400, x_val=x[2500:], y_val=y[2500:])
+    mse = float((m(x[2500:]) - y[2500:]).square().mean())
+    assert mse < 1.3 * floor
+    assert m.training_summary["generations"] == 400
+
+
+def test_hidden_units_learn_what_one_layer_cannot():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4000, 2, generator=g) * 4 - 2
+    y = torch.tanh(x[:, :1] * x[:, 1:])  # a product: no single tanh of a linear map fits it
+    flat = ola.fit(x, y, generations=300)
+    deep = ola.fit(x, y, hidden=(8,), generations=600)
+    xt = torch.rand(2000, 2, generator=g) * 4 - 2
+    yt = torch.tanh(xt[:, :1] * xt[:, 1:])
+    assert deep.config.hidden == (8,) and deep.hidden[0].weight.shape == (8, 2)
+    assert (deep(xt) - yt).square().mean() < 0.5 * (flat(xt) - yt).square().mean()
+
+
+def test_fit_is_deterministic_for_a_seed():
+    x, y, _ = _linear_tanh(n=500)
+    a = ola.fit(x, y, generations=30, seed=3)
+    b = ola.fit(x, y, generations=30, seed=3)
+    c = ola.fit(x, y, generations=30, seed=4)
+    assert torch.equal(a.readout.weight, b.readout.weight)
+    assert not torch.equal(a.readout.weight, c.readout.weight)
+
+
+@pytest.mark.parametrize("strategy", ["trust", "trust-neuron", "snes", "auto"])
+def test_every_strategy_improves_on_the_starting_point(strategy):
+    x, y, _ = _linear_tanh(n=1000)
+    m = ola.fit(x, y, strategy=strategy, generations=150)
+    assert m.training_summary["val_mse"] < float(y.square().mean())  # beats predicting tanh(0) = 0
+
+
+def test_fit_takes_numpy_and_continues_from_init():
+    x, y, _ = _linear_tanh(n=1000)
+    first = ola.fit(x.numpy(), y.numpy().astype(np.float64), generations=20)
+    more = ola.fit(x, y, generations=200, init=first, seed=1)
+    assert more.training_summary["val_mse"] <= first.training_summary["val_mse"]
+    with pytest.raises(ValueError, match="hidden"):
+        ola.fit(x, y, hidden=(4,), generations=5, init=first)
+
+
+def test_fit_builds_no_autograd_graph(monkeypatch):
+    seen = []
+    tell = SNES.tell
+
+    def spy(self, state, theta, loss):
+        seen.append((torch.is_grad_enabled(), theta.requires_grad, loss.requires_grad, loss.grad_fn))
+        return tell(self, state, theta, loss)
+
+    monkeypatch.setattr(SNES, "tell", spy)
+    x, y, _ = _linear_tanh(n=400)
+    x.requires_grad_(True)  # even a caller's graph-tracking tensor must not start one
+    m = ola.fit(x, y, hidden=(2,), generations=20)
+    assert seen and all(s == (False, False, False, None) for s in seen)
+    assert not any(p.requires_grad for p in m.parameters())
+    assert not m(x.detach()).requires_grad
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (torch.zeros(10, 3), torch.zeros(9, 2), "10 rows but y has 9"),
+    (torch.zeros(10), torch.zeros(10, 2), r"x must have shape \(N, D\)"),
+    (torch.full((10, 3), float("nan")), torch.zeros(10, 2), "x contains 30 NaN"),
+    (torch.zeros(10, 3), torch.full((10, 2), float("inf")), "y contains 0 NaN and 20 inf"),
+    ("not data", torch.zeros(10, 2), "torch.Tensor or numpy array"),
+])
+def test_bad_data_is_a_clear_error(x, y, match):
+    with pytest.raises(ValueError, match=match):
+        ola.fit(x, y, generations=1)
+
+
+def test_bad_arguments_are_clear_errors():
+    x, y = torch.randn(20, 3), torch.rand(20, 2) * 0.5
+    with pytest.raises(ValueError, match="unknown strategy"):
+        ola.fit(x, y, strategy="sgd", generations=1)
+    with pytest.raises(ValueError, match="x_val has 4 columns but x has 3"):
+        ola.fit(x, y, x_val=torch.zeros(5, 4), y_val=torch.zeros(5, 2), generations=1)
+    with pytest.raises(ValueError, match="both x_val and y_val"):
+        ola.fit(x, y, x_val=x, generations=1)
+    with pytest.raises(ValueError, match="population"):
+        ola.fit(x, y, population=1, generations=1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_requested_without_cuda_says_so():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ola.fit(torch.zeros(10, 3), torch.zeros(10, 2), device="cuda", generations=1)
