@@ -11,10 +11,18 @@ import sys
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from organic_sd import ola
+    import json
 
-    m = ola.load(args.checkpoint)
-    print(m.describe())
+    from organic_sd import ola
+    from organic_sd.ovae.model import OVAE
+
+    try:  # an O-VAE (export or `osd train` run) first, then a bare OLA module
+        v = OVAE.load(args.checkpoint)
+    except ValueError:
+        print(ola.load(args.checkpoint).describe())
+        return 0
+    print(f"O-VAE, {v.num_parameters():,} parameters")
+    print(json.dumps(v.meta, indent=2, default=str))
     return 0
 
 

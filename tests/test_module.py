@@ -68,3 +68,14 @@ def test_wrong_input_dim_and_device_are_clear_errors():
         m(torch.zeros(5, 3))
     with pytest.raises(ValueError, match="input is on cpu but the module is on cuda"):
         check_input(torch.zeros(5, 4), 4, torch.device("cuda"))
+
+
+def test_osd_info_describes_a_module_and_refuses_other_files(tmp_path, capsys):
+    from organic_sd.cli import main
+
+    _module().save(tmp_path / "m")
+    assert main(["info", str(tmp_path / "m")]) == 0
+    assert "OLA module 4 -> 3 -> 2" in capsys.readouterr().out
+    (tmp_path / "x.safetensors").write_text("junk")
+    assert main(["info", str(tmp_path / "x.safetensors")]) == 2
+    assert "not a safetensors file" in capsys.readouterr().err

@@ -103,3 +103,19 @@ def test_make_strategy_names():
         assert "unknown strategy 'adam'" in str(e)
     else:
         raise AssertionError("a bad name must raise")
+
+
+def test_drifted_rows_are_judged_relative_to_the_size_of_their_best():
+    from organic_sd.ola.search import drifted
+
+    best = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    cand = torch.tensor([1.01, 1.2, -0.99, -0.8])  # small and large setbacks, positive and negative losses
+    assert drifted(cand, best, 0.05).tolist() == [False, True, False, True]
+
+
+def test_snes_fall_back_restarts_only_the_masked_rows_with_smaller_steps():
+    s = SNES(4).init(torch.zeros(2, 3), 1.0, torch.Generator().manual_seed(0))
+    best = torch.ones(2, 3)
+    s2 = SNES(4).fall_back(s, torch.tensor([True, False]), best)
+    assert torch.equal(s2.mean[0], best[0]) and torch.equal(s2.mean[1], s.mean[1])
+    assert torch.allclose(s2.sigma[0], 0.5 * s.sigma[0]) and torch.equal(s2.sigma[1], s.sigma[1])

@@ -87,12 +87,20 @@ def run_search(
             best_theta, best_val, cand_val = _keep_best(strategy, state, val_loss, best_theta, best_val)
             if hasattr(strategy, "fall_back"):
                 # rows whose search wandered off (held-out loss clearly above their best) restart there, calmer
-                state = strategy.fall_back(state, cand_val > best_val * (1 + fallback_tolerance) + 1e-12, best_theta)
+                state = strategy.fall_back(state, drifted(cand_val, best_val, fallback_tolerance), best_theta)
             curve.append((budget.elapsed(), gen, float(best_val.sum())))
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
     bar.close()
     budget.spend(gen)
     return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve)
+
+
+def drifted(cand_val: torch.Tensor, best_val: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Rows whose current held-out loss is worse than their best by more than `tolerance` of its size.
+
+    Relative to |best|, because some objectives (a unit's explained energy) are negative.
+    """
+    return cand_val > best_val + tolerance * best_val.abs() + 1e-12
 
 
 def _keep_best(strategy, state, val_loss, best_theta, best_val):
