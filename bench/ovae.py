@@ -33,7 +33,7 @@ import torch
 
 from organic_sd.data import Store
 from organic_sd.ovae.evaluate import pipeline
-from organic_sd.ovae.model import OVAE, Part, PartConfig, read_parts
+from organic_sd.ovae.model import OVAE, Part, read_parts
 from organic_sd.ovae.train import Rows, TrainConfig, _part_config, train
 
 REPO = Path(__file__).resolve().parents[1]

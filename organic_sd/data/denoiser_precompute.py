@@ -22,7 +22,6 @@ import numpy as np
 from tqdm import tqdm
 
 from organic_sd.data.denoiser_store import DenoiserStore, DenoiserStoreWriter, record_key, sample_group
-from organic_sd.data.store import DiskFullError
 
 NOISE = "torch.randn on the CPU, torch.Generator seeded with SeedSequence([seed, sample]).generate_state(1)[0]: " \
         "noise (C, H, W), then renoise t (R,) by randint(1, T), then renoise noise (R, C, H, W)"
@@ -205,15 +204,7 @@ def precompute_denoiser(
             bar.update(len(chunk))
         writer.close()  # commits the partial shard
     except BaseException as exc:
-        # keep the batches already written to the open shard unless the write path itself failed
-        if isinstance(exc, Exception) and not isinstance(exc, (DiskFullError, OSError)):
-            try:
-                writer.commit()
-            except Exception:
-                writer.abort()
-        else:
-            writer.abort()
-        writer.release()
+        writer.fail(exc)
         raise
     finally:
         bar.close()

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from organic_sd import dist
 from organic_sd.data.preprocess import FrameTooSmallError, describe_preprocess, preprocess
 from organic_sd.data.sources import Frame, ImageFiles, VideoFile, iter_frames, open_sources
-from organic_sd.data.store import DiskFullError, StoreWriter
+from organic_sd.data.store import StoreWriter
 
 
 @dataclass
@@ -259,15 +259,7 @@ def precompute(
             writer.commit()  # into this rank's part file
             _merge_ranks(writer, rep)
     except BaseException as e:
-        # keep the batches already written to the open shard unless the write path itself failed
-        if isinstance(e, Exception) and not isinstance(e, (DiskFullError, OSError)):
-            try:
-                writer.commit()
-            except Exception:
-                writer.abort()
-        else:
-            writer.abort()
-        writer.release()
+        writer.fail(e)
         raise
     finally:
         bar.close()

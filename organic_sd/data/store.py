@@ -436,6 +436,17 @@ class StoreWriter:
         self.done.update(self._keys)
         self._files, self._keys, self._val = None, [], []
 
+    def fail(self, exc: BaseException) -> None:
+        """After `exc` stopped a writing loop: keep the rows already added unless the write path itself failed."""
+        if isinstance(exc, Exception) and not isinstance(exc, (DiskFullError, OSError)):
+            try:
+                self.commit()
+            except Exception:
+                self.abort()
+        else:
+            self.abort()
+        self.release()
+
     def abort(self) -> None:
         """Drop the open shard (its samples were never committed)."""
         if self._files is not None:

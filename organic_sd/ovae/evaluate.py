@@ -200,7 +200,7 @@ COMPARISONS = {"teacher_vs_orig": "teacher recon vs original", "ovae_vs_orig": "
 
 
 def _markdown(rep: dict) -> str:
-    lines = [f"# O-VAE pipeline report", "",
+    lines = ["# O-VAE pipeline report", "",
              f"O-VAE: teacher `{rep['ovae']['teacher']}`, {rep['ovae']['parameters']:,} parameters; "
              f"teacher given: `{rep['teacher']}`; {len(rep['images'])} images at {rep['size']}x{rep['size']} "
              "(organic_sd.data.preprocess).", "",
@@ -333,7 +333,7 @@ def demo(out: str | os.PathLike, teacher_spec: str | None = None, seconds: float
     return rep
 
 
-def export(encoder_run, decoder_run, out) -> "OVAE":
+def export(encoder_run, decoder_run, out):
     """Bundle the encoder of one run and the decoder of another into one O-VAE file."""
     from organic_sd.ovae.model import OVAE, read_parts
 
