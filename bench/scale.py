@@ -6,6 +6,11 @@ work; efficiency is rate(N) / (N * rate(1)). Rank counts the machine cannot host
 
     python bench/scale.py [--part precompute] [--ranks 1 2 4 8] [--teacher fake|SPEC] [--device auto]
                           [--frames 96] [--size 128] [--md docs/bench_scale.md]
+    python bench/scale.py --part training [--seconds 10] [--rows 20000] [--inputs 36] [--outputs 192]
+                          [--hidden ...] [--population 40] [--md docs/bench_scale_training.md]
+
+training: generations/s and the held-out MSE reached after a fixed time; ola.fit splits the
+rows (output neurons, cascade units) across ranks, so a rank's generation covers fewer rows.
 
 Parts live in PARTS (name -> worker function run on every rank, returning rank 0's
 measurement); a new part only adds a worker there and is selected with `--part NAME`.
@@ -95,11 +100,40 @@ def precompute_worker(args: argparse.Namespace) -> dict:
     cpu = sum(dist.all_gather_object(time.process_time() - cpu0))
     # rep.seconds runs from the first frame to rank 0's commit of meta.json, so it waits for the slowest rank
     return {"items": rep.written, "seconds": rep.seconds, "rate": rep.written / rep.seconds, "unit": "frames/s",
-            "cpu_seconds": cpu, "teacher": teacher.id, "device": device}
+            "cpu_seconds": cpu, "device": device,
+            "work": f"{rep.written} frames at {args.size}x{args.size}, batch {args.batch}, teacher {teacher.id}"}
+
+
+def training_problem(rows: int, inputs: int, outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed smooth regression x (rows, inputs) -> y (rows, outputs) in (-1, 1), shaped like a patch decoder's."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, inputs, generator=g)
+    w1, w2 = torch.randn(inputs, 32, generator=g), torch.randn(32, outputs, generator=g)
+    return x, 0.9 * torch.tanh(torch.tanh(x @ w1 / inputs ** 0.5) @ w2 / 32 ** 0.5 + 0.2 * x @ w1[:, :1])
+
+
+def training_worker(args: argparse.Namespace) -> dict:
+    """ola.fit for args.seconds on every rank (rows split across ranks); rank 0 reports generations/s and held-out MSE."""
+    from organic_sd import ola
+
+    device = dist.local_device(resolve_device(args.device))
+    x, y = training_problem(args.rows, args.inputs, args.outputs)
+    kw = dict(hidden=tuple(args.hidden), population=args.population, device=device, seed=0)
+    ola.fit(x[:2000], y[:2000], generations=5, **kw)  # warm-up: kernel choice and allocation stay out of the timing
+    dist.barrier()
+    cpu0 = time.process_time()
+    m = ola.fit(x, y, max_seconds=args.seconds, **kw)
+    cpu = sum(dist.all_gather_object(time.process_time() - cpu0))
+    ts = m.training_summary
+    # a time budget: each rank runs as many generations as it can; rank 0's count stands for all
+    return {"items": ts["generations"], "seconds": ts["seconds"], "rate": ts["generations"] / ts["seconds"],
+            "unit": "generations/s", "cpu_seconds": cpu, "device": device, "val_mse": ts["val_mse"],
+            "work": f"ola.fit {args.inputs} -> {args.outputs}, hidden {tuple(args.hidden)}, {args.rows:,} rows, "
+                    f"population {args.population}, strategy {ts['strategy']}, {args.seconds:g} s"}
 
 
 # name -> worker: runs on every rank under torchrun and returns the measurement (rank 0's is kept)
-PARTS = {"precompute": precompute_worker}
+PARTS = {"precompute": precompute_worker, "training": training_worker}
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -138,12 +172,13 @@ def table(args: argparse.Namespace, results: dict[int, dict], skipped: list[int]
     first = next(iter(results.values()))
     unit = first["unit"]
     items = unit.split("/")[0]
+    loss = "val_mse" in first  # training: the held-out MSE reached in the same time
     rows = []
     for n, r in results.items():
         speedup = r["rate"] / base["rate"] if base else float("nan")
         rows.append(f"| {n} | {r['items']} | {r['seconds']:.2f} | {r['cpu_seconds'] / n:.2f} | {r['rate']:,.2f} | "
-                    f"{speedup:.2f}x | {speedup / n:.0%} |")
-    rows += [f"| {n} | not run: this machine hosts at most {most} ranks ({cap}) | | | | | |"
+                    f"{speedup:.2f}x | {speedup / n:.0%} |" + (f" {r['val_mse']:.5g} |" if loss else ""))
+    rows += [f"| {n} | not run: this machine hosts at most {most} ranks ({cap}) | | | | | |" + (" |" if loss else "")
              for n in skipped]
     return "\n".join([
         f"## Scaling: {args.part}",
@@ -151,11 +186,10 @@ def table(args: argparse.Namespace, results: dict[int, dict], skipped: list[int]
         f"Command: `python bench/scale.py {shlex.join(sys.argv[1:])}`  ",
         f"Machine: {args.machine}; torch {torch.__version__}; {cap}  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
-        f"Work: {first['items']} frames at {args.size}x{args.size}, batch {args.batch}, teacher {first['teacher']} "
-        f"on {first['device']}; best of {args.repeat} round(s)",
+        f"Work: {first['work']} on {first['device']}; best of {args.repeat} round(s)",
         "",
-        f"| ranks | {items} | seconds | CPU s per rank | {unit} | speedup | efficiency |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| ranks | {items} | seconds | CPU s per rank | {unit} | speedup | efficiency |" + (" held-out MSE |" if loss else ""),
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if loss else ""),
         *rows,
     ]) + "\n"
 
@@ -173,6 +207,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=10.0, help="training: ola.fit time budget per rank count")
+    ap.add_argument("--rows", type=int, default=20_000, help="training: rows of the synthetic problem")
+    ap.add_argument("--inputs", type=int, default=36, help="training: inputs (a 3x3 window of 4 latent channels)")
+    ap.add_argument("--outputs", type=int, default=192, help="training: outputs (an 8x8 RGB pixel block)")
+    ap.add_argument("--hidden", type=int, nargs="*", default=[], help="training: hidden widths")
+    ap.add_argument("--population", type=int, default=40, help="training: candidates per row")
     ap.add_argument("--sources", nargs="*", default=None, help="frame sources (default: generated PNGs)")
     ap.add_argument("--dir", default=None, help="where the temporary stores go (default: a temp dir)")
     ap.add_argument("--md", default=None, help="also write the markdown table to this file")
@@ -191,7 +231,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         # made once here: ranks writing the same files at once would race
-        args.sources = args.sources or [make_images(Path(tmp) / "frames", args.frames, args.size)]
+        if args.part == "precompute":
+            args.sources = args.sources or [make_images(Path(tmp) / "frames", args.frames, args.size)]
+        args.sources = args.sources or []
         # rounds interleave the rank counts, so that other load on a shared machine hits all of them alike
         for _ in range(args.repeat):
             for n in run:

@@ -55,18 +55,23 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
 # -- O-VAE: train, eval, reconstruct, demo, export (organic_sd.ovae) ---------------------------
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from organic_sd import dist
+    from organic_sd.ola.checks import resolve_device
     from organic_sd.ovae.train import TrainConfig, train
 
+    device = str(resolve_device(args.device))  # before joining a group: no CUDA is a clear error
+    dist.init()  # under torchrun: join the group, and ola.fit splits its searches across the ranks
     cfg = TrainConfig(
         kind=args.part, store=args.store, out=args.out, mode=args.mode, window=args.window,
         hidden=tuple(args.hidden), strategy=args.strategy, population=args.population, max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
-        generations=args.generations, save_minutes=args.save_minutes, device=args.device,
+        generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
         latents=args.latents, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
         batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
     res = train(cfg)
+    dist.destroy()
     return 130 if res["status"] == "interrupted" else 0
 
 
@@ -172,6 +177,7 @@ def _add_ovae_parsers(sub) -> None:
     enc = parts.add_parser("encoder", parents=[common], help="O-Encoder: pixel window -> latent vector")
     enc.set_defaults(latents="teacher", target="")
     tr.set_defaults(func=_cmd_train)
+    _add_train_denoiser_parser(parts)
 
     ev = sub.add_parser("eval", help="evaluate an O-VAE")
     evs = ev.add_subparsers(dest="what", required=True)
@@ -260,6 +266,87 @@ def build_precompute_denoiser_parser() -> argparse.ArgumentParser:
     return p
 
 
+# -- O-UNet: train denoiser, generate (organic_sd.ounet) ---------------------------------------
+
+def _cmd_train_denoiser(args: argparse.Namespace) -> int:
+    from organic_sd.ounet.train import DenoiserTrainConfig, train
+
+    cfg = DenoiserTrainConfig(
+        store=args.store, out=args.out, window=args.window, hidden=tuple(args.hidden), grid=args.grid,
+        freqs=args.freqs, modulate=args.modulate, strategy=args.strategy, population=args.population,
+        max_minutes=args.max_minutes,
+        ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
+        generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
+        eval_records=args.eval_records, device=args.device, seed=args.seed, progress=args.progress,
+    )
+    res = train(cfg)
+    return 130 if res["status"] == "interrupted" else 0
+
+
+def _add_train_denoiser_parser(parts) -> None:
+    """`osd train denoiser`: its own flags (the O-VAE parts' flags do not apply)."""
+    dn = parts.add_parser("denoiser", help="O-UNet: noisy window + timestep + global context -> eps per pixel")
+    dn.add_argument("--store", required=True, help="denoiser store written by `osd precompute denoiser`")
+    dn.add_argument("--out", required=True, help="run folder (created, or resumed if it holds the same run)")
+    dn.add_argument("--window", type=int, default=9, help="noisy-input window k x k around each pixel (odd)")
+    dn.add_argument("--hidden", type=int, nargs="*", default=[32], help="hidden tanh widths (cascade), e.g. 32")
+    dn.add_argument("--grid", type=int, default=4, help="global context: x_t average-pooled to GRID x GRID")
+    dn.add_argument("--freqs", type=int, default=4, help="sin/cos frequencies of t/T in the timestep features")
+    dn.add_argument("--modulate", type=int, default=5,
+                    help="inner window m (odd, <= --window; 0: none) whose values, and the global context, are "
+                         "also inputs multiplied by sqrt(alpha-bar) and sqrt(1 - alpha-bar)")
+    dn.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
+    dn.add_argument("--population", type=int, default=40, help="candidates per row")
+    dn.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
+    dn.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
+    dn.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")
+    dn.add_argument("--first-tick-seconds", type=float, default=None,
+                    help="search time of the first tick, which grows the hidden units; default --tick-seconds")
+    dn.add_argument("--generations", type=int, default=None, help="search generations per tick (reproducible runs)")
+    dn.add_argument("--max-rows", type=int, default=100_000, help="pixel rows drawn per tick")
+    dn.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")
+    dn.add_argument("--eval-records", type=int, default=64, help="held-out records scored per tick")
+    dn.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    dn.add_argument("--seed", type=int, default=0)
+    dn.add_argument("--progress", action="store_true", help="show the search's progress bars")
+    dn.set_defaults(func=_cmd_train_denoiser)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from organic_sd.ounet import OUNet
+    from organic_sd.ounet.generate import generate
+
+    if args.prompt:
+        raise ValueError("prompts need a conditional O-UNet with a text adapter; this command draws "
+                         "unconditional samples: leave PROMPT out")
+    u = OUNet.load(args.ounet, device=args.device)
+    teacher = None
+    if args.teacher:
+        from organic_sd.teachers import load_denoiser
+
+        teacher = load_denoiser(args.teacher, device=args.device)
+    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher)
+    print(f"wrote {args.out}: {args.n} samples, {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
+          + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
+    if teacher is not None:
+        print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
+    return 0
+
+
+def _add_generate_parser(sub) -> None:
+    """`osd generate`."""
+    g = sub.add_parser("generate", help="deterministic DDIM samples from an O-UNet into a grid PNG")
+    g.add_argument("prompt", nargs="?", default=None, help="text prompt (conditional O-UNets only)")
+    g.add_argument("--ounet", default=None, help="O-UNet file or `osd train denoiser` run (default: the shipped one)")
+    g.add_argument("--steps", type=int, default=8, help="DDIM steps")
+    g.add_argument("--seed", type=int, default=0, help="noise seed")
+    g.add_argument("--n", type=int, default=16, help="number of samples")
+    g.add_argument("--teacher", default=None, help="denoiser teacher spec: its samples from the same noise beside")
+    g.add_argument("--out", required=True, help="output PNG")
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(func=_cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `osd`."""
     p = argparse.ArgumentParser(prog="osd", description=__doc__.splitlines()[0])
@@ -286,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
     pre.set_defaults(func=_cmd_precompute)
     _add_ovae_parsers(sub)
+    _add_generate_parser(sub)
     return p
 
 

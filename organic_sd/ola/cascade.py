@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.population import Whitener, explained_loss
 from organic_sd.ola.search import run_search
 
@@ -76,8 +77,10 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     # Random starts with pre-activations of std ~2 reach the saturated, most nonlinear
     # part of tanh; all-zero starts would make every unit chase the same feature.
     mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
-    found = run_search(make_strategy(), batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
-                       data.generator, progress=progress, desc=desc)
+    # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
+    strategy = make_strategy()
+    found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
+                       data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units))
     return _Units(wh.to_raw(found.theta), found.generations)
 
 

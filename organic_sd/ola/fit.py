@@ -10,6 +10,7 @@ import torch
 
 from organic_sd.ola import cascade
 from organic_sd.ola.checks import as_matrix, check_pair, resolve_device
+from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Whitener, mse_loss
 from organic_sd.ola.search import Budget, run_search
@@ -118,6 +119,9 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
     else:
         mean0, sigma0 = wh.from_raw(init_raw), 0.2 * spread
     y, yv = data.y, data.y_val
+    shard = shard_rows(strategy, y.shape[1])
+    if shard is not None:  # this rank scores only its output neurons
+        y, yv = y[:, shard.rows], yv[:, shard.rows]
 
     def batch_loss(theta):
         i = data.batch_index()
@@ -127,7 +131,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
         return chunked(lambda t: mse_loss(t, zv, yv, out_scale), theta, zv.shape[0])
 
     res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
-                     progress=progress, desc="readout")
+                     progress=progress, desc="readout", shard=shard)
     return wh.to_raw(res.theta), res
 
 

@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from organic_sd import dist
+
 
 @dataclass
 class Budget:
@@ -64,6 +66,7 @@ def run_search(
     fallback_tolerance: float = 0.05,
     progress: bool = False,
     desc: str = "evolve",
+    shard=None,
 ) -> SearchResult:
     """Evolve rows starting at `mean0 (R, d)` until the budget is spent.
 
@@ -71,13 +74,20 @@ def run_search(
     `val_loss(theta (K, R, d)) -> (K, R)` on held-out data. The result keeps, per row for
     per-row strategies or per genome otherwise, the candidate with the lowest held-out loss
     seen at any evaluation: loss, not trust, decides what is exported.
+
+    With a `shard` (organic_sd.ola.distributed.RowShard) this rank evolves only the rows
+    `shard.rows` of `mean0`, the losses score those rows alone, and every rank returns all
+    rows gathered.
     """
+    if shard is not None:
+        mean0 = mean0[shard.rows]
+        strategy.shard = shard
     best_theta = mean0.clone()
     best_val = val_loss(mean0[None])[0]  # (R,)
     curve = [(budget.elapsed(), 0, float(best_val.sum()))]
     state = strategy.init(mean0, sigma0, generator)
     gen = 0
-    bar = tqdm(desc=desc, disable=not progress, unit="gen", leave=False)
+    bar = tqdm(desc=desc, disable=not progress or not dist.is_main(), unit="gen", leave=False)
     while not budget.done(gen):
         state, theta = strategy.ask(state)
         state, metrics = strategy.tell(state, theta, batch_loss(theta))
@@ -92,6 +102,8 @@ def run_search(
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
     bar.close()
     budget.spend(gen)
+    if shard is not None:
+        best_theta, best_val, curve = shard.gather(best_theta), shard.gather(best_val), shard.gather_curve(curve)
     return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from organic_sd import ola
+from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
@@ -286,8 +286,13 @@ def _fit(x, y, init=None, **kw):
 # -- the loop ----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, log_to=None) -> dict:
-    """Run (or resume) a training run; returns a summary dict (also when stopped by Ctrl-C)."""
-    log_to = log_to or sys.stdout
+    """Run (or resume) a training run; returns a summary dict (also when stopped by Ctrl-C).
+
+    Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits
+    its searches across the ranks, and only rank 0 writes RUN_DIR and prints.
+    """
+    main = dist.is_main()
+    log_to = (log_to or sys.stdout) if main else open(os.devnull, "w")
     t_wall = time.perf_counter()
     dev = resolve_device(cfg.device)
     store = Store.open(cfg.store)
@@ -312,11 +317,13 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
               f"{state['best']['heldout_mse']:.5g})", file=log_to)
     else:
         rec["out_scale"] = old["out_scale"] if old else _out_scale(cfg, store, np.random.default_rng(cfg.seed))
-    _atomic_json(run / "config.json", rec)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
         if old is not None and (run / "log.jsonl").is_file() else []
-    if old is None:
-        (run / "log.jsonl").unlink(missing_ok=True)  # a log without a run (crash before config) starts over
+    dist.barrier()  # every rank has read RUN_DIR before rank 0 writes to it
+    if main:
+        _atomic_json(run / "config.json", rec)
+        if old is None:
+            (run / "log.jsonl").unlink(missing_ok=True)  # a log without a run (crash before config) starts over
     rng = np.random.default_rng([cfg.seed, state["tick"]])  # resumed runs draw new samples, not the same ones
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     if budget is None and cfg.ticks is None and cfg.freeze_loss is None:
@@ -324,7 +331,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     last_save = time.perf_counter()
 
     def save(status: str) -> None:
-        if part is None:
+        if part is None or not main:
             return
         state["status"] = status
         summary = {"run": rec, "tick": state["tick"], "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
@@ -339,7 +346,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             want = cfg.first_tick_seconds if part is None and cfg.first_tick_seconds else cfg.tick_seconds
             # a tick much shorter than asked would be mostly setup: stop instead
             out_of_time = left is not None and left < max(1.0, 0.2 * want)
-            if out_of_time or (cfg.ticks is not None and ticks_done >= cfg.ticks):
+            # rank 0's clock decides for all: a rank left out of a tick would wait in ola.fit's gathers forever
+            if dist.all_gather_object(out_of_time or (cfg.ticks is not None and ticks_done >= cfg.ticks))[0]:
                 state["status"] = "done"
                 break
             tick_s = want if left is None else min(want, left)
@@ -353,7 +361,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
                           progress=cfg.progress, init=None if part is None else part.module)
             del x, y
             cand = Part(part_cfg, module)
-            scores = heldout.score(cand)
+            # rank 0's scores for all: keep / freeze must be decided alike on every rank
+            scores = dist.all_gather_object(heldout.score(cand))[0]
             kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
             if kept:
                 part, state["best"] = cand, scores
@@ -367,9 +376,10 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
                     "generations": ts.get("generations"), "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
                     "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", [])}
             log.append(line)
-            with open(run / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            _plot(run, log, cfg.kind)
+            if main:
+                with open(run / "log.jsonl", "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                _plot(run, log, cfg.kind)
             metric = f"PSNR {scores['psnr']:.2f} dB" if "psnr" in scores else f"cosine {scores['cosine']:.4f}"
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
                   f"held-out MSE {scores['heldout_mse']:.5g}, {metric}{'' if kept else ' (worse: kept previous)'}",

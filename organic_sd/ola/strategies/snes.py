@@ -28,6 +28,7 @@ class SNES:
     """Per-row SNES; `lr_sigma=None` takes the textbook (3 + ln d) / (5 sqrt d)."""
 
     per_row = True
+    shard = None  # a RowShard when this process searches only some rows (organic_sd.ola.distributed)
 
     def __init__(self, population: int, lr_mean: float = 1.0, lr_sigma: float | None = None):
         if population % 2:
@@ -43,7 +44,13 @@ class SNES:
     def ask(self, state: SNESState) -> tuple[SNESState, torch.Tensor]:
         """Draw P antithetic candidates per row -> theta (P, R, d)."""
         R, d = state.mean.shape
-        half = torch.randn(self.population // 2, R, d, generator=state.generator, device=state.mean.device)
+        if self.shard is None:
+            half = torch.randn(self.population // 2, R, d, generator=state.generator, device=state.mean.device)
+        else:
+            # draw every row's noise, as one process would, and keep ours: the result does not depend on N
+            full = torch.randn(self.population // 2, self.shard.total, d, generator=state.generator,
+                               device=state.mean.device)
+            half = full[:, self.shard.rows]
         eps = torch.cat([half, -half])  # (P, R, d)
         return replace(state, eps=eps), state.mean + state.sigma * eps
 
