@@ -120,7 +120,17 @@ def test_part_files_are_merged_once_even_if_left_behind(tmp_path):
 def data(tmp_path_factory):
     """Sources (an image folder listed twice, plus a video) and the store one process makes of them."""
     root = tmp_path_factory.mktemp("dist")
-    sources = [_images(root / "imgs", 11), VIDEO, str(root / "imgs")]
+    # The split hashes each image's path, and tmp paths change from run to run: pick a folder
+    # name whose first images put at least one frame in the held-out split, so the split is tested.
+    from organic_sd.data.sources import iter_frames, open_sources
+    from organic_sd.data.store import split_is_val
+
+    for k in range(100):
+        folder = _images(root / f"imgs{k}", 11)
+        first = [fr.group for fr in iter_frames(open_sources([folder], max_frames=4))]
+        if any(split_is_val(g, KW["val_fraction"]) for g in first):
+            break
+    sources = [folder, VIDEO, folder]
     precompute(sources, FakeTeacher(), root / "one", SIZE, max_frames=4, progress=False, **VIDEO_KW, **KW)
     return sources, _contents(root / "one")
 

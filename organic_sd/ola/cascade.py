@@ -79,8 +79,11 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
     # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
     strategy = make_strategy()
+    # No held-out fall-back here: a unit's explained energy is a small, noisy number and the
+    # restarts stalled the unit searches (2-layer bench, 1600 generations: 8.26x with, 7.55x without).
     found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
-                       data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units))
+                       data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units),
+                       fallback_tolerance=math.inf)
     return _Units(wh.to_raw(found.theta), found.generations)
 
 

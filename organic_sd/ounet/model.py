@@ -1,0 +1,226 @@
+"""The O-UNet: one OLA stack applied per pixel, cloning a denoiser teacher's eps (SPEC §6, no gradients).
+
+For every pixel the stack sees:
+    window   the noisy image k x k around it, zero padded             C * k * k
+    time     sqrt(ab[t]), sqrt(1 - ab[t]), sin/cos(pi 2^j t / T)      2 + 2 * freqs
+    global   the whole noisy image average-pooled to g x g            C * g * g
+    position the pixel's (row, column) scaled to [-1, 1]              2
+    modulated  the inner m x m window and the global context, each times  2 * C * (m * m + g * g)
+             sqrt(ab[t]) and sqrt(1 - ab[t]) (m = 0: none)
+    cond     the conditioning vector, when the teacher has one        cond_dim
+and writes the C channels of eps at that pixel. One file (.safetensors) holds the stack, the
+teacher's alpha-bar schedule and the config, so loading needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from organic_sd.ola.module import FORMAT as OLA_FORMAT
+from organic_sd.ola.module import OLAConfig, OLAModule, _atomic
+
+FORMAT = "organic_sd.ounet/1"
+WEIGHTS_NAME = "model.safetensors"  # inside a training run folder
+DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ounet" / "ounet.safetensors"
+
+
+@dataclass
+class OUNetConfig:
+    """The shape of an O-UNet's inputs; with the stack's own config it rebuilds the model."""
+
+    sample_shape: tuple[int, int, int]  # (C, H, W) of the teacher's x_t
+    num_steps: int  # T: valid t are 0..T-1
+    window: int = 7
+    grid: int = 4
+    freqs: int = 4
+    modulate: int = 0  # m: side of the inner window whose products with the noise level are inputs (0: none)
+    cond_dim: int = 0
+    teacher: str = ""
+    pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.sample_shape = tuple(int(s) for s in self.sample_shape)
+        self.pixel_range = tuple(float(v) for v in self.pixel_range)
+        if len(self.sample_shape) != 3:
+            raise ValueError(f"sample_shape must be (C, H, W), got {self.sample_shape}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"window must be odd and positive, got {self.window}")
+        if self.modulate < 0 or self.modulate > self.window or (self.modulate and self.modulate % 2 == 0):
+            raise ValueError(f"modulate must be 0 or odd and <= window ({self.window}), got {self.modulate}")
+        if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2:
+            raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
+
+    @property
+    def in_dim(self) -> int:
+        C = self.sample_shape[0]
+        mod = 2 * C * (self.modulate ** 2 + self.grid ** 2) if self.modulate else 0
+        return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + self.cond_dim
+
+    def centre_index(self, channel: int = 0) -> int:
+        """Input column holding x_t itself at the pixel, for `channel`."""
+        k = self.window
+        return channel * k * k + (k // 2) * k + k // 2
+
+
+def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None -> (B, H * W, in_dim) per-pixel input rows."""
+    B, C, H, W = x_t.shape
+    k = cfg.window
+    win = F.unfold(x_t, k, padding=k // 2).transpose(1, 2)  # (B, HW, C k k), zero padded
+    ab = schedule.to(x_t.device, torch.float64)[t].float()  # (B,)
+    tau = t.to(x_t.device, torch.float32) / (cfg.num_steps - 1)  # (B,) in [0, 1]
+    freqs = math.pi * 2.0 ** torch.arange(cfg.freqs, device=x_t.device, dtype=torch.float32)  # (F,)
+    ang = tau[:, None] * freqs  # (B, F)
+    tf = torch.cat([ab.sqrt()[:, None], (1 - ab).sqrt()[:, None], ang.sin(), ang.cos()], 1)  # (B, 2 + 2F)
+    glob = F.adaptive_avg_pool2d(x_t, cfg.grid).flatten(1)  # (B, C g g)
+    ry = torch.linspace(-1, 1, H, device=x_t.device)
+    rx = torch.linspace(-1, 1, W, device=x_t.device)
+    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(1, H * W, 2).expand(B, -1, -1)
+    parts = [tf, glob] + ([cond.to(x_t.device, torch.float32).reshape(B, -1)] if cfg.cond_dim else [])
+    per_image = torch.cat(parts, 1)[:, None, :].expand(-1, H * W, -1)  # (B, HW, time + global + cond)
+    n_tg = tf.shape[1] + glob.shape[1]
+    mod = []
+    if cfg.modulate:
+        # a linear readout of x_t alone cannot weigh it by the noise level (the per-timestep linear
+        # clones need one map per t bucket); products with sqrt(ab), sqrt(1 - ab) give it that
+        m, C = cfg.modulate, x_t.shape[1]
+        cut = (k - m) // 2
+        inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + m, cut:cut + m].reshape(B, H * W, C * m * m)
+        local = torch.cat([inner, per_image[..., tf.shape[1]:n_tg]], 2)  # (B, HW, C m m + C g g)
+        mod = [local * ab.sqrt()[:, None, None], local * (1 - ab).sqrt()[:, None, None]]
+    return torch.cat([win, per_image[..., :n_tg], pos, *mod, per_image[..., n_tg:]], 2)
+
+
+class OUNet(nn.Module):
+    """A gradient-free clone of a denoiser: u(x_t, t, cond=None) -> eps (B, C, H, W), in teacher units."""
+
+    def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None):
+        super().__init__()
+        schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
+        if schedule.ndim != 1 or schedule.numel() != config.num_steps:
+            raise ValueError(f"schedule must be ({config.num_steps},) alpha-bar values, got {tuple(schedule.shape)}")
+        self.config, self.module, self.meta = config, module, dict(meta or {})
+        self.register_buffer("_schedule", schedule, persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    # -- the Denoiser interface (so teachers.denoiser.ddim_sample runs an O-UNet as it runs a teacher)
+
+    @property
+    def schedule(self) -> torch.Tensor:
+        """(T,) float64 alpha-bar of the teacher's schedule, indexed by t."""
+        return self._schedule.cpu()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self.schedule
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return self.config.sample_shape
+
+    @property
+    def cond_shape(self) -> tuple[int, ...] | None:
+        return (self.config.cond_dim,) if self.config.cond_dim else None
+
+    @property
+    def id(self) -> str:
+        return f"ounet:{self.config.teacher}"
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.module.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def eps(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Same as calling the model."""
+        return self(x_t, t, cond)
+
+    def forward(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) x_t, (B,) integer steps (or one int), cond (B, cond_dim) or None -> (B, C, H, W) eps."""
+        from organic_sd.teachers.denoiser import check_eps_inputs
+
+        cfg = self.config
+        tt = check_eps_inputs(x_t, t, cfg.sample_shape, cfg.num_steps)
+        B = x_t.shape[0]
+        if cfg.cond_dim == 0 and cond is not None:
+            raise ValueError("this O-UNet is unconditional: pass cond=None")
+        if cfg.cond_dim and (cond is None or cond.reshape(B, -1).shape[1] != cfg.cond_dim):
+            got = None if cond is None else tuple(cond.shape)
+            raise ValueError(f"cond must be (B, {cfg.cond_dim}) for this O-UNet, got {got}")
+        x = x_t.to(self.device, torch.float32)
+        rows = features(cfg, self._schedule, x, tt.to(x.device), cond)  # (B, HW, in)
+        C, H, W = cfg.sample_shape
+        out = self.module(rows)  # (B, HW, C)
+        return out.transpose(1, 2).reshape(B, C, H, W)
+
+    def num_parameters(self) -> int:
+        """Number of stored numbers of the stack (weights and biases)."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    # -- files
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one .safetensors file (a folder gets model.safetensors inside); atomic."""
+        from safetensors.torch import save_file
+
+        if not isinstance(self.module, OLAModule):
+            raise TypeError(f"only an O-UNet whose stack is an OLAModule can be saved, not {type(self.module).__name__}")
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path / WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tensors["schedule"] = self.schedule.contiguous()
+        md = {"format": FORMAT, "config": json.dumps(asdict(self.config)),
+              "ola_config": json.dumps(asdict(self.module.config)),
+              "training": json.dumps(self.module.training_summary, default=str),
+              "meta": json.dumps(self.meta, default=str)}
+        _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=md))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> OUNet:
+        """Load an O-UNet file or run folder; no path: the default one shipped in the package."""
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        if path is None:
+            if not DEFAULT_PATH.is_file():
+                raise FileNotFoundError(f"no default O-UNet shipped at {DEFAULT_PATH}; train one with "
+                                        "`osd train denoiser` and pass its run folder")
+            path = DEFAULT_PATH
+        path = Path(path)
+        file = path / WEIGHTS_NAME if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"no O-UNet at {path}" + (f" (no {WEIGHTS_NAME} inside)" if path.is_dir() else ""))
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                md = f.metadata() or {}
+            tensors = load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{file} is not a safetensors file, so not an O-UNet ({e})") from None
+        if md.get("format") != FORMAT:
+            raise ValueError(f"{file} is not an O-UNet (format {md.get('format')!r}, expected {FORMAT!r})")
+        cfg = OUNetConfig(**json.loads(md["config"]))
+        ocfg = json.loads(md["ola_config"])
+        if ocfg.get("format") != OLA_FORMAT:
+            raise ValueError(f"{file}: its stack has format {ocfg.get('format')!r}, expected {OLA_FORMAT!r}")
+        module = OLAModule(OLAConfig(**ocfg), json.loads(md.get("training", "{}")))
+        state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+        module.load_state_dict(state)  # strict: a missing or extra tensor is a broken file
+        if module.in_dim != cfg.in_dim or module.out_dim != cfg.sample_shape[0]:
+            raise ValueError(f"{file}: stack {module.in_dim} -> {module.out_dim} does not fit the config "
+                             f"({cfg.in_dim} -> {cfg.sample_shape[0]})")
+        u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")))
+        return u.to(device)

@@ -1,0 +1,266 @@
+"""`osd train denoiser`: evolve an O-UNet from a denoiser store, tick by tick (the O-VAE trainer's loop).
+
+    setup: open the store, fix the held-out records, resume RUN_DIR if it holds a run
+    each tick: draw fresh random pixel rows from random train records, continue the search with
+               ola.fit (init = the kept stack), score eps error on the held-out records, keep the
+               stack if no worse, append a log line, redraw the plot, save a checkpoint atomically
+    stop: --max-minutes spent, --ticks done, or Ctrl-C (saves first)
+Files in RUN_DIR: config.json, model.safetensors (an O-UNet file), state.json, log.jsonl, plot.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from organic_sd.data.denoiser_store import DenoiserStore
+from organic_sd.ola.checks import resolve_device
+from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
+from organic_sd.ovae.train import _atomic_json, _fit
+
+# fields that define a run: resuming with other values would silently mix two experiments
+RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "teacher")
+LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
+
+
+@dataclass
+class DenoiserTrainConfig:
+    """Everything `osd train denoiser` takes."""
+
+    store: str
+    out: str
+    window: int = 9
+    hidden: tuple[int, ...] = (32,)
+    grid: int = 4
+    freqs: int = 4
+    modulate: int = 5
+    strategy: str = "auto"
+    population: int = 40
+    max_minutes: float | None = None
+    ticks: int | None = None
+    tick_seconds: float = 30.0
+    first_tick_seconds: float | None = None
+    generations: int | None = None
+    max_rows: int = 100_000
+    batch_size: int | None = None
+    eval_records: int = 64
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
+        for name in ("tick_seconds", "max_rows", "eval_records", "population"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+def pixel_range(teacher_id: str) -> tuple[float, float]:
+    """Clean sample range of a teacher: the MNIST DDPM works on [-0.5, 0.5], others on [-1, 1]."""
+    return (-0.5, 0.5) if teacher_id.startswith("ddpm-mnist") else (-1.0, 1.0)
+
+
+def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, idx: np.ndarray,
+                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Records idx -> rows x (n HW, in), y (n HW, C): the O-UNet's inputs and the teacher's eps per pixel."""
+    x_t = torch.from_numpy(store.x_t[idx]).to(dev)  # (n, C, H, W)
+    t = torch.from_numpy(store.t[idx]).to(dev).round().long()  # (n,)
+    eps = torch.from_numpy(store.eps[idx]).to(dev)  # (n, C, H, W)
+    cond = torch.from_numpy(store.cond[idx]).to(dev).flatten(1) if cfg.cond_dim else None
+    x = features(cfg, schedule, x_t, t, cond).flatten(0, 1)
+    y = eps.flatten(2).transpose(1, 2).flatten(0, 1)
+    return x, y
+
+
+def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev):
+    """At most max_rows random pixel rows, spread over ~4x as many records as whole images would need."""
+    per = cfg.sample_shape[1] * cfg.sample_shape[2]
+    n = min(len(pool), max(1, math.ceil(4 * max_rows / per)))
+    idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
+    share = min(1.0, max_rows / (n * per))
+    xs, ys = [], []
+    for i in range(0, n, LOAD_CHUNK):
+        x, y = record_rows(cfg, schedule, store, idx[i:i + LOAD_CHUNK], dev)
+        keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(dev)
+        xs.append(x[keep]), ys.append(y[keep])
+    return torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
+
+
+def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
+    """eps MSE against the teacher on records idx, and that MSE relative to the teacher eps' variance."""
+    se, ss, n = 0.0, 0.0, 0
+    for i in range(0, len(idx), LOAD_CHUNK):
+        j = idx[i:i + LOAD_CHUNK]
+        x_t = torch.from_numpy(store.x_t[j])
+        t = torch.from_numpy(store.t[j]).round().long()
+        eps = torch.from_numpy(store.eps[j]).to(u.device)
+        cond = torch.from_numpy(store.cond[j]).flatten(1) if u.config.cond_dim else None
+        pred = u(x_t, t, cond)
+        se += float((pred - eps).double().square().sum())
+        ss += float(eps.double().square().sum())
+        n += eps.numel()
+    mse = se / n
+    return {"heldout_mse": mse, "rel_err": se / max(ss, 1e-12)}
+
+
+def _plot(run: Path, log: list[dict]) -> None:
+    """Redraw plot.png: held-out eps error and the search's best validation loss over time."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the plots extra is optional; the JSONL log has the same numbers
+    import os
+
+    t = [r["time"] / 60 for r in log]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax[0].plot(t, [r["rel_err"] for r in log], "o-")
+    ax[0].set(xlabel="training minutes", ylabel="eps MSE / teacher eps power", yscale="log",
+              title="held-out eps error")
+    for r in log:
+        c = r.get("curve") or []
+        if c:
+            ax[1].plot([(r["time"] - r["fit_seconds"] + s) / 60 for s, _, _ in c], [v for _, _, v in c], color="C2")
+    ax[1].set(xlabel="training minutes", ylabel="best search val loss", yscale="log", title="search per tick")
+    fig.tight_layout()
+    tmp = run / ".plot.png.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, run / "plot.png")
+
+
+def _check_resume(run: Path, rec: dict) -> dict | None:
+    """The saved run record if RUN_DIR holds a run of the same configuration; None if RUN_DIR is new."""
+    f = run / "config.json"
+    if not f.is_file():
+        if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
+            raise ValueError(f"{run} exists and is not empty but holds no config.json: not a training run; "
+                             "use another --out folder")
+        return None
+    old = json.loads(f.read_text())
+    if old.get("kind") != "denoiser":
+        raise ValueError(f"cannot resume {run}: it holds an {old.get('kind')} run, not a denoiser run")
+    diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in RUN_FIELDS if old.get(k) != rec[k]]
+    if diff:
+        raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
+                         "Use another --out folder, or the same settings to continue it.")
+    return old
+
+
+def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
+    """Run (or resume) an O-UNet training run; returns a summary dict (also when stopped by Ctrl-C)."""
+    log_to = log_to or sys.stdout
+    t_wall = time.perf_counter()
+    dev = resolve_device(cfg.device)
+    store = DenoiserStore.open(cfg.store)
+    m = store.meta
+    schedule = torch.from_numpy(store.alphas_cumprod)  # (T,)
+    cond_dim = int(np.prod(m["cond_shape"])) if m["cond_shape"] else 0
+    ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
+                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, cond_dim=cond_dim, teacher=m["teacher"],
+                       pixel_range=pixel_range(m["teacher"]))
+    run = Path(cfg.out)
+    rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    rec.update(kind="denoiser", teacher=m["teacher"])
+    old = _check_resume(run, rec)
+    run.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx = store.indices("train"), store.indices("val")
+    if len(train_idx) == 0:
+        raise ValueError(f"store {store.path} has no training records")
+    rng_eval = np.random.default_rng(cfg.seed + 1)
+    if len(val_idx) == 0:
+        print("the store has no held-out records (val split empty): scoring on training records", file=log_to)
+        val_idx = train_idx
+    eval_idx = np.sort(rng_eval.choice(val_idx, min(cfg.eval_records, len(val_idx)), replace=False))
+
+    state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    u = None
+    if old is not None and (run / WEIGHTS_NAME).is_file():
+        u = OUNet.load(run, dev)
+        state = json.loads((run / "state.json").read_text())
+        rec["out_scale"] = old["out_scale"]
+        print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out eps error "
+              f"{state['best']['rel_err']:.4f})", file=log_to)
+    elif old is not None:
+        rec["out_scale"] = old["out_scale"]
+    else:
+        pick = np.sort(rng_eval.choice(train_idx, min(256, len(train_idx)), replace=False))
+        # tanh readout: leave headroom above the largest teacher eps seen, rounded up to 0.5
+        rec["out_scale"] = math.ceil(1.2 * float(np.abs(store.eps[pick]).max()) * 2) / 2
+    _atomic_json(run / "config.json", rec)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
+        if old is not None and (run / "log.jsonl").is_file() else []
+    if old is None:
+        (run / "log.jsonl").unlink(missing_ok=True)
+    rng = np.random.default_rng([cfg.seed, state["tick"]])  # a resumed run draws new rows
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    if budget is None and cfg.ticks is None:
+        print("no --max-minutes or --ticks: training until Ctrl-C", file=log_to)
+
+    def save(status: str) -> None:
+        if u is None:
+            return
+        state["status"] = status
+        u.meta = {"training_run": str(run), "run": rec, "tick": state["tick"],
+                  "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
+        u.save(run / WEIGHTS_NAME)
+        _atomic_json(run / "state.json", state)
+
+    ticks_done = 0
+    try:
+        while True:
+            left = None if budget is None else budget - (time.perf_counter() - t_wall)
+            want = cfg.first_tick_seconds if u is None and cfg.first_tick_seconds else cfg.tick_seconds
+            if (left is not None and left < max(1.0, 0.2 * want)) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
+                state["status"] = "done"
+                break
+            tick_s = want if left is None else min(want, left)
+            t0 = time.perf_counter()
+            x, y = draw_rows(ucfg, schedule, store, train_idx, cfg.max_rows, rng, dev)  # (N, in), (N, C)
+            t_data = time.perf_counter() - t0
+            module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
+                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data),
+                          generations=cfg.generations, batch_size=cfg.batch_size, device=dev,
+                          seed=cfg.seed + state["tick"], progress=cfg.progress,
+                          init=None if u is None else u.module)
+            del x, y
+            cand = OUNet(ucfg, module, schedule)
+            scores = heldout_score(cand, store, eval_idx)
+            kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
+            if kept:
+                u, state["best"] = cand, scores
+            state["tick"] += 1
+            ticks_done += 1
+            state["time"] += time.perf_counter() - t0
+            ts = module.training_summary
+            line = {"tick": state["tick"], "time": round(state["time"], 3),
+                    "rows": ts.get("n_train", 0) + ts.get("n_val", 0), "data_seconds": round(t_data, 3),
+                    "fit_seconds": ts.get("seconds"), "generations": ts.get("generations"),
+                    "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
+                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", [])}
+            log.append(line)
+            with open(run / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            _plot(run, log)
+            print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | held-out eps "
+                  f"MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
+                  f"{'' if kept else ' (worse: kept previous)'}", file=log_to, flush=True)
+            save("running")
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        print("interrupted: saving the last kept O-UNet", file=log_to)
+    save(state["status"])
+    result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
+              **(state["best"] or {}), "parameters": None if u is None else u.num_parameters()}
+    if u is not None:
+        print(f"{state['status']}: {run / WEIGHTS_NAME} ({result['parameters']:,} parameters)", file=log_to)
+    return result

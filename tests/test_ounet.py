@@ -1,0 +1,150 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import organic_sd
+from organic_sd import cli, ola
+from organic_sd.ounet import OUNet, OUNetConfig
+from organic_sd.ounet import model as model_mod
+from organic_sd.ounet.generate import generate
+
+SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+
+T = 50
+
+
+def schedule():
+    return torch.linspace(0.999, 0.01, T, dtype=torch.float64)
+
+
+def tiny(window=3, hidden=(3,), seed=0, shape=(1, 8, 8)) -> OUNet:
+    """An O-UNet with a real OLAModule stack of random weights (no training)."""
+    cfg = OUNetConfig(sample_shape=shape, num_steps=T, window=window, grid=2, freqs=2, modulate=1, teacher="fake",
+                      pixel_range=(-0.5, 0.5))
+    m = ola.OLAModule(ola.OLAConfig(cfg.in_dim, shape[0], hidden, out_scale=3.0))
+    g = torch.Generator().manual_seed(seed)
+    for p in m.parameters():
+        p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return OUNet(cfg, m, schedule())
+
+
+class Centre(nn.Module):
+    """Copies each channel's centre window input: an O-UNet with it returns x_t itself."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cols = [cfg.centre_index(c) for c in range(cfg.sample_shape[0])]
+
+    def forward(self, x):
+        return x[..., self.cols]
+
+
+def test_patch_assembly_is_exact():
+    for shape, k in (((1, 8, 8), 3), ((3, 6, 10), 5)):
+        cfg = OUNetConfig(sample_shape=shape, num_steps=T, window=k, grid=2, freqs=3, modulate=3)
+        u = OUNet(cfg, Centre(cfg), schedule())
+        x = torch.randn(2, *shape)
+        assert torch.equal(u(x, torch.tensor([0, T - 1])), x)
+
+
+def test_features_shape_and_content():
+    u = tiny()
+    x = torch.randn(2, 1, 8, 8)
+    rows = model_mod.features(u.config, u.schedule, x, torch.tensor([3, 40]))
+    assert rows.shape == (2, 64, u.config.in_dim)
+    ab = float(schedule()[40])
+    k2 = u.config.window ** 2
+    assert torch.allclose(rows[1, :, k2], torch.full((64,), ab ** 0.5))  # sqrt(alpha-bar) after the window
+    assert torch.allclose(rows[0, :, k2 + 2 + 4:k2 + 2 + 4 + 4],  # 2 x 2 pooled global context
+                          torch.nn.functional.adaptive_avg_pool2d(x[:1], 2).flatten(1).expand(64, -1))
+    mod = k2 + 2 + 4 + 4 + 2  # modulated inputs after the position: (inner 1 x 1 window, global) x sqrt(ab), ...
+    assert torch.allclose(rows[1, :, mod], x[1].flatten() * ab ** 0.5)
+    assert torch.allclose(rows[1, :, mod + 5], x[1].flatten() * (1 - ab) ** 0.5)
+    assert rows.shape[2] == mod + 10
+
+
+def test_save_load_round_trip(tmp_path):
+    u = tiny()
+    u.meta = {"note": "x"}
+    f = u.save(tmp_path / "u.safetensors")
+    v = OUNet.load(f)
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 49])
+    assert torch.equal(u(x, t), v(x, t))
+    assert v.meta == {"note": "x"} and v.num_parameters() == u.num_parameters()
+    assert torch.equal(v.schedule, schedule()) and v.config == u.config
+    u.save(tmp_path / "run")  # a folder gets model.safetensors, as a training run has
+    assert torch.equal(OUNet.load(tmp_path / "run")(x, t), u(x, t))
+    assert organic_sd.OUNet is OUNet
+
+
+def test_bad_inputs(tmp_path, monkeypatch):
+    u = tiny()
+    with pytest.raises(ValueError, match="shape"):
+        u(torch.randn(2, 1, 9, 8), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="0..49"):
+        u(torch.randn(2, 1, 8, 8), torch.tensor([1, 50]))
+    with pytest.raises(ValueError, match="shape"):
+        u(torch.randn(2, 1, 8, 8), torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="unconditional"):
+        u(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), cond=torch.zeros(2, 4))
+    m = ola.OLAModule(ola.OLAConfig(4, 1))
+    m.save(tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="not an O-UNet"):
+        OUNet.load(tmp_path / "plain.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="not an O-UNet"):
+        OUNet.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError):
+        OUNet.load(tmp_path / "missing")
+    monkeypatch.setattr(model_mod, "DEFAULT_PATH", tmp_path / "none.safetensors")
+    with pytest.raises(FileNotFoundError, match="osd train denoiser"):
+        OUNet.load()
+    with pytest.raises(ValueError, match="odd"):
+        OUNetConfig(sample_shape=(1, 8, 8), num_steps=T, window=4)
+    with pytest.raises(ValueError, match="modulate"):
+        OUNetConfig(sample_shape=(1, 8, 8), num_steps=T, window=3, modulate=5)
+
+
+def test_generate_is_deterministic(tmp_path):
+    u = tiny()
+    a = generate(u, tmp_path / "a.png", steps=4, seed=3, n=4)
+    b = generate(u, tmp_path / "b.png", steps=4, seed=3, n=4)
+    c = generate(u, tmp_path / "c.png", steps=4, seed=4, n=4)
+    assert torch.equal(a["samples"], b["samples"]) and not torch.equal(a["samples"], c["samples"])
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    # the teacher panel: the same model as teacher draws the same images (infinite PSNR is capped)
+    d = generate(u, tmp_path / "d.png", steps=4, seed=3, n=4, teacher=u)
+    assert d["psnr"] >= 100
+
+
+@needs_mnist
+def test_end_to_end_mnist(tmp_path, capsys):
+    store, run, png = tmp_path / "store", tmp_path / "run", tmp_path / "g.png"
+    assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
+                     "--samples", "4", "--steps", "5", "--renoise", "2", "--batch", "4", "--device", "cpu",
+                     "--val-fraction", "0.5"]) == 0
+    args = ["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1", "--generations", "5",
+            "--max-rows", "2000", "--hidden", "2", "--eval-records", "4", "--window", "3", "--modulate", "1"]
+    assert cli.main(args) == 0
+    assert {"config.json", "model.safetensors", "state.json", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    assert cli.main(args) == 0  # resume: one more tick on the same run
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["tick"] for r in log] == [1, 2]
+    assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1",
+                     "--window", "5"]) == 2  # other settings: refused, not mixed
+    capsys.readouterr()
+    assert cli.main(["generate", "--ounet", str(run), "--steps", "2", "--n", "2", "--seed", "1",
+                     "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(png)]) == 0
+    assert "PSNR O-UNet vs teacher" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(png).size[0] > Image.open(png).size[1]  # clone | teacher side by side
+    u = OUNet.load(run)
+    assert u.config.pixel_range == (-0.5, 0.5) and u.meta["tick"] == 2
+    assert u(torch.zeros(1, 1, 28, 28), 999).shape == (1, 1, 28, 28)
