@@ -38,11 +38,11 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress):
     for r, (layer, n_units) in enumerate(rounds):
         round_budget = budget.share(1.0 / (len(rounds) - r))
         feats, feats_val = features(data.x, units), features(data.x_val, units)
-        new = _evolve_units(data, feats[layer], feats_val[layer], data.y - predict(feats, readout, out_scale),
+        new_rows, unit_gens = _evolve_units(data, feats[layer], feats_val[layer], data.y - predict(feats, readout, out_scale),
                             data.y_val - predict(feats_val, readout, out_scale), n_units, make_strategy,
                             round_budget.share(UNIT_SHARE), progress, f"units L{layer + 1} r{r + 1}")
-        units[layer].append(new.theta_raw)
-        gens += new.generations
+        units[layer].append(new_rows)
+        gens += unit_gens
 
         # The old readout is the warm start; the new units' columns begin at zero.
         init = _insert_zero_columns(readout, data.x.shape[1], units, layer, n_units)
@@ -55,13 +55,8 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress):
     return [stack(u) for u in units], readout, curve, gens
 
 
-class _Units:
-    def __init__(self, theta_raw, generations):
-        self.theta_raw, self.generations = theta_raw, generations
-
-
 def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc):
-    """Evolve n_units tanh units on inputs (N, in) against the residual (N, out); raw rows (U, in+1)."""
+    """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)
     z, zv = wh(inp), wh(inp_val)
     basis_val = _basis(zv)
@@ -84,7 +79,7 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
                        data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units),
                        fallback_tolerance=math.inf)
-    return _Units(wh.to_raw(found.theta), found.generations)
+    return wh.to_raw(found.theta), found.generations
 
 
 def stack(rounds):
