@@ -17,6 +17,7 @@ import torch
 
 from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.population import Whitener, explained_loss
+from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
 UNITS_PER_ROUND = 16
@@ -27,8 +28,6 @@ UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger 
 
 def grow(data, hidden, out_scale, make_strategy, budget, progress):
     """Grow `hidden` layers and fit the readout; returns ([(W, b)], readout (out, F+1), curve, generations)."""
-    from organic_sd.ola.fit import fit_readout
-
     rounds = [(l, min(UNITS_PER_ROUND, w - s)) for l, w in enumerate(hidden) for s in range(0, w, UNITS_PER_ROUND)]
     readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
                                budget.share(FIRST_READOUT_SHARE), None, progress)

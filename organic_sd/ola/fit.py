@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
@@ -10,10 +9,9 @@ import torch
 
 from organic_sd.ola import cascade
 from organic_sd.ola.checks import as_matrix, check_pair, resolve_device
-from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.module import OLAConfig, OLAModule
-from organic_sd.ola.population import Whitener, mse_loss
-from organic_sd.ola.search import Budget, run_search
+from organic_sd.ola.readout import Data, fit_readout
+from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
 
 DEFAULT_GENERATIONS = 2000  # when neither max_seconds nor generations is given
@@ -87,65 +85,6 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
     }
     return module
-
-
-class Data:
-    """Training and held-out rows on one device, and the batches drawn from them."""
-
-    def __init__(self, x, y, x_val, y_val, batch_size: int, generator: torch.Generator):
-        self.x, self.y, self.x_val, self.y_val = x, y, x_val, y_val
-        self.batch_size = batch_size
-        self.generator = generator
-
-    def batch_index(self, size: int | None = None) -> torch.Tensor:
-        """Random training rows for one generation (shared by every candidate: common random numbers)."""
-        n = self.x.shape[0]
-        size = min(n, size or self.batch_size)
-        return torch.randint(n, (size,), generator=self.generator, device=self.x.device)
-
-
-def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress):
-    """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result."""
-    u = torch.cat(feats, dim=1)  # (N, F)
-    wh = Whitener.fit(u)
-    z, zv = wh(u), wh(torch.cat(feats_val, dim=1))
-    d = z.shape[1] + 1
-    # Whitened inputs have unit variance, so sigma * sqrt(d) is the spread of the
-    # candidates' pre-activations: start it at the spread the targets need, or a
-    # large out_scale makes every early candidate overshoot and the mean wander off.
-    spread = target_spread(data.y, out_scale) / math.sqrt(d)
-    if init_raw is None:
-        mean0, sigma0 = torch.zeros(data.y.shape[1], d, device=z.device), spread
-    else:
-        mean0, sigma0 = wh.from_raw(init_raw), 0.2 * spread
-    y, yv = data.y, data.y_val
-    shard = shard_rows(strategy, y.shape[1])
-    if shard is not None:  # this rank scores only its output neurons
-        y, yv = y[:, shard.rows], yv[:, shard.rows]
-
-    def batch_loss(theta):
-        i = data.batch_index()
-        return mse_loss(theta, z[i], y[i], out_scale)
-
-    def val_loss(theta):
-        return chunked(lambda t: mse_loss(t, zv, yv, out_scale), theta, zv.shape[0])
-
-    res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
-                     progress=progress, desc="readout", shard=shard)
-    return wh.to_raw(res.theta), res
-
-
-def target_spread(y: torch.Tensor, out_scale: float) -> float:
-    """Typical std of the pre-activations that would produce y: std of atanh(y / out_scale)."""
-    pre = torch.atanh((y[:65536] / out_scale).clamp(-0.95, 0.95))
-    return float(pre.std(dim=0).mean().clamp(0.05, 2.0))
-
-
-def chunked(fn, theta: torch.Tensor, n_rows: int, max_elems: int = 2**26) -> torch.Tensor:
-    """fn over candidates theta (K, R, d) in chunks, so (K, n_rows, R) never exceeds max_elems."""
-    K, R = theta.shape[:2]
-    step = max(1, max_elems // max(1, n_rows * R))
-    return torch.cat([fn(theta[i:i + step]) for i in range(0, K, step)])
 
 
 def _check_init(init, in_dim, out_dim, hidden, out_scale):
