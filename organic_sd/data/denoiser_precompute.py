@@ -10,9 +10,6 @@ stops after the current batch and commits, a second aborts losing only the open 
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,13 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from organic_sd.data.denoiser_store import DenoiserStore, DenoiserStoreWriter, record_key, sample_group
+from organic_sd.data.denoiser_store import (
+    DenoiserStore,
+    DenoiserStoreWriter,
+    record_key,
+    sample_group,
+)
+from organic_sd.data.interrupt import catch_sigint
 
 NOISE = "torch.randn on the CPU, torch.Generator seeded with SeedSequence([seed, sample]).generate_state(1)[0]: " \
         "noise (C, H, W), then renoise t (R,) by randint(1, T), then renoise noise (R, C, H, W)"
@@ -169,18 +172,7 @@ def precompute_denoiser(
     keys_of = {i: [record_key(i, a, j) for a, j in kinds] for i in range(samples)}
     todo = [i for i in range(samples) if not all(k in writer.done for k in keys_of[i])]
     rep = DenoiserPrecomputeReport(store=out, samples_already=samples - len(todo))
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this batch and saving (Ctrl-C again to abort now, losing the open shard)",
-                   file=sys.stderr)
-
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
     bar = tqdm(total=samples, initial=rep.samples_already, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
@@ -208,8 +200,7 @@ def precompute_denoiser(
         raise
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        restore_sigint()
     rep.seconds = time.perf_counter() - t0
     rep.total = writer.meta["count"]
     return rep

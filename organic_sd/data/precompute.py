@@ -15,9 +15,7 @@ next one, so a resume with any N still stores every frame exactly once.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,8 +25,19 @@ import numpy as np
 from tqdm import tqdm
 
 from organic_sd import dist
-from organic_sd.data.preprocess import FrameTooSmallError, describe_preprocess, preprocess
-from organic_sd.data.sources import Frame, ImageFiles, VideoFile, iter_frames, open_sources
+from organic_sd.data.interrupt import catch_sigint
+from organic_sd.data.preprocess import (
+    FrameTooSmallError,
+    describe_preprocess,
+    preprocess,
+)
+from organic_sd.data.sources import (
+    Frame,
+    ImageFiles,
+    VideoFile,
+    iter_frames,
+    open_sources,
+)
 from organic_sd.data.store import StoreWriter
 
 
@@ -187,18 +196,7 @@ def precompute(
     writer = _open_writer(out, header, shard_size, rank, world)
     writer.note_sources(specs)
     rep = PrecomputeReport(store=out)
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this batch and saving (Ctrl-C again to abort now, losing the open shard)",
-                   file=sys.stderr)
-
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+    stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
     est = sum(s.estimate() for s in srcs)
     bar = tqdm(total=(est - rank + world - 1) // world, unit="frame", disable=not progress or rank != 0,
@@ -263,8 +261,7 @@ def precompute(
         raise
     finally:
         bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        restore_sigint()
     rep.seconds = time.perf_counter() - t0
     if rep.total == 0:
         if not existed and rank == 0:
