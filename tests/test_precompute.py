@@ -283,3 +283,42 @@ def test_cli_with_real_taef2_matches_teacher(tmp_path, capsys):
     _check_matches_teacher(s, sources, teacher, 64, max_frames=3, stride=5)
     assert cli.main(argv) == 0  # re-running resumes: nothing new
     assert len(Store.open(tmp_path / "s")) == n_imgs + 3
+
+
+def test_views_add_seeded_crops_on_the_frames_side_of_the_split(tmp_path):
+    from organic_sd.data.preprocess import views
+
+    _images(tmp_path / "imgs", 4, size=(60, 44))
+    kw = dict(batch=5, shard_size=4, progress=False, val_fraction=0.5)
+    rep = precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, n_views=3, **kw)
+    assert rep.written == 12 and rep.total == 12
+    s = Store.open(tmp_path / "s")
+    assert s.meta["preprocess"]["views"]["n"] == 3
+    frames = {f.key: f.image for f in iter_frames(open_sources(str(tmp_path / "imgs")))}
+    for key, im in frames.items():
+        vs = views(*im.size, 32, 3, key)
+        assert vs[0].flip is False and vs[1].flip is True and vs[1] != vs[2]
+        for j, k in enumerate([key, f"{key}@view1", f"{key}@view2"]):
+            i = s.keys.index(k)
+            np.testing.assert_allclose(s.images[[i]][0], preprocess(im, 32, vs[j]), atol=2e-3)
+        # the views of one frame are never split between train and held-out
+        assert len({k in set(s.keys[i] for i in s.indices("val")) for k in (key, f"{key}@view1", f"{key}@view2")}) == 1
+    # view 0 is the plain centre crop, and a re-run adds nothing
+    i = s.keys.index(next(iter(frames)))
+    np.testing.assert_allclose(s.images[[i]][0], preprocess(frames[next(iter(frames))], 32), atol=2e-3)
+    assert precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, n_views=3, **kw).written == 0
+    with pytest.raises(StoreError, match="preprocess"):  # other views = other pixels: refused, not mixed
+        precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, n_views=2, **kw)
+
+
+def test_view_outside_the_frame_is_refused():
+    from organic_sd.data.preprocess import View
+
+    im = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="does not fit"):
+        preprocess(im, 32, View(30.0, 0.0, 32.0))
+    with pytest.raises(ValueError, match="does not fit"):
+        preprocess(im, 32, View(0.0, 0.0, 20.0))  # smaller than size would be an upscale
+    flipped = preprocess(im + np.arange(50, dtype=np.uint8)[None, :, None], 32, View(0.0, 0.0, 40.0, True))
+    plain = preprocess(im + np.arange(50, dtype=np.uint8)[None, :, None], 32, View(0.0, 0.0, 40.0))
+    np.testing.assert_allclose(flipped, plain[:, :, ::-1], atol=1e-6)

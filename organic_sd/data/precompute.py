@@ -27,9 +27,9 @@ from tqdm import tqdm
 from organic_sd import dist
 from organic_sd.data.interrupt import catch_sigint
 from organic_sd.data.preprocess import (
-    FrameTooSmallError,
     describe_preprocess,
     preprocess,
+    views,
 )
 from organic_sd.data.sources import (
     Frame,
@@ -167,11 +167,14 @@ def precompute(
     batch: int = 16,
     val_fraction: float = 0.05,
     shard_size: int = 1024,
+    n_views: int = 1,
     progress: bool = True,
 ) -> PrecomputeReport:
     """Encode and decode every frame of `sources` with `teacher` into the store at `out` (resumable, torchrun-aware)."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if n_views < 1:
+        raise ValueError(f"views must be >= 1, got {n_views}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     f = int(teacher.downscale)
@@ -185,7 +188,7 @@ def precompute(
     header = {
         "teacher": teacher.id,
         "size": size,
-        "preprocess": describe_preprocess(size),
+        "preprocess": describe_preprocess(size, n_views),
         "shapes": {"images": [3, size, size], "latents": [int(teacher.latent_channels), h, h],
                    "decodes": [3, size, size]},
         "val_fraction": val_fraction,
@@ -199,7 +202,7 @@ def precompute(
     stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
     est = sum(s.estimate() for s in srcs)
-    bar = tqdm(total=(est - rank + world - 1) // world, unit="frame", disable=not progress or rank != 0,
+    bar = tqdm(total=(est - rank + world - 1) // world * n_views, unit="frame", disable=not progress or rank != 0,
                smoothing=0.1, dynamic_ncols=True)
     keys: list[str] = []
     groups: list[str] = []
@@ -225,10 +228,12 @@ def precompute(
                 rep.interrupted = True
                 break
             mine = fr.index % world == rank
-            if fr.key in writer.done or fr.key in seen:
+            # view 0 keeps the frame's own key, so a store made without --views reads the same
+            vkeys = [fr.key] + [f"{fr.key}@view{j}" for j in range(1, n_views)]
+            if all(k in writer.done for k in vkeys) or fr.key in seen:
                 if mine:
                     rep.already += 1
-                    bar.update(1)
+                    bar.update(n_views)
                 continue
             seen.add(fr.key)
             if not mine:
@@ -236,19 +241,21 @@ def precompute(
             if fr.image is None:
                 rep.skipped.append((fr.key, fr.error))
                 tqdm.write(f"skipped {fr.key}: {fr.error}", file=sys.stderr)
-                bar.update(1)
+                bar.update(n_views)
                 continue
-            try:
-                pixels.append(preprocess(fr.image, size))
-            except FrameTooSmallError:
-                W, H = fr.image.size
+            W, H = fr.image.size
+            if min(W, H) < size:
                 rep.skipped.append((fr.key, f"{W}x{H} is smaller than size {size} (never upscaled)"))
-                bar.update(1)
+                bar.update(n_views)
                 continue
-            keys.append(fr.key)
-            groups.append(fr.group)
-            if len(keys) == batch:
-                flush()
+            for k, v in zip(vkeys, views(W, H, size, n_views, fr.key)):
+                if k in writer.done:
+                    continue
+                pixels.append(preprocess(fr.image, size, v if n_views > 1 else None))
+                keys.append(k)
+                groups.append(fr.group)  # every view of a frame on the same side of the split
+                if len(keys) == batch:
+                    flush()
         flush()  # the last partial batch, also when interrupted
         if world == 1:
             writer.close()  # commits the partial shard

@@ -7,6 +7,8 @@ dict recorded in store meta and checkpoints, so that a mismatch is detected, not
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,38 @@ class FrameTooSmallError(ValueError):
     """A frame whose shorter side is below the requested size (we never upscale)."""
 
 
-def describe_preprocess(size: int) -> dict:
-    """The dict that identifies `preprocess(img, size)`; equal dicts mean equal pixels."""
-    return {
+@dataclass(frozen=True)
+class View:
+    """One square crop of a picture: its box in source pixels and whether it is mirrored left-right."""
+
+    left: float
+    top: float
+    side: float
+    flip: bool = False
+
+
+def views(width: int, height: int, size: int, n: int, key: str) -> list[View]:
+    """n crops of a width x height picture: the centre square first, then seeded random squares, odd ones mirrored.
+
+    The extra views are what a few hundred photos need to become a training set (the
+    calibration reached its numbers on crops and flips): side uniform in [size, min(W, H)]
+    (never an upscale), position uniform, the draw seeded by the frame's key so a resumed or
+    re-run precompute writes the same pixels.
+    """
+    if n < 1:
+        raise ValueError(f"views: n must be >= 1, got {n}")
+    s = min(width, height)
+    out = [View((width - s) / 2.0, (height - s) / 2.0, float(s))]
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+    for j in range(1, n):
+        side = float(rng.uniform(size, s)) if s > size else float(s)
+        out.append(View(float(rng.uniform(0, width - side)), float(rng.uniform(0, height - side)), side, j % 2 == 1))
+    return out
+
+
+def describe_preprocess(size: int, n_views: int = 1) -> dict:
+    """The dict that identifies `preprocess(img, size)` (and the crops of `views`); equal dicts mean equal pixels."""
+    d = {
         "name": "organic_sd.center_square_bicubic",
         "version": PREPROCESS_VERSION,
         "size": int(size),
@@ -33,6 +64,10 @@ def describe_preprocess(size: int) -> dict:
         "range": [-1.0, 1.0],
         "layout": "CHW float32",
     }
+    if n_views > 1:
+        d["views"] = {"n": int(n_views), "rule": "view 0 centre square; views 1.. seeded by frame key: square side "
+                      "uniform in [size, min(H, W)], position uniform, odd views mirrored left-right"}
+    return d
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -73,8 +108,8 @@ def _from_array(a: np.ndarray) -> Image.Image:
     raise ValueError(f"preprocess: array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
 
 
-def preprocess(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
-    """PIL image or (H, W[, C]) uint8 array -> (3, size, size) float32 in [-1, 1]."""
+def preprocess(img: Image.Image | np.ndarray, size: int, view: View | None = None) -> np.ndarray:
+    """PIL image or (H, W[, C]) uint8 array -> (3, size, size) float32 in [-1, 1] (the centre square, or `view`)."""
     if not isinstance(size, (int, np.integer)) or size <= 0:
         raise ValueError(f"preprocess: size must be a positive int, got {size!r}")
     im = _to_rgb(img) if isinstance(img, Image.Image) else _from_array(np.asarray(img))
@@ -85,6 +120,13 @@ def preprocess(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
     # resize-shorter-side-then-centre-crop done in one antialiased pass via `box`,
     # with a fractional offset so the crop is centred exactly for odd margins
     left, top = (W - s) / 2.0, (H - s) / 2.0
+    if view is not None:
+        if view.side < size or view.left < 0 or view.top < 0 or view.left + view.side > W + 1e-6 \
+                or view.top + view.side > H + 1e-6:
+            raise ValueError(f"preprocess: view {view} does not fit a {W}x{H} frame at size {size}")
+        left, top, s = view.left, view.top, view.side
     im = im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + s, top + s))
+    if view is not None and view.flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     x = np.asarray(im, dtype=np.float32)  # (size, size, 3) in [0, 255]
     return np.ascontiguousarray(x.transpose(2, 0, 1)) / np.float32(127.5) - np.float32(1.0)
