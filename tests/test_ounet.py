@@ -148,3 +148,16 @@ def test_end_to_end_mnist(tmp_path, capsys):
     u = OUNet.load(run)
     assert u.config.pixel_range == (-0.5, 0.5) and u.meta["tick"] == 2
     assert u(torch.zeros(1, 1, 28, 28), 999).shape == (1, 1, 28, 28)
+
+
+def test_gained_window_is_the_input_over_the_noise_level():
+    cfg = OUNetConfig(sample_shape=(2, 6, 6), num_steps=T, window=5, grid=2, freqs=1, modulate=3, gain=3)
+    x_t = torch.randn(3, 2, 6, 6)
+    t = torch.tensor([0, 20, 49])
+    rows = model_mod.features(cfg, schedule(), x_t, t)  # (B, HW, in)
+    assert rows.shape == (3, 36, cfg.in_dim)
+    sig = (1 - schedule()[t].float() + model_mod.GAIN_FLOOR ** 2).sqrt()  # (B,)
+    gained = rows[..., cfg.in_dim - 2 * 9:].reshape(3, 6, 6, 2, 3, 3)  # (B, H, W, C, n, n): the last columns
+    torch.testing.assert_close(gained[..., 1, 1], x_t.permute(0, 2, 3, 1) / sig[:, None, None, None])
+    with pytest.raises(ValueError, match="gain must be 0 or odd"):
+        OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=5, gain=2)

@@ -7,6 +7,7 @@ For every pixel the stack sees:
     position the pixel's (row, column) scaled to [-1, 1]              2
     modulated  the inner m x m window and the global context, each times  2 * C * (m * m + g * g)
              sqrt(ab[t]) and sqrt(1 - ab[t]) (m = 0: none)
+    gained   the inner n x n window over the noise level sqrt(1 - ab[t] + s0^2)    C * n * n
     cond     the conditioning vector, when the teacher has one        cond_dim
 and writes the C channels of eps at that pixel. One file (.safetensors) holds the stack, the
 teacher's alpha-bar schedule and the config, so loading needs nothing else.
@@ -26,10 +27,12 @@ from torch import nn
 
 from organic_sd.ola.module import FORMAT as OLA_FORMAT
 from organic_sd.ola.module import OLAConfig, OLAModule, _atomic
+from organic_sd.ounet.adapter import TextAdapter
 
 FORMAT = "organic_sd.ounet/1"
 WEIGHTS_NAME = "model.safetensors"  # inside a training run folder
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ounet" / "ounet.safetensors"
+GAIN_FLOOR = 0.05  # s0 of the gained window: 1 / sigma is capped at 20
 
 
 @dataclass
@@ -42,6 +45,7 @@ class OUNetConfig:
     grid: int = 4
     freqs: int = 4
     modulate: int = 0  # m: side of the inner window whose products with the noise level are inputs (0: none)
+    gain: int = 0  # n: side of the inner window divided by the noise level, the 1/sigma eps needs (0: none)
     cond_dim: int = 0
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
@@ -54,8 +58,10 @@ class OUNetConfig:
             raise ValueError(f"sample_shape must be (C, H, W), got {self.sample_shape}")
         if self.window < 1 or self.window % 2 == 0:
             raise ValueError(f"window must be odd and positive, got {self.window}")
-        if self.modulate < 0 or self.modulate > self.window or (self.modulate and self.modulate % 2 == 0):
-            raise ValueError(f"modulate must be 0 or odd and <= window ({self.window}), got {self.modulate}")
+        for name in ("modulate", "gain"):
+            m = getattr(self, name)
+            if m < 0 or m > self.window or (m and m % 2 == 0):
+                raise ValueError(f"{name} must be 0 or odd and <= window ({self.window}), got {m}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 
@@ -63,7 +69,8 @@ class OUNetConfig:
     def in_dim(self) -> int:
         C = self.sample_shape[0]
         mod = 2 * C * (self.modulate ** 2 + self.grid ** 2) if self.modulate else 0
-        return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + self.cond_dim
+        return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + C * self.gain ** 2 \
+            + self.cond_dim
 
     def centre_index(self, channel: int = 0) -> int:
         """Input column holding x_t itself at the pixel, for `channel`."""
@@ -98,18 +105,31 @@ def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: tor
         inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + m, cut:cut + m].reshape(B, H * W, C * m * m)
         local = torch.cat([inner, per_image[..., tf.shape[1]:n_tg]], 2)  # (B, HW, C m m + C g g)
         mod = [local * ab.sqrt()[:, None, None], local * (1 - ab).sqrt()[:, None, None]]
+    if cfg.gain:
+        # at low noise eps = (x_t - sqrt(ab) x0) / sigma: the window needs a gain of 1 / sigma that no
+        # product above supplies; s0 bounds it at the first steps (sigma ~ 0.01)
+        n, C = cfg.gain, x_t.shape[1]
+        cut = (k - n) // 2
+        inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + n, cut:cut + n].reshape(B, H * W, C * n * n)
+        mod.append(inner / (1 - ab + GAIN_FLOOR ** 2).sqrt()[:, None, None])
     return torch.cat([win, per_image[..., :n_tg], pos, *mod, per_image[..., n_tg:]], 2)
 
 
 class OUNet(nn.Module):
     """A gradient-free clone of a denoiser: u(x_t, t, cond=None) -> eps (B, C, H, W), in teacher units."""
 
-    def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None):
+    def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
+                 adapter: TextAdapter | None = None):
+        """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's)."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
             raise ValueError(f"schedule must be ({config.num_steps},) alpha-bar values, got {tuple(schedule.shape)}")
+        if adapter is not None and adapter.config.cond_dim != config.cond_dim:
+            raise ValueError(f"the text adapter gives {adapter.config.cond_dim} cond values, the O-UNet takes "
+                             f"{config.cond_dim}")
         self.config, self.module, self.meta = config, module, dict(meta or {})
+        self.adapter = adapter
         self.register_buffer("_schedule", schedule, persistent=False)
         self.requires_grad_(False)
         self.eval()
@@ -131,6 +151,9 @@ class OUNet(nn.Module):
 
     @property
     def cond_shape(self) -> tuple[int, ...] | None:
+        """What cond is: the teacher's text embedding shape with an adapter, else (cond_dim,); None: unconditional."""
+        if self.adapter is not None:
+            return self.adapter.config.cond_shape
         return (self.config.cond_dim,) if self.config.cond_dim else None
 
     @property
@@ -147,7 +170,11 @@ class OUNet(nn.Module):
         return self(x_t, t, cond)
 
     def forward(self, x_t: torch.Tensor, t, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) x_t, (B,) integer steps (or one int), cond (B, cond_dim) or None -> (B, C, H, W) eps."""
+        """(B, C, H, W) x_t, (B,) integer steps (or one int), cond or None -> (B, C, H, W) eps.
+
+        cond: with a text adapter, the teacher's text embedding (B or 1, L, D) or pooled (B or 1, D);
+        without one, the cond vectors themselves (B, cond_dim).
+        """
         from organic_sd.teachers.denoiser import check_eps_inputs
 
         cfg = self.config
@@ -155,6 +182,13 @@ class OUNet(nn.Module):
         B = x_t.shape[0]
         if cfg.cond_dim == 0 and cond is not None:
             raise ValueError("this O-UNet is unconditional: pass cond=None")
+        if self.adapter is not None:
+            if cond is None:
+                raise ValueError("this O-UNet is conditional: pass the teacher's text embedding as cond "
+                                 "(teacher.encode_text([prompt]); the empty prompt for unconditional samples)")
+            if cond.shape[0] not in (1, B):
+                raise ValueError(f"cond must hold 1 or {B} text embeddings, got {tuple(cond.shape)}")
+            cond = self.adapter(cond).expand(B, -1)  # (B, cond_dim)
         if cfg.cond_dim and (cond is None or cond.reshape(B, -1).shape[1] != cfg.cond_dim):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"cond must be (B, {cfg.cond_dim}) for this O-UNet, got {got}")
@@ -165,8 +199,8 @@ class OUNet(nn.Module):
         return out.transpose(1, 2).reshape(B, C, H, W)
 
     def num_parameters(self) -> int:
-        """Number of stored numbers of the stack (weights and biases)."""
-        return sum(p.numel() for p in self.module.parameters())
+        """Number of stored numbers of the stack and the text adapter (weights and biases)."""
+        return sum(p.numel() for p in self.parameters())
 
     # -- files
 
@@ -186,6 +220,10 @@ class OUNet(nn.Module):
               "ola_config": json.dumps(asdict(self.module.config)),
               "training": json.dumps(self.module.training_summary, default=str),
               "meta": json.dumps(self.meta, default=str)}
+        if self.adapter is not None:  # same file: an O-UNet is never separated from its adapter
+            tensors.update({f"adapter.{k}": v.detach().cpu().contiguous()
+                            for k, v in self.adapter.module.state_dict().items()})
+            md["adapter"] = json.dumps(self.adapter.config_dict(), default=str)
         _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
@@ -222,5 +260,22 @@ class OUNet(nn.Module):
         if module.in_dim != cfg.in_dim or module.out_dim != cfg.sample_shape[0]:
             raise ValueError(f"{file}: stack {module.in_dim} -> {module.out_dim} does not fit the config "
                              f"({cfg.in_dim} -> {cfg.sample_shape[0]})")
-        u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")))
+        u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")), _load_adapter(file, md, tensors))
         return u.to(device)
+
+
+def _load_adapter(file: Path, md: dict, tensors: dict) -> TextAdapter | None:
+    """The text adapter stored beside the stack (tensors `adapter.*`, metadata `adapter`), or None if there is none."""
+    state = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    if "adapter" not in md:
+        if state:
+            raise ValueError(f"{file}: holds text adapter tensors ({sorted(state)}) but no adapter config: a broken "
+                             "O-UNet file")
+        return None
+    if not state:
+        raise ValueError(f"{file}: its metadata names a text adapter but the file holds no adapter tensors: a broken "
+                         "O-UNet file")
+    try:
+        return TextAdapter.from_state(json.loads(md["adapter"]), state)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{file}: bad text adapter ({e})") from None

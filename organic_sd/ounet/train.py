@@ -26,7 +26,7 @@ from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.ovae.train import _atomic_json, _fit
 
 # fields that define a run: resuming with other values would silently mix two experiments
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "teacher")
+RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "teacher")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
 
 
@@ -41,6 +41,7 @@ class DenoiserTrainConfig:
     grid: int = 4
     freqs: int = 4
     modulate: int = 5
+    gain: int = 0
     strategy: str = "auto"
     population: int = 40
     max_minutes: float | None = None
@@ -166,7 +167,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     schedule = torch.from_numpy(store.alphas_cumprod)  # (T,)
     cond_dim = int(np.prod(m["cond_shape"])) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
-                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, cond_dim=cond_dim, teacher=m["teacher"],
+                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, cond_dim=cond_dim,
+                       teacher=m["teacher"],
                        pixel_range=pixel_range(m["teacher"]))
     run = Path(cfg.out)
     rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
