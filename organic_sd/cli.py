@@ -200,6 +200,24 @@ def _add_ovae_parsers(sub) -> None:
     ep.add_argument("--device", default="cpu")
     ep.set_defaults(func=_cmd_eval_pipeline)
 
+    def _cmd_eval_denoiser(args: argparse.Namespace) -> int:  # beside its parser: the O-UNet's eval in one block
+        from organic_sd.ounet.evaluate import run_cli
+
+        return run_cli(args)
+
+    ed = evs.add_parser("denoiser", help="O-UNet vs its denoiser teacher: eps error, few-step DDIM PSNR, CPU speed")
+    ed.add_argument("--ounet", required=True, help="O-UNet file or `osd train denoiser` run folder")
+    ed.add_argument("--teacher", required=True, help="the denoiser teacher it clones, e.g. ddpm-mnist")
+    ed.add_argument("--out", required=True, help="folder for report.json, report.md and samples.png")
+    ed.add_argument("--n", type=int, default=64, help="samples for the eps error and the DDIM comparison")
+    ed.add_argument("--seed", type=int, default=999, help="noise seed (eps samples: SEED, DDIM comparison: SEED+1)")
+    ed.add_argument("--steps", type=int, nargs="+", default=[4, 8, 20], help="DDIM step counts")
+    ed.add_argument("--t", dest="ts", type=int, nargs="+", default=[10, 50, 100, 250, 500],
+                    help="timesteps of the eps error")
+    ed.add_argument("--threads", type=int, default=1, help="torch threads for the CPU timing")
+    ed.add_argument("--device", default="cpu", help="where sampling runs (timing is always on the CPU)")
+    ed.set_defaults(func=_cmd_eval_denoiser)
+
     rc = sub.add_parser("reconstruct", help="O-VAE round trip of one image (no teacher needed)")
     rc.add_argument("image")
     rc.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")
@@ -236,7 +254,6 @@ def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
         rep = precompute_denoiser(
             teacher, args.out, args.samples, steps=args.steps, renoise=args.renoise, prompts=prompts,
             batch=args.batch, seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
-            n_views=args.views,
         )
     except OSError as e:
         if isinstance(e, FileNotFoundError):
@@ -275,11 +292,12 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
     cfg = DenoiserTrainConfig(
         store=args.store, out=args.out, window=args.window, hidden=tuple(args.hidden), grid=args.grid,
-        freqs=args.freqs, modulate=args.modulate, strategy=args.strategy, population=args.population,
+        freqs=args.freqs, modulate=args.modulate, gain=args.gain, strategy=args.strategy, population=args.population,
         max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
         eval_records=args.eval_records, device=args.device, seed=args.seed, progress=args.progress,
+        cond_dim=args.cond_dim, adapter_every=args.adapter_every,
     )
     res = train(cfg)
     return 130 if res["status"] == "interrupted" else 0
@@ -294,9 +312,16 @@ def _add_train_denoiser_parser(parts) -> None:
     dn.add_argument("--hidden", type=int, nargs="*", default=[32], help="hidden tanh widths (cascade), e.g. 32")
     dn.add_argument("--grid", type=int, default=4, help="global context: x_t average-pooled to GRID x GRID")
     dn.add_argument("--freqs", type=int, default=4, help="sin/cos frequencies of t/T in the timestep features")
+    dn.add_argument("--gain", type=int, default=0,
+                    help="inner N x N window divided by the noise level as extra inputs (odd; 0: none)")
     dn.add_argument("--modulate", type=int, default=5,
                     help="inner window m (odd, <= --window; 0: none) whose values, and the global context, are "
                          "also inputs multiplied by sqrt(alpha-bar) and sqrt(1 - alpha-bar)")
+    dn.add_argument("--cond-dim", type=int, default=None,
+                    help="text adapter size: the teacher's text embedding -> this many cond inputs (default 8 for a "
+                         "store with prompts; 0: ignore the prompts)")
+    dn.add_argument("--adapter-every", type=int, default=2,
+                    help="ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
     dn.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
     dn.add_argument("--population", type=int, default=40, help="candidates per row")
     dn.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
@@ -318,21 +343,52 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from organic_sd.ounet import OUNet
     from organic_sd.ounet.generate import generate
 
-    if args.prompt:
-        raise ValueError("prompts need a conditional O-UNet with a text adapter; this command draws "
-                         "unconditional samples: leave PROMPT out")
     u = OUNet.load(args.ounet, device=args.device)
-    teacher = None
+    if args.prompt is not None and u.adapter is None:
+        raise ValueError("this O-UNet is unconditional (no text adapter): leave PROMPT out, or train one on a store "
+                         "with prompts (`osd precompute denoiser --prompts FILE`, then `osd train denoiser`)")
+    if u.adapter is not None and not args.teacher:
+        raise ValueError("this O-UNet is conditional: give --teacher (the pipeline whose text encoder embeds the "
+                         "prompt) and a PROMPT (none: the empty prompt)")
+    teacher = cond = None
     if args.teacher:
         from organic_sd.teachers import load_denoiser
 
         teacher = load_denoiser(args.teacher, device=args.device)
-    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher)
+        if u.adapter is not None:
+            if teacher.id != u.config.teacher:
+                print(f"warning: the O-UNet was trained on {u.config.teacher}, the text encoder is {teacher.id}'s",
+                      file=sys.stderr)
+            cond = teacher.encode_text([args.prompt or ""])  # (1, L, D)
+    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher, cond=cond,
+                   decode=_latent_decoder(args.vae, u, teacher, args.device))
     print(f"wrote {args.out}: {args.n} samples, {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
+          + (f", prompt {args.prompt or ''!r}" if cond is not None else "")
           + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
     if teacher is not None:
         print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
     return 0
+
+
+def _latent_decoder(spec: str | None, u, teacher, device: str):
+    """--vae: None; 'teacher' (the SD pipeline's own VAE); or an O-VAE file/run or VAE teacher spec -> decode()."""
+    if spec is None:
+        return None
+    if spec == "teacher":
+        vae = getattr(teacher, "vae_spec", None)
+        if vae is None:
+            raise ValueError("--vae teacher: " + ("give --teacher" if teacher is None else
+                                                  f"the teacher {teacher.id} has no VAE (no vae/ in its folder)"))
+        spec = vae
+    from organic_sd.ovae.model import OVAE
+
+    try:
+        dec = OVAE.load(spec, device=device)
+    except (ValueError, FileNotFoundError):
+        from organic_sd.teachers import load_teacher
+
+        dec = load_teacher(spec, device=device)
+    return dec.decode
 
 
 def _add_generate_parser(sub) -> None:
@@ -343,7 +399,12 @@ def _add_generate_parser(sub) -> None:
     g.add_argument("--steps", type=int, default=8, help="DDIM steps")
     g.add_argument("--seed", type=int, default=0, help="noise seed")
     g.add_argument("--n", type=int, default=16, help="number of samples")
-    g.add_argument("--teacher", default=None, help="denoiser teacher spec: its samples from the same noise beside")
+    g.add_argument("--teacher", default=None,
+                   help="denoiser teacher spec: its samples from the same noise beside; for a conditional O-UNet, "
+                        "its text encoder embeds the prompt")
+    g.add_argument("--vae", default=None,
+                   help="latent teachers: decode the samples with 'teacher' (the pipeline's VAE), an O-VAE file or "
+                        "run, or a VAE teacher spec (default: draw the latents' first 3 channels)")
     g.add_argument("--out", required=True, help="output PNG")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_generate)

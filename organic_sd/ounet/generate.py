@@ -43,25 +43,39 @@ def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:
 
 
 def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 16, teacher=None,
-             scale: int = 4) -> dict:
-    """Sample n images in `steps` DDIM steps of u from seeded noise; write a grid PNG (clone | teacher)."""
+             scale: int = 4, cond: torch.Tensor | None = None, decode=None) -> dict:
+    """Sample n images in `steps` DDIM steps of u from seeded noise; write a grid PNG (clone | teacher).
+
+    `cond`: the teacher's text embedding of the prompt, (1 or n, L, D), for an O-UNet with a text
+    adapter (the teacher, if shown, gets the same). `decode`: latents (n, C, h, w) -> images
+    (n, 3, H, W) in [-1, 1] (a VAE decoder), for latent teachers; without it the samples are drawn as they are.
+    """
     from PIL import Image
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if u.config.cond_dim:
-        raise ValueError("this O-UNet is conditional: prompt-driven generation needs the text adapter")
+    if u.config.cond_dim and cond is None:
+        raise ValueError("this O-UNet is conditional: give a prompt (its text embedding from the teacher's text "
+                         "encoder); the empty prompt \"\" draws unconditional samples")
+    if not u.config.cond_dim and cond is not None:
+        raise ValueError("this O-UNet is unconditional: it takes no prompt")
     noise = seeded_noise(u.sample_shape, n, seed)  # (n, C, H, W)
-    with torch.no_grad():
-        x = to_unit(ddim_sample(u, noise, steps).cpu(), u.config.pixel_range)
+
+    def images(model) -> torch.Tensor:
+        with torch.no_grad():
+            x = ddim_sample(model, noise, steps, cond).cpu()  # (n, C, H, W) teacher units
+            if decode is not None:
+                return ((decode(x).float().cpu().clamp(-1, 1) + 1) / 2).float()  # (n, 3, H', W') on [0, 1]
+        return to_unit(x, u.config.pixel_range)
+
+    x = images(u)
     cols = math.ceil(math.sqrt(n))
     panels = [grid_image(x, cols)]
     res = {"out": str(out), "n": n, "steps": steps, "seed": seed, "samples": x}
     if teacher is not None:
         if tuple(teacher.sample_shape) != tuple(u.sample_shape):
             raise ValueError(f"teacher samples {tuple(teacher.sample_shape)} but the O-UNet {u.sample_shape}")
-        with torch.no_grad():
-            xt = to_unit(ddim_sample(teacher, noise, steps).cpu(), u.config.pixel_range)
+        xt = images(teacher)
         panels += [np.full((panels[0].shape[0], 8, 3), 255, np.uint8), grid_image(xt, cols)]
         res.update(teacher_samples=xt, psnr=psnr_unit(x, xt))
     img = np.concatenate(panels, 1)

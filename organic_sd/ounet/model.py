@@ -9,8 +9,9 @@ For every pixel the stack sees:
              sqrt(ab[t]) and sqrt(1 - ab[t]) (m = 0: none)
     gained   the inner n x n window over the noise level sqrt(1 - ab[t] + s0^2)    C * n * n
     cond     the conditioning vector, when the teacher has one        cond_dim
+             (the text adapter's output, ounet/adapter.py: u's cond argument is the teacher's text embedding)
 and writes the C channels of eps at that pixel. One file (.safetensors) holds the stack, the
-teacher's alpha-bar schedule and the config, so loading needs nothing else.
+text adapter if any, the teacher's alpha-bar schedule and the config, so loading needs nothing else.
 """
 
 from __future__ import annotations

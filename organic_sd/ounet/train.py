@@ -4,6 +4,9 @@
     each tick: draw fresh random pixel rows from random train records, continue the search with
                ola.fit (init = the kept stack), score eps error on the held-out records, keep the
                stack if no worse, append a log line, redraw the plot, save a checkpoint atomically
+    text adapter (stores with prompts, --cond-dim): starts as a PCA of the prompts' pooled embeddings;
+               every --adapter-every ticks its weights are searched with the new stack frozen
+               (ounet.adapter.evolve_adapter) before the held-out score decides what is kept
     stop: --max-minutes spent, --ticks done, or Ctrl-C (saves first)
 Files in RUN_DIR: config.json, model.safetensors (an O-UNet file), state.json, log.jsonl, plot.png.
 """
@@ -22,6 +25,7 @@ import torch
 
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ola.checks import resolve_device
+from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.ovae.train import _atomic_json, _fit
 
@@ -42,6 +46,8 @@ class DenoiserTrainConfig:
     freqs: int = 4
     modulate: int = 5
     gain: int = 0
+    cond_dim: int | None = None  # text adapter output size; None: 8 for a conditional store, 0 otherwise
+    adapter_every: int = 2  # ticks between text adapter searches (0: keep the initial PCA adapter)
     strategy: str = "auto"
     population: int = 40
     max_minutes: float | None = None
@@ -58,6 +64,8 @@ class DenoiserTrainConfig:
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
+        if (self.cond_dim is not None and self.cond_dim < 0) or self.adapter_every < 0:
+            raise ValueError(f"--cond-dim and --adapter-every must be >= 0, got {self.cond_dim}, {self.adapter_every}")
         for name in ("tick_seconds", "max_rows", "eval_records", "population"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -69,18 +77,20 @@ def pixel_range(teacher_id: str) -> tuple[float, float]:
 
 
 def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, idx: np.ndarray,
-                dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                dev: torch.device, adapter: TextAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Records idx -> rows x (n HW, in), y (n HW, C): the O-UNet's inputs and the teacher's eps per pixel."""
     x_t = torch.from_numpy(store.x_t[idx]).to(dev)  # (n, C, H, W)
     t = torch.from_numpy(store.t[idx]).to(dev).round().long()  # (n,)
     eps = torch.from_numpy(store.eps[idx]).to(dev)  # (n, C, H, W)
-    cond = torch.from_numpy(store.cond[idx]).to(dev).flatten(1) if cfg.cond_dim else None
+    cond = torch.from_numpy(store.cond[idx]).to(dev) if cfg.cond_dim else None  # (n, L, D)
+    if adapter is not None:
+        cond = adapter(cond)  # (n, cond_dim)
     x = features(cfg, schedule, x_t, t, cond).flatten(0, 1)
     y = eps.flatten(2).transpose(1, 2).flatten(0, 1)
     return x, y
 
 
-def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev):
+def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev, adapter=None):
     """At most max_rows random pixel rows, spread over ~4x as many records as whole images would need."""
     per = cfg.sample_shape[1] * cfg.sample_shape[2]
     n = min(len(pool), max(1, math.ceil(4 * max_rows / per)))
@@ -88,7 +98,7 @@ def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.ran
     share = min(1.0, max_rows / (n * per))
     xs, ys = [], []
     for i in range(0, n, LOAD_CHUNK):
-        x, y = record_rows(cfg, schedule, store, idx[i:i + LOAD_CHUNK], dev)
+        x, y = record_rows(cfg, schedule, store, idx[i:i + LOAD_CHUNK], dev, adapter)
         keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(dev)
         xs.append(x[keep]), ys.append(y[keep])
     return torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
@@ -102,7 +112,7 @@ def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
         x_t = torch.from_numpy(store.x_t[j])
         t = torch.from_numpy(store.t[j]).round().long()
         eps = torch.from_numpy(store.eps[j]).to(u.device)
-        cond = torch.from_numpy(store.cond[j]).flatten(1) if u.config.cond_dim else None
+        cond = torch.from_numpy(store.cond[j]) if u.config.cond_dim else None  # (n, L, D): u's adapter pools it
         pred = u(x_t, t, cond)
         se += float((pred - eps).double().square().sum())
         ss += float(eps.double().square().sum())
@@ -165,15 +175,20 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     store = DenoiserStore.open(cfg.store)
     m = store.meta
     schedule = torch.from_numpy(store.alphas_cumprod)  # (T,)
-    cond_dim = int(np.prod(m["cond_shape"])) if m["cond_shape"] else 0
+    if cfg.cond_dim and not m["cond_shape"]:
+        raise ValueError(f"--cond-dim {cfg.cond_dim}: store {store.path} is unconditional (its teacher takes no text)")
+    cond_dim = (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
                        grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, cond_dim=cond_dim,
                        teacher=m["teacher"],
                        pixel_range=pixel_range(m["teacher"]))
     run = Path(cfg.out)
     rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    rec.update(kind="denoiser", teacher=m["teacher"])
+    rec.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)
     old = _check_resume(run, rec)
+    if old is not None and old.get("cond_dim", 0) != cond_dim:
+        raise ValueError(f"cannot resume {run}: its text adapter gives cond_dim {old.get('cond_dim', 0)}, asked "
+                         f"{cond_dim}. Use another --out folder, or the same --cond-dim to continue it.")
     run.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = store.indices("train"), store.indices("val")
     if len(train_idx) == 0:
@@ -207,6 +222,9 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     if budget is None and cfg.ticks is None:
         print("no --max-minutes or --ticks: training until Ctrl-C", file=log_to)
+    adapter = u.adapter if u is not None else None
+    if cond_dim and adapter is None:  # from the prompts' embeddings alone: PCA, no targets
+        adapter = TextAdapter.from_embeddings(store.cond_table, cond_dim, m["cond_shape"]).to(dev)
 
     def save(status: str) -> None:
         if u is None:
@@ -227,19 +245,29 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                 break
             tick_s = want if left is None else min(want, left)
             t0 = time.perf_counter()
-            x, y = draw_rows(ucfg, schedule, store, train_idx, cfg.max_rows, rng, dev)  # (N, in), (N, C)
+            x, y = draw_rows(ucfg, schedule, store, train_idx, cfg.max_rows, rng, dev, adapter)  # (N, in), (N, C)
+            adapter_tick = adapter is not None and cfg.adapter_every and (state["tick"] + 1) % cfg.adapter_every == 0
             t_data = time.perf_counter() - t0
             module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
-                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data),
+                          out_scale=rec["out_scale"], max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data),
                           generations=cfg.generations, batch_size=cfg.batch_size, device=dev,
                           seed=cfg.seed + state["tick"], progress=cfg.progress,
                           init=None if u is None else u.module)
             del x, y
-            cand = OUNet(ucfg, module, schedule)
+            cand = OUNet(ucfg, module, schedule, adapter=adapter)
+            ad_summary = None
+            if adapter_tick:  # the stack frozen, the adapter searched by the stack's eps error
+                pick = np.sort(rng.choice(train_idx, min(len(train_idx), 128), replace=False))
+                new_adapter, ad_summary = evolve_adapter(
+                    cand, store, pick, strategy=cfg.strategy, population=16, generations=cfg.generations,
+                    max_seconds=max(0.5, 0.25 * tick_s), max_rows=min(cfg.max_rows, 20_000),
+                    seed=cfg.seed + state["tick"])
+                cand = OUNet(ucfg, module, schedule, adapter=new_adapter)
             scores = heldout_score(cand, store, eval_idx)
             kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
             if kept:
                 u, state["best"] = cand, scores
+                adapter = u.adapter
             state["tick"] += 1
             ticks_done += 1
             state["time"] += time.perf_counter() - t0
@@ -248,7 +276,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                     "rows": ts.get("n_train", 0) + ts.get("n_val", 0), "data_seconds": round(t_data, 3),
                     "fit_seconds": ts.get("seconds"), "generations": ts.get("generations"),
                     "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
-                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", [])}
+                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", []),
+                    **({"adapter": ad_summary} if ad_summary else {})}
             log.append(line)
             with open(run / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
