@@ -194,6 +194,10 @@ class OUNet(nn.Module):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"cond must be (B, {cfg.cond_dim}) for this O-UNet, got {got}")
         x = x_t.to(self.device, torch.float32)
+        if isinstance(self.module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
+            from organic_sd.ounet.fast import fast_eps
+
+            return fast_eps(self, x, tt.to(x.device), cond)
         rows = features(cfg, self._schedule, x, tt.to(x.device), cond)  # (B, HW, in)
         C, H, W = cfg.sample_shape
         out = self.module(rows)  # (B, HW, C)

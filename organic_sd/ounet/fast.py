@@ -1,0 +1,120 @@
+"""The O-UNet's inference path: the same function as `features` + the OLA stack, without the per-pixel rows.
+
+Most input columns of an O-UNet row are the same for every pixel of an image (timestep
+features, global context, cond) or are the window times a number that depends only on t
+(the modulated and gained windows). So the first layer (and the readout's input part)
+splits into
+    a convolution of x_t whose kernel, for one t, folds the window, modulated and gained
+    weights together                                                       (O, C, k, k)
+    a per-image bias from the image-wide columns                           (B, O)
+    a fixed per-pixel bias from the position columns                       (O, H, W)
+and per pixel only k * k * C multiply-adds per unit remain, instead of in_dim. Training
+keeps the explicit rows (`features`): they are what the search scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from organic_sd.ola.module import OLAModule
+
+
+def _columns(cfg) -> dict[str, slice]:
+    """Where each input group sits in a row of `features` (same order as there)."""
+    C = cfg.sample_shape[0]
+    k, g, m, n = cfg.window, cfg.grid, cfg.modulate, cfg.gain
+    sizes = [("win", C * k * k), ("time", 2 + 2 * cfg.freqs), ("glob", C * g * g), ("pos", 2)]
+    if m:
+        sizes += [("inner_s", C * m * m), ("glob_s", C * g * g), ("inner_n", C * m * m), ("glob_n", C * g * g)]
+    if n:
+        sizes += [("gain", C * n * n)]
+    sizes += [("cond", cfg.cond_dim)]
+    out, i = {}, 0
+    for name, size in sizes:
+        out[name] = slice(i, i + size)
+        i += size
+    assert i == cfg.in_dim, (i, cfg.in_dim)
+    return out
+
+
+def _inner_to_window(w: torch.Tensor, C: int, side: int, k: int) -> torch.Tensor:
+    """(O, C side side) weights of an inner window -> (O, C, k, k), zero outside the centre."""
+    cut = (k - side) // 2
+    out = w.new_zeros(w.shape[0], C, k, k)
+    out[:, :, cut:cut + side, cut:cut + side] = w.reshape(-1, C, side, side)
+    return out
+
+
+def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glob, pos) -> torch.Tensor:
+    """(O, in) weights on feature rows -> (B, O, H, W) pre-activations, computed as a convolution."""
+    from organic_sd.ounet.model import GAIN_FLOOR
+
+    C, H, W = cfg.sample_shape
+    k, col = cfg.window, _columns(cfg)
+    base = w[:, col["win"]].reshape(-1, C, k, k)  # (O, C, k, k)
+    bias = image_cols @ torch.cat([w[:, col["time"]], w[:, col["glob"]], w[:, col["cond"]]], 1).T + b  # (B, O)
+    if cfg.modulate:
+        bias = bias + ab.sqrt()[:, None] * (glob @ w[:, col["glob_s"]].T) \
+            + (1 - ab).sqrt()[:, None] * (glob @ w[:, col["glob_n"]].T)
+    levels = ab.unique()
+    out = None if len(levels) == 1 else torch.empty(x_t.shape[0], w.shape[0], H, W, dtype=x_t.dtype,
+                                                     device=x_t.device)
+    for a in levels:  # one kernel per noise level (a DDIM step has one)
+        kern = base
+        if cfg.modulate:
+            kern = kern + _inner_to_window(a.sqrt() * w[:, col["inner_s"]] + (1 - a).sqrt() * w[:, col["inner_n"]],
+                                           C, cfg.modulate, k)
+        if cfg.gain:
+            kern = kern + _inner_to_window(w[:, col["gain"]] / (1 - a + GAIN_FLOOR ** 2).sqrt(), C, cfg.gain, k)
+        if out is None:
+            out = F.conv2d(x_t, kern, padding=k // 2)  # (B, O, H, W)
+        else:
+            sel = ab == a
+            out[sel] = F.conv2d(x_t[sel], kern, padding=k // 2)
+    # in place: these maps are the largest tensors of the whole step
+    return out.add_(bias[:, :, None, None]).add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
+
+
+def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) t, cond (B, cond_dim) or None -> (B, C, H, W): u.module(features(...)), as convolutions."""
+    cfg, m = u.config, u.module
+    if not isinstance(m, OLAModule):
+        raise TypeError(f"the fast path needs an OLAModule stack, not {type(m).__name__}")
+    C, H, W = cfg.sample_shape
+    B = x_t.shape[0]
+    ab = u._schedule.to(x_t.device, torch.float64)[t].float()  # (B,)
+    tau = t.to(x_t.device, torch.float32) / (cfg.num_steps - 1)
+    freqs = torch.pi * 2.0 ** torch.arange(cfg.freqs, device=x_t.device, dtype=torch.float32)
+    ang = tau[:, None] * freqs  # (B, F)
+    glob = F.adaptive_avg_pool2d(x_t, cfg.grid).flatten(1)  # (B, C g g)
+    parts = [ab.sqrt()[:, None], (1 - ab).sqrt()[:, None], ang.sin(), ang.cos(), glob]
+    if cfg.cond_dim:
+        parts.append(cond.to(x_t.device, torch.float32).reshape(B, -1))
+    image_cols = torch.cat(parts, 1)  # (B, time + glob + cond)
+    ry = torch.linspace(-1, 1, H, device=x_t.device)
+    rx = torch.linspace(-1, 1, W, device=x_t.device)
+    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(H * W, 2)  # (HW, 2)
+
+    n_in = cfg.in_dim
+    layers = list(m.hidden)
+    ro_w, ro_b = m.readout.weight, m.readout.bias  # (C, in + sum hidden), (C,)
+    # the first hidden layer and the readout's input part read the same rows: one convolution for both
+    first_w = torch.cat([layers[0].weight, ro_w[:, :n_in]]) if layers else ro_w[:, :n_in]
+    first_b = torch.cat([layers[0].bias, torch.zeros_like(ro_b)]) if layers else torch.zeros_like(ro_b)
+    pre = _first_layer(cfg, first_w.float(), first_b.float(), x_t, ab, image_cols, glob, pos)  # (B, O, H, W)
+    n_h = layers[0].out_features if layers else 0
+    y = pre[:, n_h:] + ro_b[None, :, None, None]  # (B, C, H, W): readout so far
+    start = n_in
+    for i, layer in enumerate(layers):
+        if i:  # deeper layers read the previous one's tanh
+            h = 2 * s - 1
+            s = torch.sigmoid(2 * (torch.einsum("oi,bihw->bohw", layer.weight, h) + layer.bias[None, :, None, None]))
+        else:
+            # tanh(z) = 2 sigmoid(2z) - 1 exactly, and the CPU's sigmoid is ~3x faster than its tanh: the
+            # readout takes 2 W sigmoid(2z) - W 1 instead
+            s = torch.sigmoid(pre[:, :n_h].mul_(2))
+        wo = ro_w[:, start:start + s.shape[1]]  # (C, width)
+        y = y + torch.einsum("oi,bihw->bohw", 2 * wo, s) - wo.sum(1)[None, :, None, None]
+        start += s.shape[1]
+    return m.config.out_scale * torch.tanh(y)
