@@ -118,7 +118,8 @@ def training_worker(args: argparse.Namespace) -> dict:
 
     device = dist.local_device(resolve_device(args.device))
     x, y = training_problem(args.rows, args.inputs, args.outputs)
-    kw = dict(hidden=tuple(args.hidden), population=args.population, device=device, seed=0)
+    kw = dict(hidden=tuple(args.hidden), population=args.population, device=device, seed=0,
+              batch_size=args.fit_batch)
     ola.fit(x[:2000], y[:2000], generations=5, **kw)  # warm-up: kernel choice and allocation stay out of the timing
     dist.barrier()
     cpu0 = time.process_time()
@@ -129,7 +130,8 @@ def training_worker(args: argparse.Namespace) -> dict:
     return {"items": ts["generations"], "seconds": ts["seconds"], "rate": ts["generations"] / ts["seconds"],
             "unit": "generations/s", "cpu_seconds": cpu, "device": device, "val_mse": ts["val_mse"],
             "work": f"ola.fit {args.inputs} -> {args.outputs}, hidden {tuple(args.hidden)}, {args.rows:,} rows, "
-                    f"population {args.population}, strategy {ts['strategy']}, {args.seconds:g} s"}
+                    f"population {args.population}, batch {args.fit_batch or 'default'}, strategy {ts['strategy']}, "
+                    f"{args.seconds:g} s"}
 
 
 # name -> worker: runs on every rank under torchrun and returns the measurement (rank 0's is kept)
@@ -213,6 +215,7 @@ def main() -> None:
     ap.add_argument("--outputs", type=int, default=192, help="training: outputs (an 8x8 RGB pixel block)")
     ap.add_argument("--hidden", type=int, nargs="*", default=[], help="training: hidden widths")
     ap.add_argument("--population", type=int, default=40, help="training: candidates per row")
+    ap.add_argument("--fit-batch", type=int, default=None, help="training: rows per generation (engine default)")
     ap.add_argument("--sources", nargs="*", default=None, help="frame sources (default: generated PNGs)")
     ap.add_argument("--dir", default=None, help="where the temporary stores go (default: a temp dir)")
     ap.add_argument("--md", default=None, help="also write the markdown table to this file")
