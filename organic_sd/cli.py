@@ -292,7 +292,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
     cfg = DenoiserTrainConfig(
         store=args.store, out=args.out, window=args.window, hidden=tuple(args.hidden), grid=args.grid,
-        freqs=args.freqs, modulate=args.modulate, gain=args.gain, strategy=args.strategy, population=args.population,
+        freqs=args.freqs, modulate=args.modulate, gain=args.gain, coarse=args.coarse, strategy=args.strategy, population=args.population,
         max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
@@ -312,6 +312,9 @@ def _add_train_denoiser_parser(parts) -> None:
     dn.add_argument("--hidden", type=int, nargs="*", default=[32], help="hidden tanh widths (cascade), e.g. 32")
     dn.add_argument("--grid", type=int, default=4, help="global context: x_t average-pooled to GRID x GRID")
     dn.add_argument("--freqs", type=int, default=4, help="sin/cos frequencies of t/T in the timestep features")
+    dn.add_argument("--coarse", type=int, default=0,
+                    help="context beyond the window: x_t pooled by S, the 3 x 3 pooled cells around each pixel "
+                         "(S divides the sample's side; 0: none)")
     dn.add_argument("--gain", type=int, default=0,
                     help="inner N x N window divided by the noise level as extra inputs (odd; 0: none)")
     dn.add_argument("--modulate", type=int, default=5,

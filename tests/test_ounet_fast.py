@@ -13,6 +13,8 @@ T = 50
     dict(modulate=3, gain=0, hidden=(5,)),
     dict(modulate=3, gain=5, hidden=(6, 4)),
     dict(modulate=5, gain=3, hidden=(7,), cond_dim=3),
+    dict(modulate=3, gain=0, hidden=(5,), coarse=2),
+    dict(modulate=0, gain=3, hidden=(4, 3), coarse=2, cond_dim=2),
 ])
 def test_convolution_path_equals_the_rows_the_search_scored(kw):
     """OUNet.forward folds the stack into convolutions; it must be the function training scored on rows."""

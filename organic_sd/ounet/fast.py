@@ -29,6 +29,8 @@ def _columns(cfg) -> dict[str, slice]:
         sizes += [("inner_s", C * m * m), ("glob_s", C * g * g), ("inner_n", C * m * m), ("glob_n", C * g * g)]
     if n:
         sizes += [("gain", C * n * n)]
+    if cfg.coarse:
+        sizes += [("coarse", 9 * C), ("coarse_s", 9 * C), ("coarse_n", 9 * C)]
     sizes += [("cond", cfg.cond_dim)]
     out, i = {}, 0
     for name, size in sizes:
@@ -72,6 +74,18 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
         else:
             sel = ab == a
             out[sel] = F.conv2d(x_t[sel], kern, padding=k // 2)
+    if cfg.coarse:
+        from organic_sd.ounet.model import coarse_map
+
+        c, ck = cfg.coarse, lambda name: w[:, col[name]].reshape(-1, C, 3, 3)
+        up = coarse_map(x_t, c)  # (B, C, H, W)
+        for a in levels:
+            kern = ck("coarse") + a.sqrt() * ck("coarse_s") + (1 - a).sqrt() * ck("coarse_n")
+            sel = ab == a
+            if len(levels) == 1:
+                out.add_(F.conv2d(up, kern, padding=c, dilation=c))
+            else:
+                out[sel] += F.conv2d(up[sel], kern, padding=c, dilation=c)
     # in place: these maps are the largest tensors of the whole step
     return out.add_(bias[:, :, None, None]).add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
 

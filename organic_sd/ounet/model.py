@@ -8,6 +8,8 @@ For every pixel the stack sees:
     modulated  the inner m x m window and the global context, each times  2 * C * (m * m + g * g)
              sqrt(ab[t]) and sqrt(1 - ab[t]) (m = 0: none)
     gained   the inner n x n window over the noise level sqrt(1 - ab[t] + s0^2)    C * n * n
+    coarse   x_t average-pooled by s, the 3 x 3 pooled cells around the pixel,   3 * C * 9
+             as they are and times sqrt(ab[t]), sqrt(1 - ab[t]) (s = 0: none)
     cond     the conditioning vector, when the teacher has one        cond_dim
              (the text adapter's output, ounet/adapter.py: u's cond argument is the teacher's text embedding)
 and writes the C channels of eps at that pixel. One file (.safetensors) holds the stack, the
@@ -47,6 +49,7 @@ class OUNetConfig:
     freqs: int = 4
     modulate: int = 0  # m: side of the inner window whose products with the noise level are inputs (0: none)
     gain: int = 0  # n: side of the inner window divided by the noise level, the 1/sigma eps needs (0: none)
+    coarse: int = 0  # s: pooling factor of the coarse 3 x 3 neighbourhood (0: none); divides H and W
     cond_dim: int = 0
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
@@ -63,6 +66,9 @@ class OUNetConfig:
             m = getattr(self, name)
             if m < 0 or m > self.window or (m and m % 2 == 0):
                 raise ValueError(f"{name} must be 0 or odd and <= window ({self.window}), got {m}")
+        if self.coarse < 0 or (self.coarse and (self.sample_shape[1] % self.coarse or self.sample_shape[2] % self.coarse)):
+            raise ValueError(f"coarse must be 0 or divide the sample's height and width {self.sample_shape[1:]}, "
+                             f"got {self.coarse}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 
@@ -71,6 +77,7 @@ class OUNetConfig:
         C = self.sample_shape[0]
         mod = 2 * C * (self.modulate ** 2 + self.grid ** 2) if self.modulate else 0
         return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + C * self.gain ** 2 \
+            + (27 * C if self.coarse else 0) \
             + self.cond_dim
 
     def centre_index(self, channel: int = 0) -> int:
@@ -113,7 +120,22 @@ def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: tor
         cut = (k - n) // 2
         inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + n, cut:cut + n].reshape(B, H * W, C * n * n)
         mod.append(inner / (1 - ab + GAIN_FLOOR ** 2).sqrt()[:, None, None])
+    if cfg.coarse:
+        # what decides the digit at high noise is context beyond the window; the pooled cells around the
+        # pixel give it translation-equivariantly (a global grid would tie it to absolute position)
+        co = coarse_window(x_t, cfg.coarse)  # (B, HW, C 9)
+        mod += [co, co * ab.sqrt()[:, None, None], co * (1 - ab).sqrt()[:, None, None]]
     return torch.cat([win, per_image[..., :n_tg], pos, *mod, per_image[..., n_tg:]], 2)
+
+
+def coarse_map(x_t: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): x_t average-pooled by s and repeated back to full size."""
+    return F.avg_pool2d(x_t, s).repeat_interleave(s, 2).repeat_interleave(s, 3)
+
+
+def coarse_window(x_t: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, HW, C 9): the pooled cells at offsets -s, 0, s around each pixel, zero outside."""
+    return F.unfold(coarse_map(x_t, s), 3, dilation=s, padding=s).transpose(1, 2)
 
 
 class OUNet(nn.Module):

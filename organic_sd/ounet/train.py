@@ -30,7 +30,7 @@ from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.ovae.train import _atomic_json, _fit
 
 # fields that define a run: resuming with other values would silently mix two experiments
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "teacher")
+RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
 
 
@@ -46,6 +46,7 @@ class DenoiserTrainConfig:
     freqs: int = 4
     modulate: int = 5
     gain: int = 0
+    coarse: int = 0
     cond_dim: int | None = None  # text adapter output size; None: 8 for a conditional store, 0 otherwise
     adapter_every: int = 2  # ticks between text adapter searches (0: keep the initial PCA adapter)
     strategy: str = "auto"
@@ -179,7 +180,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         raise ValueError(f"--cond-dim {cfg.cond_dim}: store {store.path} is unconditional (its teacher takes no text)")
     cond_dim = (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
-                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, cond_dim=cond_dim,
+                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse, cond_dim=cond_dim,
                        teacher=m["teacher"],
                        pixel_range=pixel_range(m["teacher"]))
     run = Path(cfg.out)
