@@ -176,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-records", type=int, default=64, help="held-out store records scored per tick")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
     p.add_argument("--no-reference", action="store_true", help="skip the least-squares reference")
+    p.add_argument("--ounet", nargs="*", default=[], metavar="NAME=PATH",
+                   help="also score O-UNets trained elsewhere (e.g. on a GPU), as rows named NAME")
     p.add_argument("--n", type=int, default=64, help="fresh samples for the eps error and the DDIM comparison")
     p.add_argument("--seed", type=int, default=999, help="noise seed of the evaluation")
     p.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="DDIM step counts")
@@ -206,6 +208,12 @@ def main(argv=None) -> int:
         print(f"== {REFERENCE}", flush=True)
         ref = least_squares_reference(store).to(args.device)
         results.append(row(REFERENCE, evaluate_denoiser(ref, teacher, out / "eval" / "ls-reference", **ev)))
+        print(json.dumps(results[-1]), flush=True)
+    for spec in args.ounet:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).stem
+        print(f"== {name}", flush=True)
+        results.append(row(name, evaluate_denoiser(OUNet.load(path, args.device), teacher, out / "eval" / name, **ev)))
         print(json.dumps(results[-1]), flush=True)
     tick = args.tick_seconds or args.seconds / 3
     for name in names:

@@ -75,17 +75,17 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
             sel = ab == a
             out[sel] = F.conv2d(x_t[sel], kern, padding=k // 2)
     if cfg.coarse:
-        from organic_sd.ounet.model import coarse_map
-
+        # the coarse map is constant on each s x s cell and the kernel steps by s, so its convolution is
+        # one on the pooled grid, repeated over each cell
         c, ck = cfg.coarse, lambda name: w[:, col[name]].reshape(-1, C, 3, 3)
-        up = coarse_map(x_t, c)  # (B, C, H, W)
+        pooled = F.avg_pool2d(x_t, c)  # (B, C, H/s, W/s)
+        small = pooled.new_empty(pooled.shape[0], w.shape[0], *pooled.shape[2:])  # (B, O, H/s, W/s)
         for a in levels:
-            kern = ck("coarse") + a.sqrt() * ck("coarse_s") + (1 - a).sqrt() * ck("coarse_n")
             sel = ab == a
-            if len(levels) == 1:
-                out.add_(F.conv2d(up, kern, padding=c, dilation=c))
-            else:
-                out[sel] += F.conv2d(up[sel], kern, padding=c, dilation=c)
+            small[sel] = F.conv2d(pooled[sel], ck("coarse") + a.sqrt() * ck("coarse_s") + (1 - a).sqrt() * ck("coarse_n"),
+                                  padding=1)
+        B, n_out = small.shape[:2]
+        out.view(B, n_out, H // c, c, W // c, c).add_(small[:, :, :, None, :, None])
     # in place: these maps are the largest tensors of the whole step
     return out.add_(bias[:, :, None, None]).add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
 
@@ -120,15 +120,16 @@ def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -
     n_h = layers[0].out_features if layers else 0
     y = pre[:, n_h:] + ro_b[None, :, None, None]  # (B, C, H, W): readout so far
     start = n_in
-    for i, layer in enumerate(layers):
-        if i:  # deeper layers read the previous one's tanh
-            h = 2 * s - 1
-            s = torch.sigmoid(2 * (torch.einsum("oi,bihw->bohw", layer.weight, h) + layer.bias[None, :, None, None]))
+    sig = None
+    for layer in layers:
+        if sig is not None:  # deeper layers read the previous one's tanh
+            h = 2 * sig - 1
+            sig = torch.sigmoid(2 * (torch.einsum("oi,bihw->bohw", layer.weight, h) + layer.bias[None, :, None, None]))
         else:
             # tanh(z) = 2 sigmoid(2z) - 1 exactly, and the CPU's sigmoid is ~3x faster than its tanh: the
             # readout takes 2 W sigmoid(2z) - W 1 instead
-            s = torch.sigmoid(pre[:, :n_h].mul_(2))
-        wo = ro_w[:, start:start + s.shape[1]]  # (C, width)
-        y = y + torch.einsum("oi,bihw->bohw", 2 * wo, s) - wo.sum(1)[None, :, None, None]
-        start += s.shape[1]
+            sig = torch.sigmoid(pre[:, :n_h].mul_(2))
+        wo = ro_w[:, start:start + sig.shape[1]]  # (C, width)
+        y = y + torch.einsum("oi,bihw->bohw", 2 * wo, sig) - wo.sum(1)[None, :, None, None]
+        start += sig.shape[1]
     return m.config.out_scale * torch.tanh(y)
