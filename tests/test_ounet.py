@@ -161,3 +161,17 @@ def test_gained_window_is_the_input_over_the_noise_level():
     torch.testing.assert_close(gained[..., 1, 1], x_t.permute(0, 2, 3, 1) / sig[:, None, None, None])
     with pytest.raises(ValueError, match="gain must be 0 or odd"):
         OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=5, gain=2)
+
+
+def test_shipped_default_draws_digits_on_a_fresh_install(tmp_path, capsys):
+    """The package's own O-UNet: MNIST-shaped, honest about its teacher, small, and `osd generate` runs on it."""
+    u = OUNet.load()
+    assert u.sample_shape == (1, 28, 28) and u.config.teacher.startswith("ddpm-mnist")
+    assert u.num_parameters() <= 150_000 and u.config.cond_dim == 0
+    assert cli.main(["generate", "--steps", "4", "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size[0] > 28
+    # a clean sample is mostly the teacher's dark background, not noise
+    x = generate(u, tmp_path / "h.png", steps=8, seed=3, n=8)["samples"]
+    assert 0.0 <= float(x.mean()) < 0.35
