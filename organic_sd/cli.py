@@ -179,6 +179,7 @@ def _add_ovae_parsers(sub) -> None:
     enc.set_defaults(latents="teacher", target="")
     tr.set_defaults(func=_cmd_train)
     _add_train_denoiser_parser(parts)
+    _add_train_head_parser(parts)
 
     ev = sub.add_parser("eval", help="evaluate an O-VAE")
     evs = ev.add_subparsers(dest="what", required=True)
@@ -301,6 +302,25 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     )
     res = train(cfg)
     return 130 if res["status"] == "interrupted" else 0
+
+
+def _add_train_head_parser(parts) -> None:
+    """`osd train denoiser-head`: a noise-level head evolved on a trained O-UNet's residual."""
+    from organic_sd.ounet.head import run_cli
+
+    hd = parts.add_parser("denoiser-head", help="O-UNet: evolve a per-t-bucket linear correction on its residual")
+    hd.add_argument("--ounet", required=True, help="trained O-UNet (file or `osd train denoiser` run)")
+    hd.add_argument("--store", required=True, help="denoiser store of the same teacher")
+    hd.add_argument("--out", required=True, help="where the O-UNet with its head is written (.safetensors or folder)")
+    hd.add_argument("--buckets", type=int, default=8, help="t buckets, equal shares of the schedule")
+    hd.add_argument("--max-minutes", type=float, default=5.0)
+    hd.add_argument("--max-rows", type=int, default=200_000, help="pixel rows the head is evolved on")
+    hd.add_argument("--eval-records", type=int, default=256, help="held-out records that decide whether it is kept")
+    hd.add_argument("--strategy", default="auto")
+    hd.add_argument("--population", type=int, default=40)
+    hd.add_argument("--device", default="cpu")
+    hd.add_argument("--seed", type=int, default=0)
+    hd.set_defaults(func=run_cli)
 
 
 def _add_train_denoiser_parser(parts) -> None:

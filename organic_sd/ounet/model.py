@@ -51,6 +51,7 @@ class OUNetConfig:
     gain: int = 0  # n: side of the inner window divided by the noise level, the 1/sigma eps needs (0: none)
     coarse: int = 0  # s: pooling factor of the coarse 3 x 3 neighbourhood (0: none); divides H and W
     cond_dim: int = 0
+    head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
     extra: dict = field(default_factory=dict)
@@ -69,7 +70,7 @@ class OUNetConfig:
         if self.coarse < 0 or (self.coarse and (self.sample_shape[1] % self.coarse or self.sample_shape[2] % self.coarse)):
             raise ValueError(f"coarse must be 0 or divide the sample's height and width {self.sample_shape[1:]}, "
                              f"got {self.coarse}")
-        if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2:
+        if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 
     @property
@@ -142,8 +143,9 @@ class OUNet(nn.Module):
     """A gradient-free clone of a denoiser: u(x_t, t, cond=None) -> eps (B, C, H, W), in teacher units."""
 
     def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
-                 adapter: TextAdapter | None = None):
-        """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's)."""
+                 adapter: TextAdapter | None = None, head: OLAModule | None = None):
+        """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's);
+        `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
@@ -153,6 +155,12 @@ class OUNet(nn.Module):
                              f"{config.cond_dim}")
         self.config, self.module, self.meta = config, module, dict(meta or {})
         self.adapter = adapter
+        C, k, K = config.sample_shape[0], config.window, config.head_buckets
+        if (head is None) != (K == 0) or (head is not None and (head.in_dim, head.out_dim, head.config.hidden)
+                                          != (K * (C * k * k + 1), C, ())):
+            raise ValueError(f"head_buckets {K} needs a linear head {K * (C * k * k + 1)} -> {C}, got "
+                             f"{None if head is None else (head.in_dim, head.out_dim, head.config.hidden)}")
+        self.head = head
         self.register_buffer("_schedule", schedule, persistent=False)
         self.requires_grad_(False)
         self.eval()
@@ -219,11 +227,15 @@ class OUNet(nn.Module):
         if isinstance(self.module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
             from organic_sd.ounet.fast import fast_eps
 
-            return fast_eps(self, x, tt.to(x.device), cond)
-        rows = features(cfg, self._schedule, x, tt.to(x.device), cond)  # (B, HW, in)
-        C, H, W = cfg.sample_shape
-        out = self.module(rows)  # (B, HW, C)
-        return out.transpose(1, 2).reshape(B, C, H, W)
+            out = fast_eps(self, x, tt.to(x.device), cond)
+        else:
+            rows = features(cfg, self._schedule, x, tt.to(x.device), cond)  # (B, HW, in)
+            out = self.module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+        if self.head is not None:
+            from organic_sd.ounet.head import head_conv
+
+            out = out + head_conv(self, x, tt.to(x.device))
+        return out
 
     def num_parameters(self) -> int:
         """Number of stored numbers of the stack and the text adapter (weights and biases)."""
@@ -251,6 +263,9 @@ class OUNet(nn.Module):
             tensors.update({f"adapter.{k}": v.detach().cpu().contiguous()
                             for k, v in self.adapter.module.state_dict().items()})
             md["adapter"] = json.dumps(self.adapter.config_dict(), default=str)
+        if self.head is not None:
+            tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()})
+            md["head_config"] = json.dumps(asdict(self.head.config))
         _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
@@ -287,7 +302,17 @@ class OUNet(nn.Module):
         if module.in_dim != cfg.in_dim or module.out_dim != cfg.sample_shape[0]:
             raise ValueError(f"{file}: stack {module.in_dim} -> {module.out_dim} does not fit the config "
                              f"({cfg.in_dim} -> {cfg.sample_shape[0]})")
-        u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")), _load_adapter(file, md, tensors))
+        head = None
+        if cfg.head_buckets:
+            if "head_config" not in md:
+                raise ValueError(f"{file}: its config names a {cfg.head_buckets}-bucket head but the file holds none")
+            head = OLAModule(OLAConfig(**json.loads(md["head_config"])))
+            head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+        try:
+            u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
+                    _load_adapter(file, md, tensors), head)
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from None
         return u.to(device)
 
 
