@@ -181,7 +181,7 @@ def _add_ovae_parsers(sub) -> None:
     _add_train_denoiser_parser(parts)
     _add_train_head_parser(parts)
 
-    ev = sub.add_parser("eval", help="evaluate an O-VAE")
+    ev = sub.add_parser("eval", help="evaluate an O-VAE (latents, pipeline) or an O-UNet (denoiser)")
     evs = ev.add_subparsers(dest="what", required=True)
     el = evs.add_parser("latents", help="O-Encoder vs teacher latents on a store's held-out split")
     el.add_argument("--ovae", required=True, help="O-VAE file, export or encoder run folder")
