@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from organic_sd.ola.module import OLAModule
+from organic_sd.ounet.model import image_inputs
 
 
 def _columns(cfg) -> dict[str, slice]:
@@ -97,18 +98,9 @@ def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -
         raise TypeError(f"the fast path needs an OLAModule stack, not {type(m).__name__}")
     C, H, W = cfg.sample_shape
     B = x_t.shape[0]
-    ab = u._schedule.to(x_t.device, torch.float64)[t].float()  # (B,)
-    tau = t.to(x_t.device, torch.float32) / (cfg.num_steps - 1)
-    freqs = torch.pi * 2.0 ** torch.arange(cfg.freqs, device=x_t.device, dtype=torch.float32)
-    ang = tau[:, None] * freqs  # (B, F)
-    glob = F.adaptive_avg_pool2d(x_t, cfg.grid).flatten(1)  # (B, C g g)
-    parts = [ab.sqrt()[:, None], (1 - ab).sqrt()[:, None], ang.sin(), ang.cos(), glob]
-    if cfg.cond_dim:
-        parts.append(cond.to(x_t.device, torch.float32).reshape(B, -1))
+    ab, tf, glob, pos = image_inputs(cfg, u._schedule, x_t, t)  # the same numbers `features` uses
+    parts = [tf, glob] + ([cond.to(x_t.device, torch.float32).reshape(B, -1)] if cfg.cond_dim else [])
     image_cols = torch.cat(parts, 1)  # (B, time + glob + cond)
-    ry = torch.linspace(-1, 1, H, device=x_t.device)
-    rx = torch.linspace(-1, 1, W, device=x_t.device)
-    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(H * W, 2)  # (HW, 2)
 
     n_in = cfg.in_dim
     layers = list(m.hidden)

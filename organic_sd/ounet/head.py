@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +81,8 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
     dev = resolve_device(device)
     # a head is fitted on the stack's residual alone: an earlier head is dropped, not stacked on
-    u = OUNet(_with_buckets(u.config, 0), u.module, u.schedule, dict(u.meta), adapter=u.adapter).to(dev)
-    cfg = _with_buckets(u.config, buckets)
+    u = OUNet(replace(u.config, head_buckets=0), u.module, u.schedule, dict(u.meta), adapter=u.adapter).to(dev)
+    cfg = replace(u.config, head_buckets=buckets)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = store.indices("train"), store.indices("val")
     if len(val_idx) == 0:
@@ -135,12 +136,6 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         return u, rep
     cand.meta["head"] = rep
     return cand, rep
-
-
-def _with_buckets(cfg, buckets: int):
-    from dataclasses import replace
-
-    return replace(cfg, head_buckets=buckets)
 
 
 def run_cli(args) -> int:

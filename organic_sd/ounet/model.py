@@ -87,12 +87,10 @@ class OUNetConfig:
         return channel * k * k + (k // 2) * k + k // 2
 
 
-def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None -> (B, H * W, in_dim) per-pixel input rows."""
-    B, C, H, W = x_t.shape
-    k = cfg.window
-    win = F.unfold(x_t, k, padding=k // 2).transpose(1, 2)  # (B, HW, C k k), zero padded
+def image_inputs(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """The inputs shared by every pixel of an image, and the positions: ab (B,), time (B, 2 + 2F),
+    global context (B, C g g), pixel positions (HW, 2) in [-1, 1]. Used by `features` and ounet/fast.py."""
+    H, W = x_t.shape[2:]
     ab = schedule.to(x_t.device, torch.float64)[t].float()  # (B,)
     tau = t.to(x_t.device, torch.float32) / (cfg.num_steps - 1)  # (B,) in [0, 1]
     freqs = math.pi * 2.0 ** torch.arange(cfg.freqs, device=x_t.device, dtype=torch.float32)  # (F,)
@@ -101,7 +99,18 @@ def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: tor
     glob = F.adaptive_avg_pool2d(x_t, cfg.grid).flatten(1)  # (B, C g g)
     ry = torch.linspace(-1, 1, H, device=x_t.device)
     rx = torch.linspace(-1, 1, W, device=x_t.device)
-    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(1, H * W, 2).expand(B, -1, -1)
+    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(H * W, 2)  # (HW, 2)
+    return ab, tf, glob, pos
+
+
+def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None -> (B, H * W, in_dim) per-pixel input rows."""
+    B, C, H, W = x_t.shape
+    k = cfg.window
+    win = F.unfold(x_t, k, padding=k // 2).transpose(1, 2)  # (B, HW, C k k), zero padded
+    ab, tf, glob, pos = image_inputs(cfg, schedule, x_t, t)
+    pos = pos[None].expand(B, -1, -1)  # (B, HW, 2)
     parts = [tf, glob] + ([cond.to(x_t.device, torch.float32).reshape(B, -1)] if cfg.cond_dim else [])
     per_image = torch.cat(parts, 1)[:, None, :].expand(-1, H * W, -1)  # (B, HW, time + global + cond)
     n_tg = tf.shape[1] + glob.shape[1]
