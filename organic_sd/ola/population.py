@@ -16,14 +16,32 @@ import torch
 
 def affine(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """theta (P, R, in+1), z (B, in) -> pre-activations (P, B, R)."""
+    if z.is_cuda:
+        return wide_affine(theta, z).permute(1, 0, 2)  # a view; the memory stays (B, P, R)
+    # on CPU, P batched (in, R) products measured faster than one wide one (158 vs 200 ms at 1024x800x7680)
     w, b = theta[..., :-1], theta[..., -1]  # (P, R, in), (P, R)
     return torch.matmul(z, w.transpose(1, 2)) + b[:, None, :]
 
 
+def wide_affine(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """theta (P, R, in+1), z (B, in) -> pre-activations (B, P, R), computed as one (B, in) x (in, P*R) GEMM.
+
+    On a GPU, P narrow (in, R) products lose efficiency as R shrinks, which is what splitting
+    rows across ranks does (half the rows: 1.74x faster on an H200), while one wide product
+    keeps it (2.04x) and is faster at any R.
+    """
+    P, R, d = theta.shape
+    w = theta[..., :-1].reshape(P * R, d - 1)
+    b = theta[..., -1].reshape(P * R)
+    return torch.addmm(b, z, w.T).view(z.shape[0], P, R)
+
+
 def mse_loss(theta: torch.Tensor, z: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:
     """Per-row MSE of `scale * tanh(affine)` against y (B, R) -> (P, R)."""
-    err = affine(theta, z).tanh_().mul_(scale).sub_(y)  # (P, B, R), in place: no autograd here
-    return err.square_().mean(dim=1)
+    # (s*tanh(a) - y)^2 = s^2 (tanh(a) - y/s)^2: two in-place passes and one read over the
+    # (P, B, R) tensor, the largest in training (no autograd here, so in place is safe)
+    err = affine(theta, z).tanh_().sub_(y / scale)  # (P, B, R)
+    return torch.linalg.vector_norm(err, dim=1).square_().mul_(scale * scale / z.shape[0])
 
 
 def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -34,11 +52,15 @@ def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, ba
     spanning the inputs), so a unit only counts for what a linear readout could not do.
     resid (B, out) is the current model's residual on the batch.
     """
-    h = affine(theta, z).tanh_()  # (P, B, R)
-    h = h - basis @ (basis.T @ h)
+    B = z.shape[0]
+    h = wide_affine(theta, z).tanh_()  # (B, P, R)
+    P, R = h.shape[1:]
+    h = h.view(B, P * R)
+    h = h - basis @ (basis.T @ h)  # (B, P*R): one GEMM each way
     rc = resid - resid.mean(dim=0)
-    cov = torch.einsum("pbr,bo->pro", h, rc) / z.shape[0]  # (P, R, out)
-    return -cov.square().sum(-1) / h.square().mean(dim=1).clamp_min(1e-12)
+    cov = (rc.T @ h) / B  # (out, P*R)
+    energy = cov.square().sum(0) / h.square().mean(dim=0).clamp_min(1e-12)  # (P*R,)
+    return -energy.view(P, R)
 
 
 @dataclass

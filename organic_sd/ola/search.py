@@ -99,7 +99,7 @@ def run_search(
                 # rows whose search wandered off (held-out loss clearly above their best) restart there, calmer
                 state = strategy.fall_back(state, drifted(cand_val, best_val, fallback_tolerance), best_theta)
             curve.append((budget.elapsed(), gen, float(best_val.sum())))
-            bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{v:.3g}" for k, v in metrics.items()})
+            bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{float(v):.3g}" for k, v in metrics.items()})
     bar.close()
     budget.spend(gen)
     if shard is not None:

@@ -2,7 +2,8 @@
 
 A strategy never sees data: `ask(state) -> theta (P, R, d)` proposes candidates,
 the trainer measures their loss `(P, R)`, and `tell(state, theta, loss)` returns the new
-state and a dict of metrics. `candidates(state) -> (K, R, d)` are what the trainer scores
+state and a dict of metrics (0-d tensors, read only when shown, so the GPU is not
+synchronised every generation). `candidates(state) -> (K, R, d)` are what the trainer scores
 on held-out data to pick the module it exports. `per_row` says whether selection acts on
 each row (output neuron) on its own, or on whole genomes.
 """

@@ -63,7 +63,7 @@ class SNES:
         mean = state.mean + self.lr_mean * state.sigma * (u * eps).sum(0)
         sigma = state.sigma * torch.exp(0.5 * lr_sigma * (u * (eps.square() - 1)).sum(0))
         new = replace(state, mean=mean, sigma=sigma, generation=state.generation + 1)
-        return new, {"sigma": float(sigma.mean())}
+        return new, {"sigma": sigma.mean()}  # a tensor: reading it here would sync the GPU every generation
 
     def fall_back(self, state: SNESState, rows: torch.Tensor, best: torch.Tensor) -> SNESState:
         """Restart the masked rows (R,) at their best-known point `best (R, d)` with half the step size.

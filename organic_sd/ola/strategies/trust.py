@@ -91,7 +91,7 @@ class Trust:
         new_trust = torch.where(replace_mask, torch.full_like(trust, self.trust_init), trust)
         new_prev = torch.where(replace_mask, loss.gather(0, parent), loss)
         new = replace(state, theta=new_theta, trust=new_trust, prev_loss=new_prev, generation=state.generation + 1)
-        return new, {"trust_best": float(trust.max()), "replaced": float(replace_mask.float().mean())}
+        return new, {"trust_best": trust.max(), "replaced": replace_mask.float().mean()}  # tensors: no sync
 
     def candidates(self, state: TrustState) -> torch.Tensor:
         """All genomes, (P, R, d): the trainer picks by held-out loss, not by trust."""
