@@ -11,8 +11,11 @@ preprocessed to 256x256 by organic_sd.data.preprocess):
   - mean cosine of O-Encoder vs teacher latent vectors
   - parameters, and CPU encode+decode time of one 512x512 image as a ratio to the teacher's,
     both timed in this process on the same threads (median of repeats)
-Closed-form least-squares fits of the same linear architectures (no tanh) are listed as
-references: the single-layer optimum that evolution is measured against. They live here only.
+Two kinds of reference are listed beside the evolved rows, and live here only (never in `osd
+train` or `ola.fit`): closed-form least-squares fits of the linear architectures (no tanh),
+the single-layer optimum; and the hidden-layer architectures themselves (the same OLAModule:
+tanh layers, readout over [inputs, hidden], out_scale * tanh) trained by Adam on the same
+rows for --gradient-seconds per part: how far evolution is from a gradient fit.
 Writes results.json and results.md to --out, merged with earlier calls' results there (so the
 configurations can be split over several calls with --configs).
 """
@@ -32,9 +35,10 @@ import numpy as np
 import torch
 
 from organic_sd.data import Store
+from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ovae.evaluate import pipeline
 from organic_sd.ovae.model import OVAE, Part, read_parts
-from organic_sd.ovae.train import Rows, TrainConfig, _part_config, train
+from organic_sd.ovae.train import Rows, TrainConfig, _out_scale, _part_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -50,12 +54,19 @@ CONFIGS = {
     "patch-linear-dec5x5": ({"window": 16}, {"window": 5}),
     "patch-hidden": ({"window": 16, "hidden": (128,)}, {"window": 3, "hidden": (64,)}),
     "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
+    "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {
     "LS global-retina512-1x1": CONFIGS["global-retina512-1x1"],
     "LS patch-linear (enc 16x16, dec 3x3)": ({"window": 16}, {"window": 3}),
     "LS patch-linear (enc 16x16, dec 5x5)": ({"window": 16}, {"window": 5}),
+}
+
+# gradient references: name -> (encoder settings, decoder settings) with hidden layers, trained by Adam
+GRADIENT_REFERENCES = {
+    "Adam patch-hidden (enc 16x16+192, dec 5x5+32)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
+    "Adam patch-hidden (enc 16x16+192, dec 5x5+48)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (48,)}),
 }
 
 
@@ -81,6 +92,39 @@ def least_squares(store: Store, cfg: TrainConfig, device, max_rows: int, ridge: 
     g += ridge * g.diagonal().mean() * torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
     sol = torch.linalg.solve(g, xb.T @ y.double()).float()  # (in+1, out)
     return Part(part_cfg, LinearRef(sol[:-1].T.contiguous(), sol[-1].contiguous()))
+
+
+def adam_reference(store: Store, cfg: TrainConfig, device, max_rows: int, seconds: float,
+                   batch: int = 4096, lr: float = 2e-3) -> Part:
+    """The OLAModule of `cfg`'s shape trained by Adam on MSE for `seconds`, wrapped as a Part (a reference only)."""
+    part_cfg = _part_config(cfg, store)
+    rng = np.random.default_rng(cfg.seed)
+    x, y = Rows(store, part_cfg, torch.device(device), None).draw(store.indices("train"), max_rows, rng)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    xn = (x - mean) / std  # standardised inputs train far faster; folded back into the weights below
+    net = OLAModule(OLAConfig(x.shape[1], y.shape[1], tuple(cfg.hidden), _out_scale(cfg, store, rng))).to(device)
+    net.requires_grad_(True)  # OLAModules are built frozen; this reference is the one place they are not
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    with torch.enable_grad():
+        opt = torch.optim.Adam(net.parameters(), lr=lr)
+        t0, step = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            i = torch.randint(x.shape[0], (batch,), generator=gen, device=x.device)
+            loss = (net(xn[i]) - y[i]).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step % 500 == 0:  # cosine-free decay by time: larger steps first, fine ones last
+                for g in opt.param_groups:
+                    g["lr"] = lr * max(0.05, 1 - (time.perf_counter() - t0) / seconds)
+    with torch.no_grad():  # fold the standardisation into every layer that reads the raw inputs
+        layers = [net.hidden[0]] if len(net.hidden) else []
+        for layer in [*layers, net.readout]:
+            w_x = layer.weight[:, :x.shape[1]]
+            layer.bias -= (w_x * (mean / std)).sum(1)
+            w_x /= std
+    return Part(part_cfg, net.requires_grad_(False))
 
 
 def cpu_seconds(fn, x, repeats: int) -> float:
@@ -133,7 +177,8 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_ms: float) -> str:
         lines += ["", f"Teacher vs original on the same photos: {rows[0]['teacher_psnr']:.2f} dB PSNR. "
                       "Global mode compares its pooled latent with the teacher's latent pooled the same way; "
                       "* timed at 256x256 (global mode runs at its training size only). "
-                      "LS rows are closed-form least-squares references (no tanh), not evolution."]
+                      "LS rows are closed-form least-squares references (no tanh), Adam rows the same hidden-layer "
+                      "architecture trained by gradient descent; neither is evolution."]
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N photos only (smoke runs)")
-    p.add_argument("--no-references", action="store_true", help="skip the least-squares references")
+    p.add_argument("--no-references", action="store_true", help="skip the least-squares and Adam references")
+    p.add_argument("--gradient-seconds", type=float, default=60.0, help="Adam reference training seconds per part")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "ovae"))
     args = p.parse_args(argv)
     from organic_sd.teachers import load_teacher
@@ -189,11 +235,17 @@ def main(argv=None) -> int:
             dec = least_squares(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows)
             results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
             print(json.dumps(results[-1]), flush=True)
+        for name, (enc_kw, dec_kw) in GRADIENT_REFERENCES.items():
+            print(f"== {name}", flush=True)
+            enc, dec = (adam_reference(store, TrainConfig(kind, args.store, "-", **kw), args.device, args.max_rows,
+                                       args.gradient_seconds) for kind, kw in (("encoder", enc_kw), ("decoder", dec_kw)))
+            results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
+            print(json.dumps(results[-1]), flush=True)
     # results of earlier calls with the same --out are kept (configs can be run in separate calls)
     old = json.loads((out / "results.json").read_text())["results"] if (out / "results.json").is_file() else []
     done = {r["name"] for r in results}
     results = [r for r in old if r["name"] not in done] + results
-    order = {n: i for i, n in enumerate([*CONFIGS, *REFERENCES])}
+    order = {n: i for i, n in enumerate([*CONFIGS, *REFERENCES, *GRADIENT_REFERENCES])}
     results.sort(key=lambda r: order.get(r["name"], len(order)))
     (out / "results.json").write_text(json.dumps({"teacher": teacher.id, "teacher_cpu_ms": 1000 * teacher_s,
                                                   "args": vars(args), "results": results}, indent=1))
