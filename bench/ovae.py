@@ -162,7 +162,7 @@ def measure(name: str, v: OVAE, teacher, args, out: Path, teacher_cpu_s: float) 
 
 def markdown(rows: list[dict], args, teacher_id: str, teacher_ms: float) -> str:
     lines = [f"O-VAE benchmark: teacher `{teacher_id}`, store `{args.store}`, held-out photos `{args.val}` (256x256), "
-             f"{args.seconds:.0f} s of training per part on {args.device}; CPU times on {torch.get_num_threads()} "
+             f"{args.seconds:.0f} s of evolution per part (Adam references: {args.gradient_seconds:.0f} s) on {args.device}; CPU times on {torch.get_num_threads()} "
              f"threads, teacher encode+decode of 512x512: {teacher_ms:.0f} ms.", "",
              "| configuration | params (enc + dec) | O-Dec on teacher z vs teacher PSNR / SSIM | O-VAE vs original "
              "PSNR / SSIM | latent cosine | CPU ms (512x512) | x faster than teacher |",
