@@ -16,9 +16,7 @@ import math
 import torch
 
 from organic_sd.ola.distributed import shard_rows
-import os
-
-from organic_sd.ola.population import Whitener, direction_loss, explained_loss
+from organic_sd.ola.population import Whitener, explained_loss
 from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
@@ -75,32 +73,12 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
     # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
     strategy = make_strategy()
-    shard = shard_rows(strategy, n_units)
-    if os.environ.get("OSD_UNIT_OBJECTIVE", "directions") == "directions":
-        v = residual_directions(resid, n_units)  # (out, U)
-        cols = shard.rows if shard is not None else slice(None)
-        t, tv = resid @ v[:, cols], resid_val @ v[:, cols]
-
-        def batch_loss(theta):  # noqa: F811
-            i = data.batch_index(UNIT_BATCH_FACTOR * data.batch_size)
-            return direction_loss(theta, z[i], t[i], _basis(z[i]))
-
-        def val_loss(theta):  # noqa: F811
-            return direction_loss(theta, zv, tv, basis_val)
     # No held-out fall-back here: a unit's explained energy is a small, noisy number and the
     # restarts stalled the unit searches (2-layer bench, 1600 generations: 8.26x with, 7.55x without).
     found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
-                       data.generator, progress=progress, desc=desc, shard=shard,
+                       data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units),
                        fallback_tolerance=math.inf)
     return wh.to_raw(found.theta), found.generations
-
-
-def residual_directions(resid: torch.Tensor, n: int, max_rows: int = 65536) -> torch.Tensor:
-    """The residual's top principal directions (out, n), repeated in order when n exceeds the outputs."""
-    r = resid[:max_rows] - resid[:max_rows].mean(dim=0)
-    evals, evecs = torch.linalg.eigh((r.T @ r).double())  # ascending
-    v = evecs.flip(1).float()  # (out, out), largest first
-    return v[:, torch.arange(n, device=v.device) % v.shape[1]]
 
 
 def stack(rounds):

@@ -63,25 +63,6 @@ def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, ba
     return -energy.view(P, R)
 
 
-def direction_loss(theta: torch.Tensor, z: torch.Tensor, targets: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Minus each candidate unit's squared correlation with its own target column -> (P, U).
-
-    Row u of theta (P, U, in+1) is scored against targets[:, u] (B, U), a principal direction
-    of the residual: giving every unit of a round a different direction keeps them from all
-    chasing the same feature (notes/calibration.md). As in `explained_loss`, the unit's output
-    has its projection on `basis` (B, k) removed first, so only what a linear readout of the
-    inputs could not do counts.
-    """
-    B = z.shape[0]
-    h = wide_affine(theta, z).tanh_()  # (B, P, U)
-    P, U = h.shape[1:]
-    h = h.view(B, P * U)
-    h = (h - basis @ (basis.T @ h)).view(B, P, U)
-    t = targets - targets.mean(dim=0)  # (B, U)
-    cov = torch.einsum("bpu,bu->pu", h, t) / B
-    return -cov.square() / (h.square().mean(dim=0) * t.square().mean(dim=0)).clamp_min(1e-12)
-
-
 @dataclass
 class Whitener:
     """A fixed affine map of the inputs, z = (x - mean) @ A, that makes them zero-mean and decorrelated.
