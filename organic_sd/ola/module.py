@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
 from organic_sd.ola.checks import check_input
 
 FORMAT = "organic_sd.ola/1"
-WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
@@ -94,43 +92,18 @@ class OLAModule(nn.Module):
         meta = {"config": json.dumps(asdict(self.config)), "training": json.dumps(self.training_summary)}
         if path.suffix == ".safetensors":
             path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+            atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
             return path
         path.mkdir(parents=True, exist_ok=True)
-        _atomic(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=meta))
         doc = {"config": asdict(self.config), "training": self.training_summary}
-        _atomic(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
         return path
-
-
-def _atomic(dest: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename, so a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> OLAModule:
     """Load a module saved by `OLAModule.save` (folder or .safetensors file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no OLA module at {path}")
-    file = path / WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_NAME}: not an OLA module saved by organic_sd")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{file} is not a safetensors file, so not an OLA module saved by organic_sd ({e})") from None
+    file, tensors, meta = read_safetensors(path, "OLA module")
     try:
         cfg = json.loads(meta["config"])
         training = json.loads(meta.get("training", "{}"))

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from organic_sd.ola.module import FORMAT as OLA_FORMAT
-from organic_sd.ola.module import OLAConfig, OLAModule, _atomic
+from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
+from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ounet.adapter import TextAdapter
 
 FORMAT = "organic_sd.ounet/1"
-WEIGHTS_NAME = "model.safetensors"  # inside a training run folder
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ounet" / "ounet.safetensors"
 GAIN_FLOOR = 0.05  # s0 of the gained window: 1 / sigma is capped at 20
 
@@ -275,30 +275,18 @@ class OUNet(nn.Module):
         if self.head is not None:
             tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()})
             md["head_config"] = json.dumps(asdict(self.head.config))
-        _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=md))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> OUNet:
         """Load an O-UNet file or run folder; no path: the default one shipped in the package."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
         if path is None:
             if not DEFAULT_PATH.is_file():
                 raise FileNotFoundError(f"no default O-UNet shipped at {DEFAULT_PATH}; train one with "
                                         "`osd train denoiser` and pass its run folder")
             path = DEFAULT_PATH
-        path = Path(path)
-        file = path / WEIGHTS_NAME if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"no O-UNet at {path}" + (f" (no {WEIGHTS_NAME} inside)" if path.is_dir() else ""))
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                md = f.metadata() or {}
-            tensors = load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"{file} is not a safetensors file, so not an O-UNet ({e})") from None
+        file, tensors, md = read_safetensors(path, "O-UNet")
         if md.get("format") != FORMAT:
             raise ValueError(f"{file} is not an O-UNet (format {md.get('format')!r}, expected {FORMAT!r})")
         cfg = OUNetConfig(**json.loads(md["config"]))

@@ -27,7 +27,8 @@ from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ola.checks import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
-from organic_sd.ovae.train import _atomic_json, _fit
+from organic_sd.files import atomic_json
+from organic_sd.ovae.train import _fit
 
 # fields that define a run: resuming with other values would silently mix two experiments
 RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher")
@@ -214,7 +215,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         pick = np.sort(rng_eval.choice(train_idx, min(256, len(train_idx)), replace=False))
         # tanh readout: leave headroom above the largest teacher eps seen, rounded up to 0.5
         rec["out_scale"] = math.ceil(1.2 * float(np.abs(store.eps[pick]).max()) * 2) / 2
-    _atomic_json(run / "config.json", rec)
+    atomic_json(run / "config.json", rec)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
         if old is not None and (run / "log.jsonl").is_file() else []
     if old is None:
@@ -234,7 +235,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         u.meta = {"training_run": str(run), "run": rec, "tick": state["tick"],
                   "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
         u.save(run / WEIGHTS_NAME)
-        _atomic_json(run / "state.json", state)
+        atomic_json(run / "state.json", state)
 
     ticks_done = 0
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ovae import patches
 
 FORMAT = "organic_sd.ovae/1"
-WEIGHTS_NAME = "model.safetensors"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ovae" / "ovae.safetensors"
 MAX_ROWS = 65536  # rows per module call, so a huge image never builds one giant window matrix
 KINDS = ("encoder", "decoder")
@@ -243,14 +242,7 @@ class OVAE(nn.Module):
                    for k, p in self.parts().items() for n, t in p.module.state_dict().items()}
         meta = {"format": FORMAT, "parts": json.dumps({k: p.describe() for k, p in self.parts().items()}),
                 "meta": json.dumps(self.extra)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)  # a crash mid-save never leaves half a checkpoint
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))  # never half a checkpoint
         return path
 
     @classmethod
@@ -267,21 +259,7 @@ class OVAE(nn.Module):
 
 def read_parts(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """{"encoder": Part|None, "decoder": Part|None, "meta": dict} from an O-VAE file or run folder."""
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no O-VAE at {path}")
-    file = path / WEIGHTS_NAME if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_NAME}: not an O-VAE run or export")
-    try:
-        with safe_open(str(file), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{file} is not a safetensors file, so not an O-VAE ({e})") from None
+    file, tensors, meta = read_safetensors(path, "O-VAE")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{file} holds format {meta.get('format')!r}, expected {FORMAT!r}: not an O-VAE "
                          "(an OLA module alone loads with organic_sd.ola.load)")

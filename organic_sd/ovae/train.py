@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
+from organic_sd.files import atomic_json
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.ola.checks import resolve_device
@@ -183,12 +184,6 @@ class HeldOut:
 
 # -- run folder --------------------------------------------------------------------------------
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _part_config(cfg: TrainConfig, store: Store) -> PartConfig:
     m = store.meta
     C, h, _ = m["shapes"]["latents"]
@@ -321,7 +316,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
         if old is not None and (run / "log.jsonl").is_file() else []
     dist.barrier()  # every rank has read RUN_DIR before rank 0 writes to it
     if main:
-        _atomic_json(run / "config.json", rec)
+        atomic_json(run / "config.json", rec)
         if old is None:
             (run / "log.jsonl").unlink(missing_ok=True)  # a log without a run (crash before config) starts over
     rng = np.random.default_rng([cfg.seed, state["tick"]])  # resumed runs draw new samples, not the same ones
@@ -337,7 +332,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
         summary = {"run": rec, "tick": state["tick"], "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
         part.module.training_summary = {**part.module.training_summary, "run": summary}
         OVAE(**{cfg.kind: part}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
-        _atomic_json(run / "state.json", state)
+        atomic_json(run / "state.json", state)
 
     ticks_done = 0
     try:

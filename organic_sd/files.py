@@ -1,0 +1,56 @@
+"""Our files on disk: atomic writes, and reading a safetensors checkpoint with clear errors.
+
+Every checkpoint kind (OLA module, O-VAE, O-UNet) is one safetensors file, or a run folder
+holding it as `model.safetensors`; they differ only in the metadata they check afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+WEIGHTS_NAME = "model.safetensors"  # the checkpoint inside a run folder
+
+
+def atomic_write(dest: Path, write: Callable[[str], None]) -> None:
+    """write(tmp_path), then rename onto dest: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_json(path: Path, obj) -> None:
+    """Write obj as indented JSON to path, atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[Path, dict, dict]:
+    """(file, tensors, metadata) of a .safetensors file or a run folder holding one; `what` names it in errors.
+
+    Raises FileNotFoundError for a missing path or a folder without WEIGHTS_NAME, and
+    ValueError for a file that is not safetensors at all.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path} is a folder without {WEIGHTS_NAME}: no {what} inside")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{file} is not a safetensors file, so not an {what} ({e})") from None
+    return file, tensors, meta
