@@ -5,13 +5,13 @@ case, so the test pays for starting the processes once.
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from launch import torchrun
 
 from organic_sd import cli, dist, ola
 from organic_sd.ovae import OVAE
@@ -40,10 +40,7 @@ def fit_case(name: str):
 def two_ranks(tmp_path_factory):
     """The folder where rank 0 of a 2-process torchrun saved each case's module."""
     out = tmp_path_factory.mktemp("two")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__, str(out)]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun(2, __file__, str(out))
     assert p.stdout.count("saved") == 1, p.stdout  # only rank 0 reports
     return out
 
@@ -67,11 +64,7 @@ def test_torchrun_osd_train_matches_one_process(tmp_path):
     store = make_store(tmp_path, n=12)
     args = ["train", "decoder", "--store", str(store), "--ticks", "2", "--generations", "5", "--eval-images", "3",
             "--max-rows", "1500", "--population", "8"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "organic_sd.cli", *args, "--out", str(tmp_path / "two")]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+    p = torchrun(2, "-m", "organic_sd.cli", *args, "--out", str(tmp_path / "two"))
     assert p.stdout.count("tick    2") == 1 and p.stdout.count("done:") == 1, p.stdout  # only rank 0 prints
     assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == 2
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from launch import torchrun
+
 from organic_sd import cli, dist
 from organic_sd.data import Store, StoreWriter, describe_preprocess, precompute
 
@@ -59,14 +61,9 @@ def _images(folder: Path, n: int, seed=0) -> str:
 
 
 def _torchrun(nproc: int, sources: list[str], out: Path, *extra: str, wait: bool = True):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           __file__, str(out), *extra, "--", *sources]
+    p = torchrun(nproc, __file__, str(out), *extra, "--", *sources, wait=wait)
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                start_new_session=True)
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
+        return p
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
