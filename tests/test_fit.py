@@ -36,6 +36,23 @@ def test_hidden_units_learn_what_one_layer_cannot():
     assert (deep(xt) - yt).square().mean() < 0.5 * (flat(xt) - yt).square().mean()
 
 
+def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.rand(4000, 2, generator=g) * 4 - 2
+    mix, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))
+    # 12 inputs that are 2 numbers plus faint noise in 10 other directions (like redundant pixels)
+    x = torch.cat([lat, 1e-3 * torch.randn(4000, 10, generator=g)], 1) @ mix.T
+    y = torch.tanh(lat[:, :1] * lat[:, 1:])
+    m = ola.fit(x, y, hidden=(8,), generations=600)
+    w = m.hidden[0].weight  # (8, 12) raw input weights of the units
+    noise_dirs = mix[:, 2:]  # (12, 10)
+    assert (w @ noise_dirs).norm() < 1e-3 * (w @ mix[:, :2]).norm()  # nothing searched where only noise lives
+    xt_lat = torch.rand(2000, 2, generator=g) * 4 - 2
+    xt = torch.cat([xt_lat, 1e-3 * torch.randn(2000, 10, generator=g)], 1) @ mix.T
+    yt = torch.tanh(xt_lat[:, :1] * xt_lat[:, 1:])
+    assert float((m(xt) - yt).square().mean()) < 0.5 * float(yt.square().mean())  # and they still learn the product
+
+
 def test_fit_is_deterministic_for_a_seed():
     x, y, _ = _linear_tanh(n=500)
     a = ola.fit(x, y, generations=30, seed=3)

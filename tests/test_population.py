@@ -43,3 +43,15 @@ def test_whitener_round_trips_and_decorrelates():
     raw = wh.to_raw(theta)
     assert torch.allclose(z @ theta[:, :-1].T + theta[:, -1], x @ raw[:, :-1].T + raw[:, -1], atol=1e-3)
     assert torch.allclose(wh.from_raw(raw), theta, atol=1e-3)
+
+
+def test_principal_dims_counts_the_directions_that_hold_a_share_of_the_variance():
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([10.0, 3.0, 1.0, 0.1, 0.01])  # variances 100, 9, 1, 0.01, 1e-4
+    q, _ = torch.linalg.qr(torch.randn(5, 5, generator=g))
+    x = (torch.randn(20000, 5, generator=g) * scales) @ q.T  # rotated: the directions are not the axes
+    wh = Whitener.fit(x)
+    assert wh.principal_dims(0.5) == 1
+    assert wh.principal_dims(0.95) == 2  # 100 / 110.01 < 0.95 <= 109 / 110.01
+    assert wh.principal_dims(0.999) == 3
+    assert wh.principal_dims(1.0) == 5

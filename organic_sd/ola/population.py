@@ -75,6 +75,7 @@ class Whitener:
     mean: torch.Tensor  # (in,)
     A: torch.Tensor  # (in, in)
     A_inv: torch.Tensor  # (in, in)
+    variance: torch.Tensor | None = None  # (in,) the principal variances, ascending like A's columns
 
     @classmethod
     def fit(cls, x: torch.Tensor, ridge: float = 1e-4, max_rows: int = 32768) -> "Whitener":
@@ -87,7 +88,12 @@ class Whitener:
         evals = evals.clamp_min(0) + ridge * evals.clamp_min(0).mean() + 1e-12
         A = evecs / evals.sqrt()  # (in, in): column k = k-th principal direction / its std
         A_inv = (evecs * evals.sqrt()).T
-        return cls(mean, A.float(), A_inv.float())
+        return cls(mean, A.float(), A_inv.float(), evals.float())
+
+    def principal_dims(self, share: float) -> int:
+        """How many top principal directions hold `share` of the input variance (they are the last columns)."""
+        v = self.variance.flip(0)  # largest first
+        return min(v.numel(), int((v.cumsum(0) < share * v.sum()).sum()) + 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) raw inputs -> (N, in) whitened inputs."""
