@@ -53,6 +53,21 @@ def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     assert float((m(xt) - yt).square().mean()) < 0.5 * float(yt.square().mean())  # and they still learn the product
 
 
+def test_the_readout_gives_no_weight_to_directions_where_only_noise_lives():
+    g = torch.Generator().manual_seed(1)
+    n, k = 400, 40  # few rows for many faint noise directions: their fit is pure overfitting
+    lat = torch.randn(n, 3, generator=g)
+    mix, _ = torch.linalg.qr(torch.randn(3 + k, 3 + k, generator=g))
+    x = torch.cat([lat, 3e-3 * torch.randn(n, k, generator=g)], 1) @ mix.T  # 3 signals + faint noise
+    y = torch.tanh(lat @ torch.tensor([[0.5], [-0.3], [0.2]])) + 0.1 * torch.randn(n, 1, generator=g)
+    m = ola.fit(x, y, generations=400)
+    w = m.readout.weight  # (1, 43) raw input weights (searching every direction: 24x more on noise than signal)
+    assert (w @ mix[:, 3:]).norm() < 0.01 * (w @ mix[:, :3]).norm()
+    # so inputs whose faint directions differ from the training rows' (another photo's noise) move nothing
+    shifted = x[:100] + 0.3 * mix[:, 3:].sum(1) / k**0.5
+    assert float((m(shifted) - m(x[:100])).abs().max()) < 0.01 * float(m(x).std())
+
+
 def test_fit_is_deterministic_for_a_seed():
     x, y, _ = _linear_tanh(n=500)
     a = ola.fit(x, y, generations=30, seed=3)

@@ -86,8 +86,7 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
                        data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units),
                        fallback_tolerance=math.inf)
-    theta = torch.cat([found.theta.new_zeros(n_units, z.shape[1] - k), found.theta], dim=1)  # dropped coords: 0
-    return wh.to_raw(theta), found.generations
+    return wh.to_raw(wh.pad(found.theta)), found.generations  # zero weight on the dropped coordinates
 
 
 def stack(rounds):

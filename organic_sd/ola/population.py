@@ -95,6 +95,11 @@ class Whitener:
         v = self.variance.flip(0)  # largest first
         return min(v.numel(), int((v.cumsum(0) < share * v.sum()).sum()) + 1)
 
+    def pad(self, theta: torch.Tensor) -> torch.Tensor:
+        """Rows (..., k+1) over the top k principal coordinates -> (..., in+1), zero on the others."""
+        extra = self.mean.numel() + 1 - theta.shape[-1]
+        return torch.cat([theta.new_zeros(*theta.shape[:-1], extra), theta], dim=-1)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) raw inputs -> (N, in) whitened inputs."""
         return (x - self.mean) @ self.A
