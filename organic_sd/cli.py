@@ -171,7 +171,9 @@ def _add_ovae_parsers(sub) -> None:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--progress", action="store_true", help="show the search's progress bars")
     dec = parts.add_parser("decoder", parents=[common], help="O-Decoder: latent window -> pixel block")
-    dec.add_argument("--latents", default="teacher", help="'teacher' (stored latents) or 'oenc:RUN' (an O-Encoder's)")
+    dec.add_argument("--latents", default="teacher",
+                     help="'teacher' (stored latents), 'oenc:RUN' (an O-Encoder's), or 'mix:RUN' (both, half the "
+                          "rows each, toward the teacher's decode: a decoder that also tolerates the O-Encoder's error)")
     dec.add_argument("--target", choices=("decode", "image"), default="",
                      help="train toward the teacher's decode (default with teacher latents) or the original image "
                           "(default with oenc latents)")

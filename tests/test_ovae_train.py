@@ -114,6 +114,27 @@ def test_encoder_then_decoder_on_its_latents(store, tmp_path):
         quick("encoder", store, tmp_path / "x", latents="oenc:y")
 
 
+def test_mixed_decoder_sees_teacher_and_encoder_latents_toward_the_teacher_decode(store, tmp_path):
+    train(quick("encoder", store, tmp_path / "enc", ticks=1))
+    cfg = quick("decoder", store, tmp_path / "dec", latents=f"mix:{tmp_path / 'enc'}", ticks=1)
+    assert cfg.target == "decode"
+    s = Store.open(store)
+    idx = s.indices("train")[:3]
+    teacher_rows = train_mod.Rows(s, train_mod._part_config(quick("decoder", store, tmp_path / "t"), s), torch.device("cpu"), None)
+    enc = train_mod._source_encoder(cfg.latents, s, torch.device("cpu"))
+    mixed = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"), enc)
+    (xt, yt), (xm, ym) = teacher_rows.pairs(idx), mixed.pairs(idx)
+    n = xt.shape[0]
+    assert xm.shape[0] == 2 * n and torch.equal(xm[:n], xt)  # the teacher's rows, then the O-Encoder's
+    assert torch.equal(ym[:n], yt) and torch.equal(ym[n:], yt)  # both toward the teacher's decode
+    assert not torch.allclose(xm[n:], xt)
+    x, _ = mixed.draw(s.indices("train"), 10**6, np.random.default_rng(0))
+    assert x.shape[0] == 2 * len(s.indices("train")) * (SIZE // 8) ** 2  # every image, twice
+    res = train(cfg)
+    assert res["status"] == "done"
+    assert OVAE.load(tmp_path / "dec").decoder.config.latents.startswith("mix:")
+
+
 def test_global_mode(store, tmp_path):
     train(quick("encoder", store, tmp_path / "genc", mode="global", retina_dim=16, grid=1, ticks=1))
     train(quick("decoder", store, tmp_path / "gdec", mode="global", grid=1, global_size=8, ticks=1))

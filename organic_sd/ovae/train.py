@@ -58,7 +58,7 @@ class TrainConfig:
     generations: int | None = None  # per tick, instead of (or besides) tick_seconds: reproducible runs
     save_minutes: float = 0.0  # 0: checkpoint after every tick
     device: str = "cpu"
-    latents: str = "teacher"  # decoder inputs: "teacher" or "oenc:RUN"
+    latents: str = "teacher"  # decoder inputs: "teacher", "oenc:RUN", or "mix:RUN" (both, half the rows each)
     target: str = ""  # decoder targets: "decode" (teacher's decode) or "image"; "" picks by latents
     freeze_loss: float | None = None
     max_rows: int = 200_000
@@ -78,10 +78,10 @@ class TrainConfig:
             raise ValueError(f"kind must be 'encoder' or 'decoder', got {self.kind!r}")
         if self.kind == "encoder" and self.latents != "teacher":
             raise ValueError("--latents only applies to the decoder (the encoder always learns the teacher's latents)")
-        if self.latents != "teacher" and not self.latents.startswith("oenc:"):
-            raise ValueError(f"--latents must be 'teacher' or 'oenc:RUN', got {self.latents!r}")
+        if self.latents != "teacher" and not self.latents.startswith(("oenc:", "mix:")):
+            raise ValueError(f"--latents must be 'teacher', 'oenc:RUN' or 'mix:RUN', got {self.latents!r}")
         if not self.target:
-            self.target = "decode" if self.latents == "teacher" else "image"
+            self.target = "image" if self.latents.startswith("oenc:") else "decode"
         if self.target not in ("decode", "image"):
             raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
         for name in ("tick_seconds", "max_rows", "eval_images", "population"):
@@ -98,10 +98,17 @@ class Rows:
         self.store, self.part, self.device, self.source = store, part, device, source
 
     def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
-        """Decoder inputs for samples idx: the teacher's stored latents, or the O-Encoder's on the images."""
+        """Decoder inputs for samples idx that held-out scoring uses: the O-Encoder's for oenc, else the teacher's."""
+        return self.latent_sets(idx, images)[0]
+
+    def latent_sets(self, idx: np.ndarray, images: torch.Tensor | None) -> list[torch.Tensor]:
+        """Every set of decoder inputs for samples idx: [teacher], [O-Encoder] or, for mix, [teacher, O-Encoder]."""
+        teacher = lambda: torch.from_numpy(self.store.latents[idx]).to(self.device)  # noqa: E731
         if self.source is None:
-            return torch.from_numpy(self.store.latents[idx]).to(self.device)
-        return self.source(images)
+            return [teacher()]
+        if self.part.latents.startswith("mix:"):
+            return [teacher(), self.source(images)]
+        return [self.source(images)]
 
     def pairs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples idx -> rows x (N, in), y (N, out) on the device."""
@@ -113,16 +120,19 @@ class Rows:
                 return patches.pixel_windows(images, p.downscale, p.window, p.pad), patches.grid_to_rows(z)
             return part_rows(p, images), F.adaptive_avg_pool2d(z, p.grid).flatten(1)
         target = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.device)
-        z = self.latents(idx, images)
+        zs = self.latent_sets(idx, images)  # mix: the same targets behind two sets of inputs
         if p.mode == "patch":
-            return patches.latent_windows(z, p.window, p.pad), patches.blocks(target, p.downscale)
-        small = F.interpolate(target, size=(p.global_size,) * 2, mode="area")  # (n, 3, S, S)
-        return F.adaptive_avg_pool2d(z, p.grid).flatten(1), small.flatten(1)
+            x, y = [patches.latent_windows(z, p.window, p.pad) for z in zs], patches.blocks(target, p.downscale)
+        else:
+            x = [F.adaptive_avg_pool2d(z, p.grid).flatten(1) for z in zs]
+            y = F.interpolate(target, size=(p.global_size,) * 2, mode="area").flatten(1)  # (n, 3 * S * S)
+        return torch.cat(x), y.repeat(len(zs), 1)
 
     def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh random sample of at most max_rows rows from randomly chosen samples of `pool`."""
         p = self.part
         per_image = (p.image_size // p.downscale) ** 2 if p.mode == "patch" else 1
+        per_image *= 2 if p.latents.startswith("mix:") else 1  # mix: each image gives rows twice
         n = min(len(pool), max(1, math.ceil(max_rows / per_image)))
         idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
         share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
@@ -225,7 +235,7 @@ def _check_resume(run: Path, rec: dict) -> dict | None:
 def _source_encoder(spec: str, store: Store, device: torch.device) -> Part | None:
     if spec == "teacher":
         return None
-    enc = read_parts(spec[len("oenc:"):], device)["encoder"]
+    enc = read_parts(spec.split(":", 1)[1], device)["encoder"]
     if enc is None:
         raise ValueError(f"--latents {spec}: that run/file holds no encoder")
     if enc.config.teacher != store.meta["teacher"]:
