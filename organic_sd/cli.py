@@ -13,16 +13,29 @@ import sys
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
+    from dataclasses import asdict
+
     from organic_sd import ola
+    from organic_sd.ounet.model import OUNet
     from organic_sd.ovae.model import OVAE
 
-    try:  # an O-VAE (export or `osd train` run) first, then a bare OLA module
+    # an O-VAE (export or `osd train` run), then an O-UNet, then a bare OLA module, whose error is the last word
+    try:
         v = OVAE.load(args.checkpoint)
-    except ValueError:
-        print(ola.load(args.checkpoint).describe())
+        print(f"O-VAE, {v.num_parameters():,} parameters")
+        print(json.dumps(v.meta, indent=2, default=str))
         return 0
-    print(f"O-VAE, {v.num_parameters():,} parameters")
-    print(json.dumps(v.meta, indent=2, default=str))
+    except ValueError:
+        pass
+    try:
+        u = OUNet.load(args.checkpoint)
+        print(f"O-UNet, {u.num_parameters():,} parameters, samples {tuple(u.sample_shape)}")
+        print(json.dumps({"config": asdict(u.config), "meta": u.meta,
+                          "training": u.module.training_summary}, indent=2, default=str))
+        return 0
+    except ValueError:
+        pass
+    print(ola.load(args.checkpoint).describe())
     return 0
 
 

@@ -79,3 +79,14 @@ def test_osd_info_describes_a_module_and_refuses_other_files(tmp_path, capsys):
     (tmp_path / "x.safetensors").write_text("junk")
     assert main(["info", str(tmp_path / "x.safetensors")]) == 2
     assert "not a safetensors file" in capsys.readouterr().err
+
+
+def test_osd_info_describes_the_shipped_o_unet_and_o_vae(capsys):
+    from organic_sd.cli import main
+    from organic_sd.ounet.model import DEFAULT_PATH as OUNET
+    from organic_sd.ovae.model import DEFAULT_PATH as OVAE
+
+    assert main(["info", str(OUNET)]) == 0
+    assert capsys.readouterr().out.startswith("O-UNet, ")
+    assert main(["info", str(OVAE)]) == 0
+    assert capsys.readouterr().out.startswith("O-VAE, ")
