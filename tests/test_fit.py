@@ -43,7 +43,7 @@ def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     # 12 inputs that are 2 numbers plus faint noise in 10 other directions (like redundant pixels)
     x = torch.cat([lat, 1e-3 * torch.randn(4000, 10, generator=g)], 1) @ mix.T
     y = torch.tanh(lat[:, :1] * lat[:, 1:])
-    m = ola.fit(x, y, hidden=(8,), generations=600)
+    m = ola.fit(x, y, hidden=(8,), generations=600, subspace=ola.Subspace(units=0.99))
     w = m.hidden[0].weight  # (8, 12) raw input weights of the units
     noise_dirs = mix[:, 2:]  # (12, 10)
     assert (w @ noise_dirs).norm() < 1e-3 * (w @ mix[:, :2]).norm()  # nothing searched where only noise lives
@@ -60,12 +60,26 @@ def test_the_readout_gives_no_weight_to_directions_where_only_noise_lives():
     mix, _ = torch.linalg.qr(torch.randn(3 + k, 3 + k, generator=g))
     x = torch.cat([lat, 3e-3 * torch.randn(n, k, generator=g)], 1) @ mix.T  # 3 signals + faint noise
     y = torch.tanh(lat @ torch.tensor([[0.5], [-0.3], [0.2]])) + 0.1 * torch.randn(n, 1, generator=g)
-    m = ola.fit(x, y, generations=400)
+    m = ola.fit(x, y, generations=400, subspace=ola.Subspace(readout=0.9995))
     w = m.readout.weight  # (1, 43) raw input weights (searching every direction: 24x more on noise than signal)
     assert (w @ mix[:, 3:]).norm() < 0.01 * (w @ mix[:, :3]).norm()
     # so inputs whose faint directions differ from the training rows' (another photo's noise) move nothing
     shifted = x[:100] + 0.3 * mix[:, 3:].sum(1) / k**0.5
     assert float((m(shifted) - m(x[:100])).abs().max()) < 0.01 * float(m(x).std())
+
+
+def test_by_default_every_direction_is_searched_so_a_faint_signal_is_learned():
+    # a denoiser's case: the target lives in a direction holding 0.01% of the input variance
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3000, 6, generator=g) * torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.02])
+    y = torch.tanh(20 * x[:, 5:])  # (N, 1): a function of the faint column alone
+    full = ola.fit(x, y, generations=300)
+    cut = ola.fit(x, y, generations=300, subspace=ola.Subspace(readout=0.999))
+    assert full.training_summary["val_mse"] < 0.1 * float(y.var())
+    assert cut.training_summary["val_mse"] > 0.9 * float(y.var())  # the faint direction was left out
+    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0}
+    with pytest.raises(ValueError, match="Subspace.units"):
+        ola.Subspace(units=0.0)
 
 
 def test_fit_is_deterministic_for_a_seed():

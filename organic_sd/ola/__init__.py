@@ -7,6 +7,7 @@
 
 from organic_sd.ola.fit import fit
 from organic_sd.ola.module import OLAConfig, OLAModule, load
+from organic_sd.ola.population import Subspace
 from organic_sd.ola.strategies import STRATEGIES
 
-__all__ = ["fit", "load", "OLAModule", "OLAConfig", "STRATEGIES"]
+__all__ = ["fit", "load", "OLAModule", "OLAConfig", "Subspace", "STRATEGIES"]

@@ -3,8 +3,8 @@
 Evolving a whole network at once is slow (notes/calibration.md). Instead, each round:
   1. take the residual of the current model on the training rows (data statistics);
   2. evolve U new tanh units side by side, each maximising the residual energy it explains
-     beyond a linear readout of its inputs (cascade-correlation), searching only the principal
-     subspace that holds 99% of the inputs' variance; the units start from different random
+     beyond a linear readout of its inputs (cascade-correlation), in the principal subspace the
+     caller allows (population.Subspace); the units start from different random
      points, so they settle on different features: U searches, one tensor;
   3. re-evolve the readout per output neuron on [inputs, all units so far], warm-started.
 Layer l+1 grows on the outputs of layer l once layer l is complete.
@@ -17,7 +17,7 @@ import math
 import torch
 
 from organic_sd.ola.distributed import shard_rows
-from organic_sd.ola.population import Whitener, explained_loss
+from organic_sd.ola.population import Subspace, Whitener, explained_loss
 from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
@@ -25,18 +25,13 @@ UNITS_PER_ROUND = 16
 FIRST_READOUT_SHARE = 0.2  # of the whole budget, for the linear readout before any unit
 UNIT_SHARE = 0.5  # of each round, the rest re-fits the readout
 UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger batches than the readout
-# A unit searches only the principal subspace holding this share of its inputs' variance: image
-# windows are redundant (16x16x3 pixels: 99% in 99 of 768 directions), and a search in ~100
-# dimensions converges where one in 768 is still wandering (encoder, 32 units, same generations:
-# cosine 0.546 vs 0.515, docs/BENCHMARKS.md). Inputs without redundancy keep nearly all directions.
-UNIT_VARIANCE_SHARE = 0.99
 
 
-def grow(data, hidden, out_scale, make_strategy, budget, progress):
+def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace()):
     """Grow `hidden` layers and fit the readout; returns ([(W, b)], readout (out, F+1), curve, generations)."""
     rounds = [(l, min(UNITS_PER_ROUND, w - s)) for l, w in enumerate(hidden) for s in range(0, w, UNITS_PER_ROUND)]
     readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
-                               budget.share(FIRST_READOUT_SHARE), None, progress)
+                               budget.share(FIRST_READOUT_SHARE), None, progress, subspace.readout)
     curve, gens = list(res.curve), res.generations
     units = [[] for _ in hidden]  # per layer: rounds of raw rows (U, in_l + 1)
 
@@ -45,7 +40,7 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress):
         feats, feats_val = features(data.x, units), features(data.x_val, units)
         new_rows, unit_gens = _evolve_units(data, feats[layer], feats_val[layer], data.y - predict(feats, readout, out_scale),
                             data.y_val - predict(feats_val, readout, out_scale), n_units, make_strategy,
-                            round_budget.share(UNIT_SHARE), progress, f"units L{layer + 1} r{r + 1}")
+                            round_budget.share(UNIT_SHARE), progress, f"units L{layer + 1} r{r + 1}", subspace.units)
         units[layer].append(new_rows)
         gens += unit_gens
 
@@ -53,19 +48,19 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress):
         init = _insert_zero_columns(readout, data.x.shape[1], units, layer, n_units)
         feats, feats_val = features(data.x, units), features(data.x_val, units)
         readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
-                                   round_budget.share(1.0), init, progress)
+                                   round_budget.share(1.0), init, progress, subspace.readout)
         gens += res.generations
         curve.append((budget.elapsed(), gens, res.curve[-1][2]))
 
     return [stack(u) for u in units], readout, curve, gens
 
 
-def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc):
+def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share):
     """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)
     z, zv = wh(inp), wh(inp_val)
     basis_val = _basis(zv)
-    k = wh.principal_dims(UNIT_VARIANCE_SHARE)
+    k = wh.principal_dims(share)
     zs, zvs = z[:, -k:], zv[:, -k:]  # (N, k): the top principal coordinates (whitening sorts them last)
     d = k + 1
 

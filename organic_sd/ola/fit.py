@@ -10,6 +10,7 @@ import torch
 from organic_sd.ola import cascade
 from organic_sd.ola.checks import as_matrix, check_pair, resolve_device
 from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.ola.population import Subspace
 from organic_sd.ola.readout import Data, fit_readout
 from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
@@ -20,11 +21,14 @@ MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
 
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
-        x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None) -> OLAModule:
+        x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
+        subspace: Subspace | None = None) -> OLAModule:
     """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
 
     `init`, a module from an earlier fit of the same shape, continues that search: its
     hidden units are kept and its readout is the starting point (resumable training).
+    `subspace` (population.Subspace) lets units and readout search only the principal directions
+    holding a share of their inputs' variance; the default searches every direction.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -44,6 +48,7 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         warnings.warn(f"{outside:.1%} of y lies outside (-out_scale, out_scale) = (-{out_scale}, {out_scale}); "
                       "tanh cannot reach it: raise out_scale", stacklevel=2)
 
+    subspace = Subspace() if subspace is None else subspace
     if init is not None:
         _check_init(init, x.shape[1], y.shape[1], hidden, out_scale)
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -65,12 +70,13 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
             layers = [(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden]
             feats, feats_val = _layer_features(x, layers), _layer_features(x_val, layers)
             start = torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev)
-            readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start, progress)
+            readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start, progress,
+                                       subspace.readout)
             curve, gens = res.curve, res.generations
         elif hidden:
-            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress)
+            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress, subspace)
         else:
-            readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress)
+            readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress, subspace.readout)
             layers, curve, gens = [], res.curve, res.generations
         module = OLAModule(OLAConfig(x.shape[1], y.shape[1], hidden, out_scale))
         module.to(dev)
@@ -82,6 +88,7 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "strategy": name, "population": population, "hidden": list(hidden), "generations": gens,
         "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
         "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
+        "subspace": {"units": subspace.units, "readout": subspace.readout},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
     }
     return module

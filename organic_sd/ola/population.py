@@ -63,6 +63,26 @@ def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, ba
     return -energy.view(P, R)
 
 
+@dataclass(frozen=True)
+class Subspace:
+    """Which principal directions the searches may use: those holding a share of their inputs' variance.
+
+    1.0 (the default) keeps every direction. Lower shares suit redundant inputs such as image
+    windows, whose flat directions hold pixel noise: whitening blows those up to unit variance and
+    a search there fits the training rows and explodes on other images. They do not suit inputs
+    whose faint directions are the signal (a denoiser's: at low noise the noise *is* the faint
+    high-frequency part), so each caller chooses (ovae/train.py: units 0.99, readout 0.9995).
+    """
+
+    units: float = 1.0  # hidden units' inputs
+    readout: float = 1.0  # the readout's features [x, h_1, ...]
+
+    def __post_init__(self):
+        for name in ("units", "readout"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"Subspace.{name} must be in (0, 1], got {getattr(self, name)}")
+
+
 @dataclass
 class Whitener:
     """A fixed affine map of the inputs, z = (x - mean) @ A, that makes them zero-mean and decorrelated.
@@ -92,6 +112,8 @@ class Whitener:
 
     def principal_dims(self, share: float) -> int:
         """How many top principal directions hold `share` of the input variance (they are the last columns)."""
+        if share >= 1.0:
+            return self.variance.numel()
         v = self.variance.flip(0)  # largest first
         return min(v.numel(), int((v.cumsum(0) < share * v.sum()).sum()) + 1)
 

@@ -13,15 +13,6 @@ from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.population import Whitener, mse_loss
 from organic_sd.ola.search import run_search
 
-# The readout searches only the principal subspace holding this share of its features' variance.
-# The flat directions left out carry pixel noise and quantisation: whitening blows them up to unit
-# variance, the search then gives them weights that fit the training rows and explode on other
-# photos (linear 16x16 encoder, least squares: Set14 cosine 0.428 with all 768 directions, 0.451
-# with the 342 holding 99.95%). Keep more and the denoiser's features lose least (least-squares
-# eps error 0.01086 at 99.9%, 0.00990 at 99.95%, 0.00976 at 99.99%; every direction: it blows up).
-READOUT_VARIANCE_SHARE = 0.9995
-
-
 class Data:
     """Training and held-out rows on one device, and the batches drawn from them."""
 
@@ -37,11 +28,14 @@ class Data:
         return torch.randint(n, (size,), generator=self.generator, device=self.x.device)
 
 
-def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress):
-    """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result."""
+def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress, share: float = 1.0):
+    """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result.
+
+    `share`: search only the principal directions holding that share of the features' variance.
+    """
     u = torch.cat(feats, dim=1)  # (N, F)
     wh = Whitener.fit(u)
-    k = wh.principal_dims(READOUT_VARIANCE_SHARE)
+    k = wh.principal_dims(share)
     z, zv = wh(u)[:, -k:], wh(torch.cat(feats_val, dim=1))[:, -k:]  # (N, k): whitening sorts the top ones last
     d = k + 1
     # Whitened inputs have unit variance, so sigma * sqrt(d) is the spread of the
