@@ -43,6 +43,7 @@ from organic_sd.ovae.train import Rows, TrainConfig, _out_scale, _part_config, t
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
+OWN_MIX = "mix:own-encoder"  # stands for the configuration's own encoder run
 # name -> (encoder settings, decoder settings); strategy and hidden layers per part
 CONFIGS = {
     "global-retina512-1x1": ({"mode": "global", "retina_dim": 512, "grid": 1},
@@ -55,6 +56,8 @@ CONFIGS = {
     "patch-hidden": ({"window": 16, "hidden": (128,)}, {"window": 3, "hidden": (64,)}),
     "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
     "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
+    # the decoder also learns from this configuration's own encoder's latents (`--latents mix:RUN`)
+    "patch-hidden-shipped-mix": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,), "latents": OWN_MIX}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {
@@ -219,6 +222,8 @@ def main(argv=None) -> int:
         parts = {}
         for kind, kw in (("encoder", enc_kw), ("decoder", dec_kw)):
             run = out / "runs" / f"{name}-{kind}"
+            if kw.get("latents") == OWN_MIX:
+                kw = {**kw, "latents": f"mix:{out / 'runs' / f'{name}-encoder'}"}
             hidden = bool(kw.get("hidden"))
             cfg = TrainConfig(kind, args.store, str(run), max_minutes=args.seconds / 60, tick_seconds=tick,
                               first_tick_seconds=0.6 * args.seconds if hidden else None, max_rows=args.max_rows,
