@@ -13,6 +13,7 @@ from organic_sd.ola.distributed import shard_rows
 from organic_sd.ola.population import Whitener, mse_loss
 from organic_sd.ola.search import run_search
 
+
 class Data:
     """Training and held-out rows on one device, and the batches drawn from them."""
 
@@ -45,7 +46,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
     if init_raw is None:
         mean0, sigma0 = torch.zeros(data.y.shape[1], d, device=z.device), spread
     else:
-        mean0, sigma0 = wh.from_raw(init_raw)[:, -d:], 0.2 * spread  # its weight on the dropped directions: 0
+        mean0, sigma0 = wh.from_raw(init_raw)[:, -d:], 0.2 * spread  # its weights on the dropped directions go
     y, yv = data.y, data.y_val
     shard = shard_rows(strategy, y.shape[1])
     if shard is not None:  # this rank scores only its output neurons
