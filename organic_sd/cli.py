@@ -16,26 +16,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from organic_sd import ola
-    from organic_sd.ounet.model import OUNet
-    from organic_sd.ovae.model import OVAE
+    from organic_sd.files import read_safetensors
+    from organic_sd.ounet import model as ounet
+    from organic_sd.ovae import model as ovae
 
-    # an O-VAE (export or `osd train` run), then an O-UNet, then a bare OLA module, whose error is the last word
-    try:
-        v = OVAE.load(args.checkpoint)
+    # dispatch on the file's own format, so a broken O-VAE or O-UNet reports its own error
+    _, _, meta = read_safetensors(args.checkpoint, "organic_sd checkpoint")
+    if meta.get("format") == ovae.FORMAT:  # an O-VAE export or `osd train` encoder/decoder run
+        v = ovae.OVAE.load(args.checkpoint)
         print(f"O-VAE, {v.num_parameters():,} parameters")
         print(json.dumps(v.meta, indent=2, default=str))
-        return 0
-    except ValueError:
-        pass
-    try:
-        u = OUNet.load(args.checkpoint)
+    elif meta.get("format") == ounet.FORMAT:
+        u = ounet.OUNet.load(args.checkpoint)
         print(f"O-UNet, {u.num_parameters():,} parameters, samples {tuple(u.sample_shape)}")
         print(json.dumps({"config": asdict(u.config), "meta": u.meta,
                           "training": u.module.training_summary}, indent=2, default=str))
-        return 0
-    except ValueError:
-        pass
-    print(ola.load(args.checkpoint).describe())
+    else:  # a bare OLA module, or its error
+        print(ola.load(args.checkpoint).describe())
     return 0
 
 

@@ -22,7 +22,7 @@ MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
-        subspace: Subspace | None = None) -> OLAModule:
+        subspace: Subspace = Subspace()) -> OLAModule:
     """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
 
     `init`, a module from an earlier fit of the same shape, continues that search: its
@@ -48,7 +48,6 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         warnings.warn(f"{outside:.1%} of y lies outside (-out_scale, out_scale) = (-{out_scale}, {out_scale}); "
                       "tanh cannot reach it: raise out_scale", stacklevel=2)
 
-    subspace = Subspace() if subspace is None else subspace
     if init is not None:
         _check_init(init, x.shape[1], y.shape[1], hidden, out_scale)
     gen = torch.Generator(device=dev).manual_seed(seed)

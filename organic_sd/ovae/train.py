@@ -105,16 +105,18 @@ class Rows:
 
     def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
         """Decoder inputs for samples idx that held-out scoring uses: the O-Encoder's for oenc, else the teacher's."""
-        return self.latent_sets(idx, images)[0]
+        if self.source is None or self._mix:
+            return torch.from_numpy(self.store.latents[idx]).to(self.device)
+        return self.source(images)
 
     def latent_sets(self, idx: np.ndarray, images: torch.Tensor | None) -> list[torch.Tensor]:
         """Every set of decoder inputs for samples idx: [teacher], [O-Encoder] or, for mix, [teacher, O-Encoder]."""
-        teacher = lambda: torch.from_numpy(self.store.latents[idx]).to(self.device)  # noqa: E731
-        if self.source is None:
-            return [teacher()]
-        if self.part.latents.startswith("mix:"):
-            return [teacher(), self.source(images)]
-        return [self.source(images)]
+        z = self.latents(idx, images)
+        return [z, self.source(images)] if self._mix else [z]
+
+    @property
+    def _mix(self) -> bool:
+        return self.part.latents.startswith("mix:")
 
     def pairs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples idx -> rows x (N, in), y (N, out) on the device."""
@@ -138,7 +140,7 @@ class Rows:
         """A fresh random sample of at most max_rows rows from randomly chosen samples of `pool`."""
         p = self.part
         per_image = (p.image_size // p.downscale) ** 2 if p.mode == "patch" else 1
-        per_image *= 2 if p.latents.startswith("mix:") else 1  # mix: each image gives rows twice
+        per_image *= 2 if self._mix else 1  # mix: each image gives rows twice
         n = min(len(pool), max(1, math.ceil(max_rows / per_image)))
         idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
         share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
