@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from organic_sd import ola
+from organic_sd.ola import cascade
 from organic_sd.ola.strategies import SNES
 
 
@@ -34,6 +35,22 @@ def test_hidden_units_learn_what_one_layer_cannot():
     yt = torch.tanh(xt[:, :1] * xt[:, 1:])
     assert deep.config.hidden == (8,) and deep.hidden[0].weight.shape == (8, 2)
     assert (deep(xt) - yt).square().mean() < 0.5 * (flat(xt) - yt).square().mean()
+
+
+def test_hidden_units_stay_off_the_flat_tails_of_tanh():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    y = torch.sign(x[:, :1] * x[:, 1:2]) * 0.8  # a step target pulls unbounded units into saturation
+    m = ola.fit(x, y, hidden=(16,), generations=300)
+    pre = x @ m.hidden[0].weight.T + m.hidden[0].bias  # (N, 16) units' pre-activations
+    assert float(pre.std(dim=0).max()) <= 1.05 * cascade.UNIT_SPREAD  # whitening's ridge leaves a hair of slack
+
+
+def test_bounded_scales_only_rows_past_the_bound():
+    theta = torch.tensor([[[3.0, 4.0, 7.0], [0.3, 0.4, -1.0]]])  # (P=1, R=2, in+1): weight norms 5 and 0.5
+    out = cascade.bounded(theta)
+    assert torch.allclose(out[0, 0], torch.tensor([3.0, 4.0, 0.0]) * cascade.UNIT_SPREAD / 5 + torch.tensor([0, 0, 7.0]))
+    assert torch.equal(out[0, 1], theta[0, 1])  # within the bound: untouched, bias always untouched
 
 
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():

@@ -58,6 +58,15 @@ def test_pipeline_writes_pictures_and_reports(trained, tmp_path):
     assert rep["size"] == SIZE and "O-VAE recon vs original" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("latents, warned", [("teacher", False), ("mix:enc", False), ("oenc:enc", True)])
+def test_pipeline_notes_a_decoder_scored_off_its_training_latents(trained, tmp_path, latents, warned):
+    v = OVAE.load(trained[2])
+    v.decoder.config.latents = latents
+    images = smooth_images(tmp_path / "test", 1, size=48, seed=6)
+    rep = evaluate.pipeline([str(images)], v, tmp_path / "out", teacher=FakeTeacher())
+    assert any("outside its training distribution" in n for n in rep["notes"]) == warned
+
+
 def test_cli_eval_reconstruct(trained, tmp_path, capsys):
     tmp, store, path = trained
     images = smooth_images(tmp_path / "test", 1, size=48, seed=6)

@@ -125,7 +125,7 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
     if teacher is not None and teacher.id != v.meta["teacher"]:
         notes.append(f"the O-VAE clones teacher {v.meta['teacher']!r} but the teacher given is {teacher.id!r}")
     dec = v.decoder.config if v.decoder is not None else None
-    if teacher is not None and dec is not None and dec.latents != "teacher":
+    if teacher is not None and dec is not None and dec.latents.startswith("oenc:"):  # mix: includes teacher latents
         notes.append(f"the O-Decoder was trained on {dec.latents} latents, so 'O-Decoder on teacher latents' "
                      "measures it outside its training distribution")
     for n in notes:

@@ -51,7 +51,7 @@ class PartConfig:
     retina_seed: int = 0
     grid: int = 1  # global mode: latent pooled to grid x grid (1 = the research's "4-dim latent")
     global_size: int = 64  # global decoder: output side before upsampling to the frame
-    latents: str = "teacher"  # decoder: the latents it was trained on ("teacher" or "oenc:RUN")
+    latents: str = "teacher"  # decoder: the latents it was trained on ("teacher", "oenc:RUN" or "mix:RUN")
     target: str = "decode"  # decoder: trained to reproduce the teacher's "decode" or the original "image"
     preprocess: dict = field(default_factory=dict)
 
