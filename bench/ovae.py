@@ -55,9 +55,10 @@ CONFIGS = {
     "patch-linear-dec5x5": ({"window": 16}, {"window": 5}),
     "patch-hidden": ({"window": 16, "hidden": (128,)}, {"window": 3, "hidden": (64,)}),
     "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
-    "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
-    # the decoder also learns from this configuration's own encoder's latents (`--latents mix:RUN`)
-    "patch-hidden-shipped-mix": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,), "latents": OWN_MIX}),
+    "patch-hidden-dec32": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
+    "patch-hidden-dec32-mix": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,), "latents": OWN_MIX}),
+    # the shipped recipe: the decoder also learns from this configuration's own encoder's latents (`--latents mix:RUN`)
+    "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (64,), "latents": OWN_MIX}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {
@@ -70,6 +71,7 @@ REFERENCES = {
 GRADIENT_REFERENCES = {
     "Adam patch-hidden (enc 16x16+192, dec 5x5+32)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
     "Adam patch-hidden (enc 16x16+192, dec 5x5+48)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (48,)}),
+    "Adam patch-hidden (enc 16x16+192, dec 5x5+64)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (64,)}),
 }
 
 
