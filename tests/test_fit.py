@@ -53,6 +53,24 @@ def test_bounded_scales_only_rows_past_the_bound():
     assert torch.equal(out[0, 1], theta[0, 1])  # within the bound: untouched, bias always untouched
 
 
+@pytest.mark.parametrize("per_round, sizes", [(3, [3, 3, 1]), (None, None)])
+def test_units_grow_in_rounds_of_the_asked_size(monkeypatch, per_round, sizes):
+    grown = []
+    real = cascade._evolve_units
+
+    def spy(data, inp, inp_val, resid, resid_val, n_units, *rest):
+        grown.append(n_units)
+        return real(data, inp, inp_val, resid, resid_val, n_units, *rest)
+
+    monkeypatch.setattr(cascade, "_evolve_units", spy)
+    x = torch.randn(500, 4)
+    kw = {} if per_round is None else {"units_per_round": per_round}
+    m = ola.fit(x, torch.tanh(x[:, :2] * x[:, 2:]), hidden=(7,), generations=60, **kw)
+    default = cascade.UNITS_PER_ROUND
+    assert grown == (sizes or [min(default, 7 - s) for s in range(0, 7, default)])
+    assert m.training_summary["units_per_round"] == (per_round or default)
+
+
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     g = torch.Generator().manual_seed(0)
     lat = torch.rand(4000, 2, generator=g) * 4 - 2
@@ -163,6 +181,8 @@ def test_bad_arguments_are_clear_errors():
         ola.fit(x, y, x_val=x, generations=1)
     with pytest.raises(ValueError, match="population"):
         ola.fit(x, y, population=1, generations=1)
+    with pytest.raises(ValueError, match="units_per_round must be at least 1"):
+        ola.fit(x, y, hidden=(4,), units_per_round=0, generations=1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -11,6 +11,7 @@ from organic_sd import cli, ola
 from organic_sd.ounet import OUNet, OUNetConfig
 from organic_sd.ounet import model as model_mod
 from organic_sd.ounet.generate import generate
+from organic_sd.ounet.train import DENOISER_UNITS_PER_ROUND
 
 SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
@@ -147,6 +148,7 @@ def test_end_to_end_mnist(tmp_path, capsys):
     assert Image.open(png).size[0] > Image.open(png).size[1]  # clone | teacher side by side
     u = OUNet.load(run)
     assert u.config.pixel_range == (-0.5, 0.5) and u.meta["tick"] == 2
+    assert u.module.training_summary["units_per_round"] == DENOISER_UNITS_PER_ROUND  # not the O-VAE's rounds
     assert u(torch.zeros(1, 1, 28, 28), 999).shape == (1, 1, 28, 28)
 
 

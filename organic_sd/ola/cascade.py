@@ -23,9 +23,10 @@ from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
 # Units of one round chase the same residual, and long searches bring them to nearly the same
-# feature (16-unit rounds: 64 decoder units, effective rank ~7 of their nonlinear parts); smaller
+# feature (16-unit rounds: 64 O-Decoder units, effective rank ~7 of their nonlinear parts); smaller
 # rounds refresh the residual more often (8: rank 8.6, Set14 decoder +0.14 dB over two seeds,
-# 2-layer bench MSE/floor 6.39 -> 5.98). Smaller still (4, 2) left too little time per round.
+# 2-layer bench MSE/floor 6.39 -> 5.98) but give each round less search time: 4 and 2 did worse, and
+# at CPU budgets the denoiser did better with 16 (ounet/train.py passes it). docs/BENCHMARKS.md.
 UNITS_PER_ROUND = 8
 FIRST_READOUT_SHARE = 0.2  # of the whole budget, for the linear readout before any unit
 UNIT_SHARE = 0.5  # of each round, the rest re-fits the readout
@@ -37,9 +38,12 @@ UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger 
 UNIT_SPREAD = 1.0
 
 
-def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace()):
-    """Grow `hidden` layers and fit the readout; returns ([(W, b)], readout (out, F+1), curve, generations)."""
-    rounds = [(l, min(UNITS_PER_ROUND, w - s)) for l, w in enumerate(hidden) for s in range(0, w, UNITS_PER_ROUND)]
+def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(), per_round=UNITS_PER_ROUND):
+    """Grow `hidden` layers, `per_round` units at a time, and fit the readout.
+
+    Returns ([(W, b)], readout (out, F+1), curve, generations).
+    """
+    rounds = [(l, min(per_round, w - s)) for l, w in enumerate(hidden) for s in range(0, w, per_round)]
     readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
                                budget.share(FIRST_READOUT_SHARE), None, progress, subspace.readout)
     curve, gens = list(res.curve), res.generations

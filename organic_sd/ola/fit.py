@@ -22,13 +22,14 @@ MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
-        subspace: Subspace = Subspace()) -> OLAModule:
+        subspace: Subspace = Subspace(), units_per_round: int = cascade.UNITS_PER_ROUND) -> OLAModule:
     """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
 
     `init`, a module from an earlier fit of the same shape, continues that search: its
     hidden units are kept and its readout is the starting point (resumable training).
     `subspace` (population.Subspace) lets units and readout search only the principal directions
     holding a share of their inputs' variance; the default searches every direction.
+    `units_per_round`: hidden units grown side by side before the readout is re-fitted (cascade.py).
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -37,6 +38,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     hidden = tuple(int(h) for h in ((hidden,) if isinstance(hidden, int) else hidden))
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden widths must be positive, got {hidden}")
+    if units_per_round < 1:
+        raise ValueError(f"units_per_round must be at least 1, got {units_per_round}")
     if out_scale <= 0:
         raise ValueError(f"out_scale must be positive, got {out_scale}")
     if generations is not None and generations < 1:
@@ -73,7 +76,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
                                        subspace.readout)
             curve, gens = res.curve, res.generations
         elif hidden:
-            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress, subspace)
+            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress, subspace,
+                                                         units_per_round)
         else:
             readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress, subspace.readout)
             layers, curve, gens = [], res.curve, res.generations
@@ -84,7 +88,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         module.readout.weight.copy_(readout[:, :-1]), module.readout.bias.copy_(readout[:, -1])
         val_mse = float((module(x_val) - y_val).square().mean())
     module.training_summary = {
-        "strategy": name, "population": population, "hidden": list(hidden), "generations": gens,
+        "strategy": name, "population": population, "hidden": list(hidden), "units_per_round": units_per_round,
+        "generations": gens,
         "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
         "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
         "subspace": {"units": subspace.units, "readout": subspace.readout},

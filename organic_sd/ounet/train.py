@@ -33,6 +33,9 @@ from organic_sd.ovae.train import _fit
 # fields that define a run: resuming with other values would silently mix two experiments
 RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
+# The O-VAE's rounds of 8 did worse here at CPU budgets (store error 0.0207 / 0.0201 with 16 against
+# 0.0234 / 0.0218 with 8, bench/ounet.py hidden32-auto, 100 s): each round needs its search time.
+DENOISER_UNITS_PER_ROUND = 16
 
 
 @dataclass
@@ -254,7 +257,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                           out_scale=rec["out_scale"], max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data),
                           generations=cfg.generations, batch_size=cfg.batch_size, device=dev,
                           seed=cfg.seed + state["tick"], progress=cfg.progress,
-                          init=None if u is None else u.module)
+                          init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND)
             del x, y
             cand = OUNet(ucfg, module, schedule, adapter=adapter)
             ad_summary = None
