@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from organic_sd import ola
 from organic_sd.ola.checks import check_input
 from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.ovae.model import DEFAULT_PATH
 
 
 def _module(hidden=(3,)):
@@ -60,6 +61,11 @@ def test_load_refuses_what_is_not_an_ola_module(tmp_path):
                                              "format": "organic_sd.ola/1"})})
     with pytest.raises(ValueError, match="do not match its config"):
         ola.load(tmp_path / "bad.safetensors")
+
+
+def test_load_points_an_ovae_file_to_its_own_loader():
+    with pytest.raises(ValueError, match="not a bare OLA module: load it with organic_sd.OVAE.load"):
+        ola.load(DEFAULT_PATH)  # the shipped O-VAE wraps two OLA modules
 
 
 def test_wrong_input_dim_and_device_are_clear_errors():

@@ -108,6 +108,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> OLAModu
         cfg = json.loads(meta["config"])
         training = json.loads(meta.get("training", "{}"))
     except (KeyError, json.JSONDecodeError):
+        other = meta.get("format", "")
+        if other.startswith("organic_sd."):  # an O-VAE / O-UNet file or run: it wraps OLA modules, it is not one
+            raise ValueError(f"{file} holds a {other!r} file, not a bare OLA module: load it with "
+                             "organic_sd.OVAE.load or organic_sd.OUNet.load (an O-VAE run: "
+                             "organic_sd.ovae.model.read_parts)") from None
         raise ValueError(f"{file} has no organic_sd OLA config in its metadata: not an OLA module of ours") from None
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{file} holds format {cfg.get('format')!r}, expected {FORMAT!r}: not an OLA module of ours")
