@@ -1,0 +1,105 @@
+"""Do a cascade round's units stay distinct? One round evolved against a least-squares model's residual.
+
+    python bench/units.py --store stores/taef2-256 --part decoder --window 3 --units 8 --generations 1000
+    python bench/units.py --run runs/odec            # the units of a trained O-VAE part, on its store rows
+
+Reports, on the store's held-out rows: the median of each unit's largest |cosine| with another
+unit's weights, the effective rank (participation ratio) of the units' nonlinear parts (each
+unit's output minus its least-squares fit from the inputs, which a readout already has), and the
+share of the held-out residual that least squares on [inputs, units] removes. A round whose units
+are copies of one another (docs/BENCHMARKS.md: rank ~1 for 8 units) explains little for its size.
+The least-squares fits here are measurements only; the units come from the engine's own search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from organic_sd.data import Store
+from organic_sd.ola import cascade
+from organic_sd.ola.readout import Data
+from organic_sd.ola.search import Budget
+from organic_sd.ola.strategies import make_strategy
+from organic_sd.ovae.model import read_parts
+from organic_sd.ovae.train import SUBSPACE, Rows, TrainConfig, _part_config
+
+
+def with_ones(x: torch.Tensor) -> torch.Tensor:
+    """(N, in) -> (N, in+1) with a constant column."""
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+
+
+def diversity(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict:
+    """Weight cosines and the effective rank of the nonlinear parts of units (U, in), (U,) on rows x (N, in)."""
+    wn = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = (wn @ wn.T).abs().fill_diagonal_(0)
+    h = torch.tanh(x @ w.T + b).double()
+    q, _ = torch.linalg.qr(with_ones(x).double())
+    hr = h - q @ (q.T @ h)  # (N, U): what a linear readout of x cannot make
+    sv = torch.linalg.svdvals(hr / hr.norm(dim=0).clamp_min(1e-12))
+    return {"units": w.shape[0], "median_max_weight_cosine": float(cos.max(1).values.median()),
+            "rank_nonlinear": float(sv.square().sum() ** 2 / sv.pow(4).sum())}
+
+
+def explained(w, b, x, r, xv, rv) -> float:
+    """Share of the held-out residual rv that least squares on [x, units] (fitted on x, r) removes."""
+    f, fv = with_ones(torch.cat([x, torch.tanh(x @ w.T + b)], 1)).double(), with_ones(
+        torch.cat([xv, torch.tanh(xv @ w.T + b)], 1)).double()
+    sol = torch.linalg.solve(f.T @ f + 1e-6 * len(f) * torch.eye(f.shape[1], dtype=f.dtype), f.T @ r.double())
+    return 1 - float((rv.double() - fv @ sol).square().mean()) / float(rv.double().square().mean())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--store", help="an O-VAE store (osd precompute)")
+    p.add_argument("--run", help="score the first hidden layer of this trained part instead of evolving one")
+    p.add_argument("--part", choices=["encoder", "decoder"], default="decoder")
+    p.add_argument("--window", type=int, default=3)
+    p.add_argument("--units", type=int, default=8)
+    p.add_argument("--generations", type=int, default=1000)
+    p.add_argument("--population", type=int, default=40)
+    p.add_argument("--rows", type=int, default=60_000, help="training rows drawn from the store")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    if args.run:
+        part = read_parts(args.run)
+        kind = "encoder" if part["encoder"] is not None else "decoder"
+        module, pcfg = part[kind].module, part[kind].config
+        if not args.store:
+            p.error("--run needs --store to draw rows from")
+        args.part, args.window = kind, pcfg.window
+    elif not args.store:
+        p.error("give --store")
+    store = Store.open(args.store)
+    rows = Rows(store, _part_config(TrainConfig(args.part, args.store, "-", window=args.window), store), cpu, None)
+    x, y = rows.draw(store.indices("train"), args.rows, np.random.default_rng(args.seed))
+    xv, yv = rows.draw(store.indices("val"), max(1000, args.rows // 8), np.random.default_rng(args.seed + 1))
+    lin = torch.linalg.lstsq(with_ones(x), y).solution  # the linear model whose residual the round explains
+    r, rv = y - with_ones(x) @ lin, yv - with_ones(xv) @ lin
+
+    t0 = time.perf_counter()
+    if args.run:
+        w, b = module.hidden[0].weight, module.hidden[0].bias
+    else:
+        data = Data(x, y, xv, yv, 1024, torch.Generator().manual_seed(args.seed))
+        found, _ = cascade._evolve_units(data, x, xv, r, rv, args.units, lambda: make_strategy("auto", args.population),
+                                         Budget(None, args.generations), False, "units", SUBSPACE.units)
+        w, b = found[:, :-1], found[:, -1]
+    out = {"store": args.store, "part": args.part, "window": args.window, "run": args.run,
+           "generations": None if args.run else args.generations, "population": args.population, "seed": args.seed,
+           **diversity(w, b, xv), "heldout_residual_explained": explained(w, b, x, r, xv, rv),
+           "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
