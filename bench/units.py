@@ -48,8 +48,10 @@ def diversity(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict:
 
 def explained(w, b, x, r, xv, rv) -> float:
     """Share of the held-out residual rv that least squares on [x, units] (fitted on x, r) removes."""
-    f, fv = with_ones(torch.cat([x, torch.tanh(x @ w.T + b)], 1)).double(), with_ones(
-        torch.cat([xv, torch.tanh(xv @ w.T + b)], 1)).double()
+    def feats(rows):  # (N, in + U + 1)
+        return with_ones(torch.cat([rows, torch.tanh(rows @ w.T + b)], 1)).double()
+
+    f, fv = feats(x), feats(xv)
     sol = torch.linalg.solve(f.T @ f + 1e-6 * len(f) * torch.eye(f.shape[1], dtype=f.dtype), f.T @ r.double())
     return 1 - float((rv.double() - fv @ sol).square().mean()) / float(rv.double().square().mean())
 

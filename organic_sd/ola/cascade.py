@@ -22,11 +22,10 @@ from organic_sd.ola.population import Subspace, Whitener, explained_loss
 from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
-# Units of one round chase the same residual, and long searches bring them to nearly the same
-# feature (16-unit rounds: 64 O-Decoder units, effective rank ~7 of their nonlinear parts); smaller
-# rounds refresh the residual more often (8: rank 8.6, Set14 decoder +0.14 dB over two seeds,
-# 2-layer bench MSE/floor 6.39 -> 5.98) but give each round less search time: 4 and 2 did worse, and
-# at CPU budgets the denoiser did better with 16 (ounet/train.py passes it). docs/BENCHMARKS.md.
+# Units of one round chase the same residual and long searches make them near copies; smaller
+# rounds refresh the residual more often (8 vs 16: O-Decoder Set14 +0.14 dB over two seeds, 2-layer
+# bench better) but leave each round less search time (4 and 2 did worse; the denoiser keeps 16 at
+# CPU budgets, ounet/train.py). docs/BENCHMARKS.md.
 UNITS_PER_ROUND = 8
 FIRST_READOUT_SHARE = 0.2  # of the whole budget, for the linear readout before any unit
 UNIT_SHARE = 0.5  # of each round, the rest re-fits the readout
@@ -38,12 +37,13 @@ UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger 
 UNIT_SPREAD = 1.0
 
 
-def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(), per_round=UNITS_PER_ROUND):
-    """Grow `hidden` layers, `per_round` units at a time, and fit the readout.
+def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(),
+         units_per_round=UNITS_PER_ROUND):
+    """Grow `hidden` layers, `units_per_round` units at a time, and fit the readout.
 
     Returns ([(W, b)], readout (out, F+1), curve, generations).
     """
-    rounds = [(l, min(per_round, w - s)) for l, w in enumerate(hidden) for s in range(0, w, per_round)]
+    rounds = [(l, min(units_per_round, w - s)) for l, w in enumerate(hidden) for s in range(0, w, units_per_round)]
     readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
                                budget.share(FIRST_READOUT_SHARE), None, progress, subspace.readout)
     curve, gens = list(res.curve), res.generations
