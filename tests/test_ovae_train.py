@@ -135,6 +135,13 @@ def test_mixed_decoder_sees_teacher_and_encoder_latents_toward_the_teacher_decod
     assert OVAE.load(tmp_path / "dec").decoder.config.latents.startswith("mix:")
 
 
+def test_drawing_rows_from_an_empty_split_is_a_clear_error(store, tmp_path):
+    s = Store.open(store)
+    rows = train_mod.Rows(s, train_mod._part_config(quick("decoder", store, tmp_path / "d"), s), torch.device("cpu"), None)
+    with pytest.raises(ValueError, match="no samples in this split"):
+        rows.draw(np.array([], dtype=np.int64), 100, np.random.default_rng(0))
+
+
 def test_global_mode(store, tmp_path):
     train(quick("encoder", store, tmp_path / "genc", mode="global", retina_dim=16, grid=1, ticks=1))
     train(quick("decoder", store, tmp_path / "gdec", mode="global", grid=1, global_size=8, ticks=1))

@@ -138,6 +138,8 @@ class Rows:
 
     def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh random sample of at most max_rows rows from randomly chosen samples of `pool`."""
+        if len(pool) == 0:
+            raise ValueError(f"store {self.store.path} has no samples in this split to draw rows from")
         p = self.part
         per_image = (p.image_size // p.downscale) ** 2 if p.mode == "patch" else 1
         per_image *= 2 if self._mix else 1  # mix: each image gives rows twice
