@@ -80,6 +80,10 @@ def test_cli_eval_reconstruct(trained, tmp_path, capsys):
                      str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").is_file() and "PSNR" in capsys.readouterr().out
     assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(tmp / "nothing")]) == 2
+    (tmp_path / "bad.png").write_text("not an image")
+    capsys.readouterr()
+    assert cli.main(["reconstruct", str(tmp_path / "bad.png"), "--ovae", str(path)]) == 2
+    assert "bad.png: not a readable image" in capsys.readouterr().err
 
 
 def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):

@@ -86,5 +86,10 @@ def test_load_image_rgb_and_truncated(tmp_path):
     Image.fromarray(np.dstack([a] * 3)).save(tmp_path / "c.jpg")
     data = (tmp_path / "c.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="cut.jpg: not a readable image"):
         load_image(tmp_path / "cut.jpg")
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not a readable image"):
+        load_image(tmp_path / "text.png")
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / "missing.png")

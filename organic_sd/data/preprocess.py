@@ -71,11 +71,16 @@ def describe_preprocess(size: int, n_views: int = 1) -> dict:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Read an image file (first frame, EXIF-oriented) as an RGB PIL image."""
-    with Image.open(path) as im:
-        im.load()  # force the decode here so that a truncated file fails now, not later
-        im = ImageOps.exif_transpose(im)
-        return _to_rgb(im)
+    """Read an image file (first frame, EXIF-oriented) as an RGB PIL image; ValueError if it is not one."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # force the decode here so that a truncated file fails now, not later
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # how PIL reports corrupt or unknown data
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -80,9 +80,9 @@ class ImageFiles:
         for path, tag in self.files:
             try:
                 yield tag, 0, load_image(path), None
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                # PIL reports corrupt data as OSError/ValueError/SyntaxError: skip, let the caller report
-                yield tag, 0, None, f"unreadable image: {type(e).__name__}: {e}"
+            except ValueError as e:  # corrupt or not an image (load_image wraps PIL's errors): skip, the caller reports
+                cause = e.__cause__ or e
+                yield tag, 0, None, f"unreadable image: {type(cause).__name__}: {cause}"
 
 
 class VideoFile:
