@@ -35,7 +35,8 @@ import torch.nn as nn
 from PIL import Image
 
 from organic_sd import dist
-from organic_sd.data.precompute import precompute, resolve_device, run_teacher
+from organic_sd.data.precompute import precompute, run_teacher
+from organic_sd.devices import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = "SCALE_RESULT "  # prefix of the worker's result line on stdout
@@ -88,7 +89,7 @@ def make_images(folder: Path, n: int, size: int) -> str:
 
 def precompute_worker(args: argparse.Namespace) -> dict:
     """Precompute args.frames frames into a fresh store with this rank's share; rank 0 reports frames/s."""
-    device = dist.local_device(resolve_device(args.device))
+    device = dist.local_device(str(resolve_device(args.device)))
     teacher = make_teacher(args.teacher, device)
     x = np.random.default_rng(0).uniform(-1, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
     run_teacher(teacher, x)  # warm-up: kernel choice and allocation stay out of the timing
@@ -116,7 +117,7 @@ def training_worker(args: argparse.Namespace) -> dict:
     """ola.fit for args.seconds on every rank (rows split across ranks); rank 0 reports generations/s and held-out MSE."""
     from organic_sd import ola
 
-    device = dist.local_device(resolve_device(args.device))
+    device = dist.local_device(str(resolve_device(args.device)))
     x, y = training_problem(args.rows, args.inputs, args.outputs)
     kw = dict(hidden=tuple(args.hidden), population=args.population, device=device, seed=0,
               batch_size=args.fit_batch)
@@ -227,7 +228,7 @@ def main() -> None:
         worker_main(args)
         return
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     most, cap = capacity(device, args.threads)
     run = [n for n in args.ranks if n <= most]
     skipped = [n for n in args.ranks if n > most]

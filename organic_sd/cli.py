@@ -38,9 +38,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_precompute(args: argparse.Namespace) -> int:
     from organic_sd import dist
-    from organic_sd.data.precompute import precompute, resolve_device
+    from organic_sd.data.precompute import precompute
+    from organic_sd.devices import resolve_device
 
-    device = resolve_device(args.device)  # before loading anything: no CUDA is a clear error
+    device = str(resolve_device(args.device))  # before loading anything: no CUDA is a clear error
     dist.init()  # under torchrun: join the group; otherwise nothing changes
     device = dist.local_device(device)
     from organic_sd.teachers import load_teacher
@@ -67,7 +68,7 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from organic_sd import dist
-    from organic_sd.ola.checks import resolve_device
+    from organic_sd.devices import resolve_device
     from organic_sd.ovae.train import TrainConfig, train
 
     device = str(resolve_device(args.device))  # before joining a group: no CUDA is a clear error
@@ -256,9 +257,9 @@ def _add_ovae_parsers(sub) -> None:
 
 def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
     from organic_sd.data.denoiser_precompute import precompute_denoiser, read_prompts
-    from organic_sd.data.precompute import resolve_device
+    from organic_sd.devices import resolve_device
 
-    device = resolve_device(args.device)  # before loading anything: no CUDA is a clear error
+    device = str(resolve_device(args.device))  # before loading anything: no CUDA is a clear error
     prompts = read_prompts(args.prompts) if args.prompts else None
     from organic_sd.teachers import load_denoiser
 
@@ -486,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:
+            from organic_sd.devices import resolve_device
+
+            resolve_device(args.device)  # every command: a device this machine lacks fails here, before any work
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

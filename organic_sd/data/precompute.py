@@ -71,18 +71,6 @@ class PrecomputeReport:
         return "\n".join(lines)
 
 
-def resolve_device(device: str | None) -> str:
-    """'auto'/None -> 'cuda' if available else 'cpu'; a CUDA device without CUDA is a clear error."""
-    import torch
-
-    if device in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available here "
-                           f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
-    return str(device)
-
-
 def run_teacher(teacher, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 3, H, W) float32 in [-1, 1] -> latents (B, C, H/f, W/f), decodes (B, 3, H, W), float32."""
     import torch

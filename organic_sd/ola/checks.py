@@ -6,18 +6,6 @@ import numpy as np
 import torch
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The requested device, or a ValueError saying why it cannot be used."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available here; use device='cpu'")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device={str(device)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
-    return dev
-
-
 def as_matrix(name: str, a, device: torch.device) -> torch.Tensor:
     """`a` as a finite float32 (N, D) tensor on `device`, or a ValueError naming `name`."""
     if isinstance(a, np.ndarray):

@@ -8,7 +8,8 @@ import warnings
 import torch
 
 from organic_sd.ola import cascade
-from organic_sd.ola.checks import as_matrix, check_pair, resolve_device
+from organic_sd.devices import resolve_device
+from organic_sd.ola.checks import as_matrix, check_pair
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Subspace
 from organic_sd.ola.readout import Data, fit_readout

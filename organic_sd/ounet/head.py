@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from organic_sd.ola.checks import resolve_device
+from organic_sd.devices import resolve_device
 
 LOAD_CHUNK = 64  # records turned into rows at a time
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from organic_sd.data.denoiser_store import DenoiserStore
-from organic_sd.ola.checks import resolve_device
+from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json

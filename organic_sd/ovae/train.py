@@ -31,7 +31,7 @@ from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
-from organic_sd.ola.checks import resolve_device
+from organic_sd.devices import resolve_device
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_rows, read_parts
 
 # fields that define a run: a resume with other values would silently mix two experiments

@@ -10,6 +10,8 @@ from typing import Mapping
 
 import torch
 
+from organic_sd import devices
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
 
 
@@ -18,27 +20,13 @@ class TeacherError(ValueError):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Parse `device` and check that this machine has it, naming it in the error if not."""
+    """organic_sd.devices.resolve_device, as a TeacherError, with a bare 'cuda' pinned to the current index."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise TeacherError(f"device={device!r} is not a torch device ({e})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TeacherError(
-                f"device={device!r} was requested but CUDA is not available here "
-                f"(torch {torch.__version__}, torch.cuda.is_available() is False); use device='cpu'"
-            )
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise TeacherError(f"device={device!r} was requested but only {count} CUDA device(s) are visible")
-        if dev.index is None:
-            # Pin the index so that `teacher.device == tensor.device` comparisons hold.
-            dev = torch.device("cuda", torch.cuda.current_device())
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise TeacherError(f"device={device!r} was requested but MPS is not available here; use device='cpu'")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise TeacherError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
+        dev = devices.resolve_device(device)
+    except ValueError as e:
+        raise TeacherError(str(e)) from None
+    if dev.type == "cuda" and dev.index is None:  # so that `teacher.device == tensor.device` comparisons hold
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
