@@ -71,6 +71,31 @@ def test_units_grow_in_rounds_of_the_asked_size(monkeypatch, per_round, sizes):
     assert m.training_summary["units_per_round"] == (per_round or default)
 
 
+def test_ctrl_c_while_growing_keeps_the_rounds_grown_and_init_grows_the_rest(monkeypatch):
+    real, calls = cascade._evolve_units, []
+
+    def stop_in_third_round(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cascade, "_evolve_units", stop_in_third_round)
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tanh(x[:, :2] * x[:, 2:])
+    with pytest.raises(KeyboardInterrupt) as stop:  # still a KeyboardInterrupt to callers that do not look
+        ola.fit(x, y, hidden=(10,), units_per_round=4, generations=80)
+    assert isinstance(stop.value, ola.FitInterrupted)
+    part = stop.value.module
+    assert part.config.hidden == (8,)  # two whole rounds, and a readout over them
+    assert float((part(x) - y).square().mean()) < float(y.square().mean())
+    with pytest.raises(ValueError, match="hidden"):
+        ola.fit(x, y, hidden=(6,), generations=5, init=part)  # more units than asked: not a grown part of it
+    monkeypatch.setattr(cascade, "_evolve_units", real)
+    full = ola.fit(x, y, hidden=(10,), units_per_round=4, generations=80, init=part, seed=1)
+    assert full.config.hidden == (10,) and torch.equal(full.hidden[0].weight[:8], part.hidden[0].weight)
+
+
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     g = torch.Generator().manual_seed(0)
     lat = torch.rand(4000, 2, generator=g) * 4 - 2

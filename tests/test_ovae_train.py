@@ -8,6 +8,7 @@ from PIL import Image
 from organic_sd import cli
 from organic_sd.data import Store, precompute
 from organic_sd.ovae import OVAE
+from organic_sd.ola import cascade
 from organic_sd.ovae import train as train_mod
 from organic_sd.ovae.train import TrainConfig, train
 from test_precompute import FakeTeacher
@@ -80,7 +81,7 @@ def test_resume_refuses_other_settings(store, tmp_path):
 
 
 def test_ctrl_c_saves_a_loadable_checkpoint(store, tmp_path, monkeypatch):
-    real, calls = train_mod._fit, []
+    real, calls = train_mod.ola.fit, []
 
     def fit_then_interrupt(*a, **kw):
         calls.append(1)
@@ -88,7 +89,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint(store, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second tick's search
         return real(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "_fit", fit_then_interrupt)
+    monkeypatch.setattr(train_mod.ola, "fit", fit_then_interrupt)
     run = tmp_path / "dec"
     res = train(quick("decoder", store, run, ticks=5))
     assert res["status"] == "interrupted" and res["tick"] == 1
@@ -98,6 +99,29 @@ def test_ctrl_c_saves_a_loadable_checkpoint(store, tmp_path, monkeypatch):
     calls.clear(), calls.append(1)
     res = train(quick("decoder", store, tmp_path / "dec2"))
     assert res["status"] == "interrupted" and res["parameters"] is None
+
+
+def test_ctrl_c_while_units_grow_keeps_them_and_the_resumed_run_grows_the_rest(store, tmp_path, monkeypatch):
+    real, calls = cascade._evolve_units, []
+
+    def stop_in_second_round(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the first tick, while the second round of units grows
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cascade, "_evolve_units", stop_in_second_round)
+    run = tmp_path / "dec"
+    cfg = quick("decoder", store, run, hidden=(10,), ticks=2)  # rounds of 8 and 2
+    res = train(cfg)
+    assert res["status"] == "interrupted" and res["tick"] == 1
+    assert OVAE.load(run).decoder.module.config.hidden == (8,)  # the first round, saved and loadable
+    first = OVAE.load(run).decoder.module.hidden[0].weight.clone()
+    monkeypatch.setattr(cascade, "_evolve_units", real)
+    res = train(cfg)
+    assert res["status"] == "done" and res["tick"] == 3  # two more ticks: the first grows the last 2 units
+    grown = OVAE.load(run).decoder.module
+    assert grown.config.hidden == (10,) and torch.equal(grown.hidden[0].weight[:8], first)
 
 
 def test_encoder_then_decoder_on_its_latents(store, tmp_path):

@@ -38,35 +38,54 @@ UNIT_SPREAD = 1.0
 
 
 def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(),
-         units_per_round=UNITS_PER_ROUND):
+         units_per_round=UNITS_PER_ROUND, start=None):
     """Grow `hidden` layers, `units_per_round` units at a time, and fit the readout.
 
-    Returns ([(W, b)], readout (out, F+1), curve, generations).
+    `start` = ([(W, b)], readout) of a module whose growth stopped early (whole layers, then part of
+    one) goes on growing from there.
+    Ctrl-C stops growing at a consistent point: the units grown so far, with a readout over them.
+    Returns ([(W, b)] of the layers grown, readout (out, F+1), curve, generations, interrupted).
     """
-    rounds = [(l, min(units_per_round, w - s)) for l, w in enumerate(hidden) for s in range(0, w, units_per_round)]
-    readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
-                               budget.share(FIRST_READOUT_SHARE), None, progress, subspace.readout)
-    curve, gens = list(res.curve), res.generations
+    have = [w.shape[0] for w, _ in (start[0] if start else [])]
+    have += [0] * (len(hidden) - len(have))  # units each layer already has
+    rounds = [(l, min(units_per_round, w - s)) for l, w in enumerate(hidden)
+              for s in range(have[l], w, units_per_round)]
     units = [[] for _ in hidden]  # per layer: rounds of raw rows (U, in_l + 1)
+    curve, gens, interrupted = [], 0, False
+    try:
+        if start is None:
+            readout, res = fit_readout(data, [data.x], [data.x_val], out_scale, make_strategy(),
+                                       budget.share(FIRST_READOUT_SHARE), None, progress, subspace.readout)
+            curve, gens = list(res.curve), res.generations
+        else:
+            for layer, (w, b) in enumerate(start[0]):
+                units[layer].append(torch.cat([w, b[:, None]], dim=1))
+            readout = start[1]
 
-    for r, (layer, n_units) in enumerate(rounds):
-        round_budget = budget.share(1.0 / (len(rounds) - r))
-        feats, feats_val = features(data.x, units), features(data.x_val, units)
-        new_rows, unit_gens = _evolve_units(data, feats[layer], feats_val[layer], data.y - predict(feats, readout, out_scale),
-                            data.y_val - predict(feats_val, readout, out_scale), n_units, make_strategy,
-                            round_budget.share(UNIT_SHARE), progress, f"units L{layer + 1} r{r + 1}", subspace.units)
-        units[layer].append(new_rows)
-        gens += unit_gens
+        for r, (layer, n_units) in enumerate(rounds):
+            round_budget = budget.share(1.0 / (len(rounds) - r))
+            feats, feats_val = features(data.x, units), features(data.x_val, units)
+            new_rows, unit_gens = _evolve_units(data, feats[layer], feats_val[layer],
+                                                data.y - predict(feats, readout, out_scale),
+                                                data.y_val - predict(feats_val, readout, out_scale), n_units,
+                                                make_strategy, round_budget.share(UNIT_SHARE), progress,
+                                                f"units L{layer + 1} r{r + 1}", subspace.units)
+            # The old readout widened with zero columns for the new units: consistent with them (an
+            # interrupt from here on keeps both) and the warm start of the re-fit.
+            units[layer].append(new_rows)
+            readout = _insert_zero_columns(readout, data.x.shape[1], units, layer, n_units)
+            gens += unit_gens
+            feats, feats_val = features(data.x, units), features(data.x_val, units)
+            readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
+                                       round_budget.share(1.0), readout, progress, subspace.readout)
+            gens += res.generations
+            curve.append((budget.elapsed(), gens, res.curve[-1][2]))
+    except KeyboardInterrupt:
+        if start is None and not curve:  # not even the linear readout yet: nothing to keep
+            raise
+        interrupted = True
 
-        # The old readout is the warm start; the new units' columns begin at zero.
-        init = _insert_zero_columns(readout, data.x.shape[1], units, layer, n_units)
-        feats, feats_val = features(data.x, units), features(data.x_val, units)
-        readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
-                                   round_budget.share(1.0), init, progress, subspace.readout)
-        gens += res.generations
-        curve.append((budget.elapsed(), gens, res.curve[-1][2]))
-
-    return [stack(u) for u in units], readout, curve, gens
+    return [stack(u) for u in units if u], readout, curve, gens, interrupted
 
 
 def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share):

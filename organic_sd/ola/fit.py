@@ -20,6 +20,14 @@ DEFAULT_GENERATIONS = 2000  # when neither max_seconds nor generations is given
 MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
 
 
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a fit grew hidden units; `.module` holds the units grown so far (pass it as `init` to go on)."""
+
+    def __init__(self, module: OLAModule):
+        super().__init__("fit interrupted while growing hidden units")
+        self.module = module
+
+
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
@@ -27,7 +35,9 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
 
     `init`, a module from an earlier fit of the same shape, continues that search: its
-    hidden units are kept and its readout is the starting point (resumable training).
+    hidden units are kept and its readout is the starting point (resumable training). A module
+    whose growth was cut short goes on growing from where it stopped: Ctrl-C during the
+    cascade raises FitInterrupted, a KeyboardInterrupt that carries the units grown so far.
     `subspace` (population.Subspace) lets units and readout search only the principal directions
     holding a share of their inputs' variance; the default searches every direction.
     `units_per_round`: hidden units grown side by side before the readout is re-fitted (cascade.py).
@@ -68,21 +78,24 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     make = lambda: make_strategy(name, population)  # noqa: E731  (fresh strategy per search)
     make()  # fail fast on a bad name
 
+    interrupted = False
     with torch.no_grad():
-        if init is not None:
-            layers = [(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden]
+        start = None if init is None else ([(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden],
+                                           torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev))
+        if hidden and (init is None or tuple(init.config.hidden) != hidden):  # grow, or go on growing
+            layers, readout, curve, gens, interrupted = cascade.grow(data, hidden, out_scale, make, budget, progress,
+                                                                     subspace, units_per_round, start)
+        elif init is not None:
+            layers = start[0]
             feats, feats_val = _layer_features(x, layers), _layer_features(x_val, layers)
-            start = torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev)
-            readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start, progress,
+            readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start[1], progress,
                                        subspace.readout)
             curve, gens = res.curve, res.generations
-        elif hidden:
-            layers, readout, curve, gens = cascade.grow(data, hidden, out_scale, make, budget, progress, subspace,
-                                                         units_per_round)
         else:
             readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress, subspace.readout)
             layers, curve, gens = [], res.curve, res.generations
-        module = OLAModule(OLAConfig(x.shape[1], y.shape[1], hidden, out_scale))
+        grown = tuple(w.shape[0] for w, _ in layers)  # == hidden unless Ctrl-C cut the growth short
+        module = OLAModule(OLAConfig(x.shape[1], y.shape[1], grown, out_scale))
         module.to(dev)
         for layer, (w, b) in zip(module.hidden, layers):
             layer.weight.copy_(w), layer.bias.copy_(b)
@@ -96,6 +109,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "subspace": {"units": subspace.units, "readout": subspace.readout},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
     }
+    if interrupted:
+        raise FitInterrupted(module)
     return module
 
 
@@ -106,10 +121,16 @@ def _check_init(init, in_dim, out_dim, hidden, out_scale):
     c = init.config
     if (c.in_dim, c.out_dim) != (in_dim, out_dim):
         raise ValueError(f"init maps {c.in_dim} -> {c.out_dim} but the data is {in_dim} -> {out_dim}")
-    if tuple(c.hidden) != tuple(hidden):
+    if tuple(c.hidden) != tuple(hidden) and not _grown_part_of(tuple(c.hidden), tuple(hidden)):
         raise ValueError(f"init has hidden={tuple(c.hidden)} but hidden={tuple(hidden)} was asked for")
     if c.out_scale != out_scale:
         raise ValueError(f"init has out_scale={c.out_scale} but out_scale={out_scale} was asked for")
+
+
+def _grown_part_of(have: tuple, hidden: tuple) -> bool:
+    """True if layers `have` are where growing `hidden` (layer by layer) can stop: full layers, then one partial."""
+    return (0 < len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
+            and 0 < have[-1] <= hidden[len(have) - 1])
 
 
 def _layer_features(x, layers):

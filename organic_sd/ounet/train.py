@@ -28,7 +28,7 @@ from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
-from organic_sd.ovae.train import _fit
+from organic_sd.ovae.train import fit_tick
 
 # fields that define a run: resuming with other values would silently mix two experiments
 RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher")
@@ -253,15 +253,15 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
             x, y = draw_rows(ucfg, schedule, store, train_idx, cfg.max_rows, rng, dev, adapter)  # (N, in), (N, C)
             adapter_tick = adapter is not None and cfg.adapter_every and (state["tick"] + 1) % cfg.adapter_every == 0
             t_data = time.perf_counter() - t0
-            module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
-                          out_scale=rec["out_scale"], max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data),
-                          generations=cfg.generations, batch_size=cfg.batch_size, device=dev,
-                          seed=cfg.seed + state["tick"], progress=cfg.progress,
-                          init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND)
+            module, interrupted = fit_tick(
+                x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population, out_scale=rec["out_scale"],
+                max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data), generations=cfg.generations,
+                batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
+                init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND)
             del x, y
             cand = OUNet(ucfg, module, schedule, adapter=adapter)
             ad_summary = None
-            if adapter_tick:  # the stack frozen, the adapter searched by the stack's eps error
+            if adapter_tick and not interrupted:  # the stack frozen, the adapter searched by the stack's eps error
                 pick = np.sort(rng.choice(train_idx, min(len(train_idx), 128), replace=False))
                 new_adapter, ad_summary = evolve_adapter(
                     cand, store, pick, strategy=cfg.strategy, population=16, generations=cfg.generations,
@@ -290,6 +290,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | held-out eps "
                   f"MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
                   f"{'' if kept else ' (worse: kept previous)'}", file=log_to, flush=True)
+            if interrupted:
+                raise KeyboardInterrupt
             save("running")
     except KeyboardInterrupt:
         state["status"] = "interrupted"

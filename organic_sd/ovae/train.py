@@ -13,7 +13,6 @@ state.json (tick, time, best), log.jsonl (one line per tick), plot.png.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -291,11 +290,12 @@ def _plot(run: Path, log: list[dict], kind: str) -> None:
     os.replace(tmp, run / "plot.png")
 
 
-def _fit(x, y, init=None, **kw):
-    """ola.fit, continuing from `init` when the engine supports it (else each tick searches afresh)."""
-    if init is not None and "init" in inspect.signature(ola.fit).parameters:
-        kw["init"] = init
-    return ola.fit(x, y, **kw)
+def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
+    """ola.fit for one tick -> (module, interrupted): Ctrl-C while units grow keeps the units grown so far."""
+    try:
+        return ola.fit(x, y, **kw), False
+    except ola.FitInterrupted as stop:  # the next run's first tick goes on growing from this module
+        return stop.module, True
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -369,11 +369,11 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             t0 = time.perf_counter()
             x, y = rows.draw(train_idx, cfg.max_rows, rng)  # (N, in), (N, out)
             t_data = time.perf_counter() - t0
-            module = _fit(x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
-                          out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data),
-                          generations=cfg.generations,
-                          batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"],
-                          progress=cfg.progress, init=None if part is None else part.module, subspace=SUBSPACE)
+            module, interrupted = fit_tick(
+                x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
+                out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
+                batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
+                init=None if part is None else part.module, subspace=SUBSPACE)
             del x, y
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
@@ -399,6 +399,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
                   f"held-out MSE {scores['heldout_mse']:.5g}, {metric}{'' if kept else ' (worse: kept previous)'}",
                   file=log_to, flush=True)
+            if interrupted:
+                raise KeyboardInterrupt
             if time.perf_counter() - last_save >= 60.0 * cfg.save_minutes:
                 save("running")
                 last_save = time.perf_counter()
