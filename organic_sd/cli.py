@@ -47,17 +47,11 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     from organic_sd.teachers import load_teacher
 
     teacher = load_teacher(args.teacher, device=device)
-    try:
-        rep = precompute(
-            args.sources, teacher, args.out, args.size, stride=args.stride, start=args.start,
-            max_frames=args.max_frames, batch=args.batch, val_fraction=args.val_fraction, shard_size=args.shard_size,
-            n_views=args.views,
-        )
-    except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        # e.g. a read-only --out: report it like the other errors instead of a traceback
-        raise RuntimeError(f"precompute: {e}") from e
+    rep = precompute(
+        args.sources, teacher, args.out, args.size, stride=args.stride, start=args.start,
+        max_frames=args.max_frames, batch=args.batch, val_fraction=args.val_fraction, shard_size=args.shard_size,
+        n_views=args.views,
+    )
     if dist.is_main():
         print(rep.summary())
     dist.destroy()
@@ -264,15 +258,10 @@ def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
     from organic_sd.teachers import load_denoiser
 
     teacher = load_denoiser(args.teacher, device=device)
-    try:
-        rep = precompute_denoiser(
-            teacher, args.out, args.samples, steps=args.steps, renoise=args.renoise, prompts=prompts,
-            batch=args.batch, seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
-        )
-    except OSError as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise RuntimeError(f"precompute denoiser: {e}") from e
+    rep = precompute_denoiser(
+        teacher, args.out, args.samples, steps=args.steps, renoise=args.renoise, prompts=prompts,
+        batch=args.batch, seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
+    )
     print(rep.summary())
     return 130 if rep.interrupted else 0
 
@@ -495,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, a file where a folder goes, ...
         print(f"osd: error: {e}", file=sys.stderr)
         return 2
 

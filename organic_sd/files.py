@@ -21,6 +21,9 @@ def atomic_write(dest: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint should read like any file
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):

@@ -139,6 +139,7 @@ def test_end_to_end_mnist(tmp_path, capsys):
     assert [r["tick"] for r in log] == [1, 2]
     assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1",
                      "--window", "5"]) == 2  # other settings: refused, not mixed
+    assert cli.main([*args, "--eval-records", "8"]) == 2  # other held-out records would judge the ticks
     capsys.readouterr()
     assert cli.main(["generate", "--ounet", str(run), "--steps", "2", "--n", "2", "--seed", "1",
                      "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(png)]) == 0

@@ -84,6 +84,10 @@ def test_cli_eval_reconstruct(trained, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["reconstruct", str(tmp_path / "bad.png"), "--ovae", str(path)]) == 2
     assert "bad.png: not a readable image" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")  # a file where --out needs a folder: an OSError, said in one line
+    assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(path), "--out",
+                     str(tmp_path / "afile" / "r.png")]) == 2
+    assert "osd: error:" in capsys.readouterr().err
 
 
 def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):

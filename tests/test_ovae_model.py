@@ -35,6 +35,15 @@ def test_any_size_patch_mode(H, W):
     assert v.num_parameters() == sum(p.num_parameters() for p in v.parts().values())
 
 
+def test_an_empty_batch_gives_an_empty_result_of_the_right_shape():
+    v = _ovae(hidden=(3,))
+    z = v.encode(torch.zeros(0, 3, 16, 24))
+    assert z.shape == (0, 4, 2, 3) and v.decode(z).shape == (0, 3, 16, 24)
+    g = OVAE(_part("encoder", mode="global", retina_dim=16, grid=2), _part("decoder", mode="global", grid=2,
+                                                                           global_size=8))
+    assert g.encode(torch.zeros(0, 3, 32, 32)).shape == (0, 4, 2, 2)
+
+
 def test_global_mode_shapes():
     v = OVAE(_part("encoder", mode="global", retina_dim=16, grid=2), _part("decoder", mode="global", grid=2,
                                                                            global_size=8))

@@ -72,6 +72,8 @@ def test_resume_refuses_other_settings(store, tmp_path):
     train(quick("decoder", store, run, ticks=1))
     with pytest.raises(ValueError, match="window: run has 3, asked 5"):
         train(quick("decoder", store, run, window=5))
+    with pytest.raises(ValueError, match="seed: run has 0, asked 7"):  # other held-out images would judge the ticks
+        train(quick("decoder", store, run, seed=7))
     with pytest.raises(ValueError, match="holds an decoder run"):
         train(quick("encoder", store, run))
     (tmp_path / "other").mkdir()

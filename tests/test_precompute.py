@@ -197,8 +197,10 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_bad_arguments(tmp_path):
     _images(tmp_path / "imgs", 2)
-    with pytest.raises(ValueError, match="not a multiple of teacher fake-avgpool8-c4's downscale 8"):
-        precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 36, progress=False)
+    for size in (36, 0, -8):
+        with pytest.raises(ValueError, match="not a positive multiple of teacher fake-avgpool8-c4's downscale 8"):
+            precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", size, progress=False)
+    assert not (tmp_path / "s").exists()  # checked before the store is touched: a corrected retry starts clean
     with pytest.raises(ValueError, match="val_fraction"):
         precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, val_fraction=1.5, progress=False)
 

@@ -124,11 +124,6 @@ class DenoiserStore(Store):
                 raise StoreError(f"store {self.path} failed verification: {COND} missing or sha256 mismatch")
 
 
-def open_denoiser_store(path: str | Path) -> DenoiserStore:
-    """Open a denoiser store folder for reading (only meta.json is read now)."""
-    return DenoiserStore.open(path)
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -166,8 +166,8 @@ def precompute(
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     f = int(teacher.downscale)
-    if size % f:
-        raise ValueError(f"size {size} is not a multiple of teacher {teacher.id}'s downscale {f}")
+    if size < f or size % f:
+        raise ValueError(f"size {size} is not a positive multiple of teacher {teacher.id}'s downscale {f}")
     specs = [sources] if isinstance(sources, (str, Path)) else [str(s) for s in sources]
     rank, world = dist.rank(), dist.world_size()
     # every input checked before the store is touched

@@ -14,7 +14,11 @@ from organic_sd import dist
 
 @dataclass
 class Budget:
-    """A wall-clock and/or generation allowance; whichever runs out first ends the search."""
+    """A wall-clock and/or generation allowance; whichever runs out first ends the search.
+
+    A share is at least one generation, so a cascade of many searches can run a few generations
+    past a very small generation budget.
+    """
 
     seconds: float | None = None
     generations: int | None = None

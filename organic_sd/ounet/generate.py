@@ -63,10 +63,10 @@ def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 
 
     def images(model) -> torch.Tensor:
         with torch.no_grad():
-            x = ddim_sample(model, noise, steps, cond).cpu()  # (n, C, H, W) teacher units
-            if decode is not None:
+            x = ddim_sample(model, noise, steps, cond)  # (n, C, H, W) teacher units, on the model's device
+            if decode is not None:  # an O-VAE decoder accepts only tensors on its own device
                 return ((decode(x).float().cpu().clamp(-1, 1) + 1) / 2).float()  # (n, 3, H', W') on [0, 1]
-        return to_unit(x, u.config.pixel_range)
+        return to_unit(x.cpu(), u.config.pixel_range)
 
     x = images(u)
     cols = math.ceil(math.sqrt(n))

@@ -118,7 +118,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
                     max_seconds=max(1.0, left / (buckets - j)), device=dev, seed=seed + j)
         weight[:, j, :-1], weight[:, j, -1] = m.readout.weight, m.readout.bias
     head = ola.OLAModule(ola.OLAConfig(x.shape[1], C, (), out_scale=out_scale),
-                         {"strategy": strategy, "buckets": buckets, "seconds": round(time.perf_counter() - t0, 1)})
+                         {"strategy": strategy, "buckets": buckets, "seconds": round(time.perf_counter() - t0, 1)}).to(dev)
     head.readout.weight.copy_(weight.reshape(C, -1))
     head.readout.bias.zero_()
     del x, y

@@ -247,7 +247,7 @@ class OUNet(nn.Module):
         return out
 
     def num_parameters(self) -> int:
-        """Number of stored numbers of the stack and the text adapter (weights and biases)."""
+        """Number of stored numbers of the stack, the text adapter and the noise-level head (weights and biases)."""
         return sum(p.numel() for p in self.parameters())
 
     # -- files

@@ -31,7 +31,8 @@ from organic_sd.files import atomic_json
 from organic_sd.ovae.train import fit_tick
 
 # fields that define a run: resuming with other values would silently mix two experiments
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher")
+# seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
+RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
 # The O-VAE's rounds of 8 did worse here at CPU budgets (store error 0.0207 / 0.0201 with 16 against
 # 0.0234 / 0.0218 with 8, bench/ounet.py hidden32-auto, 100 s): each round needs its search time.

@@ -136,6 +136,8 @@ class Part(nn.Module):
             B, _, h, w = x.shape
             if c.mode == "global" and (h, w) == (c.grid, c.grid) != (c.image_size // c.downscale,) * 2:
                 h = w = c.image_size // c.downscale  # a pooled latent decodes to the training frame size
+        if B == 0:  # an empty batch: the output's shape from one blank sample, none of its values
+            return self.forward(x.new_zeros(1, *x.shape[1:]))[:0]
         with torch.no_grad():
             out = self.apply(self.rows(x.float()))
             return self.assemble(out, B, h, w)

@@ -34,7 +34,9 @@ from organic_sd.devices import resolve_device
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_rows, read_parts
 
 # fields that define a run: a resume with other values would silently mix two experiments
-RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "target", "pad", "grid", "retina_dim", "global_size")
+# seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
+RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "target", "pad", "grid", "retina_dim", "global_size",
+              "seed", "eval_images")
 LOAD_CHUNK = 64  # store images read and windowed at a time (bounds peak memory while drawing rows)
 # Image windows are redundant (16x16x3 pixels: 99% of the variance in 99 of 768 directions) and
 # their flat directions hold pixel noise, which whitening blows up to unit variance: units and

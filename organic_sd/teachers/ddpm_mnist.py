@@ -121,18 +121,6 @@ class MNISTDenoiser:
         raise TeacherError(f"teacher {self.id} is an unconditional MNIST DDPM: it has no text encoder, "
                            "so it takes no prompts")
 
-    @torch.no_grad()
-    def ancestral_sample(self, noise: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The teacher's own sampler over all T steps: (B, 1, 28, 28) noise -> samples in about [-0.5, 0.5]."""
-        z = noise.to(self.device, torch.float32).clone()
-        for i in range(T, 0, -1):
-            a, b = float(self.alphas_cumprod[i]), float(self.betas[i])
-            z = (z - b / math.sqrt(1 - a) * self.eps(z, i)) / math.sqrt(1 - b)
-            if i > 1:
-                # noise drawn on the CPU so that a seed gives the same samples on every device
-                z = z + math.sqrt(b) * torch.randn(z.shape, generator=generator).to(z.device)
-        return z
-
 
 def default_path() -> Path:
     """The shipped teacher file: $OSD_SHARED_DATA/teachers/ddpm-mnist (default <repo>/../shared/data)."""
