@@ -16,11 +16,14 @@ WEIGHTS_NAME = "model.safetensors"  # the checkpoint inside a run folder
 
 
 def atomic_write(dest: Path, write: Callable[[str], None]) -> None:
-    """write(tmp_path), then rename onto dest: a crash never leaves half a file."""
+    """write(tmp_path), flush it to disk, then rename onto dest: a crash or power cut never leaves half a file."""
+    dest = Path(dest)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a checkpoint should read like any file
@@ -28,6 +31,16 @@ def atomic_write(dest: Path, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_dir(dest.parent)  # the rename itself survives a power cut
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (new and renamed files) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_json(path: Path, obj) -> None:

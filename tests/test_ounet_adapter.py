@@ -138,6 +138,10 @@ def test_save_load_round_trip_and_broken_files(tmp_path, store):
     save_file(bad, tmp_path / "bad.safetensors", metadata=md)
     with pytest.raises(ValueError, match="bad text adapter"):
         OUNet.load(tmp_path / "bad.safetensors")
+    wrong = dict(tensors, **{"module.readout.weight": tensors["module.readout.weight"][:, :-1].contiguous()})
+    save_file(wrong, tmp_path / "wrong.safetensors", metadata=md)
+    with pytest.raises(ValueError, match=r"stack: weights do not match its config; mismatched entries"):
+        OUNet.load(tmp_path / "wrong.safetensors")
     with pytest.raises(ValueError, match="cond values"):
         OUNet(cfg, m, FakeCondTeacher.alphas_cumprod, adapter=TextAdapter.from_embeddings(store.cond_table, 3))
 

@@ -122,7 +122,7 @@ def test_bad_files(tmp_path, monkeypatch):
     t = load_file(str(path))
     t["decoder.readout.weight"] = t["decoder.readout.weight"][:5]
     save_file(t, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(ValueError, match="decoder weights do not match"):
+    with pytest.raises(ValueError, match="decoder: weights do not match"):
         OVAE.load(tmp_path / "bad.safetensors")
     monkeypatch.setattr(model, "DEFAULT_PATH", tmp_path / "nothing" / "ovae.safetensors")
     with pytest.raises(FileNotFoundError, match="no default O-VAE is shipped"):

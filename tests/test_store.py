@@ -126,7 +126,7 @@ def test_meta_write_failure_keeps_previous_meta(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     w = StoreWriter(tmp_path / "s", _header(), 4)
-    monkeypatch.setattr(store_mod, "_atomic_write_json", boom)
+    monkeypatch.setattr(store_mod, "atomic_json", boom)
     keys, im, la, de = _batch(10, 4)
     with pytest.raises(DiskFullError):
         w.add(keys, keys, im, la, de)

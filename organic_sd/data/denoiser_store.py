@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organic_sd.data.store import DTYPE, Store, StoreError, StoreWriter, _atomic_write_json, _fsync_dir
+from organic_sd.data.store import DTYPE, Store, StoreError, StoreWriter
+from organic_sd.files import atomic_json, fsync_dir
 
 KIND = "denoiser"
 ARRAYS = ("x_t", "t", "eps")
@@ -167,7 +168,7 @@ class DenoiserStoreWriter(StoreWriter):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, f)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         meta = dict(self.meta, cond_sha256=_sha256(data))
-        _atomic_write_json(self.path / "meta.json", meta)  # from here on the table is part of the store
+        atomic_json(self.path / "meta.json", meta)  # from here on the table is part of the store
         self.meta = meta

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from organic_sd.files import atomic_json, fsync_dir
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no cross-process lock, the rest still works
@@ -57,31 +59,9 @@ def split_is_val(group: str, val_fraction: float) -> bool:
     return h < val_fraction
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_bytes(f, data: bytes) -> None:
     # one place for all shard writes, so that a full disk can be simulated in tests
     f.write(data)
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _read_meta(path: Path) -> dict:
@@ -263,7 +243,7 @@ class StoreWriter:
             self.meta = {"format": FORMAT, "version": VERSION, **header, "count": 0,
                          "counts": {"train": 0, "val": 0}, "sources": [], "created": now, "updated": now,
                          "shards": []}
-            _atomic_write_json(self.path / META, self.meta)
+            atomic_json(self.path / META, self.meta)
         for stray in self.path.glob("*.tmp"):  # left by a crash mid-shard; never listed in meta
             stray.unlink()
         try:
@@ -309,7 +289,7 @@ class StoreWriter:
         new = [sh for sh in shards if sh["name"] not in listed]
         if new:
             meta = _with_shards(self.meta, new)
-            _atomic_write_json(self.path / META, meta)
+            atomic_json(self.path / META, meta)
             self.meta = meta
         return new
 
@@ -418,15 +398,15 @@ class StoreWriter:
                 f.close()
             for n in self.ARRAYS:
                 os.replace(self._tmp(n), self.path / f"{name}.{n}.f16")
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             shard = {"name": name, "count": len(self._keys),
                      "sha256": {n: h.hexdigest() for n, h in self._hash.items()}, "keys": self._keys, "val": self._val}
             if self.rank is None:
                 meta = _with_shards(self.meta, [shard])
-                _atomic_write_json(self.path / META, meta)  # the commit point
+                atomic_json(self.path / META, meta)  # the commit point
             else:
                 meta = self.meta
-                _atomic_write_json(self.path / _part_file(self.rank), {"shards": [*self.parts, shard]})
+                atomic_json(self.path / _part_file(self.rank), {"shards": [*self.parts, shard]})
                 self.parts.append(shard)
         except OSError as e:
             # meta.json still lists the previous shards; renamed files of this one are unlisted orphans

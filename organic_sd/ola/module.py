@@ -116,11 +116,15 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> OLAModu
         raise ValueError(f"{file} has no organic_sd OLA config in its metadata: not an OLA module of ours") from None
     if cfg.get("format") != FORMAT:
         raise ValueError(f"{file} holds format {cfg.get('format')!r}, expected {FORMAT!r}: not an OLA module of ours")
-    module = OLAModule(OLAConfig(**cfg), training)
+    return load_weights(OLAModule(OLAConfig(**cfg), training), tensors, str(file)).to(device)
+
+
+def load_weights(module: OLAModule, tensors: dict, where: str) -> OLAModule:
+    """Copy `tensors` into `module` once every name and shape matches; else a ValueError naming `where`."""
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if expected != found:
         diff = sorted(set(expected.items()) ^ set(found.items()))
-        raise ValueError(f"{file}: weights do not match its config; mismatched entries: {diff}")
+        raise ValueError(f"{where}: weights do not match its config; mismatched entries: {diff}")
     module.load_state_dict(tensors)
-    return module.to(device)
+    return module

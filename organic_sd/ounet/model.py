@@ -30,7 +30,7 @@ from torch import nn
 
 from organic_sd.ola.module import FORMAT as OLA_FORMAT
 from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
-from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 from organic_sd.ounet.adapter import TextAdapter
 
 FORMAT = "organic_sd.ounet/1"
@@ -293,9 +293,9 @@ class OUNet(nn.Module):
         ocfg = json.loads(md["ola_config"])
         if ocfg.get("format") != OLA_FORMAT:
             raise ValueError(f"{file}: its stack has format {ocfg.get('format')!r}, expected {OLA_FORMAT!r}")
-        module = OLAModule(OLAConfig(**ocfg), json.loads(md.get("training", "{}")))
         state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
-        module.load_state_dict(state)  # strict: a missing or extra tensor is a broken file
+        module = load_weights(OLAModule(OLAConfig(**ocfg), json.loads(md.get("training", "{}"))), state,
+                              f"{file}: stack")
         if module.in_dim != cfg.in_dim or module.out_dim != cfg.sample_shape[0]:
             raise ValueError(f"{file}: stack {module.in_dim} -> {module.out_dim} does not fit the config "
                              f"({cfg.in_dim} -> {cfg.sample_shape[0]})")
@@ -303,8 +303,8 @@ class OUNet(nn.Module):
         if cfg.head_buckets:
             if "head_config" not in md:
                 raise ValueError(f"{file}: its config names a {cfg.head_buckets}-bucket head but the file holds none")
-            head = OLAModule(OLAConfig(**json.loads(md["head_config"])))
-            head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+            head = load_weights(OLAModule(OLAConfig(**json.loads(md["head_config"]))),
+                                {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}, f"{file}: head")
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
                     _load_adapter(file, md, tensors), head)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
-from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 from organic_sd.ovae import patches
 
 FORMAT = "organic_sd.ovae/1"
@@ -272,13 +272,7 @@ def read_parts(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
         raise ValueError(f"{file}: O-VAE metadata is damaged") from None
     out = {"encoder": None, "decoder": None, "meta": extra}
     for kind, d in described.items():
-        module = OLAModule(OLAConfig(**d["ola"]), d.get("training", {}))
         own = {n[len(kind) + 1:]: t for n, t in tensors.items() if n.startswith(kind + ".")}
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in own.items()}
-        if expected != found:
-            diff = sorted(set(expected.items()) ^ set(found.items()))
-            raise ValueError(f"{file}: {kind} weights do not match its config; mismatched entries: {diff}")
-        module.load_state_dict(own)
+        module = load_weights(OLAModule(OLAConfig(**d["ola"]), d.get("training", {})), own, f"{file}: {kind}")
         out[kind] = Part(PartConfig(**d["part"]), module.to(device))
     return out
