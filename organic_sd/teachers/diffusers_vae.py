@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 import warnings
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlparse
 
 import torch
 
@@ -28,6 +25,7 @@ from organic_sd.teachers.common import (
     read_weights,
     state_digest,
 )
+from organic_sd.teachers import hub
 
 log = logging.getLogger(__name__)
 
@@ -260,64 +258,8 @@ def is_hub_id(spec: str) -> bool:
     return bool(HUB_ID.match(spec)) and not spec.startswith((".", "/", "~"))
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    # One TCP connect instead of huggingface_hub's five retries with backoff (~25 s with no network).
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def cached_hub_folder(repo_id: str, revision: str | None) -> tuple[Path, str] | None:
-    """(snapshot folder holding config.json, id `repo[/vae]@commit`) from the local hub cache, if there."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for sub in (None, "vae"):
-        hit = try_to_load_from_cache(repo_id, f"{sub}/config.json" if sub else "config.json", revision=revision)
-        if isinstance(hit, str):
-            parts = Path(hit).parts
-            commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else (revision or "main")
-            return Path(hit).parent, f"{repo_id}{'/' + sub if sub else ''}@{commit}"
-    return None
-
-
 def resolve_hub(spec: str) -> tuple[Path, str]:
-    """A hub id -> (local snapshot folder, id). Fails at once, with a how-to, when it is not cached
-    and the hub is offline or unreachable."""
-    repo_id, _, revision = spec.partition("@")
-    revision = revision or None
-    hit = cached_hub_folder(repo_id, revision)
-    if hit is not None:
-        return hit
-    from huggingface_hub import constants
-
-    hint = f"no local file or folder {spec!r} exists either; " + LOCAL_HINT.format(repo=repo_id)
-    if _offline():
-        raise TeacherError(f"teacher {spec!r} is not in the hub cache ({constants.HF_HUB_CACHE}) and "
-                           f"HF_HUB_OFFLINE is set; {hint}")
-    if not _hub_reachable():
-        raise TeacherError(f"teacher {spec!r} is not in the hub cache ({constants.HF_HUB_CACHE}) and "
-                           f"{constants.ENDPOINT} is unreachable; {hint}")
-    from huggingface_hub import snapshot_download
-
-    for sub in ("", "vae/"):
-        try:
-            snapshot_download(repo_id, revision=revision, allow_patterns=[
-                f"{sub}config.json", f"{sub}diffusion_pytorch_model.safetensors"])
-        except Exception as e:  # hub errors are many (auth, not found, http); all end the same way
-            raise TeacherError(f"could not download {spec!r} ({type(e).__name__}: {e}); {hint}") from None
-        hit = cached_hub_folder(repo_id, revision)
-        if hit is not None:
-            return hit
-    raise TeacherError(f"{spec!r} has no config.json at its root or in vae/; it is not a diffusers VAE")
+    """A VAE's hub id (a VAE repo, or a pipeline with vae/) -> (local snapshot folder, id); see teachers/hub.py."""
+    return hub.resolve(spec, "teacher", ["config.json", "vae/config.json"],
+                       [[f"{sub}config.json", f"{sub}diffusion_pytorch_model.safetensors"] for sub in ("", "vae/")],
+                       LOCAL_HINT, "has no config.json at its root or in vae/; it is not a diffusers VAE")

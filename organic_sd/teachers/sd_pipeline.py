@@ -16,7 +16,8 @@ import torch
 
 from organic_sd.teachers.common import TeacherError
 from organic_sd.teachers.denoiser import check_eps_inputs
-from organic_sd.teachers.diffusers_vae import _diffusers, _hub_reachable, _low_cpu_mem_usage, _offline, read_config
+from organic_sd.teachers import hub
+from organic_sd.teachers.diffusers_vae import _diffusers, _low_cpu_mem_usage, read_config
 
 PARTS = ("unet", "scheduler", "text_encoder", "tokenizer")
 # what a hub download fetches: weights in safetensors only, the VAE too (latent teachers decode through it)
@@ -168,41 +169,7 @@ def load_folder(folder: Path, device: torch.device, id_base: str | None = None) 
                       str(vae) if (vae / "config.json").is_file() else None)
 
 
-def cached_hub_folder(repo_id: str, revision: str | None) -> tuple[Path, str] | None:
-    """(snapshot folder, id `repo@commit`) of a pipeline in the local hub cache, if there."""
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
-    if not isinstance(hit, str):
-        return None
-    parts = Path(hit).parts
-    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else (revision or "main")
-    return Path(hit).parent, f"{repo_id}@{commit}"
-
-
 def resolve_hub(spec: str) -> tuple[Path, str]:
-    """A hub id -> (local snapshot folder, id); fails at once, with a how-to, when uncached and offline."""
-    repo_id, _, revision = spec.partition("@")
-    revision = revision or None
-    hit = cached_hub_folder(repo_id, revision)
-    if hit is not None:
-        return hit
-    from huggingface_hub import constants
-
-    hint = f"no local file or folder {spec!r} exists either; " + LOCAL_HINT.format(repo=repo_id)
-    if _offline():
-        raise TeacherError(f"denoiser {spec!r} is not in the hub cache ({constants.HF_HUB_CACHE}) and "
-                           f"HF_HUB_OFFLINE is set; {hint}")
-    if not _hub_reachable():
-        raise TeacherError(f"denoiser {spec!r} is not in the hub cache ({constants.HF_HUB_CACHE}) and "
-                           f"{constants.ENDPOINT} is unreachable; {hint}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS)
-    except Exception as e:  # hub errors are many (auth, not found, http); all end the same way
-        raise TeacherError(f"could not download {spec!r} ({type(e).__name__}: {e}); {hint}") from None
-    hit = cached_hub_folder(repo_id, revision)
-    if hit is None:
-        raise TeacherError(f"{spec!r} has no model_index.json; it is not a diffusers pipeline")
-    return hit
+    """A pipeline's hub id -> (local snapshot folder, id); see teachers/hub.py."""
+    return hub.resolve(spec, "denoiser", ["model_index.json"], [HUB_PATTERNS], LOCAL_HINT,
+                       "has no model_index.json; it is not a diffusers pipeline")
