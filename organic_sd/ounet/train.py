@@ -28,6 +28,7 @@ from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
+from organic_sd.plots import training_plot
 from organic_sd.ovae.train import fit_tick
 
 # fields that define a run: resuming with other values would silently mix two experiments
@@ -125,34 +126,6 @@ def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
         n += eps.numel()
     mse = se / n
     return {"heldout_mse": mse, "rel_err": se / max(ss, 1e-12)}
-
-
-def _plot(run: Path, log: list[dict]) -> None:
-    """Redraw plot.png: held-out eps error and the search's best validation loss over time."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # the plots extra is optional; the JSONL log has the same numbers
-    import os
-
-    t = [r["time"] / 60 for r in log]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax[0].plot(t, [r["rel_err"] for r in log], "o-")
-    ax[0].set(xlabel="training minutes", ylabel="eps MSE / teacher eps power", yscale="log",
-              title="held-out eps error")
-    for r in log:
-        c = r.get("curve") or []
-        if c:
-            ax[1].plot([(r["time"] - r["fit_seconds"] + s) / 60 for s, _, _ in c], [v for _, _, v in c], color="C2")
-    ax[1].set(xlabel="training minutes", ylabel="best search val loss", yscale="log", title="search per tick")
-    fig.tight_layout()
-    tmp = run / ".plot.png.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, run / "plot.png")
 
 
 def _check_resume(run: Path, rec: dict) -> dict | None:
@@ -287,7 +260,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
             log.append(line)
             with open(run / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(line) + "\n")
-            _plot(run, log)
+            training_plot(run, log, [("rel_err", "eps MSE / teacher eps power", True)])
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | held-out eps "
                   f"MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
                   f"{'' if kept else ' (worse: kept previous)'}", file=log_to, flush=True)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
+from organic_sd.plots import training_plot
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.devices import resolve_device
@@ -263,35 +264,6 @@ def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> floa
     return math.ceil(1.2 * float(np.abs(store.latents[np.sort(idx)]).max()) * 2) / 2
 
 
-def _plot(run: Path, log: list[dict], kind: str) -> None:
-    """Redraw plot.png: held-out MSE, PSNR or cosine, and the search's best validation loss over time."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return  # the plots extra is optional; the JSONL log has the same numbers
-    t = [r["time"] / 60 for r in log]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    ax[0].plot(t, [r["heldout_mse"] for r in log], "o-")
-    ax[0].set(xlabel="training minutes", ylabel="held-out MSE", yscale="log", title="held-out loss")
-    key, label = ("psnr", "PSNR (dB)") if kind == "decoder" else ("cosine", "mean cosine")
-    ax[1].plot(t, [r[key] for r in log], "o-", color="C1")
-    ax[1].set(xlabel="training minutes", ylabel=label, title=f"held-out {label}")
-    for r in log:
-        c = r.get("curve") or []
-        if c:
-            ax[2].plot([(r["time"] - r["fit_seconds"] + s) / 60 for s, _, _ in c], [v for _, _, v in c], color="C2")
-    ax[2].set(xlabel="training minutes", ylabel="best search val loss (sum over outputs)", yscale="log",
-              title="search: best candidate per tick")
-    fig.tight_layout()
-    tmp = run / ".plot.png.tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, run / "plot.png")
-
-
 def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
     """ola.fit for one tick -> (module, interrupted): Ctrl-C while units grow keeps the units grown so far."""
     try:
@@ -396,7 +368,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             if main:
                 with open(run / "log.jsonl", "a") as fh:
                     fh.write(json.dumps(line) + "\n")
-                _plot(run, log, cfg.kind)
+                metric = ("psnr", "PSNR (dB)") if cfg.kind == "decoder" else ("cosine", "mean cosine")
+                training_plot(run, log, [("heldout_mse", "MSE", True), (*metric, False)])
             metric = f"PSNR {scores['psnr']:.2f} dB" if "psnr" in scores else f"cosine {scores['cosine']:.4f}"
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
                   f"held-out MSE {scores['heldout_mse']:.5g}, {metric}{'' if kept else ' (worse: kept previous)'}",

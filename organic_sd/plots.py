@@ -1,0 +1,35 @@
+"""The training plot both trainers redraw after each tick (matplotlib is the optional `plots` extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def training_plot(run: Path, log: list[dict], panels: list[tuple[str, str, bool]]) -> None:
+    """Redraw run/plot.png: one panel per (log key, label, log scale) over training minutes, then the
+    search's best validation loss within each tick. Does nothing without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the JSONL log has the same numbers
+    t = [r["time"] / 60 for r in log]
+    fig, ax = plt.subplots(1, len(panels) + 1, figsize=(4.4 * (len(panels) + 1), 3.6))
+    for i, (key, label, log_scale) in enumerate(panels):
+        ax[i].plot(t, [r[key] for r in log], "o-", color=f"C{i}")
+        ax[i].set(xlabel="training minutes", ylabel=label, title=f"held-out {label}",
+                  yscale="log" if log_scale else "linear")
+    for r in log:
+        c = r.get("curve") or []
+        if c:  # the fit's curve: seconds since the tick's fit started
+            ax[-1].plot([(r["time"] - r["fit_seconds"] + s) / 60 for s, _, _ in c], [v for _, _, v in c], color="C2")
+    ax[-1].set(xlabel="training minutes", ylabel="best search val loss (sum over outputs)", yscale="log",
+               title="search: best candidate per tick")
+    fig.tight_layout()
+    tmp = run / ".plot.png.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, run / "plot.png")
