@@ -29,7 +29,7 @@ from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.ovae.train import fit_tick
+from organic_sd.ovae.train import fit_tick, unit_count
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -218,7 +218,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            want = cfg.first_tick_seconds if u is None and cfg.first_tick_seconds else cfg.tick_seconds
+            growing = u is None or tuple(u.module.config.hidden) != tuple(cfg.hidden)  # units still to grow
+            want = cfg.first_tick_seconds if growing and cfg.first_tick_seconds else cfg.tick_seconds
             if (left is not None and left < max(1.0, 0.2 * want)) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
                 state["status"] = "done"
                 break
@@ -243,7 +244,9 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                     seed=cfg.seed + state["tick"])
                 cand = OUNet(ucfg, module, schedule, adapter=new_adapter)
             scores = heldout_score(cand, store, eval_idx)
-            kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
+            # more grown units win over fewer (a cut-short growth is kept only until it is finished)
+            kept = (state["best"] is None or unit_count(module) > unit_count(u.module)
+                    or scores["heldout_mse"] <= state["best"]["heldout_mse"])
             if kept:
                 u, state["best"] = cand, scores
                 adapter = u.adapter

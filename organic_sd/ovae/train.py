@@ -264,6 +264,11 @@ def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> floa
     return math.ceil(1.2 * float(np.abs(store.latents[np.sort(idx)]).max()) * 2) / 2
 
 
+def unit_count(module: ola.OLAModule) -> int:
+    """Hidden units a module has grown (fewer than asked after a Ctrl-C in the cascade)."""
+    return sum(module.config.hidden)
+
+
 def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
     """ola.fit for one tick -> (module, interrupted): Ctrl-C while units grow keeps the units grown so far."""
     try:
@@ -332,7 +337,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            want = cfg.first_tick_seconds if part is None and cfg.first_tick_seconds else cfg.tick_seconds
+            growing = part is None or tuple(part.module.config.hidden) != tuple(cfg.hidden)  # units still to grow
+            want = cfg.first_tick_seconds if growing and cfg.first_tick_seconds else cfg.tick_seconds
             # a tick much shorter than asked would be mostly setup: stop instead
             out_of_time = left is not None and left < max(1.0, 0.2 * want)
             # rank 0's clock decides for all: a rank left out of a tick would wait in ola.fit's gathers forever
@@ -352,7 +358,9 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
             scores = dist.all_gather_object(heldout.score(cand))[0]
-            kept = state["best"] is None or scores["heldout_mse"] <= state["best"]["heldout_mse"]
+            # more grown units win over fewer (a cut-short growth is kept only until it is finished)
+            kept = (state["best"] is None or unit_count(module) > unit_count(part.module)
+                    or scores["heldout_mse"] <= state["best"]["heldout_mse"])
             if kept:
                 part, state["best"] = cand, scores
             state["tick"] += 1
