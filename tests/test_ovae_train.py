@@ -120,6 +120,13 @@ def test_ctrl_c_while_units_grow_keeps_them_and_the_resumed_run_grows_the_rest(s
     assert OVAE.load(run).decoder.module.config.hidden == (8,)  # the first round, saved and loadable
     first = OVAE.load(run).decoder.module.hidden[0].weight.clone()
     monkeypatch.setattr(cascade, "_evolve_units", real)
+    score = train_mod.HeldOut.score
+
+    def grown_scores_worse(self, part):  # held-out data that happens to favour the partial module
+        s = score(self, part)
+        return {**s, "heldout_mse": 10 * s["heldout_mse"]} if part.module.config.hidden == (10,) else s
+
+    monkeypatch.setattr(train_mod.HeldOut, "score", grown_scores_worse)
     res = train(cfg)
     assert res["status"] == "done" and res["tick"] == 3  # two more ticks: the first grows the last 2 units
     grown = OVAE.load(run).decoder.module
