@@ -274,6 +274,8 @@ def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
     try:
         return ola.fit(x, y, **kw), False
     except ola.FitInterrupted as stop:  # the next run's first tick goes on growing from this module
+        if dist.world_size() > 1:  # ranks stop at different points: no collective may follow, so as before
+            raise
         return stop.module, True
 
 
