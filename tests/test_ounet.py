@@ -137,6 +137,10 @@ def test_end_to_end_mnist(tmp_path, capsys):
     assert cli.main(args) == 0  # resume: one more tick on the same run
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["tick"] for r in log] == [1, 2]
+    (run / "state.json").unlink()  # a crash between the checkpoint and state.json: the checkpoint knows
+    assert cli.main(args) == 0
+    state = json.loads((run / "state.json").read_text())
+    assert state["tick"] == 3 and set(state["best"]) == {"heldout_mse", "rel_err"}
     assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1",
                      "--window", "5"]) == 2  # other settings: refused, not mixed
     assert cli.main([*args, "--eval-records", "8"]) == 2  # other held-out records would judge the ticks
@@ -148,7 +152,7 @@ def test_end_to_end_mnist(tmp_path, capsys):
 
     assert Image.open(png).size[0] > Image.open(png).size[1]  # clone | teacher side by side
     u = OUNet.load(run)
-    assert u.config.pixel_range == (-0.5, 0.5) and u.meta["tick"] == 2
+    assert u.config.pixel_range == (-0.5, 0.5) and u.meta["tick"] == 3
     assert u.module.training_summary["units_per_round"] == DENOISER_UNITS_PER_ROUND  # not the O-VAE's rounds
     assert u(torch.zeros(1, 1, 28, 28), 999).shape == (1, 1, 28, 28)
 

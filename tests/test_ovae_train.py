@@ -65,6 +65,9 @@ def test_decoder_train_and_resume(store, tmp_path, capsys):
     log = _log(run)
     assert log[:2] == first and log[2]["tick"] == 3
     assert log[2]["best_heldout_mse"] <= best  # the kept module never gets worse on held-out data
+    (run / "state.json").unlink()  # as if a crash hit between writing the checkpoint and state.json
+    res = train(quick("decoder", store, run, ticks=1))
+    assert res["tick"] == 4 and _log(run)[3]["best_heldout_mse"] <= log[2]["best_heldout_mse"]
 
 
 def test_resume_refuses_other_settings(store, tmp_path):

@@ -29,7 +29,7 @@ from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.ovae.train import fit_tick, unit_count
+from organic_sd.ovae.train import fit_tick, resume_state, unit_count
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -182,7 +182,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     u = None
     if old is not None and (run / WEIGHTS_NAME).is_file():
         u = OUNet.load(run, dev)
-        state = json.loads((run / "state.json").read_text())
+        state = resume_state(run, u.meta)
         rec["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out eps error "
               f"{state['best']['rel_err']:.4f})", file=log_to)

@@ -264,6 +264,16 @@ def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> floa
     return math.ceil(1.2 * float(np.abs(store.latents[np.sort(idx)]).max()) * 2) / 2
 
 
+def resume_state(run: Path, summary: dict) -> dict:
+    """tick, time and best of a run being resumed: state.json, unless the checkpoint's own summary
+    (`summary`, written with it) is newer or state.json is missing (a crash between the two writes)."""
+    from_model = {"tick": summary.get("tick", 0), "time": 60.0 * summary.get("minutes", 0.0), "status": "running",
+                  "best": {k: v for k, v in summary.items() if k not in ("run", "tick", "minutes", "training_run")}}
+    f = run / "state.json"
+    saved = json.loads(f.read_text()) if f.is_file() else None
+    return saved if saved is not None and saved["tick"] >= from_model["tick"] else from_model
+
+
 def unit_count(module: ola.OLAModule) -> int:
     """Hidden units a module has grown (fewer than asked after a Ctrl-C in the cascade)."""
     return sum(module.config.hidden)
@@ -307,7 +317,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     part = None
     if old is not None and (run / WEIGHTS_NAME).is_file():
         part = read_parts(run, dev)[cfg.kind]
-        state = json.loads((run / "state.json").read_text())
+        state = resume_state(run, part.module.training_summary.get("run", {}))
         rec["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out MSE "
               f"{state['best']['heldout_mse']:.5g})", file=log_to)
