@@ -80,7 +80,7 @@ class ImageFiles:
         for path, tag in self.files:
             try:
                 yield tag, 0, load_image(path), None
-            except ValueError as e:  # corrupt or not an image (load_image wraps PIL's errors): skip, the caller reports
+            except (ValueError, OSError) as e:  # corrupt, not an image, or gone since listed: skip, the caller reports
                 cause = e.__cause__ or e
                 yield tag, 0, None, f"unreadable image: {type(cause).__name__}: {cause}"
 
