@@ -29,7 +29,7 @@ from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.ovae.train import fit_tick, resume_state, unit_count
+from organic_sd.runs import check_resume, fit_tick, resume_state, unit_count
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -128,24 +128,6 @@ def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
     return {"heldout_mse": mse, "rel_err": se / max(ss, 1e-12)}
 
 
-def _check_resume(run: Path, rec: dict) -> dict | None:
-    """The saved run record if RUN_DIR holds a run of the same configuration; None if RUN_DIR is new."""
-    f = run / "config.json"
-    if not f.is_file():
-        if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
-            raise ValueError(f"{run} exists and is not empty but holds no config.json: not a training run; "
-                             "use another --out folder")
-        return None
-    old = json.loads(f.read_text())
-    if old.get("kind") != "denoiser":
-        raise ValueError(f"cannot resume {run}: it holds an {old.get('kind')} run, not a denoiser run")
-    diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in RUN_FIELDS if old.get(k) != rec[k]]
-    if diff:
-        raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
-                         "Use another --out folder, or the same settings to continue it.")
-    return old
-
-
 def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     """Run (or resume) an O-UNet training run; returns a summary dict (also when stopped by Ctrl-C)."""
     log_to = log_to or sys.stdout
@@ -164,7 +146,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     run = Path(cfg.out)
     rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     rec.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)
-    old = _check_resume(run, rec)
+    old = check_resume(run, rec, RUN_FIELDS)
     if old is not None and old.get("cond_dim", 0) != cond_dim:
         raise ValueError(f"cannot resume {run}: its text adapter gives cond_dim {old.get('cond_dim', 0)}, asked "
                          f"{cond_dim}. Use another --out folder, or the same --cond-dim to continue it.")

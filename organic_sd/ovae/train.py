@@ -29,6 +29,7 @@ from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
+from organic_sd.runs import check_resume, fit_tick, resume_state, unit_count
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.devices import resolve_device
@@ -224,26 +225,6 @@ def _run_record(cfg: TrainConfig, part: PartConfig, store: Store) -> dict:
     return rec
 
 
-def _check_resume(run: Path, rec: dict) -> dict | None:
-    """The saved run record if RUN_DIR holds a run of the same configuration; None if RUN_DIR is new."""
-    cfg_file = run / "config.json"
-    if not cfg_file.is_file():
-        if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
-            raise ValueError(f"{run} exists and is not empty but holds no config.json: not a training run; "
-                             "use another --out folder")
-        return None
-    old = json.loads(cfg_file.read_text())
-    diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in (*RUN_FIELDS, "teacher", "image_size",
-                                                                         "latent_channels")
-            if old.get(k) != rec[k]]
-    if old.get("kind") != rec["kind"]:
-        diff.insert(0, f"kind: {run} holds an {old.get('kind')} run")
-    if diff:
-        raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
-                         "Use another --out folder, or the same settings to continue it.")
-    return old
-
-
 def _source_encoder(spec: str, store: Store, device: torch.device) -> Part | None:
     if spec == "teacher":
         return None
@@ -264,31 +245,6 @@ def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> floa
     return math.ceil(1.2 * float(np.abs(store.latents[np.sort(idx)]).max()) * 2) / 2
 
 
-def resume_state(run: Path, summary: dict) -> dict:
-    """tick, time and best of a run being resumed: state.json, unless the checkpoint's own summary
-    (`summary`, written with it) is newer or state.json is missing (a crash between the two writes)."""
-    from_model = {"tick": summary.get("tick", 0), "time": 60.0 * summary.get("minutes", 0.0), "status": "running",
-                  "best": {k: v for k, v in summary.items() if k not in ("run", "tick", "minutes", "training_run")}}
-    f = run / "state.json"
-    saved = json.loads(f.read_text()) if f.is_file() else None
-    return saved if saved is not None and saved["tick"] >= from_model["tick"] else from_model
-
-
-def unit_count(module: ola.OLAModule) -> int:
-    """Hidden units a module has grown (fewer than asked after a Ctrl-C in the cascade)."""
-    return sum(module.config.hidden)
-
-
-def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
-    """ola.fit for one tick -> (module, interrupted): Ctrl-C while units grow keeps the units grown so far."""
-    try:
-        return ola.fit(x, y, **kw), False
-    except ola.FitInterrupted as stop:  # the next run's first tick goes on growing from this module
-        if dist.world_size() > 1:  # ranks stop at different points: no collective may follow, so as before
-            raise
-        return stop.module, True
-
-
 # -- the loop ----------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, log_to=None) -> dict:
@@ -305,7 +261,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     part_cfg = _part_config(cfg, store)
     run = Path(cfg.out)
     rec = _run_record(cfg, part_cfg, store)
-    old = _check_resume(run, rec)
+    old = check_resume(run, rec, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"))
     run.mkdir(parents=True, exist_ok=True)
     train_idx = store.indices("train")
     if len(train_idx) == 0:
