@@ -26,8 +26,6 @@ import torch.nn.functional as F
 
 from organic_sd.devices import resolve_device
 
-LOAD_CHUNK = 64  # records turned into rows at a time
-
 
 def bucket_of(t: torch.Tensor, buckets: int, num_steps: int) -> torch.Tensor:
     """(B,) integer steps -> (B,) bucket index in 0..buckets-1, equal shares of the schedule."""
@@ -68,7 +66,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
     """
     from organic_sd import ola
     from organic_sd.ounet.model import OUNet
-    from organic_sd.ounet.train import heldout_score
+    from organic_sd.ounet.train import heldout_score, sample_rows
 
     log_to = log_to or sys.stdout
     t0 = time.perf_counter()
@@ -87,22 +85,15 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
     train_idx, val_idx = store.indices("train"), store.indices("val")
     if len(val_idx) == 0:
         raise ValueError(f"store {store.path} has no held-out records: the head could not be checked")
-    per = cfg.sample_shape[1] * cfg.sample_shape[2]
-    n = min(len(train_idx), max(1, math.ceil(4 * max_rows / per)))
-    idx = np.sort(rng.choice(train_idx, n, replace=False))
-    share = min(1.0, max_rows / (n * per))
-    xs, ys = [], []
+
+    def residual_rows(j):  # records j -> head rows, and what the stack misses there
+        x_t = torch.from_numpy(store.x_t[j]).to(dev)
+        t = torch.from_numpy(store.t[j]).to(dev).round().long()
+        res = torch.from_numpy(store.eps[j]).to(dev) - u(x_t, t)  # (n, C, H, W)
+        return head_rows(cfg, x_t, t).flatten(0, 1), res.flatten(2).transpose(1, 2).flatten(0, 1)
+
     with torch.no_grad():
-        for i in range(0, n, LOAD_CHUNK):
-            j = idx[i:i + LOAD_CHUNK]
-            x_t = torch.from_numpy(store.x_t[j]).to(dev)
-            t = torch.from_numpy(store.t[j]).to(dev).round().long()
-            res = torch.from_numpy(store.eps[j]).to(dev) - u(x_t, t)  # (n, C, H, W): what the stack misses
-            x = head_rows(cfg, x_t, t).flatten(0, 1)
-            y = res.flatten(2).transpose(1, 2).flatten(0, 1)
-            keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(dev)
-            xs.append(x[keep]), ys.append(y[keep])
-    x, y = torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
+        x, y = sample_rows(cfg, train_idx, max_rows, rng, residual_rows)
     out_scale = math.ceil(1.2 * float(y.abs().max()) * 4) / 4
     C, d = cfg.sample_shape[0], x.shape[1] // buckets  # d = C k k + 1 columns per bucket
     print(f"head: {buckets} buckets x {cfg.window}x{cfg.window} window, {x.shape[0]:,} rows, residual MSE "

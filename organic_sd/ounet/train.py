@@ -98,15 +98,21 @@ def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, 
 
 
 def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev, adapter=None):
-    """At most max_rows random pixel rows, spread over ~4x as many records as whole images would need."""
+    """At most max_rows random pixel rows (x_t window features -> teacher eps) from records of `pool`."""
+    return sample_rows(cfg, pool, max_rows, rng, lambda j: record_rows(cfg, schedule, store, j, dev, adapter))
+
+
+def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, rows_of) -> tuple:
+    """At most max_rows of the pixel rows `rows_of(records) -> (x, y)` gives, spread over ~4x as many
+    records as whole images would need (more records, fewer pixels each: less correlated rows)."""
     per = cfg.sample_shape[1] * cfg.sample_shape[2]
     n = min(len(pool), max(1, math.ceil(4 * max_rows / per)))
     idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
     share = min(1.0, max_rows / (n * per))
     xs, ys = [], []
     for i in range(0, n, LOAD_CHUNK):
-        x, y = record_rows(cfg, schedule, store, idx[i:i + LOAD_CHUNK], dev, adapter)
-        keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(dev)
+        x, y = rows_of(idx[i:i + LOAD_CHUNK])
+        keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(x.device)
         xs.append(x[keep]), ys.append(y[keep])
     return torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
 
