@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from organic_sd.files import atomic_write
 
 
 def training_plot(run: Path, log: list[dict], panels: list[tuple[str, str, bool]]) -> None:
@@ -29,7 +30,5 @@ def training_plot(run: Path, log: list[dict], panels: list[tuple[str, str, bool]
     ax[-1].set(xlabel="training minutes", ylabel="best search val loss (sum over outputs)", yscale="log",
                title="search: best candidate per tick")
     fig.tight_layout()
-    tmp = run / ".plot.png.tmp.png"
-    fig.savefig(tmp, dpi=80)
+    atomic_write(run / "plot.png", lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
     plt.close(fig)
-    os.replace(tmp, run / "plot.png")

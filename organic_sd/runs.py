@@ -41,9 +41,16 @@ def resume_state(run: Path, summary: dict) -> dict:
     return saved if saved is not None and saved["tick"] >= from_model["tick"] else from_model
 
 
-def unit_count(module: ola.OLAModule) -> int:
-    """Hidden units a module has grown (fewer than asked after a Ctrl-C in the cascade)."""
-    return sum(module.config.hidden)
+def growing(kept: ola.OLAModule | None, hidden: tuple[int, ...]) -> bool:
+    """True while the kept module (None before the first tick) has fewer hidden units than asked for."""
+    return kept is None or tuple(kept.config.hidden) != tuple(hidden)
+
+
+def keeps(new: ola.OLAModule, kept: ola.OLAModule | None, new_mse: float, best: dict | None) -> bool:
+    """Whether a tick's module replaces the kept one: the first, one with more grown units (a cut-short
+    growth is kept only until it is finished), or one no worse on held-out data."""
+    return (best is None or sum(new.config.hidden) > sum(kept.config.hidden)
+            or new_mse <= best["heldout_mse"])
 
 
 def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:

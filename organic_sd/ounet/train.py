@@ -29,7 +29,7 @@ from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.runs import check_resume, fit_tick, resume_state, unit_count
+from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -206,8 +206,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            growing = u is None or tuple(u.module.config.hidden) != tuple(cfg.hidden)  # units still to grow
-            want = cfg.first_tick_seconds if growing and cfg.first_tick_seconds else cfg.tick_seconds
+            grow = growing(None if u is None else u.module, cfg.hidden)
+            want = cfg.first_tick_seconds if grow and cfg.first_tick_seconds else cfg.tick_seconds
             if (left is not None and left < max(1.0, 0.2 * want)) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
                 state["status"] = "done"
                 break
@@ -232,9 +232,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                     seed=cfg.seed + state["tick"])
                 cand = OUNet(ucfg, module, schedule, adapter=new_adapter)
             scores = heldout_score(cand, store, eval_idx)
-            # more grown units win over fewer (a cut-short growth is kept only until it is finished)
-            kept = (state["best"] is None or unit_count(module) > unit_count(u.module)
-                    or scores["heldout_mse"] <= state["best"]["heldout_mse"])
+            kept = keeps(module, None if u is None else u.module, scores["heldout_mse"], state["best"])
             if kept:
                 u, state["best"] = cand, scores
                 adapter = u.adapter

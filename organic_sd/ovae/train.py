@@ -29,7 +29,7 @@ from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.runs import check_resume, fit_tick, resume_state, unit_count
+from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.devices import resolve_device
@@ -305,8 +305,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            growing = part is None or tuple(part.module.config.hidden) != tuple(cfg.hidden)  # units still to grow
-            want = cfg.first_tick_seconds if growing and cfg.first_tick_seconds else cfg.tick_seconds
+            grow = growing(None if part is None else part.module, cfg.hidden)
+            want = cfg.first_tick_seconds if grow and cfg.first_tick_seconds else cfg.tick_seconds
             # a tick much shorter than asked would be mostly setup: stop instead
             out_of_time = left is not None and left < max(1.0, 0.2 * want)
             # rank 0's clock decides for all: a rank left out of a tick would wait in ola.fit's gathers forever
@@ -326,9 +326,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
             scores = dist.all_gather_object(heldout.score(cand))[0]
-            # more grown units win over fewer (a cut-short growth is kept only until it is finished)
-            kept = (state["best"] is None or unit_count(module) > unit_count(part.module)
-                    or scores["heldout_mse"] <= state["best"]["heldout_mse"])
+            kept = keeps(module, None if part is None else part.module, scores["heldout_mse"], state["best"])
             if kept:
                 part, state["best"] = cand, scores
             state["tick"] += 1
