@@ -38,7 +38,7 @@ from organic_sd.data import Store
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ovae.evaluate import pipeline
 from organic_sd.ovae.model import OVAE, Part, read_parts
-from organic_sd.ovae.train import Rows, TrainConfig, _out_scale, _part_config, train
+from organic_sd.ovae.train import Rows, TrainConfig, _out_scale, _part_config, _source_encoder, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -72,6 +72,9 @@ GRADIENT_REFERENCES = {
     "Adam patch-hidden (enc 16x16+192, dec 5x5+32)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
     "Adam patch-hidden (enc 16x16+192, dec 5x5+48)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (48,)}),
     "Adam patch-hidden (enc 16x16+192, dec 5x5+64)": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (64,)}),
+    # the shipped recipe's shapes and rows: the decoder also learns from the (Adam) encoder's latents
+    "Adam patch-hidden-shipped (dec 5x5+64 on mixed latents)": ({"window": 16, "hidden": (192,)},
+                                                                 {"window": 5, "hidden": (64,), "latents": OWN_MIX}),
 }
 
 
@@ -87,11 +90,17 @@ class LinearRef(torch.nn.Module):
         return x @ self.weight.T + self.bias
 
 
+def reference_rows(store: Store, cfg: TrainConfig, device, max_rows: int, rng: np.random.Generator):
+    """(x (N, in), y (N, out), part config): the training rows `osd train` would draw for cfg, its --latents included."""
+    part_cfg = _part_config(cfg, store)
+    dev = torch.device(device)
+    rows = Rows(store, part_cfg, dev, _source_encoder(cfg.latents, store, dev))
+    return (*rows.draw(store.indices("train"), max_rows, rng), part_cfg)
+
+
 def least_squares(store: Store, cfg: TrainConfig, device, max_rows: int, ridge: float = 1e-3) -> Part:
     """Ridge least squares on a draw of training rows, wrapped as a Part."""
-    part_cfg = _part_config(cfg, store)
-    rows = Rows(store, part_cfg, torch.device(device), None)
-    x, y = rows.draw(store.indices("train"), max_rows, np.random.default_rng(cfg.seed))
+    x, y, part_cfg = reference_rows(store, cfg, device, max_rows, np.random.default_rng(cfg.seed))
     xb = torch.cat([x, torch.ones(x.shape[0], 1, device=x.device)], 1).double()  # (N, in+1)
     g = xb.T @ xb
     g += ridge * g.diagonal().mean() * torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
@@ -102,9 +111,8 @@ def least_squares(store: Store, cfg: TrainConfig, device, max_rows: int, ridge: 
 def adam_reference(store: Store, cfg: TrainConfig, device, max_rows: int, seconds: float,
                    batch: int = 4096, lr: float = 2e-3) -> Part:
     """The OLAModule of `cfg`'s shape trained by Adam on MSE for `seconds`, wrapped as a Part (a reference only)."""
-    part_cfg = _part_config(cfg, store)
     rng = np.random.default_rng(cfg.seed)
-    x, y = Rows(store, part_cfg, torch.device(device), None).draw(store.indices("train"), max_rows, rng)
+    x, y, part_cfg = reference_rows(store, cfg, device, max_rows, rng)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xn = (x - mean) / std  # standardised inputs train far faster; folded back into the weights below
     net = OLAModule(OLAConfig(x.shape[1], y.shape[1], tuple(cfg.hidden), _out_scale(cfg, store, rng))).to(device)
@@ -244,8 +252,15 @@ def main(argv=None) -> int:
             print(json.dumps(results[-1]), flush=True)
         for name, (enc_kw, dec_kw) in GRADIENT_REFERENCES.items():
             print(f"== {name}", flush=True)
-            enc, dec = (adam_reference(store, TrainConfig(kind, args.store, "-", **kw), args.device, args.max_rows,
-                                       args.gradient_seconds) for kind, kw in (("encoder", enc_kw), ("decoder", dec_kw)))
+            enc = adam_reference(store, TrainConfig("encoder", args.store, "-", **enc_kw), args.device, args.max_rows,
+                                 args.gradient_seconds)
+            if dec_kw.get("latents") == OWN_MIX:  # the decoder's O-Encoder rows come from this reference's encoder
+                enc_file = out / "runs" / f"{name}-encoder.safetensors"
+                enc_file.parent.mkdir(parents=True, exist_ok=True)
+                OVAE(encoder=enc).save(enc_file)
+                dec_kw = {**dec_kw, "latents": f"mix:{enc_file}"}
+            dec = adam_reference(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows,
+                                 args.gradient_seconds)
             results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
             print(json.dumps(results[-1]), flush=True)
     # results of earlier calls with the same --out are kept (configs can be run in separate calls)

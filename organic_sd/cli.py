@@ -72,8 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hidden=tuple(args.hidden), strategy=args.strategy, population=args.population, max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
-        latents=args.latents, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
-        batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
+        hessian=args.hessian, latents=args.latents, target=args.target, freeze_loss=args.freeze_loss,
+        max_rows=args.max_rows, batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
     res = train(cfg)
@@ -155,6 +155,9 @@ def _add_ovae_parsers(sub) -> None:
     common.add_argument("--hidden", type=int, nargs="*", default=[], help="hidden tanh layer widths, e.g. --hidden 64")
     common.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
     common.add_argument("--population", type=int, default=40, help="candidates per row")
+    common.add_argument("--hessian", type=int, default=0,
+                        help="each hidden unit searches only this many input directions of its own, where one "
+                             "principal direction of the residual bends most (0: every unit searches all)")
     common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")

@@ -19,6 +19,7 @@ from organic_sd.ovae import OVAE
 CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs whole on every rank
     "readout": dict(hidden=(), strategy="snes", generations=60),
     "cascade": dict(hidden=(4,), strategy="snes", generations=60),
+    "cascade-hessian": dict(hidden=(4,), strategy="snes", generations=60, subspace=ola.Subspace(hessian=3)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 

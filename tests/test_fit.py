@@ -137,9 +137,38 @@ def test_by_default_every_direction_is_searched_so_a_faint_signal_is_learned():
     cut = ola.fit(x, y, generations=300, subspace=ola.Subspace(readout=0.999))
     assert full.training_summary["val_mse"] < 0.1 * float(y.var())
     assert cut.training_summary["val_mse"] > 0.9 * float(y.var())  # the faint direction was left out
-    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0}
+    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0, "hessian": 0}
     with pytest.raises(ValueError, match="Subspace.units"):
         ola.Subspace(units=0.0)
+    with pytest.raises(ValueError, match="Subspace.hessian"):
+        ola.Subspace(hessian=-1)
+
+
+def test_hessian_directions_point_where_the_residual_bends():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 10, generator=g)
+    v, _ = torch.linalg.qr(torch.randn(10, 2, generator=g))  # two orthonormal directions
+    # output 0 bends along v0 (strongly), output 1 along v1: a linear readout follows neither
+    resid = torch.stack([3 * (z @ v[:, 0]).square(), (z @ v[:, 1]).square()], 1) + 0.1 * torch.randn(20000, 2, generator=g)
+    d = cascade.hessian_directions(z, resid, n_units=2, m=3)  # (U, k, m)
+    assert d.shape == (2, 10, 3)
+    torch.testing.assert_close(d[0].T @ d[0], torch.eye(3), atol=1e-4, rtol=0)
+    assert abs(float(d[0][:, 0] @ v[:, 0])) > 0.95  # unit 0 follows the residual's main direction
+    assert abs(float(d[1][:, 0] @ v[:, 1])) > 0.95  # unit 1 the next one
+    more = cascade.hessian_directions(z, resid, n_units=3, m=3)  # more units than residual directions
+    assert float((more[2].T @ more[0]).abs().max()) < 1e-4  # the third takes the next band: no shared direction
+
+
+def test_units_in_hessian_subspaces_learn_a_bend_hidden_among_many_inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6000, 24, generator=g)
+    v = torch.randn(24, generator=g) / 24**0.5
+    y = torch.tanh((x @ v).square() - 1)[:, None]  # a bend along one direction of 24
+    flat = ola.fit(x[:5000], y[:5000], generations=200)
+    m = ola.fit(x[:5000], y[:5000], hidden=(4,), generations=600, subspace=ola.Subspace(hessian=2))
+    assert m.training_summary["subspace"]["hessian"] == 2
+    mse = float((m(x[5000:]) - y[5000:]).square().mean())
+    assert mse < 0.5 * float((flat(x[5000:]) - y[5000:]).square().mean())
 
 
 def test_fit_is_deterministic_for_a_seed():

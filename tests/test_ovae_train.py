@@ -199,3 +199,14 @@ def test_cli_train(store, tmp_path):
     rc = cli.main(["train", "decoder", "--store", str(store), "--out", str(tmp_path / "d"), "--ticks", "1",
                    "--window", "3"])
     assert rc == 2  # a clear error, not a traceback
+
+
+def test_train_hessian_gives_each_unit_its_own_search_directions(store, tmp_path):
+    run = tmp_path / "dec"
+    assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--hidden", "3", "--hessian", "2",
+                     "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
+    v = OVAE.load(run)
+    assert v.decoder.module.config.hidden == (3,)
+    assert v.decoder.module.training_summary["subspace"]["hessian"] == 2
+    with pytest.raises(ValueError, match="--hessian"):
+        quick("decoder", store, tmp_path / "bad", hessian=-1)

@@ -5,7 +5,8 @@ cascade by 2 dB on the O-Decoder). Instead, each round:
   1. take the residual of the current model on the training rows (data statistics);
   2. evolve U new tanh units side by side, each maximising the residual energy it explains
      beyond a linear readout of its inputs (cascade-correlation), in the principal subspace the
-     caller allows (population.Subspace), with weights bounded so no unit saturates into a step;
+     caller allows (population.Subspace; with Subspace.hessian, each unit in a few directions of its
+     own where the residual bends, hessian_directions), with weights bounded so no unit saturates into a step;
      the units start from different random points, so they settle on different features:
      U searches, one tensor;
   3. re-evolve the readout per output neuron on [inputs, all units so far], warm-started.
@@ -36,6 +37,7 @@ UNIT_BATCH_FACTOR = 4  # a unit's worth is a small correlation: it needs bigger 
 # +-2, where a unit is a step function that fits the training rows and misplaces others' (2-layer
 # bench: MSE/floor 8.57 -> 6.45; denoiser store error 0.029 -> 0.019; docs/BENCHMARKS.md).
 UNIT_SPREAD = 1.0
+HESSIAN_ROWS = 20_000  # rows that estimate each unit's principal Hessian directions
 
 
 def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(),
@@ -70,7 +72,7 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
                                                 data.y - predict(feats, readout, out_scale),
                                                 data.y_val - predict(feats_val, readout, out_scale), n_units,
                                                 make_strategy, round_budget.share(UNIT_SHARE), progress,
-                                                f"units L{layer + 1} r{r + 1}", subspace.units)
+                                                f"units L{layer + 1} r{r + 1}", subspace.units, subspace.hessian)
             # The old readout widened with zero columns for the new units: consistent with them (an
             # interrupt from here on keeps both) and the warm start of the re-fit.
             units[layer].append(new_rows)
@@ -89,33 +91,68 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
     return [stack(u) for u in units if u], readout, curve, gens, interrupted
 
 
-def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share):
+def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share,
+                  hessian=0):
     """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)
     z, zv = wh(inp), wh(inp_val)
     basis_val = _basis(zv)
     k = wh.principal_dims(share)
     zs, zvs = z[:, -k:], zv[:, -k:]  # (N, k): the top principal coordinates (whitening sorts them last)
-    d = k + 1
+    strategy = make_strategy()
+    # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
+    shard = shard_rows(strategy, n_units)
+    dirs = hessian_directions(zs, resid, n_units, min(hessian, k)) if hessian else None  # (U, k, m)
+    local = dirs if dirs is None or shard is None else dirs[shard.rows]
+    d = (k if dirs is None else dirs.shape[2]) + 1
+
+    def rows(theta, basis):
+        """Searched rows (P, R, d) -> unit rows (P, R, k+1) over the top principal coordinates."""
+        if basis is None:
+            return theta
+        return torch.cat([torch.einsum("prm,rkm->prk", theta[..., :-1], basis), theta[..., -1:]], dim=-1)
 
     def batch_loss(theta):
         i = data.batch_index(UNIT_BATCH_FACTOR * data.batch_size)
-        return explained_loss(bounded(theta), zs[i], resid[i], _basis(z[i]))
+        return explained_loss(bounded(rows(theta, local)), zs[i], resid[i], _basis(z[i]))
 
     def val_loss(theta):
-        return explained_loss(bounded(theta), zvs, resid_val, basis_val)
+        return explained_loss(bounded(rows(theta, local)), zvs, resid_val, basis_val)
 
     # Random starts (all-zero starts would make every unit chase the same feature), at twice the
     # bound: the search's mean moves freely past it, only the scored rows are scaled back.
     mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
-    # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
-    strategy = make_strategy()
     # No held-out fall-back here: a unit's explained energy is a small, noisy number and the
     # restarts stalled the unit searches (2-layer bench, 1600 generations: 8.26x with, 7.55x without).
     found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
-                       data.generator, progress=progress, desc=desc, shard=shard_rows(strategy, n_units),
-                       fallback_tolerance=math.inf)
-    return wh.to_raw(wh.pad(bounded(found.theta))), found.generations  # zero weight on the dropped coordinates
+                       data.generator, progress=progress, desc=desc, shard=shard, fallback_tolerance=math.inf)
+    theta = bounded(rows(found.theta[None], dirs))[0]  # (U, k+1)
+    return wh.to_raw(wh.pad(theta)), found.generations  # zero weight on the dropped coordinates
+
+
+def hessian_directions(z, resid, n_units, m, max_rows=HESSIAN_ROWS):
+    """Per unit, m orthonormal directions (U, k, m) of whitened inputs z (N, k) along which the residual bends most.
+
+    Unit u takes the u-th principal direction of the residual (N, out) and the eigenvectors of
+    E[r_u z z^T] with the largest |eigenvalue| (principal Hessian directions, Li 1992): where r_u
+    depends on the inputs in a way a linear readout cannot follow. Random directions of a
+    whitened 800-d latent window are noise; these are not. A data statistic, like whitening:
+    the unit's weights inside the subspace are still found by the search. With more units than
+    residual directions, the extra units take the next m eigenvectors of the same direction.
+    """
+    z, resid = z[:max_rows], resid[:max_rows]
+    rc = resid - resid.mean(0)
+    _, _, vt = torch.linalg.svd(rc, full_matrices=False)  # (out, out): rows are principal directions
+    n_dirs, k = vt.shape[0], z.shape[1]
+    r = rc @ vt[torch.arange(n_units, device=z.device) % n_dirs].T  # (N, U)
+    out = []
+    for u in range(n_units):
+        m_u = (z * r[:, u:u + 1]).T @ z / z.shape[0]  # (k, k)
+        evals, evecs = torch.linalg.eigh(m_u.double())
+        first = min((u // n_dirs) * m, k - m)  # this unit's band of eigenvectors
+        top = evals.abs().argsort(descending=True)[first:first + m]
+        out.append(evecs[:, top].to(z.dtype))
+    return torch.stack(out)
 
 
 def bounded(theta: torch.Tensor) -> torch.Tensor:

@@ -76,11 +76,16 @@ class Subspace:
 
     units: float = 1.0  # hidden units' inputs
     readout: float = 1.0  # the readout's features [x, h_1, ...]
+    # >0: each unit of a round searches only this many directions of its own (cascade.hessian_directions):
+    # those along which one principal direction of the residual bends most. 0: all units search alike.
+    hessian: int = 0
 
     def __post_init__(self):
         for name in ("units", "readout"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"Subspace.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.hessian < 0:
+            raise ValueError(f"Subspace.hessian must be >= 0, got {self.hessian}")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,7 @@ class TrainConfig:
     hidden: tuple[int, ...] = ()
     strategy: str = "auto"
     population: int = 40
+    hessian: int = 0  # >0: each unit searches this many directions of its own (ola.Subspace.hessian)
     max_minutes: float | None = None
     ticks: int | None = None
     tick_seconds: float = 30.0
@@ -93,6 +94,8 @@ class TrainConfig:
             self.target = "image" if self.latents.startswith("oenc:") else "decode"
         if self.target not in ("decode", "image"):
             raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
+        if self.hessian < 0:
+            raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
         for name in ("tick_seconds", "max_rows", "eval_images", "population"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -321,7 +324,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
                 x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
                 out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
                 batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
-                init=None if part is None else part.module, subspace=SUBSPACE)
+                init=None if part is None else part.module, subspace=replace(SUBSPACE, hessian=cfg.hessian))
             del x, y
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
