@@ -2,12 +2,15 @@
 
     python bench/units.py --store stores/taef2-256 --part decoder --window 3 --units 8 --generations 1000
     python bench/units.py --run runs/odec            # the units of a trained O-VAE part, on its store rows
+    python bench/units.py --store S --window 5 --hessian 24 --val-store SET14_STORE   # held-out photos instead
 
 Reports, on the store's held-out rows: the median of each unit's largest |cosine| with another
 unit's weights, the effective rank (participation ratio) of the units' nonlinear parts (each
 unit's output minus its least-squares fit from the inputs, which a readout already has), and the
-share of the held-out residual that least squares on [inputs, units] removes. A round whose units
+share of the held-out residual that least squares on [inputs, units] removes, and the held-out PSNR
+of that least-squares readout (decoder; pooled over rows) beside the linear one's. A round whose units
 are copies of one another (docs/BENCHMARKS.md: rank ~1 for 8 units) explains little for its size.
+`--hessian m` gives each unit m search directions of its own (ola.Subspace.hessian).
 The least-squares fits here are measurements only; the units come from the engine's own search.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 import numpy as np
@@ -46,14 +50,15 @@ def diversity(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> dict:
             "rank_nonlinear": float(sv.square().sum() ** 2 / sv.pow(4).sum())}
 
 
-def explained(w, b, x, r, xv, rv) -> float:
-    """Share of the held-out residual rv that least squares on [x, units] (fitted on x, r) removes."""
+def explained(w, b, x, r, xv, rv) -> tuple[float, float]:
+    """(share of the held-out residual rv that least squares on [x, units] (fitted on x, r) removes, its MSE after)."""
     def feats(rows):  # (N, in + U + 1)
         return with_ones(torch.cat([rows, torch.tanh(rows @ w.T + b)], 1)).double()
 
     f, fv = feats(x), feats(xv)
     sol = torch.linalg.solve(f.T @ f + 1e-6 * len(f) * torch.eye(f.shape[1], dtype=f.dtype), f.T @ r.double())
-    return 1 - float((rv.double() - fv @ sol).square().mean()) / float(rv.double().square().mean())
+    mse = float((rv.double() - fv @ sol).square().mean())
+    return 1 - mse / float(rv.double().square().mean()), mse
 
 
 def main(argv=None) -> int:
@@ -64,6 +69,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=3)
     p.add_argument("--units", type=int, default=8)
     p.add_argument("--generations", type=int, default=1000)
+    p.add_argument("--hessian", type=int, default=0, help="search directions of each unit's own (0: all)")
+    p.add_argument("--val-store", help="score on every row of this store (e.g. held-out photos) instead of --store's val")
     p.add_argument("--population", type=int, default=40)
     p.add_argument("--rows", type=int, default=60_000, help="training rows drawn from the store")
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +90,12 @@ def main(argv=None) -> int:
     store = Store.open(args.store)
     rows = Rows(store, _part_config(TrainConfig(args.part, args.store, "-", window=args.window), store), cpu, None)
     x, y = rows.draw(store.indices("train"), args.rows, np.random.default_rng(args.seed))
-    xv, yv = rows.draw(store.indices("val"), max(1000, args.rows // 8), np.random.default_rng(args.seed + 1))
+    if args.val_store:
+        val = Store.open(args.val_store)
+        vrows = Rows(val, _part_config(TrainConfig(args.part, args.val_store, "-", window=args.window), val), cpu, None)
+        xv, yv = vrows.draw(val.indices("all"), 10 ** 9, np.random.default_rng(args.seed + 1))
+    else:
+        xv, yv = rows.draw(store.indices("val"), max(1000, args.rows // 8), np.random.default_rng(args.seed + 1))
     lin = torch.linalg.lstsq(with_ones(x), y).solution  # the linear model whose residual the round explains
     r, rv = y - with_ones(x) @ lin, yv - with_ones(xv) @ lin
 
@@ -93,12 +105,16 @@ def main(argv=None) -> int:
     else:
         data = Data(x, y, xv, yv, 1024, torch.Generator().manual_seed(args.seed))
         found, _ = cascade._evolve_units(data, x, xv, r, rv, args.units, lambda: make_strategy("auto", args.population),
-                                         Budget(None, args.generations), False, "units", SUBSPACE.units)
+                                         Budget(None, args.generations), False, "units", SUBSPACE.units, args.hessian)
         w, b = found[:, :-1], found[:, -1]
-    out = {"store": args.store, "part": args.part, "window": args.window, "run": args.run,
-           "generations": None if args.run else args.generations, "population": args.population, "seed": args.seed,
-           **diversity(w, b, xv), "heldout_residual_explained": explained(w, b, x, r, xv, rv),
+    share, mse = explained(w, b, x, r, xv, rv)
+    out = {"store": args.store, "val_store": args.val_store, "part": args.part, "window": args.window, "run": args.run,
+           "generations": None if args.run else args.generations, "hessian": args.hessian,
+           "population": args.population, "seed": args.seed, **diversity(w, b, xv), "heldout_residual_explained": share,
            "seconds": round(time.perf_counter() - t0, 1)}
+    if args.part == "decoder":  # pixels in [-1, 1]: PSNR on [0, 1]
+        out["heldout_psnr_linear"] = 10 * math.log10(4 / float(rv.double().square().mean()))
+        out["heldout_psnr_with_units"] = 10 * math.log10(4 / mse)
     print(json.dumps(out))
     return 0
 
