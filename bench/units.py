@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
     if args.run:
-        part = read_parts(args.run)
-        kind = "encoder" if part["encoder"] is not None else "decoder"
+        part = read_parts(args.run)  # an O-VAE file holds both parts: --part picks
+        kind = args.part if part[args.part] is not None else ("encoder" if part["encoder"] is not None else "decoder")
         module, pcfg = part[kind].module, part[kind].config
         if not args.store:
             p.error("--run needs --store to draw rows from")
