@@ -144,14 +144,15 @@ def hessian_directions(z, resid, n_units, m, max_rows=HESSIAN_ROWS):
     rc = resid - resid.mean(0)
     _, _, vt = torch.linalg.svd(rc, full_matrices=False)  # (out, out): rows are principal directions
     n_dirs, k = vt.shape[0], z.shape[1]
-    r = rc @ vt[torch.arange(n_units, device=z.device) % n_dirs].T  # (N, U)
+    r = rc @ vt[:min(n_units, n_dirs)].T  # (N, D): the residual along each direction some unit takes
+    ranked = []  # per direction: eigenvectors (k, k), largest |eigenvalue| first (one eigh per direction)
+    for j in range(r.shape[1]):
+        evals, evecs = torch.linalg.eigh(((z * r[:, j:j + 1]).T @ z / z.shape[0]).double())  # of (k, k)
+        ranked.append(evecs[:, evals.abs().argsort(descending=True)].to(z.dtype))
     out = []
     for u in range(n_units):
-        m_u = (z * r[:, u:u + 1]).T @ z / z.shape[0]  # (k, k)
-        evals, evecs = torch.linalg.eigh(m_u.double())
         first = min((u // n_dirs) * m, k - m)  # this unit's band of eigenvectors
-        top = evals.abs().argsort(descending=True)[first:first + m]
-        out.append(evecs[:, top].to(z.dtype))
+        out.append(ranked[u % n_dirs][:, first:first + m])
     return torch.stack(out)
 
 
