@@ -157,7 +157,8 @@ def _add_ovae_parsers(sub) -> None:
     common.add_argument("--population", type=int, default=40, help="candidates per row")
     common.add_argument("--hessian", type=int, default=0,
                         help="each hidden unit searches only this many input directions of its own, where one "
-                             "principal direction of the residual bends most (0: every unit searches all)")
+                             "principal direction of the residual bends most (0: every unit searches all); helps short "
+                             "CPU runs, loses on long GPU runs (docs/BENCHMARKS.md)")
     common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")
