@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--units", type=int, default=8)
     p.add_argument("--generations", type=int, default=1000)
     p.add_argument("--hessian", type=int, default=0, help="search directions of each unit's own (0: all)")
+    p.add_argument("--deflate", action="store_true", help="unit r counts only beyond units 0..r-1 (ola.Subspace.deflate)")
     p.add_argument("--val-store", help="score on every row of this store (e.g. held-out photos) instead of --store's val")
     p.add_argument("--population", type=int, default=40)
     p.add_argument("--rows", type=int, default=60_000, help="training rows drawn from the store")
@@ -105,11 +106,12 @@ def main(argv=None) -> int:
     else:
         data = Data(x, y, xv, yv, 1024, torch.Generator().manual_seed(args.seed))
         found, _ = cascade._evolve_units(data, x, xv, r, rv, args.units, lambda: make_strategy("auto", args.population),
-                                         Budget(None, args.generations), False, "units", SUBSPACE.units, args.hessian)
+                                         Budget(None, args.generations), False, "units", SUBSPACE.units, args.hessian,
+                                                 args.deflate)
         w, b = found[:, :-1], found[:, -1]
     share, mse = explained(w, b, x, r, xv, rv)
     out = {"store": args.store, "val_store": args.val_store, "part": args.part, "window": args.window, "run": args.run,
-           "generations": None if args.run else args.generations, "hessian": args.hessian,
+           "generations": None if args.run else args.generations, "hessian": args.hessian, "deflate": args.deflate,
            "population": args.population, "seed": args.seed, **diversity(w, b, xv), "heldout_residual_explained": share,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.part == "decoder":  # pixels in [-1, 1]: PSNR on [0, 1]

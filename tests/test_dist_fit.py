@@ -20,6 +20,7 @@ CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs
     "readout": dict(hidden=(), strategy="snes", generations=60),
     "cascade": dict(hidden=(4,), strategy="snes", generations=60),
     "cascade-hessian": dict(hidden=(4,), strategy="snes", generations=60, subspace=ola.Subspace(hessian=3)),
+    "cascade-deflate": dict(hidden=(4,), strategy="snes", generations=60, subspace=ola.Subspace(deflate=True)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 

@@ -137,7 +137,7 @@ def test_by_default_every_direction_is_searched_so_a_faint_signal_is_learned():
     cut = ola.fit(x, y, generations=300, subspace=ola.Subspace(readout=0.999))
     assert full.training_summary["val_mse"] < 0.1 * float(y.var())
     assert cut.training_summary["val_mse"] > 0.9 * float(y.var())  # the faint direction was left out
-    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0, "hessian": 0}
+    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0, "hessian": 0, "deflate": False}
     with pytest.raises(ValueError, match="Subspace.units"):
         ola.Subspace(units=0.0)
     with pytest.raises(ValueError, match="Subspace.hessian"):
@@ -169,6 +169,21 @@ def test_units_in_hessian_subspaces_learn_a_bend_hidden_among_many_inputs():
     assert m.training_summary["subspace"]["hessian"] == 2
     mse = float((m(x[5000:]) - y[5000:]).square().mean())
     assert mse < 0.5 * float((flat(x[5000:]) - y[5000:]).square().mean())
+
+
+def test_deflated_units_of_a_round_take_different_features():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6000, 8, generator=g)
+    y = 0.16 * (4 * torch.tanh(3 * x[:, :1]) + torch.tanh(3 * x[:, 1:2]))  # two bends, one much stronger
+    cos, mse = {}, {}
+    for deflate in (False, True):  # one round of 2 units, from the same random starts
+        m = ola.fit(x[:5000], y[:5000], hidden=(2,), generations=600, subspace=ola.Subspace(deflate=deflate), seed=2)
+        w = m.hidden[0].weight / m.hidden[0].weight.norm(dim=1, keepdim=True)  # (2, 8)
+        cos[deflate] = float((w[0] @ w[1]).abs())
+        mse[deflate] = float((m(x[5000:]) - y[5000:]).square().mean())
+    assert cos[False] > 0.95  # both units chase the stronger bend
+    assert cos[True] < 0.5 and mse[True] < 0.5 * mse[False]
+    assert m.training_summary["subspace"]["deflate"] is True
 
 
 def test_fit_is_deterministic_for_a_seed():

@@ -210,3 +210,12 @@ def test_train_hessian_gives_each_unit_its_own_search_directions(store, tmp_path
     assert v.decoder.module.training_summary["subspace"]["hessian"] == 2
     with pytest.raises(ValueError, match="--hessian"):
         quick("decoder", store, tmp_path / "bad", hessian=-1)
+
+
+def test_train_deflates_units_unless_told_not_to(store, tmp_path):
+    for flag, want in (([], True), (["--no-deflate"], False)):
+        run = tmp_path / f"dec{want}"
+        assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--hidden", "3", *flag,
+                         "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
+        assert OVAE.load(run).decoder.module.training_summary["subspace"]["deflate"] is want
+        assert json.loads((run / "config.json").read_text())["deflate"] is want

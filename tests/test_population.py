@@ -31,6 +31,25 @@ def test_explained_loss_prefers_the_true_nonlinear_feature():
     assert explained_loss(good, z, resid, q) < explained_loss(bad, z, resid, q)
 
 
+def test_deflate_makes_a_later_unit_worth_only_what_earlier_units_miss():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(4000, 2, generator=g)
+    # two nonlinear features; the first explains more
+    resid = 2 * (torch.tanh(3 * z[:, :1]) - 0.9 * z[:, :1]) + (torch.tanh(3 * z[:, 1:]) - 0.9 * z[:, 1:])
+    q, _ = torch.linalg.qr(torch.cat([z, torch.ones(4000, 1)], 1))
+    a, b = [3.0, 0.0, 0.0], [0.0, 3.0, 0.0]
+    copy = torch.tensor([[a, a]])  # (P=1, R=2): unit 1 copies unit 0
+    other = torch.tensor([[a, b]])  # unit 1 takes the other feature
+    # alone, each unit would rather copy the stronger feature
+    assert explained_loss(copy, z, resid, q)[0, 1] < explained_loss(other, z, resid, q)[0, 1]
+    # deflated, the copy is worth ~nothing and the other feature all it explains; unit 0 is unchanged
+    dc, do = explained_loss(copy, z, resid, q, deflate=True), explained_loss(other, z, resid, q, deflate=True)
+    assert do[0, 1] < dc[0, 1] and dc[0, 1] > -1e-3
+    # the features are independent only up to sampling: the other one keeps ~all its worth
+    assert torch.allclose(do[0, 1], explained_loss(other, z, resid, q)[0, 1], rtol=0.1)
+    assert torch.allclose(dc[0, 0], explained_loss(copy, z, resid, q)[0, 0])
+
+
 def test_whitener_round_trips_and_decorrelates():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(5000, 4, generator=g) @ torch.tensor([[3.0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0.1, 0], [1, 0, 0, 2]])

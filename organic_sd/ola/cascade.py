@@ -72,7 +72,8 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
                                                 data.y - predict(feats, readout, out_scale),
                                                 data.y_val - predict(feats_val, readout, out_scale), n_units,
                                                 make_strategy, round_budget.share(UNIT_SHARE), progress,
-                                                f"units L{layer + 1} r{r + 1}", subspace.units, subspace.hessian)
+                                                f"units L{layer + 1} r{r + 1}", subspace.units, subspace.hessian,
+                                                subspace.deflate)
             # The old readout widened with zero columns for the new units: consistent with them (an
             # interrupt from here on keeps both) and the warm start of the re-fit.
             units[layer].append(new_rows)
@@ -92,7 +93,7 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
 
 
 def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share,
-                  hessian=0):
+                  hessian=0, deflate=False):
     """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)
     z, zv = wh(inp), wh(inp_val)
@@ -100,8 +101,9 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
     k = wh.principal_dims(share)
     zs, zvs = z[:, -k:], zv[:, -k:]  # (N, k): the top principal coordinates (whitening sorts them last)
     strategy = make_strategy()
-    # a unit's objective uses the whole residual but only its own row: units split across ranks as they are
-    shard = shard_rows(strategy, n_units)
+    # a unit's objective uses the whole residual but only its own row: units split across ranks as they are.
+    # Deflated, unit r also needs units 0..r-1 every generation: the round runs whole on every rank.
+    shard = None if deflate else shard_rows(strategy, n_units)
     dirs = hessian_directions(zs, resid, n_units, min(hessian, k)) if hessian else None  # (U, k, m)
     local = dirs if dirs is None or shard is None else dirs[shard.rows]
     d = (k if dirs is None else dirs.shape[2]) + 1
@@ -114,10 +116,10 @@ def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, 
 
     def batch_loss(theta):
         i = data.batch_index(UNIT_BATCH_FACTOR * data.batch_size)
-        return explained_loss(bounded(rows(theta, local)), zs[i], resid[i], _basis(z[i]))
+        return explained_loss(bounded(rows(theta, local)), zs[i], resid[i], _basis(z[i]), deflate)
 
     def val_loss(theta):
-        return explained_loss(bounded(rows(theta, local)), zvs, resid_val, basis_val)
+        return explained_loss(bounded(rows(theta, local)), zvs, resid_val, basis_val, deflate)
 
     # Random starts (all-zero starts would make every unit chase the same feature), at twice the
     # bound: the search's mean moves freely past it, only the scored rows are scaled back.

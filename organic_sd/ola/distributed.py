@@ -9,7 +9,8 @@ data on every rank, and held-out selection and fall-back act on each row alone.
 
 Only strategies with a `shard` attribute (SNES) split. Whole-genome strategies (`trust`)
 select on the loss summed over all rows, which would need an all_reduce every generation;
-they, and per-row `trust-neuron`, run unsplit and identically on every rank instead.
+they, and per-row `trust-neuron`, run unsplit and identically on every rank instead, as do
+deflated cascade rounds (Subspace.deflate), where each unit's loss needs the round's earlier units.
 Generation budgets give the same module at any N; a time budget does not, since the number
 of generations then depends on each rank's speed.
 """

@@ -106,7 +106,8 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "generations": gens,
         "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
         "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
-        "subspace": {"units": subspace.units, "readout": subspace.readout, "hessian": subspace.hessian},
+        "subspace": {"units": subspace.units, "readout": subspace.readout, "hessian": subspace.hessian,
+                     "deflate": subspace.deflate},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
     }
     if interrupted:

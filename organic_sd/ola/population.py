@@ -44,22 +44,33 @@ def mse_loss(theta: torch.Tensor, z: torch.Tensor, y: torch.Tensor, scale: float
     return torch.linalg.vector_norm(err, dim=1).square_().mul_(scale * scale / z.shape[0])
 
 
-def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, basis: torch.Tensor,
+                   deflate: bool = False) -> torch.Tensor:
     """Minus the residual energy each candidate unit `tanh(affine)` would explain -> (P, R).
 
     Cascade-correlation's objective: sum over outputs of cov(h, resid_o)^2 / var(h), where h
     is the unit's output with its projection on `basis` (B, k) removed (orthonormal columns
     spanning the inputs), so a unit only counts for what a linear readout could not do.
     resid (B, out) is the current model's residual on the batch.
+    `deflate`: unit r counts only for the part of h that units 0..r-1 (at their population means) do
+    not already make, still divided by the variance of all of h: a near copy scores near zero (not
+    the noise left in a tiny remainder), so the R side-by-side searches find R features, not R copies.
     """
     B = z.shape[0]
     h = wide_affine(theta, z).tanh_()  # (B, P, R)
     P, R = h.shape[1:]
     h = h.view(B, P * R)
     h = h - basis @ (basis.T @ h)  # (B, P*R): one GEMM each way
+    var = h.square().mean(dim=0)
+    if deflate and R > 1:
+        ref = torch.tanh(z @ theta[..., :-1].mean(0).T + theta[..., -1].mean(0))  # (B, R): each unit's mean
+        q, _ = torch.linalg.qr(ref - basis @ (basis.T @ ref))  # (B, R): column j spans unit j beyond units < j
+        earlier = torch.ones(R, R, device=z.device, dtype=z.dtype).triu(1)  # [j, r] = 1 where j < r
+        coef = (q.T @ h).view(R, P, R) * earlier[:, None, :]  # (R, P, R)
+        h = h - q @ coef.view(R, P * R)
     rc = resid - resid.mean(dim=0)
     cov = (rc.T @ h) / B  # (out, P*R)
-    energy = cov.square().sum(0) / h.square().mean(dim=0).clamp_min(1e-12)  # (P*R,)
+    energy = cov.square().sum(0) / var.clamp_min(1e-12)  # (P*R,)
     return -energy.view(P, R)
 
 
@@ -80,6 +91,8 @@ class Subspace:
     # those along which one principal direction of the residual bends most. 0: all units search alike.
     # A short-budget aid: it wins with ~1,000 generations a round, loses with the shipped GPU recipe's ~2,000.
     hessian: int = 0
+    # True: unit r of a round counts only for what units 0..r-1 do not already make (explained_loss)
+    deflate: bool = False
 
     def __post_init__(self):
         for name in ("units", "readout"):
