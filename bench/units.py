@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         data = Data(x, y, xv, yv, 1024, torch.Generator().manual_seed(args.seed))
         found, _ = cascade._evolve_units(data, x, xv, r, rv, args.units, lambda: make_strategy("auto", args.population),
                                          Budget(None, args.generations), False, "units", SUBSPACE.units, args.hessian,
-                                                 args.deflate)
+                                         args.deflate)
         w, b = found[:, :-1], found[:, -1]
     share, mse = explained(w, b, x, r, xv, rv)
     out = {"store": args.store, "val_store": args.val_store, "part": args.part, "window": args.window, "run": args.run,

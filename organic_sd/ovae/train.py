@@ -327,7 +327,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
                 x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
                 out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
                 batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
-                init=None if part is None else part.module, subspace=replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate))
+                init=None if part is None else part.module,
+                subspace=replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate))
             del x, y
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
