@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> DenoiserTrainConfig settings (the rest: its defaults, window 9, modulated 5x5, 4x4 context)
 CONFIGS = {**{f"linear-{s}": {"hidden": (), "strategy": s} for s in STRATEGIES},
-           "hidden32-auto": {"hidden": (32,), "strategy": "auto"}}
+           "hidden32-auto": {"hidden": (32,), "strategy": "auto"},
+           "hidden32-deflate": {"hidden": (32,), "strategy": "auto", "deflate": True}}
 REFERENCE = "LS patch linear 7x7, 16 t-buckets"
 BUCKETS, REF_WINDOW = 16, 7
 

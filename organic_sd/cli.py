@@ -304,7 +304,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     cfg = DenoiserTrainConfig(
         store=args.store, out=args.out, window=args.window, hidden=tuple(args.hidden), grid=args.grid,
         freqs=args.freqs, modulate=args.modulate, gain=args.gain, coarse=args.coarse, strategy=args.strategy, population=args.population,
-        max_minutes=args.max_minutes,
+        deflate=args.deflate, max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
         eval_records=args.eval_records, device=args.device, seed=args.seed, progress=args.progress,
@@ -357,6 +357,8 @@ def _add_train_denoiser_parser(parts) -> None:
                     help="ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
     dn.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
     dn.add_argument("--population", type=int, default=40, help="candidates per row")
+    dn.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=False,
+                    help="each hidden unit of a round counts only for what the round's earlier units do not already make")
     dn.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     dn.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     dn.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")

@@ -144,6 +144,10 @@ def test_end_to_end_mnist(tmp_path, capsys):
     assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1",
                      "--window", "5"]) == 2  # other settings: refused, not mixed
     assert cli.main([*args, "--eval-records", "8"]) == 2  # other held-out records would judge the ticks
+    deflated = tmp_path / "deflated"
+    assert cli.main([*args[:5], str(deflated), *args[6:], "--deflate"]) == 0
+    assert OUNet.load(deflated).module.training_summary["subspace"]["deflate"] is True
+    assert OUNet.load(run).module.training_summary["subspace"]["deflate"] is False
     capsys.readouterr()
     assert cli.main(["generate", "--ounet", str(run), "--steps", "2", "--n", "2", "--seed", "1",
                      "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(png)]) == 0

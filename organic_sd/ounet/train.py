@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from organic_sd import ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
@@ -57,6 +58,7 @@ class DenoiserTrainConfig:
     adapter_every: int = 2  # ticks between text adapter searches (0: keep the initial PCA adapter)
     strategy: str = "auto"
     population: int = 40
+    deflate: bool = False  # units of a round count only beyond the round's earlier ones (ola.Subspace.deflate)
     max_minutes: float | None = None
     ticks: int | None = None
     tick_seconds: float = 30.0
@@ -220,7 +222,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                 x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population, out_scale=rec["out_scale"],
                 max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data), generations=cfg.generations,
                 batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
-                init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND)
+                init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND,
+                subspace=ola.Subspace(deflate=cfg.deflate))
             del x, y
             cand = OUNet(ucfg, module, schedule, adapter=adapter)
             ad_summary = None
