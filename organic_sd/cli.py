@@ -160,9 +160,10 @@ def _add_ovae_parsers(sub) -> None:
                         help="each hidden unit searches only this many input directions of its own, where one "
                              "principal direction of the residual bends most (0: every unit searches all); helps short "
                              "CPU runs, loses on long GPU runs (docs/BENCHMARKS.md)")
-    common.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=True,
+    common.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=None,
                         help="each hidden unit of a round counts only for what the round's earlier units do not "
-                             "already make, so a round grows different features instead of near copies")
+                             "already make, so a round grows different features instead of near copies "
+                             "(default: on for the decoder, off for the encoder; docs/BENCHMARKS.md)")
     common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")

@@ -3,8 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from organic_sd import cli
+from organic_sd.data import preprocess
 from organic_sd.ovae import OVAE, evaluate, model
 from organic_sd.ovae.train import train
 from test_ovae_train import SIZE, make_store, quick, smooth_images
@@ -56,6 +58,18 @@ def test_pipeline_writes_pictures_and_reports(trained, tmp_path):
     assert saved["mean"].keys() >= {"teacher_vs_orig", "ovae_vs_orig", "odec_vs_teacher", "latent_cosine"}
     assert set(saved["mean"]["ovae_vs_orig"]) == {"l2", "cosine", "psnr", "ssim"}
     assert rep["size"] == SIZE and "O-VAE recon vs original" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pipeline_scores_the_teacher_decoder_on_o_encoder_latents(trained, tmp_path):
+    v = OVAE.load(trained[2])
+    images = smooth_images(tmp_path / "test", 1, size=48, seed=7)
+    rep = evaluate.pipeline([str(images)], v, tmp_path / "out", teacher=FakeTeacher())
+    x = torch.from_numpy(preprocess(Image.open(images / "im000.png"), SIZE))[None]
+    want = evaluate.image_metrics(FakeTeacher().decode(v.encode(x)).clamp(-1, 1), x)
+    got = rep["images"][0]["tdec_oenc_vs_orig"]
+    assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-4) and got["l2"] == pytest.approx(want["l2"], rel=1e-4)
+    assert (tmp_path / "out" / "im000" / "teacher_decode_of_o_latents.png").is_file()
+    assert "teacher decoder on O-Encoder latents vs original" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("latents, warned", [("teacher", False), ("mix:enc", False), ("oenc:enc", True)])

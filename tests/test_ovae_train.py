@@ -212,10 +212,11 @@ def test_train_hessian_gives_each_unit_its_own_search_directions(store, tmp_path
         quick("decoder", store, tmp_path / "bad", hessian=-1)
 
 
-def test_train_deflates_units_unless_told_not_to(store, tmp_path):
-    for flag, want in (([], True), (["--no-deflate"], False)):
-        run = tmp_path / f"dec{want}"
-        assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--hidden", "3", *flag,
-                         "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
-        assert OVAE.load(run).decoder.module.training_summary["subspace"]["deflate"] is want
-        assert json.loads((run / "config.json").read_text())["deflate"] is want
+@pytest.mark.parametrize("part, flag, want", [("decoder", [], True), ("decoder", ["--no-deflate"], False),
+                                              ("encoder", [], False), ("encoder", ["--deflate"], True)])
+def test_train_deflates_decoder_units_by_default_and_as_told(store, tmp_path, part, flag, want):
+    run = tmp_path / part
+    assert cli.main(["train", part, "--store", str(store), "--out", str(run), "--hidden", "3", *flag,
+                     "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
+    assert getattr(OVAE.load(run), part).module.training_summary["subspace"]["deflate"] is want
+    assert json.loads((run / "config.json").read_text())["deflate"] is want

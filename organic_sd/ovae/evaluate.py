@@ -163,6 +163,14 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
                 a, b = zo.permute(0, 2, 3, 1).flatten(0, 2), zr.permute(0, 2, 3, 1).flatten(0, 2)
                 rec["latent_cosine"] = float(cosine_rows(a, b).mean())
                 rec["latent_l2"] = float((a - b).double().square().mean())
+                if zo.shape == zt.shape:
+                    # what an SD pipeline's own VAE decoder makes of the O-Encoder's latents: cosine weighs every
+                    # latent error alike, this weighs them as the teacher's decoder does
+                    with torch.inference_mode():
+                        xe = teacher.decode(zo.to(teacher.device)).float().clamp(-1, 1).to(dev)
+                    to_pil(xe).save(d / "teacher_decode_of_o_latents.png")
+                    rec["tdec_oenc_vs_orig"] = image_metrics(xe, x)
+                    panels.append((f"teacher dec(O-Enc z) {rec['tdec_oenc_vs_orig']['psnr']:.1f} dB", xe))
         if teacher is not None and v.decoder is not None:
             xd = v.decode(zt)
             to_pil(xd).save(d / "o_decoder_on_teacher_latents.png")
@@ -183,7 +191,7 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
 
 def _means(rows: list[dict]) -> dict:
     out = {}
-    for key in ("teacher_vs_orig", "ovae_vs_orig", "odec_vs_teacher", "odec_vs_orig"):
+    for key in COMPARISONS:
         have = [r[key] for r in rows if key in r]
         if have:
             out[key] = {m: float(np.mean([h[m] for h in have])) for m in have[0]}
@@ -196,7 +204,8 @@ def _means(rows: list[dict]) -> dict:
 
 COMPARISONS = {"teacher_vs_orig": "teacher recon vs original", "ovae_vs_orig": "O-VAE recon vs original",
                "odec_vs_teacher": "O-Decoder on teacher latents vs teacher decode",
-               "odec_vs_orig": "O-Decoder on teacher latents vs original"}
+               "odec_vs_orig": "O-Decoder on teacher latents vs original",
+               "tdec_oenc_vs_orig": "teacher decoder on O-Encoder latents vs original"}
 
 
 def _markdown(rep: dict) -> str:

@@ -61,9 +61,11 @@ class TrainConfig:
     strategy: str = "auto"
     population: int = 40
     hessian: int = 0  # >0: each unit searches this many directions of its own (ola.Subspace.hessian)
-    # units of a round count only beyond the round's earlier ones (ola.Subspace.deflate): shipped decoder
-    # recipe +0.09 dB on teacher latents, +0.06 dB full, two seeds each (docs/BENCHMARKS.md)
-    deflate: bool = True
+    # Units of a round count only beyond the round's earlier ones (ola.Subspace.deflate). None: on for the
+    # decoder (shipped recipe +0.09 dB on teacher latents, +0.06 dB full, two seeds each), off for the
+    # encoder (its latents come closer to the teacher's, +0.005 cosine, but decode worse: the teacher's
+    # decoder -0.29 dB on them, O-Decoders -0.06 dB); docs/BENCHMARKS.md.
+    deflate: bool | None = None
     max_minutes: float | None = None
     ticks: int | None = None
     tick_seconds: float = 30.0
@@ -97,6 +99,8 @@ class TrainConfig:
             self.target = "image" if self.latents.startswith("oenc:") else "decode"
         if self.target not in ("decode", "image"):
             raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
+        if self.deflate is None:
+            self.deflate = self.kind == "decoder"
         if self.hessian < 0:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
         for name in ("tick_seconds", "max_rows", "eval_images", "population"):

@@ -1,0 +1,31 @@
+#!/bin/bash
+# The shipped O-VAE recipe on one GPU, one part per call (each fits a 10-minute device call):
+#   bench/ovae_gpu.sh enc NAME [osd train args]            an encoder, exported with the shipped decoder
+#   bench/ovae_gpu.sh dec NAME ENCODER [osd train args]    a decoder on `mix:ENCODER`, exported with ENCODER
+# then `osd eval pipeline` on VAL. The store is built once per machine (W/st6). Paths (defaults: a
+# .gpu/ folder carried to the device): TRAIN photos and frames, TEACHER, VAL photos, W work dir, DEVICE, VAL_FRACTION;
+# results (model, config, report.json) are copied to OUT/NAME when OUT is set. docs/BENCHMARKS.md.
+set -eo pipefail
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+OSD="python3 -m organic_sd.cli"
+TRAIN=${TRAIN:-.gpu/train} TEACHER=${TEACHER:-.gpu/taef2} VAL=${VAL:-.gpu/cset14} W=${W:-/tmp/w} DEVICE=${DEVICE:-cuda} VAL_FRACTION=${VAL_FRACTION:-0.05}
+part=$1 name=$2; shift 2
+mkdir -p "$W"
+[ -f "$W/st6/.done" ] || { $OSD precompute "$TRAIN" --teacher "$TEACHER" --out "$W/st6" --views 6 --batch 32 \
+    --val-fraction "$VAL_FRACTION" --device "$DEVICE" 2>&1 | tail -1; touch "$W/st6/.done"; }
+T=(--store "$W/st6" --device "$DEVICE" --tick-seconds 40 --population 160 --out "$W/$name")
+case $part in
+  enc) $OSD train encoder "${T[@]}" --max-rows 600000 --window 16 --hidden 192 --max-minutes 6.7 \
+           --first-tick-seconds 280 "$@"
+       $OSD export --encoder "$W/$name" --decoder organic_sd/assets/ovae/ovae.safetensors --out "$W/$name.safetensors" ;;
+  dec) enc=$1; shift
+       $OSD train decoder "${T[@]}" --max-rows 2400000 --latents "mix:$enc" --window 5 --hidden 64 \
+           --max-minutes 5.5 --first-tick-seconds 315 "$@"
+       $OSD export --encoder "$enc" --decoder "$W/$name" --out "$W/$name.safetensors" ;;
+  *) echo "usage: $0 enc|dec NAME [ENCODER] [osd train args]" >&2; exit 2 ;;
+esac
+$OSD eval pipeline "$VAL" --ovae "$W/$name.safetensors" --teacher "$TEACHER" --out "$W/ev_$name" 2>&1 | tail -7
+if [ -n "$OUT" ]; then
+  mkdir -p "$OUT/$name"
+  cp "$W/$name"/{model.safetensors,config.json,state.json} "$W/ev_$name/report.json" "$OUT/$name/"
+fi
