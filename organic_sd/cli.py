@@ -72,8 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hidden=tuple(args.hidden), strategy=args.strategy, population=args.population, max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
-        hessian=args.hessian, deflate=args.deflate, latents=args.latents, target=args.target,
-        freeze_loss=args.freeze_loss, max_rows=args.max_rows, batch_size=args.batch_size,
+        hessian=args.hessian, deflate=args.deflate, units_per_round=args.units_per_round, latents=args.latents,
+        target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows, batch_size=args.batch_size,
         eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
@@ -164,6 +164,9 @@ def _add_ovae_parsers(sub) -> None:
                         help="each hidden unit of a round counts only for what the round's earlier units do not "
                              "already make, so a round grows different features instead of near copies "
                              "(default: on for the decoder, off for the encoder; docs/BENCHMARKS.md)")
+    common.add_argument("--units-per-round", type=int, default=None,
+                        help="hidden units grown side by side before the readout is re-fitted (default 8; the shipped "
+                             "encoder was grown in rounds of 16)")
     common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")

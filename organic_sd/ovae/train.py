@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
+from organic_sd.ola.cascade import UNITS_PER_ROUND
 from organic_sd.plots import training_plot
 from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
 from organic_sd.ovae import patches
@@ -66,6 +67,9 @@ class TrainConfig:
     # encoder (its latents come closer to the teacher's, +0.005 cosine, but decode worse: the teacher's
     # decoder -0.29 dB on them, O-Decoders -0.06 dB); docs/BENCHMARKS.md.
     deflate: bool | None = None
+    # hidden units grown side by side before the readout is re-fitted; the shipped encoder (whose latents
+    # decode best, docs/BENCHMARKS.md) was grown in rounds of 16 by an earlier engine
+    units_per_round: int | None = None  # None: the engine's (ola.cascade.UNITS_PER_ROUND)
     max_minutes: float | None = None
     ticks: int | None = None
     tick_seconds: float = 30.0
@@ -101,9 +105,11 @@ class TrainConfig:
             raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
         if self.deflate is None:
             self.deflate = self.kind == "decoder"
+        if self.units_per_round is None:
+            self.units_per_round = UNITS_PER_ROUND
         if self.hessian < 0:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
-        for name in ("tick_seconds", "max_rows", "eval_images", "population"):
+        for name in ("tick_seconds", "max_rows", "eval_images", "population", "units_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
@@ -332,7 +338,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
                 out_scale=rec["out_scale"], max_seconds=max(0.5, tick_s - t_data), generations=cfg.generations,
                 batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
                 init=None if part is None else part.module,
-                subspace=replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate))
+                subspace=replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
+                units_per_round=cfg.units_per_round)
             del x, y
             cand = Part(part_cfg, module)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
