@@ -57,8 +57,11 @@ CONFIGS = {
     "patch-hidden-dec5x5": ({"window": 16, "hidden": (256,)}, {"window": 5}),
     "patch-hidden-dec32": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,)}),
     "patch-hidden-dec32-mix": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (32,), "latents": OWN_MIX}),
-    # the shipped recipe: the decoder also learns from this configuration's own encoder's latents (`--latents mix:RUN`)
+    # the recipe shipped until 2026-11-27: the decoder also learns from this configuration's own encoder's
+    # latents (`--latents mix:RUN`)
     "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (64,), "latents": OWN_MIX}),
+    # shipped 2026-11-27: a smaller, more decodable encoder (rounds of 16, the encoder default), a wider decoder
+    "patch-shipped-1127": ({"window": 16, "hidden": (64,)}, {"window": 5, "hidden": (120,), "latents": OWN_MIX}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {

@@ -5,12 +5,15 @@
 # then `osd eval pipeline` on VAL. The store is built once per machine (W/st6). Paths (defaults: a
 # .gpu/ folder carried to the device): TRAIN photos and frames, TEACHER, VAL photos, W work dir, DEVICE, VAL_FRACTION;
 # results (model, config, report.json) are copied to OUT/NAME when OUT is set. docs/BENCHMARKS.md.
+# A run cut short (`timeout -s INT`, the 10-minute call cap) resumes with the same command while the machine
+# is still held; OUT/NAME/run keeps its folder in case the machine goes: copy it back to W/NAME to resume.
 set -eo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OSD="python3 -m organic_sd.cli"
 TRAIN=${TRAIN:-.gpu/train} TEACHER=${TEACHER:-.gpu/taef2} VAL=${VAL:-.gpu/cset14} W=${W:-/tmp/w} DEVICE=${DEVICE:-cuda} VAL_FRACTION=${VAL_FRACTION:-0.05}
 part=$1 name=$2; shift 2
 mkdir -p "$W"
+[ -z "$OUT" ] || trap 'mkdir -p "$OUT/$name" && cp -r "$W/$name" "$OUT/$name/run" 2>/dev/null || true' EXIT
 [ -f "$W/st6/.done" ] || { $OSD precompute "$TRAIN" --teacher "$TEACHER" --out "$W/st6" --views 6 --batch 32 \
     --val-fraction "$VAL_FRACTION" --device "$DEVICE" 2>&1 | tail -1; touch "$W/st6/.done"; }
 T=(--store "$W/st6" --device "$DEVICE" --tick-seconds 40 --population 160 --out "$W/$name")

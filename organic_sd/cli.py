@@ -165,8 +165,8 @@ def _add_ovae_parsers(sub) -> None:
                              "already make, so a round grows different features instead of near copies "
                              "(default: on for the decoder, off for the encoder; docs/BENCHMARKS.md)")
     common.add_argument("--units-per-round", type=int, default=None,
-                        help="hidden units grown side by side before the readout is re-fitted (default 8; the shipped "
-                             "encoder was grown in rounds of 16)")
+                        help="hidden units grown side by side before the readout is re-fitted (default: 16 for the "
+                             "encoder, whose latents then decode better, 8 for the decoder; docs/BENCHMARKS.md)")
     common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
     common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
     common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")

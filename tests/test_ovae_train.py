@@ -222,12 +222,13 @@ def test_train_deflates_decoder_units_by_default_and_as_told(store, tmp_path, pa
     assert json.loads((run / "config.json").read_text())["deflate"] is want
 
 
-def test_train_grows_units_in_rounds_of_the_given_size(store, tmp_path):
-    for flag, want in (([], cascade.UNITS_PER_ROUND), (["--units-per-round", "2"], 2)):
-        run = tmp_path / f"enc{want}"
-        assert cli.main(["train", "encoder", "--store", str(store), "--out", str(run), "--hidden", "4", *flag,
-                         "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
-        assert OVAE.load(run).encoder.module.training_summary["units_per_round"] == want
-        assert json.loads((run / "config.json").read_text())["units_per_round"] == want
+@pytest.mark.parametrize("part, flag, want", [("encoder", [], 16), ("decoder", [], cascade.UNITS_PER_ROUND),
+                                              ("encoder", ["--units-per-round", "2"], 2)])
+def test_train_grows_units_in_rounds_of_the_given_size(store, tmp_path, part, flag, want):
+    run = tmp_path / part
+    assert cli.main(["train", part, "--store", str(store), "--out", str(run), "--hidden", "4", *flag,
+                     "--ticks", "1", "--generations", "30", "--eval-images", "4", "--max-rows", "2000"]) == 0
+    assert getattr(OVAE.load(run), part).module.training_summary["units_per_round"] == want
+    assert json.loads((run / "config.json").read_text())["units_per_round"] == want
     with pytest.raises(ValueError, match="--units-per-round"):
         quick("encoder", store, tmp_path / "bad", units_per_round=0)
