@@ -69,8 +69,8 @@ class TrainConfig:
     # decoder -0.29 dB on them, O-Decoders -0.06 dB); docs/BENCHMARKS.md.
     deflate: bool | None = None
     # hidden units grown side by side before the readout is re-fitted. None: per part, the engine's 8 for the
-    # decoder, 16 for the encoder, whose latents then decode better at the same cosine (linear decoder +0.5-0.8
-    # dB, full O-VAE +0.4-0.55 dB with the same decoders; CPU, one seed); both shipped encoders were grown so.
+    # decoder, 16 for the encoder, whose latents then decode better at the same cosine (linear decoder +0.5-1.3
+    # dB, full O-VAE +0.2-0.55 dB with the same decoders; CPU, two seeds); both shipped encoders were grown so.
     units_per_round: int | None = None
     max_minutes: float | None = None
     ticks: int | None = None
