@@ -73,8 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
         hessian=args.hessian, deflate=args.deflate, units_per_round=args.units_per_round, latents=args.latents,
-        target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows, batch_size=args.batch_size,
-        eval_images=args.eval_images, pad=args.pad, grid=args.grid,
+        mix_teacher=args.mix_teacher, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
+        batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
     res = train(cfg)
@@ -189,13 +189,17 @@ def _add_ovae_parsers(sub) -> None:
     common.add_argument("--progress", action="store_true", help="show the search's progress bars")
     dec = parts.add_parser("decoder", parents=[common], help="O-Decoder: latent window -> pixel block")
     dec.add_argument("--latents", default="teacher",
-                     help="'teacher' (stored latents), 'oenc:RUN' (an O-Encoder's), or 'mix:RUN' (both, half the "
-                          "rows each, toward the teacher's decode: a decoder that also tolerates the O-Encoder's error)")
+                     help="'teacher' (stored latents), 'oenc:RUN' (an O-Encoder's), or 'mix:RUN' (both, --mix-teacher "
+                          "sets the share, toward the teacher's decode: a decoder that also tolerates the O-Encoder's "
+                          "error)")
+    dec.add_argument("--mix-teacher", type=float, default=0.5,
+                     help="with mix:RUN, the share of rows whose inputs are the teacher's latents (default 0.5); "
+                          "more favours the decoder on teacher latents, less the full O-VAE")
     dec.add_argument("--target", choices=("decode", "image"), default="",
                      help="train toward the teacher's decode (default with teacher latents) or the original image "
                           "(default with oenc latents)")
     enc = parts.add_parser("encoder", parents=[common], help="O-Encoder: pixel window -> latent vector")
-    enc.set_defaults(latents="teacher", target="")
+    enc.set_defaults(latents="teacher", target="", mix_teacher=0.5)
     tr.set_defaults(func=_cmd_train)
     _add_train_denoiser_parser(parts)
     _add_train_head_parser(parts)

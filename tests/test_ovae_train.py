@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -169,6 +170,35 @@ def test_mixed_decoder_sees_teacher_and_encoder_latents_toward_the_teacher_decod
     res = train(cfg)
     assert res["status"] == "done"
     assert OVAE.load(tmp_path / "dec").decoder.config.latents.startswith("mix:")
+
+
+@pytest.mark.parametrize("w", [0.75, 0.25])
+def test_mix_teacher_sets_the_share_of_teacher_rows(store, tmp_path, w):
+    train(quick("encoder", store, tmp_path / "enc", ticks=1))
+    cfg = quick("decoder", store, tmp_path / "dec", latents=f"mix:{tmp_path / 'enc'}", ticks=1, mix_teacher=w)
+    s = Store.open(store)
+    pool = s.indices("train")
+    enc = train_mod._source_encoder(cfg.latents, s, torch.device("cpu"))
+    mixed = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"), enc, cfg.mix_teacher)
+    xt, xo = mixed.pairs(pool)[0].chunk(2)  # every teacher row, then every O-Encoder row
+    x, y = mixed.draw(pool, 10**6, np.random.default_rng(0))  # room for every row: only the balance thins
+    in_teacher = (x[:, None, :] == xt[None]).all(-1).any(1)  # (N,) rows that are teacher rows
+    in_oenc = (x[:, None, :] == xo[None]).all(-1).any(1)
+    assert bool((in_teacher ^ in_oenc).all())
+    assert in_teacher.float().mean().item() == pytest.approx(w, abs=0.01)
+    assert int(in_teacher.sum() if w > 0.5 else in_oenc.sum()) == xt.shape[0]  # the larger set is kept whole
+    assert train(cfg)["status"] == "done"
+    assert json.loads((tmp_path / "dec" / "config.json").read_text())["mix_teacher"] == w
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(replace(cfg, mix_teacher=0.5))  # another balance is another experiment
+
+
+def test_mix_teacher_is_checked(store, tmp_path):
+    with pytest.raises(ValueError, match="only applies to --latents mix"):
+        quick("decoder", store, tmp_path / "d", mix_teacher=0.7)
+    for w in (0.0, 1.0):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            quick("decoder", store, tmp_path / "d", latents="mix:x", mix_teacher=w)
 
 
 def test_drawing_rows_from_an_empty_split_is_a_clear_error(store, tmp_path):

@@ -38,8 +38,8 @@ from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_row
 
 # fields that define a run: a resume with other values would silently mix two experiments
 # seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
-RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "target", "pad", "grid", "retina_dim", "global_size",
-              "seed", "eval_images")
+RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
+              "global_size", "seed", "eval_images")
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 LOAD_CHUNK = 64  # store images read and windowed at a time (bounds peak memory while drawing rows)
 # Image windows are redundant (16x16x3 pixels: 99% of the variance in 99 of 768 directions) and
@@ -79,7 +79,10 @@ class TrainConfig:
     generations: int | None = None  # per tick, instead of (or besides) tick_seconds: reproducible runs
     save_minutes: float = 0.0  # 0: checkpoint after every tick
     device: str = "cpu"
-    latents: str = "teacher"  # decoder inputs: "teacher", "oenc:RUN", or "mix:RUN" (both, half the rows each)
+    latents: str = "teacher"  # decoder inputs: "teacher", "oenc:RUN", or "mix:RUN" (both)
+    # mix: the share of rows whose inputs are the teacher's latents (the rest are the O-Encoder's). Half each
+    # trades the decoder on teacher latents for the full O-VAE (docs/BENCHMARKS.md, 2026-11-27).
+    mix_teacher: float = 0.5
     target: str = ""  # decoder targets: "decode" (teacher's decode) or "image"; "" picks by latents
     freeze_loss: float | None = None
     max_rows: int = 200_000
@@ -101,6 +104,10 @@ class TrainConfig:
             raise ValueError("--latents only applies to the decoder (the encoder always learns the teacher's latents)")
         if self.latents != "teacher" and not self.latents.startswith(("oenc:", "mix:")):
             raise ValueError(f"--latents must be 'teacher', 'oenc:RUN' or 'mix:RUN', got {self.latents!r}")
+        if not 0.0 < self.mix_teacher < 1.0:
+            raise ValueError(f"--mix-teacher must be between 0 and 1 (exclusive), got {self.mix_teacher}")
+        if self.mix_teacher != 0.5 and not self.latents.startswith("mix:"):
+            raise ValueError("--mix-teacher only applies to --latents mix:RUN")
         if not self.target:
             self.target = "image" if self.latents.startswith("oenc:") else "decode"
         if self.target not in ("decode", "image"):
@@ -121,8 +128,10 @@ class TrainConfig:
 class Rows:
     """Turns store samples into (module input rows, target rows) for one part."""
 
-    def __init__(self, store: Store, part: PartConfig, device: torch.device, source: Part | None):
+    def __init__(self, store: Store, part: PartConfig, device: torch.device, source: Part | None,
+                 mix_teacher: float = 0.5):
         self.store, self.part, self.device, self.source = store, part, device, source
+        self.mix_teacher = mix_teacher
 
     def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
         """Decoder inputs for samples idx that held-out scoring uses: the O-Encoder's for oenc, else the teacher's."""
@@ -133,11 +142,19 @@ class Rows:
     def latent_sets(self, idx: np.ndarray, images: torch.Tensor | None) -> list[torch.Tensor]:
         """Every set of decoder inputs for samples idx: [teacher], [O-Encoder] or, for mix, [teacher, O-Encoder]."""
         z = self.latents(idx, images)
-        return [z, self.source(images)] if self._mix else [z]
+        return [z, self.source(images)] if self._mix else [z]  # Rows.draw relies on this order
 
     @property
     def _mix(self) -> bool:
         return self.part.latents.startswith("mix:")
+
+    def _set_shares(self) -> list[float]:
+        """Per set of decoder inputs (latent_sets' order), the share of its rows kept: mix_teacher of all rows
+        drawn come from the teacher's latents, and the larger set is never thinned for the balance."""
+        if not self._mix:
+            return [1.0]
+        w = self.mix_teacher
+        return [1.0, (1 - w) / w] if w >= 0.5 else [w / (1 - w), 1.0]
 
     def pairs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples idx -> rows x (N, in), y (N, out) on the device."""
@@ -163,17 +180,20 @@ class Rows:
             raise ValueError(f"store {self.store.path} has no samples in this split to draw rows from")
         p = self.part
         per_image = (p.image_size // p.downscale) ** 2 if p.mode == "patch" else 1
-        per_image *= 2 if self._mix else 1  # mix: each image gives rows twice
+        shares = self._set_shares()
+        per_image *= sum(shares)  # mix: each image gives rows from both sets of inputs
         n = min(len(pool), max(1, math.ceil(max_rows / per_image)))
         idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
         share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
         xs, ys = [], []
         for i in range(0, n, LOAD_CHUNK):
             x, y = self.pairs(idx[i:i + LOAD_CHUNK])
-            if share < 1.0:
-                keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(x.device)
-                x, y = x[keep], y[keep]
-            xs.append(x), ys.append(y)
+            for x_set, y_set, f in zip(x.chunk(len(shares)), y.chunk(len(shares)), shares):
+                if share * f < 1.0:
+                    m = x_set.shape[0]
+                    keep = torch.from_numpy(rng.permutation(m)[:math.ceil(share * f * m)]).to(x.device)
+                    x_set, y_set = x_set[keep], y_set[keep]
+                xs.append(x_set), ys.append(y_set)
         x, y = torch.cat(xs), torch.cat(ys)
         if x.shape[0] > max_rows:
             keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
@@ -284,7 +304,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     train_idx = store.indices("train")
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")
-    rows = Rows(store, part_cfg, dev, _source_encoder(cfg.latents, store, dev))
+    rows = Rows(store, part_cfg, dev, _source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
     heldout = HeldOut(store, part_cfg, rows, cfg.eval_images, cfg.seed)
 
     state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
