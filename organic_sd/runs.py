@@ -13,8 +13,9 @@ from pathlib import Path
 from organic_sd import dist, ola
 
 
-def check_resume(run: Path, rec: dict, fields: tuple[str, ...]) -> dict | None:
-    """The saved run record if `run` holds a run whose `fields` (and kind) equal `rec`'s; None if `run` is new."""
+def check_resume(run: Path, rec: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
+    """The saved run record if `run` holds a run whose `fields` (and kind) equal `rec`'s; None if `run` is new.
+    `added`: fields newer than some runs, with the value those runs used before the field existed."""
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
@@ -22,6 +23,7 @@ def check_resume(run: Path, rec: dict, fields: tuple[str, ...]) -> dict | None:
                              "use another --out folder")
         return None
     old = json.loads(cfg_file.read_text())
+    old = {**(added or {}), **old}
     diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in fields if k != "kind" and old.get(k) != rec[k]]
     if old.get("kind") != rec["kind"]:
         diff.insert(0, f"kind: {run} holds an {old.get('kind')} run")

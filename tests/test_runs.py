@@ -5,6 +5,16 @@ import pytest
 from organic_sd.runs import check_resume, resume_state
 
 
+def test_check_resume_gives_runs_older_than_a_field_the_value_they_used(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"kind": "decoder", "window": 3}))  # saved before "mix" existed
+    rec = {"kind": "decoder", "window": 3, "mix": 0.5}
+    assert check_resume(run, rec, ("kind", "window", "mix"), added={"mix": 0.5})["window"] == 3
+    with pytest.raises(ValueError, match="mix: run has 0.5, asked 0.7"):
+        check_resume(run, {**rec, "mix": 0.7}, ("kind", "window", "mix"), added={"mix": 0.5})
+
+
 def test_check_resume_new_same_other_and_foreign_folders(tmp_path):
     rec = {"kind": "decoder", "window": 3, "seed": 0}
     assert check_resume(tmp_path / "new", rec, ("kind", "window", "seed")) is None

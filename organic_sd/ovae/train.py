@@ -299,7 +299,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     part_cfg = _part_config(cfg, store)
     run = Path(cfg.out)
     rec = _run_record(cfg, part_cfg, store)
-    old = check_resume(run, rec, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"))
+    old = check_resume(run, rec, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
+                       added={"mix_teacher": 0.5})  # runs from before --mix-teacher drew half each
     run.mkdir(parents=True, exist_ok=True)
     train_idx = store.indices("train")
     if len(train_idx) == 0:
