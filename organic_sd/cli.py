@@ -73,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
         hessian=args.hessian, deflate=args.deflate, units_per_round=args.units_per_round, latents=args.latents,
-        mix_teacher=args.mix_teacher, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
+        mix_teacher=args.mix_teacher, init=args.init, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
         batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
@@ -177,6 +177,10 @@ def _add_ovae_parsers(sub) -> None:
                         help="search generations per tick (ends a tick early; reproducible runs)")
     common.add_argument("--save-minutes", type=float, default=0.0, help="checkpoint interval (0: every tick)")
     common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    common.add_argument("--init", default="",
+                        help="start a new run from this run's (or O-VAE file's) part: its hidden units and readout. "
+                             "With the same --hidden only the readout is re-fitted, on this run's rows (e.g. units "
+                             "grown on teacher latents, readout on --latents mix:); with more, the units grow on")
     common.add_argument("--freeze-loss", type=float, default=None, help="stop once held-out MSE is at or below this")
     common.add_argument("--max-rows", type=int, default=200_000, help="patch rows drawn per tick")
     common.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")

@@ -268,3 +268,45 @@ def test_train_grows_units_in_rounds_of_the_given_size(store, tmp_path, part, fl
     assert json.loads((run / "config.json").read_text())["units_per_round"] == want
     with pytest.raises(ValueError, match="--units-per-round"):
         quick("encoder", store, tmp_path / "bad", units_per_round=0)
+
+
+def test_init_keeps_the_units_and_refits_the_readout_on_this_runs_rows(store, tmp_path, capsys):
+    train(quick("encoder", store, tmp_path / "enc", ticks=1))
+    train(quick("decoder", store, tmp_path / "units", hidden=(4,), ticks=1))  # units grown on teacher latents
+    grown = OVAE.load(tmp_path / "units").decoder.module
+    run = tmp_path / "dec"
+    cfg = quick("decoder", store, run, hidden=(4,), ticks=1, init=str(tmp_path / "units"),
+                latents=f"mix:{tmp_path / 'enc'}", mix_teacher=0.25)
+    train(cfg)
+    assert "starting from --init" in capsys.readouterr().out
+    new = OVAE.load(run).decoder.module
+    assert torch.equal(new.hidden[0].weight, grown.hidden[0].weight)  # the units are kept as they were
+    assert torch.equal(new.hidden[0].bias, grown.hidden[0].bias)
+    assert not torch.equal(new.readout.weight, grown.readout.weight)  # the readout is searched on the mixed rows
+    assert json.loads((run / "config.json").read_text())["init"] == str(tmp_path / "units")
+    assert OVAE.load(run).decoder.config.latents.startswith("mix:")
+
+    train(replace(cfg, init=str(tmp_path / "nothing-here")))  # a resume goes on from its own checkpoint
+    assert "not used" in capsys.readouterr().out and _log(run)[-1]["tick"] == 2
+
+
+def test_init_goes_on_growing_a_smaller_module(store, tmp_path):
+    train(quick("decoder", store, tmp_path / "units", hidden=(2,), ticks=1))
+    train(quick("decoder", store, tmp_path / "dec", hidden=(4,), ticks=1, units_per_round=2,
+                init=str(tmp_path / "units")))
+    w = OVAE.load(tmp_path / "dec").decoder.module.hidden[0].weight
+    assert w.shape[0] == 4 and torch.equal(w[:2], OVAE.load(tmp_path / "units").decoder.module.hidden[0].weight)
+
+
+def test_init_that_does_not_fit_the_run_is_a_clear_error(store, tmp_path):
+    train(quick("decoder", store, tmp_path / "units", hidden=(4,), ticks=1))
+    for kw, msg in [({"window": 5}, "window: it has 3, this run 5"), ({"hidden": (2,)}, "it may only grow"),
+                    ({"hidden": ()}, "it may only grow")]:
+        with pytest.raises(ValueError, match=msg):
+            train(quick("decoder", store, tmp_path / "d", init=str(tmp_path / "units"), **kw))
+        assert not (tmp_path / "d" / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="holds no encoder"):
+        train(quick("encoder", store, tmp_path / "e", init=str(tmp_path / "units")))
+    assert cli.main(["train", "decoder", "--store", str(store), "--out", str(tmp_path / "c"), "--hidden", "4",
+                     "--ticks", "1", "--generations", "2", "--max-rows", "500", "--eval-images", "2",
+                     "--init", str(tmp_path / "units")]) == 0

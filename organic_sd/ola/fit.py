@@ -122,13 +122,13 @@ def _check_init(init, in_dim, out_dim, hidden, out_scale):
     c = init.config
     if (c.in_dim, c.out_dim) != (in_dim, out_dim):
         raise ValueError(f"init maps {c.in_dim} -> {c.out_dim} but the data is {in_dim} -> {out_dim}")
-    if tuple(c.hidden) != tuple(hidden) and not _grown_part_of(tuple(c.hidden), tuple(hidden)):
+    if tuple(c.hidden) != tuple(hidden) and not grown_part_of(tuple(c.hidden), tuple(hidden)):
         raise ValueError(f"init has hidden={tuple(c.hidden)} but hidden={tuple(hidden)} was asked for")
     if c.out_scale != out_scale:
         raise ValueError(f"init has out_scale={c.out_scale} but out_scale={out_scale} was asked for")
 
 
-def _grown_part_of(have: tuple, hidden: tuple) -> bool:
+def grown_part_of(have: tuple, hidden: tuple) -> bool:
     """True if layers `have` are where growing `hidden` (layer by layer) can stop: full layers, then one partial."""
     return (0 < len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
             and 0 < have[-1] <= hidden[len(have) - 1])

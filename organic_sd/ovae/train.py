@@ -34,6 +34,7 @@ from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
 from organic_sd.ovae import patches
 from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.devices import resolve_device
+from organic_sd.ola.fit import grown_part_of
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_rows, read_parts
 
 # fields that define a run: a resume with other values would silently mix two experiments
@@ -83,6 +84,10 @@ class TrainConfig:
     # mix: the share of rows whose inputs are the teacher's latents (the rest are the O-Encoder's). Half each
     # trades the decoder on teacher latents for the full O-VAE (docs/BENCHMARKS.md, 2026-11-27).
     mix_teacher: float = 0.5
+    # a run (or O-VAE file) whose part of this kind a new run starts from: its units and readout. With the same
+    # --hidden only the readout is re-fitted on this run's rows: units grown on teacher latents (which set the
+    # decoder on teacher latents) with a readout on mixed rows (which sets the full O-VAE); docs/BENCHMARKS.md.
+    init: str = ""
     target: str = ""  # decoder targets: "decode" (teacher's decode) or "image"; "" picks by latents
     freeze_loss: float | None = None
     max_rows: int = 200_000
@@ -275,6 +280,28 @@ def _source_encoder(spec: str, store: Store, device: torch.device) -> Part | Non
     return enc
 
 
+# what a module's weights mean: an --init part must agree on these with the run it starts
+INIT_FIELDS = ("kind", "mode", "teacher", "latent_channels", "downscale", "window", "pad", "grid", "retina_dim",
+               "retina_seed", "global_size")
+
+
+def _init_module(spec: str, cfg: TrainConfig, part: PartConfig, device: torch.device) -> ola.OLAModule:
+    """The module of the --init run or file's part of this kind, checked against this run's part and --hidden."""
+    init = read_parts(spec, device)[cfg.kind]
+    if init is None:
+        raise ValueError(f"--init {spec}: that run/file holds no {cfg.kind}")
+    diff = [f"{k}: it has {getattr(init.config, k)!r}, this run {getattr(part, k)!r}" for k in INIT_FIELDS
+            if getattr(init.config, k) != getattr(part, k)]
+    if part.mode == "global" and init.config.image_size != part.image_size:
+        diff.append(f"image_size: it has {init.config.image_size}, this run {part.image_size}")
+    have = tuple(init.module.config.hidden)
+    if have != cfg.hidden and not grown_part_of(have, cfg.hidden):
+        diff.append(f"hidden: it has {have}, this run asks {cfg.hidden} (it may only grow)")
+    if diff:
+        raise ValueError(f"--init {spec} cannot start this run: {'; '.join(diff)}")
+    return init.module
+
+
 def _out_scale(cfg: TrainConfig, store: Store, rng: np.random.Generator) -> float:
     """Decoder: 1 (pixels in [-1, 1]); encoder: 1.2 x the largest |latent| in a sample, rounded up to 0.5."""
     if cfg.kind == "decoder":
@@ -315,7 +342,12 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
         state = resume_state(run, part.module.training_summary.get("run", {}))
         rec["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out MSE "
-              f"{state['best']['heldout_mse']:.5g})", file=log_to)
+              f"{state['best']['heldout_mse']:.5g})" + (f"; --init {cfg.init} not used: the run goes on from its own "
+                                                         "checkpoint" if cfg.init else ""), file=log_to)
+    elif cfg.init:
+        part = Part(part_cfg, _init_module(cfg.init, cfg, part_cfg, dev))
+        rec["out_scale"] = part.module.config.out_scale
+        print(f"starting from --init {cfg.init}: {part.module.config.hidden} hidden units", file=log_to)
     else:
         rec["out_scale"] = old["out_scale"] if old else _out_scale(cfg, store, np.random.default_rng(cfg.seed))
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
