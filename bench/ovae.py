@@ -29,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,11 @@ CONFIGS = {
     "patch-hidden-shipped": ({"window": 16, "hidden": (192,)}, {"window": 5, "hidden": (64,), "latents": OWN_MIX}),
     # shipped 2026-11-27: a smaller, more decodable encoder (rounds of 16, the encoder default), a wider decoder
     "patch-shipped-1127": ({"window": 16, "hidden": (64,)}, {"window": 5, "hidden": (120,), "latents": OWN_MIX}),
+    # shipped 2026-11-27 06:00: decoder units grown on teacher-heavy rows (0.8), then (`osd train --init`) the
+    # readout alone re-fitted on rows weighted towards the O-Encoder's (0.45); each stage gets --seconds
+    "patch-shipped-1127b": ({"window": 16, "hidden": (64,)},
+                            {"window": 5, "hidden": (168,), "latents": OWN_MIX, "mix_teacher": 0.8,
+                             "readout_mix_teacher": 0.45}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {
@@ -237,6 +243,7 @@ def main(argv=None) -> int:
             run = out / "runs" / f"{name}-{kind}"
             if kw.get("latents") == OWN_MIX:
                 kw = {**kw, "latents": f"mix:{out / 'runs' / f'{name}-encoder'}"}
+            readout_mix = kw.pop("readout_mix_teacher", None)
             hidden = bool(kw.get("hidden"))
             cfg = TrainConfig(kind, args.store, str(run), max_minutes=args.seconds / 60, tick_seconds=tick,
                               first_tick_seconds=0.6 * args.seconds if hidden else None, max_rows=args.max_rows,
@@ -244,6 +251,11 @@ def main(argv=None) -> int:
             print(f"== {name}: {kind}", flush=True)
             shutil.rmtree(run, ignore_errors=True)  # a fresh run: resuming would give it more than --seconds
             train(cfg)
+            if readout_mix is not None:  # a second stage: the same units, the readout re-fitted on other rows
+                print(f"== {name}: {kind} readout, mix {readout_mix}", flush=True)
+                run = out / "runs" / f"{name}-{kind}-readout"
+                shutil.rmtree(run, ignore_errors=True)
+                train(replace(cfg, out=str(run), init=str(cfg.out), mix_teacher=readout_mix, first_tick_seconds=None))
             parts[kind] = read_parts(run, args.device)[kind]
         results.append(measure(name, OVAE(parts["encoder"], parts["decoder"]), teacher, args, out, teacher_s))
         print(json.dumps(results[-1]), flush=True)
