@@ -20,7 +20,8 @@ def training_plot(run: Path, log: list[dict], panels: list[tuple[str, str, bool]
     t = [r["time"] / 60 for r in log]
     fig, ax = plt.subplots(1, len(panels) + 1, figsize=(4.4 * (len(panels) + 1), 3.6))
     for i, (key, label, log_scale) in enumerate(panels):
-        ax[i].plot(t, [r[key] for r in log], "o-", color=f"C{i}")
+        pts = [(tt, r[key]) for tt, r in zip(t, log) if key in r]  # a key newer than the run's first ticks
+        ax[i].plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=f"C{i}")
         ax[i].set(xlabel="training minutes", ylabel=label, title=f"held-out {label}",
                   yscale="log" if log_scale else "linear")
     for r in log:

@@ -310,3 +310,38 @@ def test_init_that_does_not_fit_the_run_is_a_clear_error(store, tmp_path):
     assert cli.main(["train", "decoder", "--store", str(store), "--out", str(tmp_path / "c"), "--hidden", "4",
                      "--ticks", "1", "--generations", "2", "--max-rows", "500", "--eval-images", "2",
                      "--init", str(tmp_path / "units")]) == 0
+
+
+def test_mixed_decoder_is_scored_on_both_latents_weighted_as_its_rows(store, tmp_path, capsys):
+    train(quick("encoder", store, tmp_path / "enc", ticks=1))
+    run = tmp_path / "dec"
+    cfg = quick("decoder", store, run, latents=f"mix:{tmp_path / 'enc'}", mix_teacher=0.75, ticks=1)
+    train(cfg)
+    assert "(O-Encoder's)" in capsys.readouterr().out
+    s = Store.open(store)
+    rows = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"),
+                          train_mod._source_encoder(cfg.latents, s, torch.device("cpu")), 0.75)
+    held = train_mod.HeldOut(s, train_mod._part_config(cfg, s), rows, cfg.eval_images, cfg.seed)
+    part = OVAE.load(run).decoder
+    got = held.score(part)
+    images = torch.from_numpy(s.images[held.idx])
+    target = torch.from_numpy(s.decodes[held.idx]).float()
+    mse_t = float((part(torch.from_numpy(s.latents[held.idx])).clamp(-1, 1) - target).double().square().mean())
+    mse_o = float((part(rows.source(images)).clamp(-1, 1) - target).double().square().mean())
+    assert got["heldout_mse"] == pytest.approx(0.75 * mse_t + 0.25 * mse_o, rel=1e-4)
+    assert got["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_t))), abs=1e-3)
+    assert got["psnr_oenc"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_o))), abs=1e-3)
+    assert "psnr_oenc" in _log(run)[0]
+
+    # a run saved before both were scored: its best is scored again on resume, so the ticks compare alike
+    st = json.loads((run / "state.json").read_text())
+    st["best"] = {"heldout_mse": 1e-9, "psnr": 90.0}
+    (run / "state.json").write_text(json.dumps(st))
+    train(replace(cfg, ticks=1))
+    assert _log(run)[-1]["best_heldout_mse"] > 1e-9
+
+
+def test_teacher_latent_decoder_score_is_unchanged(store, tmp_path):
+    cfg = quick("decoder", store, tmp_path / "dec", ticks=1)
+    res = train(cfg)
+    assert "psnr_oenc" not in res and res["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(res["heldout_mse"]))))

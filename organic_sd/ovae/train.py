@@ -140,23 +140,23 @@ class Rows:
 
     def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
         """Decoder inputs for samples idx that held-out scoring uses: the O-Encoder's for oenc, else the teacher's."""
-        if self.source is None or self._mix:
+        if self.source is None or self.mix:
             return torch.from_numpy(self.store.latents[idx]).to(self.device)
         return self.source(images)
 
     def latent_sets(self, idx: np.ndarray, images: torch.Tensor | None) -> list[torch.Tensor]:
         """Every set of decoder inputs for samples idx: [teacher], [O-Encoder] or, for mix, [teacher, O-Encoder]."""
         z = self.latents(idx, images)
-        return [z, self.source(images)] if self._mix else [z]  # Rows.draw relies on this order
+        return [z, self.source(images)] if self.mix else [z]  # Rows.draw relies on this order
 
     @property
-    def _mix(self) -> bool:
+    def mix(self) -> bool:
         return self.part.latents.startswith("mix:")
 
     def _set_shares(self) -> list[float]:
         """Per set of decoder inputs (latent_sets' order), the share of its rows kept: mix_teacher of all rows
         drawn come from the teacher's latents, and the larger set is never thinned for the balance."""
-        if not self._mix:
+        if not self.mix:
             return [1.0]
         w = self.mix_teacher
         return [1.0, (1 - w) / w] if w >= 0.5 else [w / (1 - w), 1.0]
@@ -219,9 +219,13 @@ class HeldOut:
         self.part, self.rows, self.store = part, rows, store
 
     def score(self, part: Part) -> dict:
-        """Held-out MSE (the freeze metric), plus PSNR (decoder, on [0, 1]) or mean cosine (encoder)."""
+        """Held-out MSE (the freeze and keep metric), plus PSNR (decoder, on [0, 1]) or mean cosine (encoder).
+
+        A mix: decoder is scored on both sets of inputs, weighted as its rows are (--mix-teacher): its MSE
+        is the objective it was trained on; `psnr` is on the teacher's latents, `psnr_oenc` on the O-Encoder's.
+        """
         p, s, dev = self.part, self.store, self.rows.device
-        se, n, cos_sum, cos_n = 0.0, 0, 0.0, 0
+        se, n, cos_sum, cos_n = [0.0, 0.0], 0, 0.0, 0
         for i in range(0, len(self.idx), 16):
             idx = self.idx[i:i + 16]
             images = torch.from_numpy(s.images[idx]).to(dev)
@@ -233,16 +237,21 @@ class HeldOut:
                 a, b = patches.grid_to_rows(pred), patches.grid_to_rows(z)
                 cos_sum += float(cosine_rows(a, b).sum())
                 cos_n += a.shape[0]
+                preds = [pred]
             else:
-                target = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(dev)
-                pred = part(self.rows.latents(idx, images)).clamp(-1, 1)
-                z = target
-            se += float((pred - z).double().square().sum())
+                z = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(dev)
+                preds = [part(zk).clamp(-1, 1) for zk in self.rows.latent_sets(idx, images)]
+            for k, pred in enumerate(preds):
+                se[k] += float((pred - z).double().square().sum())
             n += z.numel()
-        mse = se / n
+        mse = se[0] / n
         out = {"heldout_mse": mse}
         if p.kind == "decoder":
             out["psnr"] = float(psnr(torch.tensor(mse)))
+            if self.rows.mix:
+                w = self.rows.mix_teacher
+                out["heldout_mse"] = w * mse + (1 - w) * se[1] / n
+                out["psnr_oenc"] = float(psnr(torch.tensor(se[1] / n)))
         else:
             out["cosine"] = cos_sum / cos_n
         return out
@@ -340,6 +349,8 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     if old is not None and (run / WEIGHTS_NAME).is_file():
         part = read_parts(run, dev)[cfg.kind]
         state = resume_state(run, part.module.training_summary.get("run", {}))
+        if rows.mix and "psnr_oenc" not in state["best"]:  # saved before mix: runs were scored on both latents
+            state["best"] = heldout.score(part)
         rec["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out MSE "
               f"{state['best']['heldout_mse']:.5g})" + (f"; --init {cfg.init} not used: the run goes on from its own "
@@ -415,9 +426,13 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
             if main:
                 with open(run / "log.jsonl", "a") as fh:
                     fh.write(json.dumps(line) + "\n")
-                metric = ("psnr", "PSNR (dB)") if cfg.kind == "decoder" else ("cosine", "mean cosine")
-                training_plot(run, log, [("heldout_mse", "MSE", True), (*metric, False)])
+                metrics = [("psnr", "PSNR (dB)")] if cfg.kind == "decoder" else [("cosine", "mean cosine")]
+                if rows.mix:
+                    metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)"))
+                training_plot(run, log, [("heldout_mse", "MSE", True), *[(*m, False) for m in metrics]])
             metric = f"PSNR {scores['psnr']:.2f} dB" if "psnr" in scores else f"cosine {scores['cosine']:.4f}"
+            if "psnr_oenc" in scores:
+                metric += f" (teacher latents), {scores['psnr_oenc']:.2f} dB (O-Encoder's)"
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
                   f"held-out MSE {scores['heldout_mse']:.5g}, {metric}{'' if kept else ' (worse: kept previous)'}",
                   file=log_to, flush=True)
