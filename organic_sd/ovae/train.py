@@ -139,7 +139,7 @@ class Rows:
         self.mix_teacher = mix_teacher
 
     def latents(self, idx: np.ndarray, images: torch.Tensor | None) -> torch.Tensor:
-        """Decoder inputs for samples idx that held-out scoring uses: the O-Encoder's for oenc, else the teacher's."""
+        """The first set of decoder inputs for samples idx: the O-Encoder's for oenc, else the teacher's."""
         if self.source is None or self.mix:
             return torch.from_numpy(self.store.latents[idx]).to(self.device)
         return self.source(images)
@@ -349,7 +349,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     if old is not None and (run / WEIGHTS_NAME).is_file():
         part = read_parts(run, dev)[cfg.kind]
         state = resume_state(run, part.module.training_summary.get("run", {}))
-        if rows.mix and "psnr_oenc" not in state["best"]:  # saved before mix: runs were scored on both latents
+        if rows.mix and "psnr_oenc" not in state["best"]:  # saved before a mix: score covered both inputs
             state["best"] = heldout.score(part)
         rec["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out MSE "
