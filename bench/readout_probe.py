@@ -35,11 +35,8 @@ RIDGE = 1e-3  # relative to the mean diagonal of the normal equations
 
 def features(dec, z: torch.Tensor) -> torch.Tensor:
     """Latents (B, C, h, w) -> [window, units of every layer, 1] rows (B*h*w, F) in float64."""
-    feats = [dec.rows(z)]
-    for layer in dec.module.hidden:
-        feats.append(torch.tanh(layer(feats[-1])))
-    feats.append(torch.ones(feats[0].shape[0], 1))
-    return torch.cat(feats, 1).double()
+    u = dec.module.features(dec.rows(z))
+    return torch.cat([u, torch.ones(u.shape[0], 1)], 1).double()
 
 
 def gram(dec, enc, store: Store, idx: np.ndarray, chunk: int = 16):

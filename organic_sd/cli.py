@@ -73,8 +73,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
         generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
         hessian=args.hessian, deflate=args.deflate, units_per_round=args.units_per_round, latents=args.latents,
-        mix_teacher=args.mix_teacher, init=args.init, target=args.target, freeze_loss=args.freeze_loss, max_rows=args.max_rows,
-        batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
+        mix_teacher=args.mix_teacher, init=args.init, target=args.target, freeze_loss=args.freeze_loss,
+        max_rows=args.max_rows, batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
         retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
     )
     res = train(cfg)

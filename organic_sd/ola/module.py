@@ -60,16 +60,19 @@ class OLAModule(nn.Module):
     def out_dim(self) -> int:
         return self.config.out_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in_dim) -> (..., out_dim)."""
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> what the readout sees, [x, h_1, ..., h_L] (..., in_dim + sum(hidden))."""
         check_input(x, self.config.in_dim, self.readout.weight.device)
         x = x.to(self.readout.weight.dtype)
         feats, h = [x], x
         for layer in self.hidden:
             h = torch.tanh(layer(h))
             feats.append(h)
-        u = torch.cat(feats, dim=-1) if len(feats) > 1 else x
-        return self.config.out_scale * torch.tanh(self.readout(u))
+        return torch.cat(feats, dim=-1) if len(feats) > 1 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim)."""
+        return self.config.out_scale * torch.tanh(self.readout(self.features(x)))
 
     def num_parameters(self) -> int:
         """Number of stored numbers (weights and biases)."""

@@ -217,6 +217,8 @@ class HeldOut:
         rng = np.random.default_rng(seed + 1)
         self.idx = np.sort(rng.choice(val, min(n, len(val)), replace=False))
         self.part, self.rows, self.store = part, rows, store
+        # decoder inputs per chunk, made once: the O-Encoder behind oenc:/mix: is fixed, so are its latents
+        self._inputs: dict[int, list[torch.Tensor]] = {}
 
     def score(self, part: Part) -> dict:
         """Held-out MSE (the freeze and keep metric), plus PSNR (decoder, on [0, 1]) or mean cosine (encoder).
@@ -240,7 +242,9 @@ class HeldOut:
                 preds = [pred]
             else:
                 z = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(dev)
-                preds = [part(zk).clamp(-1, 1) for zk in self.rows.latent_sets(idx, images)]
+                if i not in self._inputs:
+                    self._inputs[i] = self.rows.latent_sets(idx, images)
+                preds = [part(zk).clamp(-1, 1) for zk in self._inputs[i]]
             for k, pred in enumerate(preds):
                 se[k] += float((pred - z).double().square().sum())
             n += z.numel()
