@@ -68,6 +68,11 @@ CONFIGS = {
     "patch-shipped-1127b": ({"window": 16, "hidden": (64,)},
                             {"window": 5, "hidden": (168,), "latents": OWN_MIX, "mix_teacher": 0.8,
                              "readout_mix_teacher": 0.45}),
+    # shipped 2026-11-27 07:25: the same two stages, readout at 0.55 (units of another seed, chosen among four by
+    # bench/readout_probe.py); the first O-VAE to meet every floor of the issue on Set14
+    "patch-shipped-1127c": ({"window": 16, "hidden": (64,)},
+                            {"window": 5, "hidden": (168,), "latents": OWN_MIX, "mix_teacher": 0.8,
+                             "readout_mix_teacher": 0.55}),
 }
 # least-squares references: name -> (encoder settings, decoder settings), linear, no tanh
 REFERENCES = {
