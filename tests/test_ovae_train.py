@@ -312,6 +312,19 @@ def test_init_that_does_not_fit_the_run_is_a_clear_error(store, tmp_path):
                      "--init", str(tmp_path / "units")]) == 0
 
 
+def test_init_from_another_seed_needs_the_same_seed_only_in_global_mode(store, tmp_path):
+    # a patch part's inputs do not depend on --seed; a global encoder's retina is drawn from it
+    train(quick("decoder", store, tmp_path / "units", hidden=(2,), ticks=1, seed=1))
+    train(quick("decoder", store, tmp_path / "dec", hidden=(2,), ticks=1, init=str(tmp_path / "units"), seed=0))
+    assert OVAE.load(tmp_path / "dec").decoder.module.hidden[0].weight.shape[0] == 2
+    g = {"mode": "global", "retina_dim": 16, "ticks": 1}
+    train(quick("encoder", store, tmp_path / "genc", seed=1, **g))
+    with pytest.raises(ValueError, match="retina_seed: it has 1, this run 0 [(]the retina is drawn from --seed"):
+        train(quick("encoder", store, tmp_path / "g0", init=str(tmp_path / "genc"), seed=0, **g))
+    assert not (tmp_path / "g0" / "model.safetensors").exists()
+    train(quick("encoder", store, tmp_path / "g1", init=str(tmp_path / "genc"), seed=1, **g))
+
+
 def test_mixed_decoder_is_scored_on_both_latents_weighted_as_its_rows(store, tmp_path, capsys):
     train(quick("encoder", store, tmp_path / "enc", ticks=1))
     run = tmp_path / "dec"

@@ -293,9 +293,10 @@ def _source_encoder(spec: str, store: Store, device: torch.device) -> Part | Non
     return enc
 
 
-# what a module's weights mean: an --init part must agree on these with the run it starts
-INIT_FIELDS = ("kind", "mode", "teacher", "latent_channels", "downscale", "window", "pad", "grid", "retina_dim",
-               "retina_seed", "global_size")
+# what a module's weights mean: an --init part must agree on these with the run it starts; global mode's inputs
+# also depend on the frame size and the retina (its projection is drawn from --seed), patch mode's on neither
+INIT_FIELDS = ("kind", "mode", "teacher", "latent_channels", "downscale", "window", "pad")
+GLOBAL_INIT_FIELDS = ("image_size", "grid", "retina_dim", "retina_seed", "global_size")
 
 
 def _init_module(spec: str, cfg: TrainConfig, part: PartConfig, device: torch.device) -> ola.OLAModule:
@@ -303,10 +304,10 @@ def _init_module(spec: str, cfg: TrainConfig, part: PartConfig, device: torch.de
     init = read_parts(spec, device)[cfg.kind]
     if init is None:
         raise ValueError(f"--init {spec}: that run/file holds no {cfg.kind}")
-    diff = [f"{k}: it has {getattr(init.config, k)!r}, this run {getattr(part, k)!r}" for k in INIT_FIELDS
-            if getattr(init.config, k) != getattr(part, k)]
-    if part.mode == "global" and init.config.image_size != part.image_size:
-        diff.append(f"image_size: it has {init.config.image_size}, this run {part.image_size}")
+    fields = INIT_FIELDS + (GLOBAL_INIT_FIELDS if part.mode == "global" else ())
+    diff = [f"{k}: it has {getattr(init.config, k)!r}, this run {getattr(part, k)!r}"
+            + (" (the retina is drawn from --seed)" if k == "retina_seed" else "")
+            for k in fields if getattr(init.config, k) != getattr(part, k)]
     have = tuple(init.module.config.hidden)
     if have != cfg.hidden and not grown_part_of(have, cfg.hidden):
         diff.append(f"hidden: it has {have}, this run asks {cfg.hidden} (it may only grow)")
