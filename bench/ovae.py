@@ -112,13 +112,17 @@ def reference_rows(store: Store, cfg: TrainConfig, device, max_rows: int, rng: n
     return (*rows.draw(store.indices("train"), max_rows, rng), part_cfg)
 
 
+def ridge_solve(g: torch.Tensor, rhs: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """Least squares from its normal equations g (F, F), rhs (F, out), with a ridge relative to g's mean diagonal."""
+    eye = torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
+    return torch.linalg.solve(g + ridge * g.diagonal().mean() * eye, rhs)
+
+
 def least_squares(store: Store, cfg: TrainConfig, device, max_rows: int, ridge: float = 1e-3) -> Part:
     """Ridge least squares on a draw of training rows, wrapped as a Part."""
     x, y, part_cfg = reference_rows(store, cfg, device, max_rows, np.random.default_rng(cfg.seed))
     xb = torch.cat([x, torch.ones(x.shape[0], 1, device=x.device)], 1).double()  # (N, in+1)
-    g = xb.T @ xb
-    g += ridge * g.diagonal().mean() * torch.eye(g.shape[0], device=g.device, dtype=g.dtype)
-    sol = torch.linalg.solve(g, xb.T @ y.double()).float()  # (in+1, out)
+    sol = ridge_solve(xb.T @ xb, xb.T @ y.double(), ridge).float()  # (in+1, out)
     return Part(part_cfg, LinearRef(sol[:-1].T.contiguous(), sol[-1].contiguous()))
 
 

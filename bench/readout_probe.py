@@ -28,9 +28,8 @@ from organic_sd.ovae.model import read_parts
 from organic_sd.teachers import load_teacher
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ovae import ridge_solve  # noqa: E402  (bench/ovae.py: the least-squares references' solve)
 from pairs import mean_psnr, named, photos  # noqa: E402
-
-RIDGE = 1e-3  # relative to the mean diagonal of the normal equations
 
 
 def features(dec, z: torch.Tensor) -> torch.Tensor:
@@ -91,9 +90,7 @@ def main() -> int:
             ft, fo = features(dec, zt), features(dec, zo)
             h, w_ = zt.shape[2:]
             for w in weights:
-                g = w * gt + (1 - w) * go
-                a = torch.linalg.solve(g + RIDGE * g.diagonal().mean() * torch.eye(g.shape[0], dtype=g.dtype),
-                                       w * ct + (1 - w) * co)  # (F, out)
+                a = ridge_solve(w * gt + (1 - w) * go, w * ct + (1 - w) * co)  # (F, out)
                 pt = dec.assemble((ft @ a).float(), x.shape[0], h, w_).clamp(-1, 1)
                 po = dec.assemble((fo @ a).float(), x.shape[0], h, w_).clamp(-1, 1)
                 print(f"| {name} | {w:g} | {mean_psnr(pt, dt):.2f} dB | {mean_psnr(po, x):.2f} dB |", flush=True)
