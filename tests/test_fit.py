@@ -1,5 +1,7 @@
 """ola.fit: quality on problems with a known optimum, determinism, bad input, no autograd."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -258,3 +260,34 @@ def test_bad_arguments_are_clear_errors():
 def test_cuda_requested_without_cuda_says_so():
     with pytest.raises(ValueError, match="CUDA is not available"):
         ola.fit(torch.zeros(10, 3), torch.zeros(10, 2), device="cuda", generations=1)
+
+
+def test_a_fit_on_rows_ordered_by_block_learns_from_all_of_them():
+    # More rows than the whitener reads, ordered so the first block never varies the last inputs
+    # (a store ordered by timestep: background cells are constant at low noise).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40_000, 16, generator=g)
+    x[:34_000, 8:] = -1.0
+    y = torch.tanh(x @ (torch.randn(16, 3, generator=g) / 4))
+    xv, yv = x[::9], y[::9]
+    m = ola.fit(x, y, x_val=xv, y_val=yv, generations=150)
+    assert float((m(xv) - yv).square().mean() / yv.square().mean()) < 1e-3
+
+
+def test_a_fresh_fit_that_learned_nothing_raises_with_the_module():
+    x, y, _ = _linear_tanh()
+    # held-out rows that contradict the training rows: any learning makes them worse than predicting 0
+    with pytest.raises(ola.FitDidNotLearn, match="learned nothing") as err:
+        ola.fit(x[:2500], y[:2500], generations=100, x_val=x[2500:], y_val=-y[2500:])
+    assert isinstance(err.value.module, ola.OLAModule)
+
+
+def test_a_continued_fit_that_improved_nothing_warns():
+    from organic_sd.ola.fit import _check_progress
+    m = ola.OLAModule(ola.OLAConfig(2, 1))
+    m.training_summary = {"generations": 10, "seconds": 0.1, "n_train": 100}
+    with pytest.warns(ola.NoProgressWarning, match="improved nothing"):
+        _check_progress(m, val_mse=0.5, start_mse=0.5, fresh=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_progress(m, val_mse=0.4, start_mse=0.5, fresh=False)

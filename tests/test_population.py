@@ -74,3 +74,13 @@ def test_principal_dims_counts_the_directions_that_hold_a_share_of_the_variance(
     assert wh.principal_dims(0.95) == 2  # 100 / 110.01 < 0.95 <= 109 / 110.01
     assert wh.principal_dims(0.999) == 3
     assert wh.principal_dims(1.0) == 5
+
+
+def test_whitener_statistics_come_from_rows_spread_over_the_whole_set():
+    # Rows ordered like a store's (by timestep): the first block never uses the last 4 inputs.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8000, 8, generator=g)
+    x[:6000, 4:] = -1.0
+    wh = Whitener.fit(x, max_rows=2000)
+    z = wh(x[6000:])  # whitened later rows: unit scale, not blown up by a zero variance seen in a first block
+    assert float(z.std(dim=0).max()) < 5.0

@@ -5,9 +5,9 @@
     y_hat = m(x); m.save("run/enc"); m2 = ola.load("run/enc")
 """
 
-from organic_sd.ola.fit import FitInterrupted, fit
+from organic_sd.ola.fit import FitDidNotLearn, FitInterrupted, NoProgressWarning, fit
 from organic_sd.ola.module import OLAConfig, OLAModule, load
 from organic_sd.ola.population import Subspace
 from organic_sd.ola.strategies import STRATEGIES
 
-__all__ = ["fit", "FitInterrupted", "load", "OLAModule", "OLAConfig", "Subspace", "STRATEGIES"]
+__all__ = ["fit", "FitInterrupted", "FitDidNotLearn", "NoProgressWarning", "load", "OLAModule", "OLAConfig", "Subspace", "STRATEGIES"]

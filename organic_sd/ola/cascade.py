@@ -20,7 +20,7 @@ import math
 import torch
 
 from organic_sd.ola.distributed import shard_rows
-from organic_sd.ola.population import Subspace, Whitener, explained_loss
+from organic_sd.ola.population import Subspace, Whitener, explained_loss, spread_rows
 from organic_sd.ola.readout import fit_readout
 from organic_sd.ola.search import run_search
 
@@ -142,7 +142,7 @@ def hessian_directions(z, resid, n_units, m, max_rows=HESSIAN_ROWS):
     the unit's weights inside the subspace are still found by the search. With more units than
     residual directions, the extra units take the next m eigenvectors of the same direction.
     """
-    z, resid = z[:max_rows], resid[:max_rows]
+    z, resid = spread_rows(z, max_rows), spread_rows(resid, max_rows)
     rc = resid - resid.mean(0)
     _, _, vt = torch.linalg.svd(rc, full_matrices=False)  # (out, out): rows are principal directions
     n_dirs, k = vt.shape[0], z.shape[1]

@@ -28,6 +28,18 @@ class FitInterrupted(KeyboardInterrupt):
         self.module = module
 
 
+class FitDidNotLearn(RuntimeError):
+    """A fresh fit whose kept module is no better on held-out rows than predicting zero; `.module` holds it."""
+
+    def __init__(self, message: str, module: OLAModule):
+        super().__init__(message)
+        self.module = module
+
+
+class NoProgressWarning(RuntimeWarning):
+    """A fit continued from `init` whose kept module is no better on held-out rows than `init` was."""
+
+
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
@@ -101,6 +113,9 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
             layer.weight.copy_(w), layer.bias.copy_(b)
         module.readout.weight.copy_(readout[:, :-1]), module.readout.bias.copy_(readout[:, -1])
         val_mse = float((module(x_val) - y_val).square().mean())
+        # where the search started: the zero readout predicts 0; a continued fit starts at `init`
+        start_pred = 0.0 if init is None else cascade.predict(_layer_features(x_val, start[0]), start[1], out_scale)
+        start_mse = float((start_pred - y_val).square().mean())
     module.training_summary = {
         "strategy": name, "population": population, "hidden": list(hidden), "units_per_round": units_per_round,
         "generations": gens,
@@ -112,7 +127,22 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     }
     if interrupted:
         raise FitInterrupted(module)
+    _check_progress(module, val_mse, start_mse, fresh=init is None)
     return module
+
+
+def _check_progress(module, val_mse, start_mse, fresh):
+    """Never hand back a module that learned nothing as if it were a result: raise (fresh) or warn (continued)."""
+    if start_mse == 0.0 or val_mse < start_mse * (1.0 - 1e-6):
+        return
+    s = module.training_summary
+    facts = (f"held-out MSE {val_mse:.6g} vs {start_mse:.6g} at the start, after {s['generations']} generations "
+             f"in {s['seconds']} s on {s['n_train']:,} rows")
+    if fresh:
+        raise FitDidNotLearn(f"the fit learned nothing: {facts}. Look for inputs with wildly different scales or "
+                             "constant columns, a budget too small to finish one evaluation, or targets that are "
+                             "noise; `.module` holds the result", module)
+    warnings.warn(f"continuing from init improved nothing: {facts}", NoProgressWarning, stacklevel=3)
 
 
 def _check_init(init, in_dim, out_dim, hidden, out_scale):

@@ -102,6 +102,17 @@ class Subspace:
             raise ValueError(f"Subspace.hessian must be >= 0, got {self.hessian}")
 
 
+def spread_rows(x: torch.Tensor, max_rows: int) -> torch.Tensor:
+    """At most max_rows rows of x (N, ...), evenly strided over all N.
+
+    Not the first max_rows: stores and precomputed pairs are often ordered (by timestep, by image),
+    and statistics of the first block alone miss directions that only later rows use; whitening then
+    scales those up a hundredfold and every candidate saturates on them.
+    """
+    step = -(-x.shape[0] // max_rows)  # ceil
+    return x[::step]
+
+
 @dataclass
 class Whitener:
     """A fixed affine map of the inputs, z = (x - mean) @ A, that makes them zero-mean and decorrelated.
@@ -119,7 +130,7 @@ class Whitener:
     @classmethod
     def fit(cls, x: torch.Tensor, ridge: float = 1e-4, max_rows: int = 32768) -> "Whitener":
         """PCA whitening of x (N, in); `ridge` (relative to the mean eigenvalue) keeps flat directions finite."""
-        xs = x[:max_rows]
+        xs = spread_rows(x, max_rows)
         mean = xs.mean(0)
         xc = xs - mean
         cov = (xc.T @ xc).double() / max(1, xs.shape[0] - 1)  # float32 product, float64 eigensolve

@@ -10,7 +10,7 @@ import math
 import torch
 
 from organic_sd.ola.distributed import shard_rows
-from organic_sd.ola.population import Whitener, mse_loss
+from organic_sd.ola.population import Whitener, mse_loss, spread_rows
 from organic_sd.ola.search import run_search
 
 
@@ -66,7 +66,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
 
 def target_spread(y: torch.Tensor, out_scale: float) -> float:
     """Typical std of the pre-activations that would produce y: std of atanh(y / out_scale)."""
-    pre = torch.atanh((y[:65536] / out_scale).clamp(-0.95, 0.95))
+    pre = torch.atanh((spread_rows(y, 65536) / out_scale).clamp(-0.95, 0.95))
     return float(pre.std(dim=0).mean().clamp(0.05, 2.0))
 
 
