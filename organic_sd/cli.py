@@ -245,7 +245,7 @@ def _add_ovae_parsers(sub) -> None:
     ed.add_argument("--threads", type=int, default=1, help="torch threads for the CPU timing")
     ed.add_argument("--samples", type=int, default=2000,
                     help="samples per set for KID / precision / recall against the teacher's 50-step samples "
-                         "(noise seed SEED+2; 0: skip; ~10 min on 2 CPU cores at 2000)")
+                         "(noise seed SEED+2; 0: skip; 2000 took 17 min on 2 busy CPU cores)")
     ed.add_argument("--samples-steps", dest="sample_steps", type=int, default=8,
                     help="DDIM steps of the teacher's and the O-UNet's sets scored by those metrics")
     ed.add_argument("--device", default="cpu", help="where sampling runs (timing is always on the CPU)")
