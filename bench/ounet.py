@@ -9,6 +9,9 @@ O-UNet is evolved with `osd train denoiser`'s loop for --seconds, then scored by
     samples re-noised at t (never in the store)
   - PSNR between the clone's and the teacher's DDIM samples from the same noise, 4 / 8 / 20 steps
   - parameters, and CPU time of one eps call (one batch) as a ratio to the teacher's, in this process
+  - KID x1000, precision and recall of the clone's 8-step DDIM samples (--samples of them, noise seed
+    --seed + 2) against the teacher's 50-step samples from the same noise (the reference), beside the
+    teacher's own 8-step samples' (organic_sd.ounet.distribution; the teacher's sets are drawn once per call)
 The reference row is the calibration note's per-timestep patch linear clone: one least-squares map per
 bucket of t (16 buckets over the schedule), 7x7 window of x_t -> eps at the centre pixel. It is the
 single-layer optimum evolution is measured against, and lives here only (never used for training).
@@ -121,10 +124,18 @@ def least_squares_reference(store: DenoiserStore, ridge: float = 1e-6, chunk: in
 
 def row(name: str, rep: dict) -> dict:
     """One results row from an evaluation report."""
+    d = rep.get("distribution")
     return {"name": name, "params": rep["parameters"]["ounet"], "eps_error": rep["eps_error"],
             "psnr": {k: v["psnr"] for k, v in rep["ddim"].items()}, "cpu_ms": rep["cpu"]["ounet_ms_per_step"],
             "teacher_cpu_ms": rep["cpu"]["teacher_ms_per_step"], "speedup": rep["cpu"]["speedup"],
-            "training": rep.get("training")}
+            "training": rep.get("training"),
+            "distribution": d and {k: d[k] for k in ("reference", "ref_steps", "steps", "n", "seed", "ounet",
+                                                     "teacher")}}
+
+
+def _dist(r: dict | None) -> str:
+    """KID x1000 / precision / recall cell, '-' for rows scored without distribution metrics."""
+    return "-" if not r else f"{r['kid_x1000']:,.1f} / {r['precision']:.3f} / {r['recall']:.3f}"
 
 
 def markdown(rows: list[dict], args, teacher_id: str, teacher_params) -> str:
@@ -138,13 +149,19 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_params) -> str:
              f"(seed {args.seed}); CPU time of one eps call on {args.time_batch} samples, {args.threads} thread(s)"
              + (f", teacher {t_ms:.2f} ms." if t_ms else "."), "",
              (f"| configuration | params | eps error t = {' / '.join(ts)} | DDIM PSNR vs teacher, "
-              f"{' / '.join(ks)} steps (dB) | CPU ms / step | x faster than teacher |"),
-             "| --- | ---: | --- | --- | ---: | ---: |"]
+              f"{' / '.join(ks)} steps (dB) | KID x1000 / P / R | CPU ms / step | x faster than teacher |"),
+             "| --- | ---: | --- | --- | --- | ---: | ---: |"]
     for r in rows:
         eps = " / ".join(f"{r['eps_error'][t]:.3f}" for t in ts)
         psnr = " / ".join(f"{r['psnr'][k]:.2f}" for k in ks)
         sp = "" if r["speedup"] is None else f"{r['speedup']:.1f}"
-        lines.append(f"| {r['name']} | {r['params']:,} | {eps} | {psnr} | {r['cpu_ms']:.2f} | {sp} |")
+        kid = _dist((r.get("distribution") or {}).get("ounet"))
+        lines.append(f"| {r['name']} | {r['params']:,} | {eps} | {psnr} | {kid} | {r['cpu_ms']:.2f} | {sp} |")
+    d = next((r["distribution"] for r in reversed(rows) if r.get("distribution")), None)
+    if d:
+        lines += ["", (f"KID x1000 / P / R: {d['steps']}-step DDIM samples ({d['n']:,}, noise seed {d['seed']}) "
+                       f"against the reference, {d['reference']} from the same noise (pooled 4x4 shape space, k = 3, "
+                       f"partners left out); the teacher's own {d['steps']}-step samples: {_dist(d['teacher'])}.")]
     lines += ["", ("LS row: closed-form least squares (one linear map per t bucket), a reference, not evolution. "
                    "Speed ratios of different rows were measured at different moments of one process.")]
     return "\n".join(lines) + "\n"
@@ -182,6 +199,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=64, help="fresh samples for the eps error and the DDIM comparison")
     p.add_argument("--seed", type=int, default=999, help="noise seed of the evaluation")
     p.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="DDIM step counts")
+    p.add_argument("--samples", type=int, default=2000,
+                   help="samples per set for KID / precision / recall against the teacher's 50-step samples (0: skip)")
+    p.add_argument("--samples-steps", type=int, default=8, help="DDIM steps of the sets scored by those metrics")
     p.add_argument("--time-batch", type=int, default=16, help="samples in the timed eps call")
     p.add_argument("--threads", type=int, default=1, help="torch threads for everything (timing included)")
     p.add_argument("--store-samples", type=int, default=64, help="without --store: trajectories in the built store")
@@ -203,7 +223,8 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {list(CONFIGS)}")
     ev = {"n": args.n, "seed": args.seed, "steps": args.steps, "threads": args.threads,
-          "time_batch": args.time_batch, "cpu_teacher": cpu_teacher}
+          "time_batch": args.time_batch, "cpu_teacher": cpu_teacher, "samples": args.samples,
+          "sample_steps": args.samples_steps, "sample_cache": {}}  # the teacher's sample sets: drawn once
     results = []
     if not args.no_reference:
         print(f"== {REFERENCE}", flush=True)
@@ -243,7 +264,8 @@ def main(argv=None) -> int:
     md = markdown(results, args, teacher.id, tp)
     (out / "results.md").write_text(md)
     print(md)
-    print(f"wrote {f} and {out / 'results.md'}; samples per configuration in {out / 'eval'}/*/samples.png")
+    print(f"wrote {f} and {out / 'results.md'}; samples per configuration in {out / 'eval'}/*/samples.png"
+          + (" and distribution.png" if args.samples else ""))
     return 0
 
 

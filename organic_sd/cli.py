@@ -238,11 +238,16 @@ def _add_ovae_parsers(sub) -> None:
     ed.add_argument("--teacher", required=True, help="the denoiser teacher it clones, e.g. ddpm-mnist")
     ed.add_argument("--out", required=True, help="folder for report.json, report.md and samples.png")
     ed.add_argument("--n", type=int, default=64, help="samples for the eps error and the DDIM comparison")
-    ed.add_argument("--seed", type=int, default=999, help="noise seed (eps samples: SEED, DDIM comparison: SEED+1)")
+    ed.add_argument("--seed", type=int, default=999, help="noise seed (eps samples: SEED, DDIM comparison: SEED+1, distribution: SEED+2)")
     ed.add_argument("--steps", type=int, nargs="+", default=[4, 8, 20], help="DDIM step counts")
     ed.add_argument("--t", dest="ts", type=int, nargs="+", default=[10, 50, 100, 250, 500],
                     help="timesteps of the eps error")
     ed.add_argument("--threads", type=int, default=1, help="torch threads for the CPU timing")
+    ed.add_argument("--samples", type=int, default=2000,
+                    help="samples per set for KID / precision / recall against the teacher's 50-step samples "
+                         "(noise seed SEED+2; 0: skip; 2000 took 17 min on 2 busy CPU cores)")
+    ed.add_argument("--samples-steps", dest="sample_steps", type=int, default=8,
+                    help="DDIM steps of the teacher's and the O-UNet's sets scored by those metrics")
     ed.add_argument("--device", default="cpu", help="where sampling runs (timing is always on the CPU)")
     ed.set_defaults(func=_cmd_eval_denoiser)
 

@@ -72,9 +72,10 @@ def test_cli_writes_report(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(organic_sd.teachers, "load_denoiser", lambda spec, device="cpu": tiny(seed=1))
     out = tmp_path / "ev"
     assert cli.main(["eval", "denoiser", "--ounet", str(f), "--teacher", "fake", "--out", str(out), "--n", "2",
-                     "--steps", "2", "--t", "10", "40"]) == 0
+                     "--steps", "2", "--t", "10", "40", "--samples", "0"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["eps_error"]) == {"10", "40"} and set(rep["ddim"]) == {"2"}
+    assert "distribution" not in rep and not (out / "distribution.png").exists()  # tests/test_ounet_distribution
     assert str(out / "report.json") in capsys.readouterr().out
     assert cli.main(["eval", "denoiser", "--ounet", str(tmp_path / "missing"), "--teacher", "fake",
                      "--out", str(out)]) == 2

@@ -7,7 +7,10 @@
     speed       CPU time of one eps call on one batch (median of repeats, fixed torch threads, this
                 process) for clone and teacher, and their ratio
     size        parameters of both
-Writes report.json, report.md and samples.png into the output folder.
+    distribution  (samples > 0) KID x1000 and precision / recall of the teacher's and the clone's 8-step DDIM
+                samples against the teacher's 50-step samples, all from the same noise (seed S + 2), in a
+                pooled shape space (organic_sd.ounet.distribution), and distribution.png of the three sets
+Writes report.json, report.md and samples.png (and distribution.png) into the output folder.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from organic_sd.ounet import distribution as dist
 from organic_sd.ounet import generate as gen
 from organic_sd.ounet.model import OUNet
 from organic_sd.teachers.denoiser import ddim_sample
@@ -111,14 +115,21 @@ def _on_cpu(model):
 def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.PathLike | None, n: int = 64,
                       seed: int = 999, steps=STEPS, ts=TS, cond: torch.Tensor | None = None, threads: int = 1,
                       time_batch: int = 16, repeats: int = 7, cpu_teacher=None, show: int = 16,
-                      scale: int = 4) -> dict:
-    """Score an O-UNet (or its file / run folder) against `teacher`; write report.json, report.md, samples.png."""
+                      scale: int = 4, samples: int = 0, sample_steps: int = dist.STEPS,
+                      sample_cache: dict | None = None) -> dict:
+    """Score an O-UNet (or its file / run folder) against `teacher`; write report.json, report.md, samples.png.
+
+    `samples` > 0: also the distribution metrics on that many samples of `sample_steps` DDIM steps
+    (`sample_cache`: a dict the caller keeps, so the teacher's sets are drawn once for several O-UNets).
+    """
     if not isinstance(u, torch.nn.Module):
         u = OUNet.load(u)
     check_pair(u, teacher)
     if n < 1 or time_batch < 1 or repeats < 1 or threads < 1:
         raise ValueError(f"n, time_batch, repeats and threads must be >= 1, got {n}, {time_batch}, {repeats}, "
                          f"{threads}")
+    if samples < 0 or samples == 1:
+        raise ValueError(f"samples must be 0 (no distribution metrics) or >= 2, got {samples}")
     T = len(u.schedule)
     bad = [t for t in ts if not 0 <= int(t) < T]
     if bad:
@@ -149,6 +160,9 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
             xt = gen.to_unit(ddim_sample(bt, noise, k).cpu(), pr)
             ddim[k] = {"psnr": gen.psnr_unit(xu, xt), "mse": float((xu.double() - xt.double()).square().mean())}
             rows.append((xu[:show], xt[:show]))
+    sets = None
+    if samples:
+        distribution, sets = dist.measure(bu, bt, samples, seed + 2, pr, sample_steps, cond=cond, cache=sample_cache)
 
     cu, ct = _on_cpu(u), cpu_teacher or _on_cpu(teacher)
     if cond is not None:
@@ -162,6 +176,7 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
         "parameters": {"ounet": u.num_parameters(), "teacher": teacher_parameters(teacher)},
         "eps_error": {str(t): v for t, v in eps_err.items()},
         "ddim": {str(k): v for k, v in ddim.items()},
+        **({"distribution": distribution} if samples else {}),
         "cpu": {"threads": threads, "batch": time_batch, "repeats": repeats, "ounet_ms_per_step": u_ms,
                 "teacher_ms_per_step": t_ms, "speedup": None if t_ms is None else t_ms / u_ms},
         "meta": {k: v for k, v in getattr(u, "meta", {}).items() if k in ("training_run", "tick", "minutes")},
@@ -171,6 +186,9 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
         out.mkdir(parents=True, exist_ok=True)
         _write_grid(out / "samples.png", rows, scale)
         report["files"] = {name: str(out / name) for name in ("report.json", "report.md", "samples.png")}
+        if sets is not None:
+            dist.write_grid(out / "distribution.png", sets, scale=scale)
+            report["files"]["distribution.png"] = str(out / "distribution.png")
         (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
         (out / "report.md").write_text(markdown(report))
     return report
@@ -211,8 +229,14 @@ def markdown(rep: dict) -> str:
     lines += [f"| DDIM {k} steps PSNR vs teacher | {_db(rep['ddim'][k]['psnr'])} |" for k in ks]
     lines += [f"| CPU ms per step (O-UNet / teacher) | {c['ounet_ms_per_step']:.2f} / {t_ms} |",
               f"| x faster than the teacher per step | {speed} |", ""]
+    if rep.get("distribution"):
+        lines += dist.markdown(rep["distribution"])
     if rep.get("files"):
         lines += [f"Samples: `samples.png` (rows: {', '.join(ks)} steps; O-UNet left, teacher right).", ""]
+        if "distribution.png" in rep["files"]:
+            d = rep["distribution"]
+            lines += [f"`distribution.png`: teacher {d['ref_steps']} steps (the reference) | teacher {d['steps']} "
+                      f"steps | O-UNet {d['steps']} steps, same noise in the same place.", ""]
     return "\n".join(lines)
 
 
@@ -229,19 +253,27 @@ def print_summary(rep: dict) -> None:
     speed = "" if c["speedup"] is None else f" (teacher {c['teacher_ms_per_step']:.2f} ms: {c['speedup']:.2f}x faster)"
     print(f"CPU per step on {c['batch']} samples, {c['threads']} thread(s): {c['ounet_ms_per_step']:.2f} ms{speed}; "
           f"{rep['parameters']['ounet']:,} parameters")
+    d = rep.get("distribution")
+    if d:
+        print(f"vs the teacher's {d['ref_steps']}-step samples ({d['n']:,} each), {d['steps']} steps, "
+              "KID x1000 / precision / recall: " + ", ".join(
+                  f"{name} {d[key]['kid_x1000']:,.1f} / {d[key]['precision']:.3f} / {d[key]['recall']:.3f}"
+                  for name, key in (("teacher", "teacher"), ("O-UNet", "ounet"))))
     if rep.get("files"):
         f = rep["files"]
-        print(f"wrote {f['report.json']}, {f['report.md']} and {f['samples.png']}")
+        print(f"wrote {', '.join(v for k, v in f.items() if k != 'samples.png')} and {f['samples.png']}")
 
 
 def run_cli(args) -> int:
-    """`osd eval denoiser` with parsed arguments (ounet, teacher, out, n, seed, steps, ts, threads, device)."""
+    """`osd eval denoiser` with parsed arguments (ounet, teacher, out, n, seed, steps, ts, threads, device, samples,
+    sample_steps)."""
     from organic_sd.teachers import load_denoiser
 
     u = OUNet.load(args.ounet, device=args.device)  # first: a missing run fails before the teacher loads
     teacher = load_denoiser(args.teacher, device=args.device)
     cpu_teacher = teacher if torch.device(teacher.device).type == "cpu" else load_denoiser(args.teacher, device="cpu")
     rep = evaluate_denoiser(u, teacher, args.out, n=args.n, seed=args.seed, steps=args.steps, ts=args.ts,
-                            threads=args.threads, cpu_teacher=cpu_teacher)
+                            threads=args.threads, cpu_teacher=cpu_teacher, samples=args.samples,
+                            sample_steps=args.sample_steps)
     print_summary(rep)
     return 0
