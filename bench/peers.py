@@ -146,17 +146,19 @@ class Net:
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """theta (P, D), x (B, in) -> (P, B, out)."""
         *hid, (wo, bo) = self.layers(theta)
-        z = x @ wo[:, :, :self.n_in].transpose(1, 2) + bo[:, None, :]  # (P, B, out): the readout's x columns
+        # in-place ops on fresh matmul outputs only (autograd-safe, for Adam): the elementwise passes dominate
+        z = (x @ wo[:, :, :self.n_in].transpose(1, 2)).add_(bo[:, None, :])  # (P, B, out): readout's x columns
         h, col = x, self.n_in
         for w, b in hid:
-            h = torch.tanh(h @ w.transpose(1, 2) + b[:, None, :])  # (P, B, width)
-            z = z + h @ wo[:, :, col:col + w.shape[1]].transpose(1, 2)  # readout columns of this layer, no concat
+            h = (h @ w.transpose(1, 2)).add_(b[:, None, :]).tanh_()  # (P, B, width)
+            z = z.baddbmm_(h, wo[:, :, col:col + w.shape[1]].transpose(1, 2))  # this layer's readout columns
             col += w.shape[1]
-        return self.out_scale * torch.tanh(z)
+        return self.out_scale * z.tanh_()
 
     def mse(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """theta (P, D), rows x (B, in), y (B, out) -> MSE per solution (P,)."""
-        return (self.forward(theta, x) - y).square().mean((1, 2))
+        out = self.forward(theta, x)
+        return torch.nn.functional.mse_loss(out, y.expand_as(out), reduction="none").mean((1, 2))
 
     def init(self, seed: int, device) -> torch.Tensor:
         """A start (D,): hidden W ~ N(0, 1/in), biases and readout zero (the start predicts 0)."""
@@ -224,13 +226,14 @@ def run_snes(net, theta0, rows, tr, seed):
     from evotorch import Problem
     from evotorch.algorithms import SNES
 
-    prob = Problem("min", lambda th: net.mse(th, *rows()), solution_length=net.dim, initial_bounds=(-1, 1),
+    plain = lambda t: torch.Tensor.as_subclass(t, torch.Tensor)  # noqa: E731  (its ReadOnlyTensor forbids add_)
+    prob = Problem("min", lambda th: net.mse(plain(th), *rows()), solution_length=net.dim, initial_bounds=(-1, 1),
                    vectorized=True, device=theta0.device, seed=seed)
     es = SNES(prob, stdev_init=SIGMA, popsize=POPSIZE["snes"], center_init=theta0)
     while not tr.done():
         es.step()
         tr.generations += 1
-        tr.offer(torch.as_tensor(es.status["center"]))
+        tr.offer(plain(es.status["center"]))
     return {}
 
 
@@ -286,20 +289,20 @@ def run_ngopt(net, theta0, rows, tr, seed):
     param = ng.p.Array(init=theta0.double().cpu().numpy()).set_mutation(sigma=SIGMA)
     param.random_state = np.random.RandomState(seed)
     pop_n = POPSIZE["ngopt"]
-    # NGOpt chooses its algorithm from dimension, budget and workers; the budget is a generous guess of
-    # the evaluations that fit (it cannot be given in seconds)
-    opt = ng.optimizers.NGOpt(parametrization=param, budget=pop_n * 20_000, num_workers=pop_n)
-    last = -math.inf
+    # NGOpt picks its algorithm from dimension, budget (evaluations, not seconds) and workers: the budget is
+    # the generations that fit if one generation costs what one batched evaluation of the start does
+    t0 = time.perf_counter()
+    net.mse(theta0.expand(pop_n, -1), *rows()).sum().item()
+    gens = tr.max_generations or max(1, int(tr.seconds / (time.perf_counter() - t0)))
+    opt = ng.optimizers.NGOpt(parametrization=param, budget=gens * pop_n, num_workers=pop_n)
     while not tr.done():
         cands = [opt.ask() for _ in range(pop_n)]
         pop = torch.as_tensor(np.stack([c.value for c in cands]), dtype=torch.float32, device=theta0.device)
         for c, v in zip(cands, net.mse(pop, *rows()).double().cpu().tolist()):
             opt.tell(c, v)
         tr.generations += 1
-        if tr.elapsed() - last > 0.5:  # its recommendation costs more than a generation of the others
-            tr.offer(torch.as_tensor(opt.recommend().value, dtype=torch.float32, device=theta0.device))
-            last = tr.elapsed()
-    return {"picked": type(getattr(opt, "optim", opt)).__name__}
+        tr.offer(torch.as_tensor(opt.recommend().value, dtype=torch.float32, device=theta0.device))
+    return {"picked": type(getattr(opt, "optim", opt)).__name__, "budget": gens * pop_n}
 
 
 def run_adam(net, theta0, rows, tr, seed):
@@ -347,7 +350,10 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
     """Fit `case` with `method` for `seconds` (or `generations`); returns a row with test MSE / scale and the curve."""
     dev = torch.device(device)
     case.to(dev)
-    batch = batch or (4096 if dev.type == "cuda" else 1024)  # ola.fit's own defaults
+    cuda = dev.type == "cuda"
+    # rows per generation: the engine keeps its own default (1024 CPU / 4096 CUDA); the peers take a quarter,
+    # which gave them more generations and a better fit in the same time (2-layer teacher, 30 s, SNES and sep-CMA)
+    batch = batch or (None if method in ENGINE else 1024 if cuda else 256)
     n_in, n_out = case.x.shape[1], case.y.shape[1]
     net = Net(n_in, case.hidden, n_out, case.out_scale)
     row = {"problem": case.name, "method": method, "label": ENGINE.get(method) or PEERS[method][0],
@@ -371,6 +377,10 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         except ImportError:
             print(f"  {method}: skipped (pip install {package})", flush=True)
             return {**row, "status": f"skipped (pip install {package})"}
+        if method == "adam":  # its first step imports torch._dynamo (seconds on a busy box): before the clock
+            p = torch.zeros(1, requires_grad=True)
+            p.sum().backward()
+            torch.optim.Adam([p]).step()
         mean, std, (xs, xs_val, _) = case.standardised()
         tr = Tracker(net, xs_val, case.y_val, case.scale, seconds, generations)
         theta0 = net.init(seed, dev)
@@ -399,6 +409,22 @@ def table(rows: list[dict], problems: dict) -> str:
             cells.append("-" if r is None else r["status"] if r["status"] != "ok" else f"{r['ratio']:.3g}")
         label = next(r["label"] for r in rows if r["method"] == method)
         lines.append(f"| {method}: {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_at(curve, seconds):
+    """The curve's value at the last point not after `seconds`."""
+    pts = [v for t, v in curve if t <= seconds]
+    return pts[-1] if pts else float("nan")
+
+
+def curves(rows: list[dict], marks=(5, 10, 20, 40, 60, 120)) -> str:
+    """Markdown: per (problem, method), best validation MSE / scale at t seconds."""
+    lines = ["| problem | method | " + " | ".join(f"{t} s" for t in marks) + " |", "|" + " --- |" * (len(marks) + 2)]
+    for r in rows:
+        if r["status"] == "ok":
+            cells = [f"{curve_at(r['curve'], t):.3g}" if t <= r["budget_s"] else "" for t in marks]
+            lines.append(f"| {r['problem']} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -432,8 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="wall time per method and problem")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu", help="the one device of every method: cpu, cuda, cuda:1 ...")
-    ap.add_argument("--batch", type=int, default=None, help="rows per generation (default: ola.fit's, 1024 CPU / "
-                                                            "4096 CUDA)")
+    ap.add_argument("--batch", type=int, default=None, help="rows per generation of every method (default: ola.fit's "
+                                                            "own for the engine, 256 CPU / 1024 CUDA for the rest)")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
     ap.add_argument("--store", default=None, help="store of `osd precompute` for the decoder problem "
@@ -454,7 +480,8 @@ def main(argv=None) -> int:
     machine = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# bench/peers.py on {machine}, torch {torch.__version__}, {when}", flush=True)
+    load = os.getloadavg()  # the dev box is shared: the 1/5/15-minute load beside the figures
+    print(f"# bench/peers.py on {machine}, torch {torch.__version__}, {when}, load {load}", flush=True)
     rows, problems = [], {}
     for name in names:
         case = make_case(name, args)
@@ -473,10 +500,13 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)  # written after every problem: a long run keeps its rows
         args.out.write_text(json.dumps({"command": " ".join(sys.argv), "machine": machine, "when": when,
                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                        "device": args.device, "seconds": args.seconds, "problems": problems,
+                                        "device": args.device, "seconds": args.seconds,
+                                        "load_at_start": load, "load_now": os.getloadavg(), "problems": problems,
                                         "rows": rows}, indent=1))
     print("\ntest MSE / scale (the kept solution chosen on the validation split):")
     print(table(rows, problems))
+    print("\nbest validation MSE / scale at t seconds (the engine's hidden-layer fits record one point per round):")
+    print(curves(rows))
     if args.plot:
         plot(rows, problems, args.out.with_suffix(".png"))
     return 0

@@ -53,7 +53,7 @@ def test_method_beats_predicting_zero(method, generations):
     assert row["curve"][-1][1] <= row["curve"][0][1]  # best-so-far never rises
 
 
-@pytest.mark.parametrize("method,package", [("cem", "evotorch"), ("sepcma", "cma")])
+@pytest.mark.parametrize("method,package", [("snes", "evotorch"), ("cem", "evotorch"), ("sepcma", "cma")])
 def test_optional_peer(method, package):
     pytest.importorskip(package)
     case = tiny_case("linear")
