@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,7 @@ class Case:
         return mean, std, [(x - mean) / std for x in (self.x, self.x_val, self.x_test)]
 
     def to(self, dev):
+        """Move every row tensor to dev (in place); returns self."""
         for k in ("x", "y", "x_val", "y_val", "x_test", "y_test"):
             setattr(self, k, getattr(self, k).to(dev))
         return self
@@ -402,7 +404,7 @@ def table(rows: list[dict], problems: dict) -> str:
     names = list(problems)
     head = "| method | " + " | ".join(f"{n} ({problems[n]['scale_name']})" for n in names) + " |"
     lines = [head, "|" + " --- |" * (len(names) + 1)]
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for method in [m for m in METHODS if any(r["method"] == m for r in rows)]:
         cells = []
         for n in names:
             r = next((r for r in rows if r["method"] == method and r["problem"] == n), None)
@@ -429,7 +431,7 @@ def curves(rows: list[dict], marks=(5, 10, 20, 40, 60, 120)) -> str:
 
 
 def plot(rows: list[dict], problems: dict, path: Path) -> None:
-    """One panel per problem: best validation MSE / scale against seconds, log scale."""
+    """One panel per problem: best validation MSE / scale against seconds, log scale; one colour per method."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -437,18 +439,36 @@ def plot(rows: list[dict], problems: dict, path: Path) -> None:
     except ImportError:
         print("plot skipped (pip install matplotlib)")
         return
-    fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
-    for ax, name in zip(axes[0], problems):
+    cols = min(2, len(problems))
+    n_rows = math.ceil(len(problems) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(6 * cols, 4 * n_rows + 0.6), squeeze=False)
+    colour = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    for ax, name in zip(axes.flat, problems):
         for r in rows:
             if r["problem"] == name and r["status"] == "ok" and r["curve"]:
                 t, v = zip(*r["curve"])
-                ax.plot(t, v, label=r["method"], ls="--" if r["method"] == "adam" else "-")
-        ax.set(title=name, xlabel="seconds", ylabel=f"val MSE / {problems[name]['scale_name']}", yscale="log")
+                ax.plot(t, v, label=r["label"], color=colour[r["method"]], ls="--" if r["method"] == "adam" else "-")
+        ax.set(title=textwrap.fill(f"{name}: {problems[name]['desc']}", 70), xlabel="seconds",
+               ylabel=f"best val MSE / {problems[name]['scale_name']}", yscale="log")
+        ax.title.set_fontsize(8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(problems):]:
+        ax.axis("off")
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
+
+
+def report(rows: list[dict], problems: dict, png: Path | None) -> None:
+    """Print the result table and the curves at fixed times; plot them to png if given."""
+    print("\ntest MSE / scale (the kept solution chosen on the validation split):")
+    print(table(rows, problems))
+    print("\nbest validation MSE / scale at t seconds (the engine's hidden-layer fits record one point per round):")
+    print(curves(rows))
+    if png:
+        plot(rows, problems, png)
 
 
 def main(argv=None) -> int:
@@ -469,7 +489,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("peers.json"))
     ap.add_argument("--plot", action="store_true", help="also write the curves to OUT with .png")
+    ap.add_argument("--from-json", type=Path, default=None, help="run nothing: print the tables (and --plot) of "
+                                                                 "an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.from_json:
+        doc = json.loads(args.from_json.read_text())
+        report(doc["rows"], doc["problems"], args.from_json.with_suffix(".png") if args.plot else None)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     methods, names = args.methods.split(","), args.problems.split(",")
@@ -503,12 +529,7 @@ def main(argv=None) -> int:
                                         "device": args.device, "seconds": args.seconds,
                                         "load_at_start": load, "load_now": os.getloadavg(), "problems": problems,
                                         "rows": rows}, indent=1))
-    print("\ntest MSE / scale (the kept solution chosen on the validation split):")
-    print(table(rows, problems))
-    print("\nbest validation MSE / scale at t seconds (the engine's hidden-layer fits record one point per round):")
-    print(curves(rows))
-    if args.plot:
-        plot(rows, problems, args.out.with_suffix(".png"))
+    report(rows, problems, args.out.with_suffix(".png") if args.plot else None)
     return 0
 
 
