@@ -426,7 +426,8 @@ def curves(rows: list[dict], marks=(5, 10, 20, 40, 60, 120)) -> str:
     lines = ["| problem | method | " + " | ".join(f"{t} s" for t in marks) + " |", "|" + " --- |" * (len(marks) + 2)]
     for r in rows:
         if r["status"] == "ok":
-            cells = [f"{curve_at(r['curve'], t):.3g}" if t <= r["budget_s"] else "" for t in marks]
+            vals = [curve_at(r["curve"], t) if t <= r["budget_s"] else None for t in marks]
+            cells = ["" if v is None else "-" if math.isnan(v) else f"{v:.3g}" for v in vals]  # "-": no point yet
             lines.append(f"| {r['problem']} | {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
