@@ -1,0 +1,67 @@
+"""bench/peers.py: the batched net is the OLAModule, and the engine and Adam rows beat predicting zero."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import peers  # noqa: E402
+from problems import linear_tanh, two_layer  # noqa: E402
+
+
+def tiny_case(name="two"):
+    """A 16 -> 8 -> 8 teacher (or 16 -> 8 linear) and its student: small enough for a few seconds."""
+    p = two_layer(16, 8, 8, n=1_500, n_test=500, noise=0.02) if name == "two" else \
+        linear_tanh(16, 8, n=1_500, n_test=500, noise=0.02)
+    x, y, xv, yv = peers._split_val(p.x, p.y, seed=0)
+    return peers.Case(name, p.name, x, y, xv, yv, p.x_test, p.y_test, (8,) if name == "two" else (), 1.0, p.floor,
+                      "noise floor")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: these nets are tiny, and a loaded machine makes thread pools slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_batched_net_is_the_ola_module():
+    case = tiny_case()
+    net = peers.Net(case.x.shape[1], (8, 4), case.y.shape[1], 1.5)
+    theta = torch.randn(3, net.dim) * 0.1  # (P, D)
+    mean, std, (xs, _, _) = case.standardised()
+    out = net.forward(theta, xs[:50])  # (P, B, out)
+    assert out.shape == (3, 50, case.y.shape[1])
+    for p in range(3):
+        m = net.to_module(theta[p], mean, std)
+        assert m.num_parameters() == net.dim
+        torch.testing.assert_close(m(case.x[:50]), out[p], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,generations", [("ola", 60), ("adam", 150)])
+def test_method_beats_predicting_zero(method, generations):
+    case = tiny_case()
+    row = peers.run_method(method, case, seconds=None, generations=generations, seed=0, batch=256)
+    assert row["status"] == "ok" and row["generations"] > 0
+    assert math.isfinite(row["ratio"]) and row["ratio"] < 0.5 * row["zero_ratio"]
+    assert row["curve"] and all(len(pt) == 2 and math.isfinite(pt[1]) for pt in row["curve"])
+    assert row["curve"][-1][1] <= row["curve"][0][1]  # best-so-far never rises
+
+
+@pytest.mark.parametrize("method,package", [("snes", "evotorch"), ("cem", "evotorch"), ("sepcma", "cma")])
+def test_optional_peer(method, package):
+    pytest.importorskip(package)
+    case = tiny_case("linear")
+    row = peers.run_method(method, case, seconds=None, generations=20, seed=0, batch=256)
+    assert row["status"] == "ok" and row["ratio"] < row["zero_ratio"]
+
+
+def test_missing_peer_is_skipped(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nevergrad", None)  # import fails as if not installed
+    row = peers.run_method("ngopt", tiny_case("linear"), seconds=None, generations=1)
+    assert row["status"] == "skipped (pip install nevergrad)"
