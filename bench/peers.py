@@ -6,6 +6,8 @@
 Every method fits the same architecture, the student's (organic_sd.ola.OLAModule):
     h_1 = tanh(W_1 x + b_1), ..., y = out_scale * tanh(W_o [x, h_1, ..., h_L] + b_o)
   ola     ola.fit(hidden=the problem's layers), the engine as it is in this checkout
+  ola-refine  the same with ola.Refine(share=0.5): half the budget refines the grown units together
+  ola-h1  ola.fit(hidden=the first of the problem's layers): is a second hidden layer worth it
   ola1    ola.fit(hidden=()), the engine's single layer
   snes    EvoTorch SNES on the whole flat parameter vector
   pgpe    EvoTorch PGPE with the ClipUp optimiser (functional API)
@@ -337,7 +339,8 @@ PEERS = {
     "ngopt": ("nevergrad NGOpt", run_ngopt, "nevergrad"),
     "adam": ("Adam (reference, gradient)", run_adam, None),
 }
-ENGINE = {"ola": "ola.fit (engine)", "ola1": "ola.fit hidden=() (engine)"}
+ENGINE = {"ola": "ola.fit (engine)", "ola-refine": "ola.fit refine share 0.5 (engine)",
+          "ola-h1": "ola.fit first hidden layer only (engine)", "ola1": "ola.fit hidden=() (engine)"}
 METHODS = [*ENGINE, *PEERS]
 
 
@@ -361,11 +364,16 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
     row = {"problem": case.name, "method": method, "label": ENGINE.get(method) or PEERS[method][0],
            "device": str(dev), "budget_s": seconds, "batch": batch}
     if method in ENGINE:
-        hidden = case.hidden if method == "ola" else ()
+        hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
+        refine = ola.Refine(share=0.5 if method == "ola-refine" else 0.0)
         t0 = time.perf_counter()
-        m = ola.fit(case.x, case.y, hidden=hidden, max_seconds=None if generations else seconds,
-                    generations=generations, batch_size=batch, x_val=case.x_val, y_val=case.y_val, device=dev,
-                    out_scale=case.out_scale, seed=seed)
+        try:
+            m = ola.fit(case.x, case.y, hidden=hidden, max_seconds=None if generations else seconds,
+                        generations=generations, batch_size=batch, x_val=case.x_val, y_val=case.y_val, device=dev,
+                        out_scale=case.out_scale, seed=seed, refine=refine)
+        except ola.FitDidNotLearn as err:  # reported as what it is: the starting point
+            print(f"  {method}: {err}", flush=True)
+            m = err.module
         s = m.training_summary
         # the engine's curve is (seconds, generation, held-out MSE summed over output units)
         curve = [[t, v / n_out / case.scale] for t, _, v in s["curve"]]

@@ -288,6 +288,10 @@ def test_a_continued_fit_that_improved_nothing_warns():
     m.training_summary = {"generations": 10, "seconds": 0.1, "n_train": 100}
     with pytest.warns(ola.NoProgressWarning, match="improved nothing"):
         _check_progress(m, val_mse=0.5, start_mse=0.5, fresh=False)
+    assert m.training_summary["learned"] is False
+    with pytest.warns(ola.NoProgressWarning, match="improved nothing"):  # too few generations to judge: warn
+        _check_progress(m, val_mse=0.5, start_mse=0.5, fresh=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _check_progress(m, val_mse=0.4, start_mse=0.5, fresh=False)
+    assert m.training_summary["learned"] is True

@@ -8,6 +8,7 @@
 from organic_sd.ola.fit import FitDidNotLearn, FitInterrupted, NoProgressWarning, fit
 from organic_sd.ola.module import OLAConfig, OLAModule, load
 from organic_sd.ola.population import Subspace
+from organic_sd.ola.refine import Refine
 from organic_sd.ola.strategies import STRATEGIES
 
-__all__ = ["fit", "FitInterrupted", "FitDidNotLearn", "NoProgressWarning", "load", "OLAModule", "OLAConfig", "Subspace", "STRATEGIES"]
+__all__ = ["fit", "FitInterrupted", "FitDidNotLearn", "NoProgressWarning", "load", "OLAModule", "OLAConfig", "Subspace", "Refine", "STRATEGIES"]

@@ -182,6 +182,14 @@ def features(x, units):
     return feats
 
 
+def layer_features(x, layers):
+    """[x, h_1, ..., h_L] through fixed layers [(W, b)]."""
+    feats = [x]
+    for w, b in layers:
+        feats.append(torch.tanh(feats[-1] @ w.T + b))
+    return feats
+
+
 def predict(feats, readout, out_scale):
     """The readout s * tanh(W [feats] + b) on (N, F) features."""
     u = torch.cat(feats, dim=1)

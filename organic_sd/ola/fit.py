@@ -13,11 +13,13 @@ from organic_sd.ola.checks import as_matrix, check_pair
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Subspace
 from organic_sd.ola.readout import Data, fit_readout
+from organic_sd.ola.refine import Refine, refine as refine_units
 from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
 
 DEFAULT_GENERATIONS = 2000  # when neither max_seconds nor generations is given
-MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
+MAX_HELDOUT = 10_000
+JUDGE_AFTER = 100  # generations after which a fresh fit no better than predicting zero is an error, not bad luck  # rows split off for selection when no x_val is given
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -43,7 +45,8 @@ class NoProgressWarning(RuntimeWarning):
 def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
-        subspace: Subspace = Subspace(), units_per_round: int = cascade.UNITS_PER_ROUND) -> OLAModule:
+        subspace: Subspace = Subspace(), units_per_round: int = cascade.UNITS_PER_ROUND,
+        refine: Refine = Refine()) -> OLAModule:
     """Evolve an OLA module y ~ out_scale * tanh(...) on x (N, in), y (N, out); returns the best by held-out loss.
 
     `init`, a module from an earlier fit of the same shape, continues that search: its
@@ -53,6 +56,9 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
     `subspace` (population.Subspace) lets units and readout search only the principal directions
     holding a share of their inputs' variance; the default searches every direction.
     `units_per_round`: hidden units grown side by side before the readout is re-fitted (cascade.py).
+    `refine` (refine.Refine): the share of the budget, after growing, that moves the last hidden layer's
+    units together (Jacobi Gauss-Newton rounds, refine.py); a continued fit of a grown module spends
+    that share there instead of on the readout alone. The default, share 0, grows units only.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -95,11 +101,20 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         start = None if init is None else ([(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden],
                                            torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev))
         if hidden and (init is None or tuple(init.config.hidden) != hidden):  # grow, or go on growing
-            layers, readout, curve, gens, interrupted = cascade.grow(data, hidden, out_scale, make, budget, progress,
+            layers, readout, curve, gens, interrupted = cascade.grow(data, hidden, out_scale, make,
+                                                                     budget.share(1.0 - refine.share)
+                                                                     if refine.share else budget, progress,
                                                                      subspace, units_per_round, start)
+            if refine.share and not interrupted:
+                layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale, make,
+                                                                              budget, refine, progress)
+                curve, gens = curve + more[1:], gens + more_gens
+        elif init is not None and hidden and refine.share:
+            layers, readout, curve, gens, interrupted = refine_units(data, start[0], start[1], out_scale, make,
+                                                                      budget, refine, progress)
         elif init is not None:
             layers = start[0]
-            feats, feats_val = _layer_features(x, layers), _layer_features(x_val, layers)
+            feats, feats_val = cascade.layer_features(x, layers), cascade.layer_features(x_val, layers)
             readout, res = fit_readout(data, feats, feats_val, out_scale, make(), budget, start[1], progress,
                                        subspace.readout)
             curve, gens = res.curve, res.generations
@@ -114,13 +129,15 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         module.readout.weight.copy_(readout[:, :-1]), module.readout.bias.copy_(readout[:, -1])
         val_mse = float((module(x_val) - y_val).square().mean())
         # where the search started: the zero readout predicts 0; a continued fit starts at `init`
-        start_pred = 0.0 if init is None else cascade.predict(_layer_features(x_val, start[0]), start[1], out_scale)
+        start_pred = 0.0 if init is None else cascade.predict(cascade.layer_features(x_val, start[0]), start[1], out_scale)
         start_mse = float((start_pred - y_val).square().mean())
     module.training_summary = {
         "strategy": name, "population": population, "hidden": list(hidden), "units_per_round": units_per_round,
         "generations": gens,
         "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
         "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
+        "refine": {"share": refine.share, "unit_generations": refine.unit_generations,
+                   "readout_generations": refine.readout_generations, "damping": refine.damping, "step": refine.step},
         "subspace": {"units": subspace.units, "readout": subspace.readout, "hessian": subspace.hessian,
                      "deflate": subspace.deflate},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
@@ -132,17 +149,23 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
 
 
 def _check_progress(module, val_mse, start_mse, fresh):
-    """Never hand back a module that learned nothing as if it were a result: raise (fresh) or warn (continued)."""
-    if start_mse == 0.0 or val_mse < start_mse * (1.0 - 1e-6):
-        return
+    """Never hand back a module that learned nothing as if it were a result: raise or warn, and say so in its summary.
+
+    A fresh fit that searched for JUDGE_AFTER generations or more and is no better than predicting
+    zero is an error; one whose budget ended sooner, or a continued fit, gets a NoProgressWarning.
+    """
     s = module.training_summary
+    s["learned"] = start_mse == 0.0 or val_mse < start_mse * (1.0 - 1e-6)
+    if s["learned"]:
+        return
     facts = (f"held-out MSE {val_mse:.6g} vs {start_mse:.6g} at the start, after {s['generations']} generations "
              f"in {s['seconds']} s on {s['n_train']:,} rows")
-    if fresh:
+    if fresh and s["generations"] >= JUDGE_AFTER:
         raise FitDidNotLearn(f"the fit learned nothing: {facts}. Look for inputs with wildly different scales or "
-                             "constant columns, a budget too small to finish one evaluation, or targets that are "
-                             "noise; `.module` holds the result", module)
-    warnings.warn(f"continuing from init improved nothing: {facts}", NoProgressWarning, stacklevel=3)
+                             "constant columns, or targets that are noise; `.module` holds the result", module)
+    hint = "; the budget ended before the search could start: give it more time" if s["generations"] == 0 else ""
+    what = "the fit" if fresh else "continuing from init"
+    warnings.warn(f"{what} improved nothing: {facts}{hint}", NoProgressWarning, stacklevel=3)
 
 
 def _check_init(init, in_dim, out_dim, hidden, out_scale):
@@ -162,14 +185,6 @@ def grown_part_of(have: tuple, hidden: tuple) -> bool:
     """True if layers `have` are where growing `hidden` (layer by layer) can stop: full layers, then one partial."""
     return (0 < len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
             and 0 < have[-1] <= hidden[len(have) - 1])
-
-
-def _layer_features(x, layers):
-    """[x, h_1, ..., h_L] through fixed hidden layers [(W, b)]."""
-    feats = [x]
-    for w, b in layers:
-        feats.append(torch.tanh(feats[-1] @ w.T + b))
-    return feats
 
 
 def _split(x, y, x_val, y_val, dev, seed):

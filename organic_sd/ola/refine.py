@@ -1,0 +1,122 @@
+"""Refine grown hidden units together: Jacobi Gauss-Newton rounds, every weight still found by evolution.
+
+The cascade grows each unit against the residual of the units before it and never revisits it,
+so units grown early are what was best alone, not what is best beside the others. A refinement
+round moves every unit of the last hidden layer at once:
+  1. linearise the output loss around the current module (data statistics, no gradients): for
+     row n and unit j, moving h_nj by d changes the squared error by about q_nj d^2 - 2 c_nj d,
+     with c = (e * g) @ V_j and q = g^2 @ V_j^2, where e is the residual, g = s (1 - tanh^2) the
+     readout's slope and V_j the unit's readout column;
+  2. evolve each unit's weights (one row per unit, the per-row search the readout uses) to
+     minimise that change, each unit assuming the others stay where they are (Jacobi);
+  3. re-evolve the readout over the moved units, warm-started.
+The module kept is the best on held-out rows over all rounds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from organic_sd.ola.cascade import layer_features, predict
+from organic_sd.ola.population import Whitener, affine
+from organic_sd.ola.readout import Data, chunked, fit_readout
+from organic_sd.ola.search import Budget, run_search
+
+
+@dataclass(frozen=True)
+class Refine:
+    """How a refinement spends its share of a fit's budget."""
+
+    share: float = 0.0  # of the fit's budget; 0 grows units only (the cascade alone)
+    unit_generations: int = 300  # per round, for the units' search
+    readout_generations: int = 200  # per round, for the readout's re-fit
+    damping: float = 1.0  # scales each unit's linearised gain: < 1 when the Jacobi moves overshoot
+    step: float = 0.5  # the units' search step (whitened weights, divided by sqrt(in + 1))
+
+    def __post_init__(self):
+        if not 0.0 <= self.share < 1.0:
+            raise ValueError(f"Refine.share must be in [0, 1), got {self.share}")
+        for name in ("unit_generations", "readout_generations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Refine.{name} must be at least 1, got {getattr(self, name)}")
+        if self.damping <= 0 or self.step <= 0:
+            raise ValueError(f"Refine.damping and Refine.step must be positive, got {self.damping}, {self.step}")
+
+
+def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget, config: Refine,
+           progress=False):
+    """Refine the last hidden layer of `layers` [(W, b)] and `readout` (out, F+1) until `budget` is spent.
+
+    Returns (layers, readout, curve, generations, interrupted): the round with the lowest held-out
+    MSE; Ctrl-C ends the refinement at the best round so far.
+    """
+    *below, (w, b) = layers
+    inp, inp_val = layer_features(data.x, below)[-1], layer_features(data.x_val, below)[-1]  # what the layer reads
+    wh = Whitener.fit(inp)
+    z, z_val = wh(inp), wh(inp_val)
+    first = data.x.shape[1] + sum(lw.shape[0] for lw, _ in below)  # readout column of the layer's first unit
+    H = w.shape[0]
+    rows = torch.cat([w, b[:, None]], dim=1)  # (H, in+1) raw
+
+    def with_rows(r):
+        return [*below, (r[:, :-1], r[:, -1])]
+
+    def val_mse(r, ro):
+        return float((predict(layer_features(data.x_val, with_rows(r)), ro, out_scale) - data.y_val).square().mean())
+
+    best = {"mse": val_mse(rows, readout), "rows": rows, "readout": readout}
+    out_dim = data.y.shape[1]  # the curve holds held-out MSE summed over outputs, like the searches' curves
+    curve, gens, interrupted = [(budget.elapsed(), 0, best["mse"] * out_dim)], 0, False
+    try:
+        while not budget.done(0):
+            h, c, q = _linearise(layer_features(data.x, with_rows(rows)), data.y, readout, out_scale, first, H)
+            h_val, c_val, q_val = _linearise(layer_features(data.x_val, with_rows(rows)), data.y_val, readout,
+                                             out_scale, first, H)
+
+            def gain(theta, zz, hh, cc, qq):
+                d = affine(theta, zz).tanh_().sub_(hh)  # (P, B, H): each unit's move
+                return ((qq * d).sub_(2 * config.damping * cc) * d).mean(1)  # (P, H): its linearised loss change
+
+            def batch_loss(theta):
+                i = data.batch_index()
+                return gain(theta, z[i], h[i], c[i], q[i])
+
+            def val_loss(theta):
+                return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
+
+            found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows),
+                               config.step / math.sqrt(rows.shape[1]), _round(budget, config.unit_generations),
+                               data.generator, progress=progress, desc="refine units")
+            rows = wh.to_raw(found.theta)
+            feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
+            readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
+                                       _round(budget, config.readout_generations), readout, progress)
+            gens += found.generations + res.generations
+            mse = val_mse(rows, readout)
+            curve.append((budget.elapsed(), gens, mse * out_dim))
+            if mse < best["mse"]:
+                best = {"mse": mse, "rows": rows, "readout": readout}
+    except KeyboardInterrupt:
+        interrupted = True
+    return with_rows(best["rows"]), best["readout"], curve, gens, interrupted
+
+
+def _linearise(feats, y, readout, out_scale, first, H):
+    """The current units h (N, H) and the Gauss-Newton terms c, q (N, H) of each unit's move."""
+    u = torch.cat(feats, dim=1)
+    th = torch.tanh(u @ readout[:, :-1].T + readout[:, -1])  # (N, out)
+    e = y - out_scale * th
+    g = out_scale * (1 - th * th)  # the readout's slope
+    v = readout[:, first:first + H]  # (out, H): the units' readout columns
+    return u[:, first:first + H], (e * g) @ v, (g * g) @ v.square()
+
+
+def _round(budget: Budget, generations: int) -> Budget:
+    """A round's budget: `generations`, or less where the parent budget has less left."""
+    secs = None if budget.seconds is None else max(0.0, budget.seconds - budget.elapsed())
+    if budget.generations is not None:
+        generations = max(1, min(generations, budget.generations - budget.used))
+    return Budget(secs, generations, parent=budget)

@@ -1,0 +1,50 @@
+"""ola.refine: moving grown hidden units together (Jacobi Gauss-Newton rounds), gradient-free."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from organic_sd import ola
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+from problems import two_layer  # noqa: E402
+
+
+def _fit(p, share, generations=1500, seed=0):
+    return ola.fit(p.x, p.y, hidden=(4,), generations=generations, seed=seed,
+                   refine=ola.Refine(share=share, unit_generations=100, readout_generations=100))
+
+
+def _ratio(m, p):
+    return float((m(p.x_test) - p.y_test).square().mean()) / p.floor
+
+
+def test_refining_beats_growing_alone_on_a_small_two_layer_teacher_at_equal_generations():
+    p = two_layer(6, 4, 3, 3000, 2000, noise=0.02, seed=1)
+    grown, refined = _fit(p, 0.0), _fit(p, 0.5)
+    assert refined.training_summary["generations"] == grown.training_summary["generations"] == 1500
+    assert _ratio(refined, p) < 0.7 * _ratio(grown, p)
+
+
+def test_refining_is_deterministic_for_a_seed_and_keeps_the_shape():
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    a, b = _fit(p, 0.5, generations=400), _fit(p, 0.5, generations=400)
+    assert a.config.hidden == (4,)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_a_continued_fit_with_refine_moves_the_units_and_is_no_worse():
+    p = two_layer(6, 4, 3, 3000, 2000, noise=0.02, seed=1)
+    grown = _fit(p, 0.0, generations=800)
+    more = ola.fit(p.x, p.y, hidden=(4,), generations=600, init=grown, refine=ola.Refine(share=0.5))
+    assert not torch.equal(more.hidden[0].weight, grown.hidden[0].weight)
+    assert more.training_summary["val_mse"] <= grown.training_summary["val_mse"] * 1.0001
+
+
+@pytest.mark.parametrize("kwargs", [{"share": 1.0}, {"share": -0.1}, {"unit_generations": 0}, {"damping": 0.0}])
+def test_bad_refine_settings_are_clear_errors(kwargs):
+    with pytest.raises(ValueError, match="Refine"):
+        ola.Refine(**kwargs)
