@@ -135,6 +135,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.onnx:  # one part as an ONNX graph (organic_sd.ovae.onnx), not a bundle of two runs
+        from organic_sd.ovae.onnx import run_cli
+
+        return run_cli(args)
+    if not (args.encoder and args.decoder and args.out):
+        raise ValueError("osd export needs --encoder RUN --decoder RUN --out FILE (or --onnx FILE --part PART)")
     from organic_sd.ovae.evaluate import export
 
     v = export(args.encoder, args.decoder, args.out)
@@ -262,10 +268,15 @@ def _add_ovae_parsers(sub) -> None:
     dm.add_argument("--device", default="cpu")
     dm.set_defaults(func=_cmd_demo)
 
-    ex = sub.add_parser("export", help="bundle an encoder run and a decoder run into one O-VAE file")
-    ex.add_argument("--encoder", required=True, help="encoder run folder or file")
-    ex.add_argument("--decoder", required=True, help="decoder run folder or file")
-    ex.add_argument("--out", required=True, help="output .safetensors file")
+    ex = sub.add_parser("export", help="bundle an encoder run and a decoder run into one O-VAE file, or write "
+                                       "one part as an ONNX graph (--onnx)")
+    ex.add_argument("--encoder", default=None, help="encoder run folder or file")
+    ex.add_argument("--decoder", default=None, help="decoder run folder or file")
+    ex.add_argument("--out", default=None, help="output .safetensors file")
+    ex.add_argument("--onnx", metavar="FILE", default=None,
+                    help="write --part of --ovae as an ONNX graph (dynamic height/width; needs the onnx extra)")
+    ex.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="with --onnx: which part")
+    ex.add_argument("--ovae", default=None, help="with --onnx: O-VAE file or run (default: the shipped one)")
     ex.set_defaults(func=_cmd_export)
 
 
