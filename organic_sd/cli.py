@@ -418,11 +418,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 print(f"warning: the O-UNet was trained on {u.config.teacher}, the text encoder is {teacher.id}'s",
                       file=sys.stderr)
             cond = teacher.encode_text([args.prompt or ""])  # (1, L, D)
+    decode = _latent_decoder(args.vae, u, teacher, args.device)
+    preview = None
+    if args.preview:
+        from organic_sd.previews import preview_for_generate
+
+        preview = preview_for_generate(args.preview, u, decode)
     res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher, cond=cond,
-                   decode=_latent_decoder(args.vae, u, teacher, args.device))
+                   decode=decode, preview=preview)
     print(f"wrote {args.out}: {args.n} samples, {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
           + (f", prompt {args.prompt or ''!r}" if cond is not None else "")
           + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
+    if preview is not None:
+        print(f"wrote {args.preview}: the O-UNet's x0 estimate at each of the {args.steps} steps")
     if teacher is not None:
         print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
     return 0
@@ -464,6 +472,9 @@ def _add_generate_parser(sub) -> None:
                    help="latent teachers: decode the samples with 'teacher' (the pipeline's VAE), an O-VAE file or "
                         "run, or a VAE teacher spec (default: draw the latents' first 3 channels)")
     g.add_argument("--out", required=True, help="output PNG")
+    g.add_argument("--preview", default=None, metavar="GIF_OR_FOLDER",
+                   help="write the O-UNet's x0 estimate at every step: an animated GIF (a .gif path) or one PNG per "
+                        "step (a folder), decoded by --vae for latent teachers")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_generate)
 
