@@ -50,14 +50,15 @@ def test_diffusers_callback_previews_the_x0_estimate(tmp_path):
     assert [s for s, _ in seen] == [0, 1, 2] and seen[0][1].shape == (32, 40, 3)
     assert len(list((tmp_path / "png").iterdir())) == 3 and Image.open(tmp_path / "steps.gif").n_frames == 3
     # DDIM's last x0 estimate is the final sample: the last preview is the O-VAE's decode of it
-    assert np.array_equal(seen[-1][1], _uint8(v.decode(z)))
+    assert np.abs(seen[-1][1].astype(int) - _uint8(v.decode(z))).max() <= 1  # the conv form: ~1e-6 apart
     assert not np.array_equal(seen[0][1], seen[-1][1])
     # a callback that was not attached wraps the scheduler at its first call and still previews every step
     late = DiffusersPreview(v.to_diffusers(), on_image=lambda step, img: seen.append((step, np.asarray(img))))
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # a fresh, unwrapped scheduler
     seen.clear()
     assert torch.equal(run(late), plain)
-    assert [s for s, _ in seen] == [0, 1, 2] and np.array_equal(seen[-1][1], _uint8(v.decode(z)))
+    assert [s for s, _ in seen] == [0, 1, 2]
+    assert np.abs(seen[-1][1].astype(int) - _uint8(v.decode(z))).max() <= 1
 
 
 def test_osd_generate_preview(tmp_path, capsys):

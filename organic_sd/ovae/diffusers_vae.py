@@ -32,7 +32,7 @@ def _empty_part(described: dict) -> Part:
 
 
 class OVAEDiffusers(ModelMixin, ConfigMixin):
-    """An O-VAE behind AutoencoderTiny's methods: encode -> .latents, decode -> .sample, config, save/from_pretrained."""
+    """An O-VAE behind AutoencoderTiny's methods: encode -> .latents, decode -> .sample, config, save/load."""
 
     @register_to_config
     def __init__(self, parts: dict | None = None, meta: dict | None = None, latent_channels: int = 4,
