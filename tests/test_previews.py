@@ -59,6 +59,14 @@ def test_diffusers_callback_previews_the_x0_estimate(tmp_path):
     assert torch.equal(run(late), plain)
     assert [s for s, _ in seen] == [0, 1, 2]
     assert np.abs(seen[-1][1].astype(int) - _uint8(v.decode(z))).max() <= 1
+    # DPM-Solver returns no x0 estimate: each preview is the O-VAE's decode of that step's latents
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    seen.clear()
+    z = run(DiffusersPreview(v, on_image=lambda step, img: seen.append((step, np.asarray(img)))))
+    assert [s for s, _ in seen] == [0, 1, 2]
+    assert np.abs(seen[-1][1].astype(int) - _uint8(v.decode(z))).max() <= 1
 
 
 def test_osd_generate_preview(tmp_path, capsys):

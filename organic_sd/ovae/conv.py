@@ -35,7 +35,6 @@ class ConvPart(nn.Module):
         else:
             k, stride, cin = c.window, c.downscale, 3
             self.pad = (c.window - c.downscale) // 2
-        self.stride = stride
         dev, dt = m.readout.weight.device, m.readout.weight.dtype
         widths = (m.in_dim, *m.config.hidden)
         self.hidden = nn.ModuleList()
