@@ -135,17 +135,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    if args.onnx:  # one part as an ONNX graph (organic_sd.ovae.onnx), not a bundle of two runs
-        from organic_sd.ovae.onnx import run_cli
-
-        return run_cli(args)
-    if not (args.encoder and args.decoder and args.out):
-        raise ValueError("osd export needs --encoder RUN --decoder RUN --out FILE (or --onnx FILE --part PART)")
     from organic_sd.ovae.evaluate import export
 
     v = export(args.encoder, args.decoder, args.out)
     print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
     return 0
+
+
+def _cmd_export_or_onnx(args: argparse.Namespace) -> int:
+    """`osd export`: a bundle of two runs, or with --onnx one part as an ONNX graph (organic_sd.ovae.onnx)."""
+    if args.onnx:
+        from organic_sd.ovae.onnx import run_cli
+
+        return run_cli(args)
+    if not (args.encoder and args.decoder and args.out):
+        raise ValueError("osd export needs --encoder RUN --decoder RUN --out FILE (or --onnx FILE --part PART)")
+    return _cmd_export(args)
 
 
 def _add_ovae_parsers(sub) -> None:
@@ -277,7 +282,7 @@ def _add_ovae_parsers(sub) -> None:
                     help="write --part of --ovae as an ONNX graph (dynamic height/width; needs the onnx extra)")
     ex.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="with --onnx: which part")
     ex.add_argument("--ovae", default=None, help="with --onnx: O-VAE file or run (default: the shipped one)")
-    ex.set_defaults(func=_cmd_export)
+    ex.set_defaults(func=_cmd_export_or_onnx)
 
 
 def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
