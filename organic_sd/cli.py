@@ -142,6 +142,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_or_onnx(args: argparse.Namespace) -> int:
+    """`osd export`: a bundle of two runs, or with --onnx one part as an ONNX graph (organic_sd.ovae.onnx)."""
+    if args.onnx:
+        from organic_sd.ovae.onnx import run_cli
+
+        return run_cli(args)
+    if not (args.encoder and args.decoder and args.out):
+        raise ValueError("osd export needs --encoder RUN --decoder RUN --out FILE (or --onnx FILE --part PART)")
+    return _cmd_export(args)
+
+
 def _add_ovae_parsers(sub) -> None:
     """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
     tr = sub.add_parser("train", help="evolve an O-VAE part from a store (no gradients)")
@@ -267,11 +278,16 @@ def _add_ovae_parsers(sub) -> None:
     dm.add_argument("--device", default="cpu")
     dm.set_defaults(func=_cmd_demo)
 
-    ex = sub.add_parser("export", help="bundle an encoder run and a decoder run into one O-VAE file")
-    ex.add_argument("--encoder", required=True, help="encoder run folder or file")
-    ex.add_argument("--decoder", required=True, help="decoder run folder or file")
-    ex.add_argument("--out", required=True, help="output .safetensors file")
-    ex.set_defaults(func=_cmd_export)
+    ex = sub.add_parser("export", help="bundle an encoder run and a decoder run into one O-VAE file, or write "
+                                       "one part as an ONNX graph (--onnx)")
+    ex.add_argument("--encoder", default=None, help="encoder run folder or file")
+    ex.add_argument("--decoder", default=None, help="decoder run folder or file")
+    ex.add_argument("--out", default=None, help="output .safetensors file")
+    ex.add_argument("--onnx", metavar="FILE", default=None,
+                    help="write --part of --ovae as an ONNX graph (dynamic height/width; needs the onnx extra)")
+    ex.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="with --onnx: which part")
+    ex.add_argument("--ovae", default=None, help="with --onnx: O-VAE file or run (default: the shipped one)")
+    ex.set_defaults(func=_cmd_export_or_onnx)
 
 
 def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
@@ -412,11 +428,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                 print(f"warning: the O-UNet was trained on {u.config.teacher}, the text encoder is {teacher.id}'s",
                       file=sys.stderr)
             cond = teacher.encode_text([args.prompt or ""])  # (1, L, D)
+    decode = _latent_decoder(args.vae, u, teacher, args.device)
+    preview = None
+    if args.preview:
+        from organic_sd.previews import preview_for_generate
+
+        preview = preview_for_generate(args.preview, u, decode)
     res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher, cond=cond,
-                   decode=_latent_decoder(args.vae, u, teacher, args.device))
+                   decode=decode, preview=preview)
     print(f"wrote {args.out}: {args.n} samples, {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
           + (f", prompt {args.prompt or ''!r}" if cond is not None else "")
           + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
+    if preview is not None:
+        print(f"wrote {args.preview}: the O-UNet's x0 estimate at each of the {args.steps} steps")
     if teacher is not None:
         print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
     return 0
@@ -458,6 +482,9 @@ def _add_generate_parser(sub) -> None:
                    help="latent teachers: decode the samples with 'teacher' (the pipeline's VAE), an O-VAE file or "
                         "run, or a VAE teacher spec (default: draw the latents' first 3 channels)")
     g.add_argument("--out", required=True, help="output PNG")
+    g.add_argument("--preview", default=None, metavar="GIF_OR_FOLDER",
+                   help="write the O-UNet's x0 estimate at every step: an animated GIF (a .gif path) or one PNG per "
+                        "step (a folder), decoded by --vae for latent teachers")
     g.add_argument("--device", default="cpu")
     g.set_defaults(func=_cmd_generate)
 

@@ -43,12 +43,13 @@ def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:
 
 
 def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 16, teacher=None,
-             scale: int = 4, cond: torch.Tensor | None = None, decode=None) -> dict:
+             scale: int = 4, cond: torch.Tensor | None = None, decode=None, preview=None) -> dict:
     """Sample n images in `steps` DDIM steps of u from seeded noise; write a grid PNG (clone | teacher).
 
     `cond`: the teacher's text embedding of the prompt, (1 or n, L, D), for an O-UNet with a text
     adapter (the teacher, if shown, gets the same). `decode`: latents (n, C, h, w) -> images
     (n, 3, H, W) in [-1, 1] (a VAE decoder), for latent teachers; without it the samples are drawn as they are.
+    `preview`: an `organic_sd.previews.Preview` shown the O-UNet's x0 estimate at every step.
     """
     from PIL import Image
 
@@ -61,14 +62,16 @@ def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 
         raise ValueError("this O-UNet is unconditional: it takes no prompt")
     noise = seeded_noise(u.sample_shape, n, seed)  # (n, C, H, W)
 
-    def images(model) -> torch.Tensor:
+    def images(model, on_step=None) -> torch.Tensor:
         with torch.no_grad():
-            x = ddim_sample(model, noise, steps, cond)  # (n, C, H, W) teacher units, on the model's device
+            x = ddim_sample(model, noise, steps, cond, on_step)  # (n, C, H, W) teacher units, on the model's device
             if decode is not None:  # an O-VAE decoder accepts only tensors on its own device
                 return ((decode(x).float().cpu().clamp(-1, 1) + 1) / 2).float()  # (n, 3, H', W') on [0, 1]
         return to_unit(x.cpu(), u.config.pixel_range)
 
-    x = images(u)
+    x = images(u, None if preview is None else preview.ddim_hook(u.alphas_cumprod))
+    if preview is not None:
+        preview.save_gif()
     cols = math.ceil(math.sqrt(n))
     panels = [grid_image(x, cols)]
     res = {"out": str(out), "n": n, "steps": steps, "seed": seed, "samples": x}
