@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
 import torch
 
 from organic_sd.data import Store
+from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ola import cascade
 from organic_sd.ola.readout import Data
 from organic_sd.ola.search import Budget
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
            "population": args.population, "seed": args.seed, **diversity(w, b, xv), "heldout_residual_explained": share,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.part == "decoder":  # pixels in [-1, 1]: PSNR on [0, 1]
-        out["heldout_psnr_linear"] = 10 * math.log10(4 / float(rv.double().square().mean()))
-        out["heldout_psnr_with_units"] = 10 * math.log10(4 / mse)
+        out["heldout_psnr_linear"] = psnr_of_mse(float(rv.double().square().mean()))
+        out["heldout_psnr_with_units"] = psnr_of_mse(mse)
     print(json.dumps(out))
     return 0
 

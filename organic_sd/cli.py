@@ -89,7 +89,7 @@ def _load_ovae(spec: str | None, device: str = "cpu"):
 
 
 def _cmd_eval_latents(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import latents
+    from organic_sd.ovae.latent_eval import latents
 
     v = _load_ovae(args.ovae, args.device)
     res = latents(v, args.store, args.out, split=args.split, max_images=args.max_images)
@@ -126,7 +126,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
 
-    from organic_sd.ovae.evaluate import demo, print_report
+    from organic_sd.ovae.demo import demo
+    from organic_sd.ovae.evaluate import print_report
 
     teacher = args.teacher or os.environ.get("OSD_TEACHER") or None
     rep = demo(args.out, teacher, seconds=args.seconds, device=args.device, images=args.images)
@@ -135,7 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import export
+    from organic_sd.ovae.export import export
 
     v = export(args.encoder, args.decoder, args.out)
     print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
@@ -328,7 +329,7 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
 def _add_train_head_parser(parts) -> None:
     """`osd train denoiser-head`: a noise-level head evolved on a trained O-UNet's residual."""
-    from organic_sd.ounet.head import run_cli
+    from organic_sd.ounet.train_head import run_cli
 
     hd = parts.add_parser("denoiser-head", help="O-UNet: evolve a per-t-bucket linear correction on its residual")
     hd.add_argument("--ounet", required=True, help="trained O-UNet (file or `osd train denoiser` run)")

@@ -26,7 +26,7 @@ def check_resume(run: Path, rec: dict, fields: tuple[str, ...], added: dict | No
     old = {**(added or {}), **old}
     diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in fields if k != "kind" and old.get(k) != rec[k]]
     if old.get("kind") != rec["kind"]:
-        diff.insert(0, f"kind: {run} holds an {old.get('kind')} run")
+        diff.insert(0, f"kind: {run} holds a run of kind {old.get('kind')!r}")
     if diff:
         raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
                          "Use another --out folder, or the same settings to continue it.")

@@ -4,51 +4,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from organic_sd import cli
-from organic_sd.data import Store, precompute
+from organic_sd.data import Store
+from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ovae import OVAE
 from organic_sd.ola import cascade
 from organic_sd.ovae import train as train_mod
-from organic_sd.ovae.train import TrainConfig, train
-from test_precompute import FakeTeacher
-
-SIZE = 32  # 4 x 4 latent cells per image: every fit here is a few thousand rows at most
-
-
-def smooth_images(folder, n, size=40, seed=0):
-    """Smooth random colour fields (learnable, unlike white noise)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"im{i:03d}.png")
-    return folder
-
-
-def make_store(tmp_path, n=24):
-    """A store of n smooth images (or a few more: see below), a quarter of them held out."""
-    store = tmp_path / "store"
-    while True:
-        precompute([str(smooth_images(tmp_path / "imgs", n))], FakeTeacher(), store, SIZE, val_fraction=0.25,
-                   progress=False)
-        # the split hashes each file's path, tmp_path included, so a small store can by chance hold no
-        # held-out image (0.75**12 = 3% at n=12): one more image until it holds one
-        if len(Store.open(store).indices("val")):
-            return store
-        n += 1
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path)
-
-
-def quick(kind, store, out, **kw):
-    kw = {"ticks": 2, "generations": 4, "tick_seconds": 10, "eval_images": 4, "max_rows": 2000, **kw}
-    return TrainConfig(kind, str(store), str(out), **kw)
-
+from organic_sd.ovae.train import train
+from conftest import STORE_SIZE as SIZE, quick
 
 def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -84,7 +48,7 @@ def test_resume_refuses_other_settings(store, tmp_path):
         train(quick("decoder", store, run, window=5))
     with pytest.raises(ValueError, match="seed: run has 0, asked 7"):  # other held-out images would judge the ticks
         train(quick("decoder", store, run, seed=7))
-    with pytest.raises(ValueError, match="holds an decoder run"):
+    with pytest.raises(ValueError, match="holds a run of kind 'decoder'"):
         train(quick("encoder", store, run))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
@@ -342,8 +306,8 @@ def test_mixed_decoder_is_scored_on_both_latents_weighted_as_its_rows(store, tmp
     mse_t = float((part(torch.from_numpy(s.latents[held.idx])).clamp(-1, 1) - target).double().square().mean())
     mse_o = float((part(rows.source(images)).clamp(-1, 1) - target).double().square().mean())
     assert got["heldout_mse"] == pytest.approx(0.75 * mse_t + 0.25 * mse_o, rel=1e-4)
-    assert got["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_t))), abs=1e-3)
-    assert got["psnr_oenc"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_o))), abs=1e-3)
+    assert got["psnr"] == pytest.approx(psnr_of_mse(mse_t), abs=1e-3)
+    assert got["psnr_oenc"] == pytest.approx(psnr_of_mse(mse_o), abs=1e-3)
     assert "psnr_oenc" in _log(run)[0]
 
     # a run saved before both were scored: its best is scored again on resume, so the ticks compare alike
@@ -358,4 +322,4 @@ def test_teacher_latent_decoder_score_is_unchanged(store, tmp_path):
     cfg = quick("decoder", store, tmp_path / "dec", ticks=1)
     res = train(cfg)
     assert "psnr_oenc" not in res
-    assert res["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(res["heldout_mse"]))))
+    assert res["psnr"] == pytest.approx(psnr_of_mse(res["heldout_mse"]))

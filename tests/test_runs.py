@@ -24,7 +24,7 @@ def test_check_resume_new_same_other_and_foreign_folders(tmp_path):
     assert check_resume(run, dict(rec), ("kind", "window", "seed")) == rec
     with pytest.raises(ValueError, match=r"window: run has 3, asked 5; seed: run has 0, asked 1"):
         check_resume(run, {**rec, "window": 5, "seed": 1}, ("kind", "window", "seed"))
-    with pytest.raises(ValueError, match="holds an decoder run"):
+    with pytest.raises(ValueError, match="holds a run of kind 'decoder'"):
         check_resume(run, {**rec, "kind": "encoder"}, ("kind", "window"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")

@@ -77,7 +77,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, prompts: list[str]) -> dict:
-    from organic_sd.teachers.denoiser import ddim_timesteps
+    from organic_sd.teachers.ddim import ddim_timesteps
 
     ab = np.asarray(teacher.alphas_cumprod, np.float64)  # (T,)
     shape = [int(s) for s in teacher.sample_shape]
@@ -99,7 +99,7 @@ def _run_batch(teacher, chunk: list[int], steps: int, renoise: int, seed: int, t
     """Samples `chunk` -> x_t (B, K+R, C, H, W), t (B, K+R), eps (B, K+R, C, H, W) float32 numpy."""
     import torch
 
-    from organic_sd.teachers.denoiser import ddim_sample
+    from organic_sd.teachers.ddim import ddim_sample
 
     ab = teacher.alphas_cumprod  # (T,) float64 CPU
     drawn = [draw_noise(teacher.sample_shape, len(ab), renoise, seed, i) for i in chunk]

@@ -23,6 +23,7 @@ from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Whitener, affine
 from organic_sd.ola.search import Budget, run_search
 from organic_sd.ola.strategies import make_strategy
+from organic_sd.ounet.features import features
 
 FORMAT = "organic_sd.text_adapter/1"
 OUT_SCALE = 2.0  # cond values in (-2, 2): the size of the O-UNet's other inputs
@@ -247,8 +248,6 @@ def evolve_adapter(u, store, idx: np.ndarray, *, features_fn=None, strategy: str
     the other half is the held-out set that picks the result, so the result is never worse
     there than the adapter it started from.
     """
-    from organic_sd.ounet.model import features
-
     features_fn = features_fn or features
     if u.adapter is None:
         raise ValueError("this O-UNet has no text adapter to evolve")

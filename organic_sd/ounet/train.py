@@ -27,7 +27,8 @@ from organic_sd import ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
-from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
+from organic_sd.ounet.features import OUNetConfig, features
+from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
 from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.files import atomic_json
+from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
 from organic_sd.ola.cascade import UNITS_PER_ROUND
 from organic_sd.plots import training_plot
 from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
 from organic_sd.ovae import patches
-from organic_sd.ovae.evaluate import cosine_rows, psnr
 from organic_sd.devices import resolve_device
 from organic_sd.ola.fit import grown_part_of
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, part_rows, read_parts
@@ -251,11 +251,11 @@ class HeldOut:
         mse = se[0] / n
         out = {"heldout_mse": mse}
         if p.kind == "decoder":
-            out["psnr"] = float(psnr(torch.tensor(mse)))
+            out["psnr"] = psnr_of_mse(mse)
             if self.rows.mix:
                 w = self.rows.mix_teacher
                 out["heldout_mse"] = w * mse + (1 - w) * se[1] / n
-                out["psnr_oenc"] = float(psnr(torch.tensor(se[1] / n)))
+                out["psnr_oenc"] = psnr_of_mse(se[1] / n)
         else:
             out["cosine"] = cos_sum / cos_n
         return out

@@ -1,0 +1,1 @@
+"""Quality measures shared by evaluation and benchmarks."""
