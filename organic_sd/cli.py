@@ -63,7 +63,8 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from organic_sd import dist
     from organic_sd.devices import resolve_device
-    from organic_sd.ovae.train import TrainConfig, train
+    from organic_sd.ovae.config import TrainConfig
+    from organic_sd.ovae.train import train
 
     device = str(resolve_device(args.device))  # before joining a group: no CUDA is a clear error
     dist.init()  # under torchrun: join the group, and ola.fit splits its searches across the ranks

@@ -8,6 +8,7 @@ on the same folder resumes; other settings are refused rather than mixed.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from organic_sd import dist, ola
@@ -63,3 +64,9 @@ def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
         if dist.world_size() > 1:  # ranks stop at different points: no collective may follow, so as before
             raise
         return stop.module, True
+
+
+def out_scale_for(largest: float, step: float = 0.5) -> float:
+    """The tanh readout's scale for targets whose largest magnitude is `largest`: 1.2 x that (headroom),
+    rounded up to a multiple of `step`."""
+    return math.ceil(1.2 * float(largest) / step) * step

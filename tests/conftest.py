@@ -84,7 +84,7 @@ def make_store(tmp_path, n=24):
 
 def quick(kind, store, out, **kw):
     """A TrainConfig for a few-second `osd train` run on a make_store store."""
-    from organic_sd.ovae.train import TrainConfig
+    from organic_sd.ovae.config import TrainConfig
 
     kw = {"ticks": 2, "generations": 4, "tick_seconds": 10, "eval_images": 4, "max_rows": 2000, **kw}
     return TrainConfig(kind, str(store), str(out), **kw)

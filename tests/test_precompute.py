@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import SHARED, FakeTeacher, noise_images
 from organic_sd import cli
 from organic_sd.data import DiskFullError, Store, StoreError, iter_frames, open_sources, precompute, preprocess
-from organic_sd.data import store as store_mod
+from organic_sd.data import store_writer as store_mod
 from organic_sd.data.precompute import run_teacher
 
 

@@ -38,7 +38,7 @@ from organic_sd.data.sources import (
     iter_frames,
     open_sources,
 )
-from organic_sd.data.store import StoreWriter
+from organic_sd.data.store_writer import StoreWriter
 
 
 @dataclass

@@ -17,7 +17,7 @@ For every pixel the stack sees:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,6 @@ class OUNetConfig:
     head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.sample_shape = tuple(int(s) for s in self.sample_shape)

@@ -164,7 +164,9 @@ class OUNet(nn.Module):
         file, tensors, md = read_safetensors(path, "O-UNet")
         if md.get("format") != FORMAT:
             raise ValueError(f"{file} is not an O-UNet (format {md.get('format')!r}, expected {FORMAT!r})")
-        cfg = OUNetConfig(**json.loads(md["config"]))
+        cfg = json.loads(md["config"])
+        cfg.pop("extra", None)  # files written before the unused `extra` field was dropped hold an empty one
+        cfg = OUNetConfig(**cfg)
         ocfg = json.loads(md["ola_config"])
         if ocfg.get("format") != OLA_FORMAT:
             raise ValueError(f"{file}: its stack has format {ocfg.get('format')!r}, expected {OLA_FORMAT!r}")

@@ -31,7 +31,7 @@ from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
 from organic_sd.files import atomic_json
 from organic_sd.plots import training_plot
-from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
+from organic_sd.runs import check_resume, fit_tick, growing, keeps, out_scale_for, resume_state
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -181,8 +181,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         rec["out_scale"] = old["out_scale"]
     else:
         pick = np.sort(rng_eval.choice(train_idx, min(256, len(train_idx)), replace=False))
-        # tanh readout: leave headroom above the largest teacher eps seen, rounded up to 0.5
-        rec["out_scale"] = math.ceil(1.2 * float(np.abs(store.eps[pick]).max()) * 2) / 2
+        rec["out_scale"] = out_scale_for(np.abs(store.eps[pick]).max())
     atomic_json(run / "config.json", rec)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
         if old is not None and (run / "log.jsonl").is_file() else []

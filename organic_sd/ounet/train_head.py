@@ -7,7 +7,6 @@ once cannot see it there. The head is kept only if it lowers the held-out eps MS
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import replace
@@ -22,6 +21,7 @@ from organic_sd.devices import resolve_device
 from organic_sd.ounet.head import head_rows
 from organic_sd.ounet.model import OUNet
 from organic_sd.ounet.train import heldout_score, sample_rows
+from organic_sd.runs import out_scale_for
 
 
 def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: int = 200_000,
@@ -58,7 +58,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
 
     with torch.no_grad():
         x, y = sample_rows(cfg, train_idx, max_rows, rng, residual_rows)
-    out_scale = math.ceil(1.2 * float(y.abs().max()) * 4) / 4
+    out_scale = out_scale_for(y.abs().max(), step=0.25)
     C, d = cfg.sample_shape[0], x.shape[1] // buckets  # d = C k k + 1 columns per bucket
     print(f"head: {buckets} buckets x {cfg.window}x{cfg.window} window, {x.shape[0]:,} rows, residual MSE "
           f"{float(y.square().mean()):.5g}", file=log_to, flush=True)

@@ -21,7 +21,8 @@ def demo(out: str | os.PathLike, teacher_spec: str | None = None, seconds: float
         rep = pipeline(photos, v, out, max_images=images)
         return rep
     from organic_sd.data import precompute
-    from organic_sd.ovae.train import TrainConfig, train
+    from organic_sd.ovae.config import TrainConfig
+    from organic_sd.ovae.train import train
     from organic_sd.teachers import load_teacher
 
     teacher = load_teacher(teacher_spec, device=device)
