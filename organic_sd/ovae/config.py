@@ -13,6 +13,7 @@ RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "tar
               "global_size", "seed", "eval_images")
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 
+
 @dataclass
 class TrainConfig:
     """Everything `osd train` takes; RUN_FIELDS plus the store's teacher must match on resume."""
@@ -26,14 +27,12 @@ class TrainConfig:
     strategy: str = "auto"
     population: int = 40
     hessian: int = 0  # >0: each unit searches this many directions of its own (ola.Subspace.hessian)
-    # Units of a round count only beyond the round's earlier ones (ola.Subspace.deflate). None: on for the
-    # decoder (shipped recipe +0.09 dB on teacher latents, +0.06 dB full, two seeds each), off for the
-    # encoder (its latents come closer to the teacher's, +0.005 cosine, but decode worse: the teacher's
-    # decoder -0.29 dB on them, O-Decoders -0.06 dB); docs/BENCHMARKS.md.
+    # units of a round count only beyond the round's earlier ones (ola.Subspace.deflate). None: on for the
+    # decoder, off for the encoder, whose deflated latents come closer to the teacher's but decode worse
+    # (docs/BENCHMARKS.md, the deflated encoder retrain)
     deflate: bool | None = None
-    # hidden units grown side by side before the readout is re-fitted. None: per part, the engine's 8 for the
-    # decoder, 16 for the encoder, whose latents then decode better at the same cosine (linear decoder +0.5-1.3
-    # dB, full O-VAE +0.2-0.55 dB with the same decoders; CPU, two seeds); both shipped encoders were grown so.
+    # hidden units grown side by side before the readout is re-fitted. None: the engine's 8 for the decoder,
+    # 16 for the encoder, whose latents then decode better at the same cosine (docs/BENCHMARKS.md, rounds of 16)
     units_per_round: int | None = None
     max_minutes: float | None = None
     ticks: int | None = None
@@ -43,8 +42,8 @@ class TrainConfig:
     save_minutes: float = 0.0  # 0: checkpoint after every tick
     device: str = "cpu"
     latents: str = "teacher"  # decoder inputs: "teacher", "oenc:RUN", or "mix:RUN" (both)
-    # mix: the share of rows whose inputs are the teacher's latents (the rest are the O-Encoder's). Half each
-    # trades the decoder on teacher latents for the full O-VAE (docs/BENCHMARKS.md, 2026-11-27).
+    # mix: the share of rows whose inputs are the teacher's latents (the rest are the O-Encoder's): more favours
+    # the decoder on teacher latents, less the full O-VAE (docs/BENCHMARKS.md)
     mix_teacher: float = 0.5
     # a run (or O-VAE file) whose part of this kind a new run starts from: its units and readout. With the same
     # --hidden only the readout is re-fitted on this run's rows: units grown on teacher latents (which set the
@@ -81,7 +80,7 @@ class TrainConfig:
         if self.deflate is None:
             self.deflate = self.kind == "decoder"
         if self.units_per_round is None:
-            from organic_sd.ola.cascade import UNITS_PER_ROUND  # here, so that reading the config needs no torch
+            from organic_sd.ola import UNITS_PER_ROUND  # here, so that reading the config needs no torch
 
             self.units_per_round = ENCODER_UNITS_PER_ROUND if self.kind == "encoder" else UNITS_PER_ROUND
         if self.hessian < 0:

@@ -27,7 +27,6 @@ from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
 from organic_sd.files import atomic_json
-from organic_sd.ola.fit import grown_part_of
 from organic_sd.ovae.config import RUN_FIELDS, TrainConfig
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
 from organic_sd.ovae.rows import HeldOut, PartRows, out_scale, part_config, source_encoder
@@ -66,7 +65,7 @@ def _init_module(spec: str, cfg: TrainConfig, part: PartConfig, device: torch.de
             + (" (the retina is drawn from --seed)" if k == "retina_seed" else "")
             for k in fields if getattr(init.config, k) != getattr(part, k)]
     have = tuple(init.module.config.hidden)
-    if have != cfg.hidden and not grown_part_of(have, cfg.hidden):
+    if have != cfg.hidden and not ola.grown_part_of(have, cfg.hidden):
         diff.append(f"hidden: it has {have}, this run asks {cfg.hidden} (it may only grow)")
     if diff:
         raise ValueError(f"--init {spec} cannot start this run: {'; '.join(diff)}")
