@@ -320,7 +320,8 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
         freqs=args.freqs, modulate=args.modulate, gain=args.gain, coarse=args.coarse, strategy=args.strategy, population=args.population,
         deflate=args.deflate, max_minutes=args.max_minutes,
         ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
-        generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
+        generations=args.generations, save_minutes=args.save_minutes, freeze_loss=args.freeze_loss,
+        max_rows=args.max_rows, batch_size=args.batch_size,
         eval_records=args.eval_records, device=args.device, seed=args.seed, progress=args.progress,
         cond_dim=args.cond_dim, adapter_every=args.adapter_every,
     )
@@ -328,10 +329,14 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     return 130 if res["status"] == "interrupted" else 0
 
 
-def _add_train_head_parser(parts) -> None:
-    """`osd train denoiser-head`: a noise-level head evolved on a trained O-UNet's residual."""
+def _cmd_train_head(args: argparse.Namespace) -> int:
     from organic_sd.ounet.train_head import run_cli
 
+    return run_cli(args)
+
+
+def _add_train_head_parser(parts) -> None:
+    """`osd train denoiser-head`: a noise-level head evolved on a trained O-UNet's residual."""
     hd = parts.add_parser("denoiser-head", help="O-UNet: evolve a per-t-bucket linear correction on its residual")
     hd.add_argument("--ounet", required=True, help="trained O-UNet (file or `osd train denoiser` run)")
     hd.add_argument("--store", required=True, help="denoiser store of the same teacher")
@@ -344,7 +349,7 @@ def _add_train_head_parser(parts) -> None:
     hd.add_argument("--population", type=int, default=40)
     hd.add_argument("--device", default="cpu")
     hd.add_argument("--seed", type=int, default=0)
-    hd.set_defaults(func=run_cli)
+    hd.set_defaults(func=_cmd_train_head)
 
 
 def _add_train_denoiser_parser(parts) -> None:
@@ -379,6 +384,9 @@ def _add_train_denoiser_parser(parts) -> None:
     dn.add_argument("--first-tick-seconds", type=float, default=None,
                     help="search time of the first tick, which grows the hidden units; default --tick-seconds")
     dn.add_argument("--generations", type=int, default=None, help="search generations per tick (reproducible runs)")
+    dn.add_argument("--save-minutes", type=float, default=0.0, help="checkpoint interval (0: every tick)")
+    dn.add_argument("--freeze-loss", type=float, default=None,
+                    help="stop once the held-out eps MSE is at or below this")
     dn.add_argument("--max-rows", type=int, default=100_000, help="pixel rows drawn per tick")
     dn.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")
     dn.add_argument("--eval-records", type=int, default=64, help="held-out records scored per tick")

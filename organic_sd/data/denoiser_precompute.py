@@ -25,6 +25,7 @@ from organic_sd.data.denoiser_store import (
     sample_group,
 )
 from organic_sd.data.interrupt import catch_sigint
+from organic_sd.data.store_writer import check_val_fraction
 
 NOISE = "torch.randn on the CPU, torch.Generator seeded with SeedSequence([seed, sample]).generate_state(1)[0]: " \
         "noise (C, H, W), then renoise t (R,) by randint(1, T), then renoise noise (R, C, H, W)"
@@ -146,8 +147,7 @@ def precompute_denoiser(
     if samples < 1 or batch < 1 or renoise < 0:
         raise ValueError(f"samples and batch must be >= 1 and renoise >= 0, got samples={samples}, batch={batch}, "
                          f"renoise={renoise}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     prompts = [str(p) for p in (prompts or [])]
     if teacher.cond_shape is None and prompts:
         raise ValueError(f"teacher {teacher.id} is unconditional: it takes no prompts (got {len(prompts)})")

@@ -21,6 +21,12 @@ except ImportError:  # not POSIX: no cross-process lock, the rest still works
     fcntl = None
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    """The held-out share a store is written with: in [0, 1), fixed at write time."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
 class DiskFullError(RuntimeError):
     """The disk filled up while writing a shard (committed shards are intact)."""
 

@@ -59,9 +59,9 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
                      "measures it outside its training distribution")
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    rows = []
+    per_image = []
     for name, im in _frames(specs):
-        if max_images is not None and len(rows) >= max_images:
+        if max_images is not None and len(per_image) >= max_images:
             break
         try:
             x = torch.from_numpy(preprocess(im, S))[None].to(dev)  # (1, 3, S, S) in [-1, 1]
@@ -70,7 +70,7 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
             continue
         d = out / name
         d.mkdir(exist_ok=True)
-        rec = {"image": name}
+        scores = {"image": name}
         panels = [("original", x)]
         to_pil(x).save(d / "orig.png")
         if teacher is not None:
@@ -79,40 +79,40 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
                 xt = teacher.decode(zt).float().clamp(-1, 1).to(dev)
             zt = zt.to(dev)
             to_pil(xt).save(d / "teacher_recon.png")
-            rec["teacher_vs_orig"] = image_metrics(xt, x)
-            panels.append((f"teacher {rec['teacher_vs_orig']['psnr']:.1f} dB", xt))
+            scores["teacher_vs_orig"] = image_metrics(xt, x)
+            panels.append((f"teacher {scores['teacher_vs_orig']['psnr']:.1f} dB", xt))
         if v.encoder is not None and v.decoder is not None:
             zo = v.encode(x)
             xo = v.decode(zo)
             to_pil(xo).save(d / "o_recon.png")
-            rec["ovae_vs_orig"] = image_metrics(xo, x)
-            panels.append((f"O-VAE {rec['ovae_vs_orig']['psnr']:.1f} dB", xo))
+            scores["ovae_vs_orig"] = image_metrics(xo, x)
+            panels.append((f"O-VAE {scores['ovae_vs_orig']['psnr']:.1f} dB", xo))
             if teacher is not None:
                 zr = zt if zo.shape == zt.shape else F.adaptive_avg_pool2d(zt, zo.shape[-2:])  # global: pooled
                 a, b = zo.permute(0, 2, 3, 1).flatten(0, 2), zr.permute(0, 2, 3, 1).flatten(0, 2)
-                rec["latent_cosine"] = float(cosine_rows(a, b).mean())
-                rec["latent_l2"] = float((a - b).double().square().mean())
+                scores["latent_cosine"] = float(cosine_rows(a, b).mean())
+                scores["latent_l2"] = float((a - b).double().square().mean())
                 if zo.shape == zt.shape:
                     # what an SD pipeline's own VAE decoder makes of the O-Encoder's latents: cosine weighs every
                     # latent error alike, this weighs them as the teacher's decoder does
                     with torch.inference_mode():
                         xe = teacher.decode(zo.to(teacher.device)).float().clamp(-1, 1).to(dev)
                     to_pil(xe).save(d / "teacher_decode_of_o_latents.png")
-                    rec["tdec_oenc_vs_orig"] = image_metrics(xe, x)
-                    panels.append((f"teacher dec(O-Enc z) {rec['tdec_oenc_vs_orig']['psnr']:.1f} dB", xe))
+                    scores["tdec_oenc_vs_orig"] = image_metrics(xe, x)
+                    panels.append((f"teacher dec(O-Enc z) {scores['tdec_oenc_vs_orig']['psnr']:.1f} dB", xe))
         if teacher is not None and v.decoder is not None:
             xd = v.decode(zt)
             to_pil(xd).save(d / "o_decoder_on_teacher_latents.png")
-            rec["odec_vs_teacher"] = image_metrics(xd, xt)
-            rec["odec_vs_orig"] = image_metrics(xd, x)
-            panels.append((f"O-Dec(teacher z) {rec['odec_vs_teacher']['psnr']:.1f} dB vs teacher", xd))
+            scores["odec_vs_teacher"] = image_metrics(xd, xt)
+            scores["odec_vs_orig"] = image_metrics(xd, x)
+            panels.append((f"O-Dec(teacher z) {scores['odec_vs_teacher']['psnr']:.1f} dB vs teacher", xd))
         side_by_side(panels).save(d / "side_by_side.png")
-        rows.append(rec)
-    if not rows:
+        per_image.append(scores)
+    if not per_image:
         raise ValueError(f"no usable images in {specs} at size {S}")
     report = {"size": S, "ovae": {k: v.meta[k] for k in ("teacher", "parameters")},
               "teacher": None if teacher is None else teacher.id, "notes": notes,
-              "mean": _means(rows), "images": rows}
+              "mean": _means(per_image), "images": per_image}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(_markdown(report))
     return report

@@ -32,13 +32,13 @@ def ddim_sample(denoiser, noise: torch.Tensor, steps: int, cond: torch.Tensor | 
     `on_step(k, t, x_t, eps)` sees every step's input and the teacher's eps (for recording).
     """
     ab = denoiser.alphas_cumprod
-    ts = ddim_timesteps(len(ab), steps)
+    t_steps = ddim_timesteps(len(ab), steps)
     x = noise.to(denoiser.device, torch.float32)
     B = x.shape[0]
-    for k, t in enumerate(ts):
+    for k, t in enumerate(t_steps):
         e = denoiser.eps(x, torch.full((B,), t, dtype=torch.int64), cond)
         if on_step is not None:
             on_step(k, t, x, e)
-        ab_next = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+        ab_next = float(ab[t_steps[k + 1]]) if k + 1 < len(t_steps) else 1.0
         x = ddim_step(x, e, float(ab[t]), ab_next)
     return x
