@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,58 +25,15 @@ from organic_sd import dist, ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
+from organic_sd.ounet.config import RUN_FIELDS, DenoiserTrainConfig
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
 from organic_sd.runs import open_run, out_scale_for, read_log, resume_state, run_ticks, write_record
 
-# fields that define a run: resuming with other values would silently mix two experiments
-# seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
 # the O-VAE's rounds of 8 did worse here at CPU budgets: each round needs its search time
 # (bench/ounet.py hidden32-auto; docs/BENCHMARKS.md)
 DENOISER_UNITS_PER_ROUND = 16
-
-
-@dataclass
-class DenoiserTrainConfig:
-    """Everything `osd train denoiser` takes."""
-
-    store: str
-    out: str
-    window: int = 9
-    hidden: tuple[int, ...] = (32,)
-    grid: int = 4
-    freqs: int = 4
-    modulate: int = 5
-    gain: int = 0
-    coarse: int = 0
-    cond_dim: int | None = None  # text adapter output size; None: 8 for a conditional store, 0 otherwise
-    adapter_every: int = 2  # ticks between text adapter searches (0: keep the initial PCA adapter)
-    strategy: str = "auto"
-    population: int = 40
-    deflate: bool = False  # units of a round count only beyond the round's earlier ones (ola.Subspace.deflate)
-    max_minutes: float | None = None
-    ticks: int | None = None
-    tick_seconds: float = 30.0
-    first_tick_seconds: float | None = None
-    generations: int | None = None
-    save_minutes: float = 0.0  # 0: checkpoint after every tick
-    freeze_loss: float | None = None  # stop once the held-out eps MSE is this low
-    max_rows: int = 100_000
-    batch_size: int | None = None
-    eval_records: int = 64
-    device: str = "cpu"
-    seed: int = 0
-    progress: bool = False
-
-    def __post_init__(self):
-        self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
-        if (self.cond_dim is not None and self.cond_dim < 0) or self.adapter_every < 0:
-            raise ValueError(f"--cond-dim and --adapter-every must be >= 0, got {self.cond_dim}, {self.adapter_every}")
-        for name in ("tick_seconds", "max_rows", "eval_records", "population"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 def pixel_range(teacher_id: str) -> tuple[float, float]:
