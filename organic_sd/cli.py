@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from organic_sd.flags import add_flags, from_args
 from organic_sd.ounet.config import DenoiserTrainConfig
@@ -261,9 +262,18 @@ def _cmd_train_denoiser(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_head(args: argparse.Namespace) -> int:
-    from organic_sd.ounet.train_head import run_cli
+    from organic_sd.data.denoiser_store import DenoiserStore
+    from organic_sd.ounet import OUNet
+    from organic_sd.ounet.train_head import fit_head
 
-    return run_cli(args)
+    u = OUNet.load(args.ounet)
+    store = DenoiserStore.open(args.store)
+    u2, rep = fit_head(u, store, buckets=args.buckets, max_seconds=60.0 * args.max_minutes, max_rows=args.max_rows,
+                       eval_records=args.eval_records, strategy=args.strategy, population=args.population,
+                       device=args.device, seed=args.seed)
+    path = u2.to("cpu").save(Path(args.out))
+    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a head'})")
+    return 0
 
 
 def _add_train_head_parser(parts) -> None:

@@ -67,3 +67,15 @@ def test_head_shape_must_match_its_buckets():
         OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod)
     with pytest.raises(ValueError, match="needs a linear head"):
         OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod, head=ola.OLAModule(ola.OLAConfig(5, 1)))
+
+
+def test_cli_writes_the_o_unet_with_or_without_its_head(tmp_path, store, capsys):
+    from organic_sd import cli
+
+    cfg = OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=3, grid=2, freqs=1, modulate=1, teacher="fake")
+    path = OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod).save(tmp_path / "u.safetensors")
+    out = tmp_path / "h.safetensors"
+    assert cli.main(["train", "denoiser-head", "--ounet", str(path), "--store", str(store.path), "--out", str(out),
+                     "--buckets", "2", "--max-minutes", "0.02", "--max-rows", "2000", "--eval-records", "20"]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    assert OUNet.load(out).config.head_buckets in (0, 2)

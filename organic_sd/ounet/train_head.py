@@ -10,13 +10,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from organic_sd import ola
-from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.head import head_rows
 from organic_sd.ounet.model import OUNet
@@ -92,15 +90,3 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         return u, rep
     cand.meta["head"] = rep
     return cand, rep
-
-
-def run_cli(args) -> int:
-    """`osd train denoiser-head`: fit a head onto an O-UNet and save the result."""
-    u = OUNet.load(args.ounet)
-    store = DenoiserStore.open(args.store)
-    u2, rep = fit_head(u, store, buckets=args.buckets, max_seconds=60.0 * args.max_minutes, max_rows=args.max_rows,
-                       eval_records=args.eval_records, strategy=args.strategy, population=args.population,
-                       device=args.device, seed=args.seed)
-    path = u2.to("cpu").save(Path(args.out))
-    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a head'})")
-    return 0
