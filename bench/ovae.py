@@ -39,7 +39,9 @@ from organic_sd.data import Store
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ovae.evaluate import pipeline
 from organic_sd.ovae.model import OVAE, Part, read_parts
-from organic_sd.ovae.train import Rows, TrainConfig, _out_scale, _part_config, _source_encoder, train
+from organic_sd.ovae.config import TrainConfig
+from organic_sd.ovae.rows import PartRows, out_scale, part_config, source_encoder
+from organic_sd.ovae.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -106,9 +108,9 @@ class LinearRef(torch.nn.Module):
 
 def reference_rows(store: Store, cfg: TrainConfig, device, max_rows: int, rng: np.random.Generator):
     """(x (N, in), y (N, out), part config): the training rows `osd train` would draw for cfg, its --latents included."""
-    part_cfg = _part_config(cfg, store)
+    part_cfg = part_config(cfg, store)
     dev = torch.device(device)
-    rows = Rows(store, part_cfg, dev, _source_encoder(cfg.latents, store, dev))
+    rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev))
     return (*rows.draw(store.indices("train"), max_rows, rng), part_cfg)
 
 
@@ -133,7 +135,7 @@ def adam_reference(store: Store, cfg: TrainConfig, device, max_rows: int, second
     x, y, part_cfg = reference_rows(store, cfg, device, max_rows, rng)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xn = (x - mean) / std  # standardised inputs train far faster; folded back into the weights below
-    net = OLAModule(OLAConfig(x.shape[1], y.shape[1], tuple(cfg.hidden), _out_scale(cfg, store, rng))).to(device)
+    net = OLAModule(OLAConfig(x.shape[1], y.shape[1], tuple(cfg.hidden), out_scale(cfg, store, rng))).to(device)
     net.requires_grad_(True)  # OLAModules are built frozen; this reference is the one place they are not
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
     with torch.enable_grad():

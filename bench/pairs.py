@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from organic_sd.data import FrameTooSmallError, iter_frames, open_sources, preprocess
-from organic_sd.ovae.evaluate import cosine_rows, image_metrics
+from organic_sd.metrics.pixels import cosine_rows, mean_image_psnr
 from organic_sd.ovae.model import read_parts
 from organic_sd.teachers import load_teacher
 
@@ -53,11 +53,6 @@ def photos(folder: str, size: int) -> torch.Tensor:
     return torch.stack(xs)
 
 
-def mean_psnr(pred: torch.Tensor, ref: torch.Tensor) -> float:
-    """Mean over images of image_metrics' PSNR."""
-    return sum(image_metrics(p[None], r[None])["psnr"] for p, r in zip(pred, ref)) / len(ref)
-
-
 @torch.inference_mode()
 def score(encoders: dict, decoders: dict, teacher, x: torch.Tensor) -> dict:
     """The table's numbers: per encoder, per decoder and per pair."""
@@ -65,7 +60,7 @@ def score(encoders: dict, decoders: dict, teacher, x: torch.Tensor) -> dict:
     xt = torch.cat([teacher.decode(z[None]).float().clamp(-1, 1) for z in zt])
     res = {"images": len(x), "encoders": {}, "decoders": {}}
     for kd, d in decoders.items():
-        res["decoders"][kd] = {"odec_vs_teacher_psnr": mean_psnr(d(zt).clamp(-1, 1), xt)}
+        res["decoders"][kd] = {"odec_vs_teacher_psnr": mean_image_psnr(d(zt).clamp(-1, 1), xt)}
     for ke, e in encoders.items():
         zo = e(x)
         if zo.shape != zt.shape:
@@ -74,8 +69,8 @@ def score(encoders: dict, decoders: dict, teacher, x: torch.Tensor) -> dict:
         xe = torch.cat([teacher.decode(z[None]).float().clamp(-1, 1) for z in zo])
         res["encoders"][ke] = {
             "cosine": float(cosine_rows(a, b).mean()), "l2": float((a - b).square().mean()),
-            "tdec_vs_orig_psnr": mean_psnr(xe, x),
-            "full_psnr": {kd: mean_psnr(d(zo).clamp(-1, 1), x) for kd, d in decoders.items()}}
+            "tdec_vs_orig_psnr": mean_image_psnr(xe, x),
+            "full_psnr": {kd: mean_image_psnr(d(zo).clamp(-1, 1), x) for kd, d in decoders.items()}}
     return res
 
 

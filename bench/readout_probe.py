@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from organic_sd.data import Store
+from organic_sd.metrics.pixels import mean_image_psnr
 from organic_sd.ovae import patches
 from organic_sd.ovae.model import read_parts
 from organic_sd.teachers import load_teacher
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ovae import ridge_solve  # noqa: E402  (bench/ovae.py: the least-squares references' solve)
-from pairs import mean_psnr, named, photos  # noqa: E402
+from pairs import named, photos  # noqa: E402
 
 
 def features(dec, z: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def main() -> int:
                 a = ridge_solve(w * gt + (1 - w) * go, w * ct + (1 - w) * co)  # (F, out)
                 pt = dec.assemble((ft @ a).float(), x.shape[0], h, w_).clamp(-1, 1)
                 po = dec.assemble((fo @ a).float(), x.shape[0], h, w_).clamp(-1, 1)
-                print(f"| {name} | {w:g} | {mean_psnr(pt, dt):.2f} dB | {mean_psnr(po, x):.2f} dB |", flush=True)
+                print(f"| {name} | {w:g} | {mean_image_psnr(pt, dt):.2f} dB | {mean_image_psnr(po, x):.2f} dB |", flush=True)
     return 0
 
 

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
 import torch
 
 from organic_sd.data import Store
+from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ola import cascade
 from organic_sd.ola.readout import Data
 from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import make_strategy
 from organic_sd.ovae.model import read_parts
-from organic_sd.ovae.train import SUBSPACE, Rows, TrainConfig, _part_config
+from organic_sd.ovae.config import TrainConfig
+from organic_sd.ovae.rows import PartRows, part_config
+from organic_sd.ovae.train import SUBSPACE
 
 
 def with_ones(x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +91,11 @@ def main(argv=None) -> int:
     elif not args.store:
         p.error("give --store")
     store = Store.open(args.store)
-    rows = Rows(store, _part_config(TrainConfig(args.part, args.store, "-", window=args.window), store), cpu, None)
+    rows = PartRows(store, part_config(TrainConfig(args.part, args.store, "-", window=args.window), store), cpu, None)
     x, y = rows.draw(store.indices("train"), args.rows, np.random.default_rng(args.seed))
     if args.val_store:
         val = Store.open(args.val_store)
-        vrows = Rows(val, _part_config(TrainConfig(args.part, args.val_store, "-", window=args.window), val), cpu, None)
+        vrows = PartRows(val, part_config(TrainConfig(args.part, args.val_store, "-", window=args.window), val), cpu, None)
         xv, yv = vrows.draw(val.indices("all"), 10 ** 9, np.random.default_rng(args.seed + 1))
     else:
         xv, yv = rows.draw(store.indices("val"), max(1000, args.rows // 8), np.random.default_rng(args.seed + 1))
@@ -115,8 +117,8 @@ def main(argv=None) -> int:
            "population": args.population, "seed": args.seed, **diversity(w, b, xv), "heldout_residual_explained": share,
            "seconds": round(time.perf_counter() - t0, 1)}
     if args.part == "decoder":  # pixels in [-1, 1]: PSNR on [0, 1]
-        out["heldout_psnr_linear"] = 10 * math.log10(4 / float(rv.double().square().mean()))
-        out["heldout_psnr_with_units"] = 10 * math.log10(4 / mse)
+        out["heldout_psnr_linear"] = psnr_of_mse(float(rv.double().square().mean()))
+        out["heldout_psnr_with_units"] = psnr_of_mse(mse)
     print(json.dumps(out))
     return 0
 

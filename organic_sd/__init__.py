@@ -1,13 +1,15 @@
 """organic-sd: tiny gradient-free clones of Stable Diffusion parts."""
 
-from organic_sd import ola
-
 __all__ = ["OVAE", "OUNet", "ola"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # OVAE and OUNet are imported on first use, so `import organic_sd` stays light
+    # ola, OVAE and OUNet are imported on first use, so `import organic_sd` (and `osd --help`) needs no torch
+    if name == "ola":
+        import importlib
+
+        return importlib.import_module("organic_sd.ola")
     if name == "OVAE":
         from organic_sd.ovae.model import OVAE
 

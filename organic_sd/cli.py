@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from organic_sd.flags import add_flags, from_args
+from organic_sd.ounet.config import DenoiserTrainConfig
+from organic_sd.ovae.config import DECODER_ONLY, TrainConfig
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -63,20 +68,11 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from organic_sd import dist
     from organic_sd.devices import resolve_device
-    from organic_sd.ovae.train import TrainConfig, train
+    from organic_sd.ovae.train import train
 
     device = str(resolve_device(args.device))  # before joining a group: no CUDA is a clear error
     dist.init()  # under torchrun: join the group, and ola.fit splits its searches across the ranks
-    cfg = TrainConfig(
-        kind=args.part, store=args.store, out=args.out, mode=args.mode, window=args.window,
-        hidden=tuple(args.hidden), strategy=args.strategy, population=args.population, max_minutes=args.max_minutes,
-        ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
-        generations=args.generations, save_minutes=args.save_minutes, device=dist.local_device(device),
-        hessian=args.hessian, deflate=args.deflate, units_per_round=args.units_per_round, latents=args.latents,
-        mix_teacher=args.mix_teacher, init=args.init, target=args.target, freeze_loss=args.freeze_loss,
-        max_rows=args.max_rows, batch_size=args.batch_size, eval_images=args.eval_images, pad=args.pad, grid=args.grid,
-        retina_dim=args.retina_dim, global_size=args.global_size, seed=args.seed, progress=args.progress,
-    )
+    cfg = from_args(TrainConfig, args, kind=args.part, device=dist.local_device(device))
     res = train(cfg)
     dist.destroy()
     return 130 if res["status"] == "interrupted" else 0
@@ -89,7 +85,7 @@ def _load_ovae(spec: str | None, device: str = "cpu"):
 
 
 def _cmd_eval_latents(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import latents
+    from organic_sd.ovae.latent_eval import latents
 
     v = _load_ovae(args.ovae, args.device)
     res = latents(v, args.store, args.out, split=args.split, max_images=args.max_images)
@@ -126,7 +122,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import os
 
-    from organic_sd.ovae.evaluate import demo, print_report
+    from organic_sd.ovae.demo import demo
+    from organic_sd.ovae.evaluate import print_report
 
     teacher = args.teacher or os.environ.get("OSD_TEACHER") or None
     rep = demo(args.out, teacher, seconds=args.seconds, device=args.device, images=args.images)
@@ -135,7 +132,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import export
+    from organic_sd.ovae.export import export
 
     v = export(args.encoder, args.decoder, args.out)
     print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
@@ -157,64 +154,10 @@ def _add_ovae_parsers(sub) -> None:
     """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
     tr = sub.add_parser("train", help="evolve an O-VAE part from a store (no gradients)")
     parts = tr.add_subparsers(dest="part", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", required=True, help="store folder written by `osd precompute`")
-    common.add_argument("--out", required=True, help="run folder (created, or resumed if it holds the same run)")
-    common.add_argument("--mode", choices=("patch", "global"), default="patch",
-                        help="patch: per latent position (default); global: whole frame (the research's setup)")
-    common.add_argument("--window", type=int, default=0,
-                        help="decoder: latent window k (odd, default 3); encoder: pixel window (default 2*f = 16)")
-    common.add_argument("--hidden", type=int, nargs="*", default=[], help="hidden tanh layer widths, e.g. --hidden 64")
-    common.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
-    common.add_argument("--population", type=int, default=40, help="candidates per row")
-    common.add_argument("--hessian", type=int, default=0,
-                        help="each hidden unit searches only this many input directions of its own, where one "
-                             "principal direction of the residual bends most (0: every unit searches all); helps short "
-                             "CPU runs, loses on long GPU runs (docs/BENCHMARKS.md)")
-    common.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=None,
-                        help="each hidden unit of a round counts only for what the round's earlier units do not "
-                             "already make, so a round grows different features instead of near copies "
-                             "(default: on for the decoder, off for the encoder; docs/BENCHMARKS.md)")
-    common.add_argument("--units-per-round", type=int, default=None,
-                        help="hidden units grown side by side before the readout is re-fitted (default: 16 for the "
-                             "encoder, whose latents then decode better, 8 for the decoder; docs/BENCHMARKS.md)")
-    common.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
-    common.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
-    common.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")
-    common.add_argument("--first-tick-seconds", type=float, default=None,
-                        help="search time of the first tick, which grows the hidden units (later ticks keep them "
-                             "and refine the readout); default --tick-seconds")
-    common.add_argument("--generations", type=int, default=None,
-                        help="search generations per tick (ends a tick early; reproducible runs)")
-    common.add_argument("--save-minutes", type=float, default=0.0, help="checkpoint interval (0: every tick)")
-    common.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    common.add_argument("--init", default="",
-                        help="start a new run from this run's (or O-VAE file's) part: its hidden units and readout. "
-                             "With the same --hidden only the readout is re-fitted, on this run's rows (e.g. units "
-                             "grown on teacher latents, readout on --latents mix:); with more, the units grow on")
-    common.add_argument("--freeze-loss", type=float, default=None, help="stop once held-out MSE is at or below this")
-    common.add_argument("--max-rows", type=int, default=200_000, help="patch rows drawn per tick")
-    common.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")
-    common.add_argument("--eval-images", type=int, default=32, help="held-out images scored per tick")
-    common.add_argument("--pad", choices=("replicate", "reflect"), default="replicate", help="border padding")
-    common.add_argument("--grid", type=int, default=1, help="global mode: latent pooled to GRID x GRID")
-    common.add_argument("--retina-dim", type=int, default=512, help="global encoder: random projection size (0: none)")
-    common.add_argument("--global-size", type=int, default=64, help="global decoder: output side before upsampling")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--progress", action="store_true", help="show the search's progress bars")
-    dec = parts.add_parser("decoder", parents=[common], help="O-Decoder: latent window -> pixel block")
-    dec.add_argument("--latents", default="teacher",
-                     help="'teacher' (stored latents), 'oenc:RUN' (an O-Encoder's), or 'mix:RUN' (both, --mix-teacher "
-                          "sets the share, toward the teacher's decode: a decoder that also tolerates the O-Encoder's "
-                          "error)")
-    dec.add_argument("--mix-teacher", type=float, default=0.5,
-                     help="with mix:RUN, the share of rows whose inputs are the teacher's latents (default 0.5); "
-                          "more favours the decoder on teacher latents, less the full O-VAE")
-    dec.add_argument("--target", choices=("decode", "image"), default="",
-                     help="train toward the teacher's decode (default with teacher latents) or the original image "
-                          "(default with oenc latents)")
-    enc = parts.add_parser("encoder", parents=[common], help="O-Encoder: pixel window -> latent vector")
-    enc.set_defaults(latents="teacher", target="", mix_teacher=0.5)
+    dec = parts.add_parser("decoder", help="O-Decoder: latent window -> pixel block")
+    add_flags(dec, TrainConfig, skip=("kind",))
+    enc = parts.add_parser("encoder", help="O-Encoder: pixel window -> latent vector")
+    add_flags(enc, TrainConfig, skip=("kind", *DECODER_ONLY))
     tr.set_defaults(func=_cmd_train)
     _add_train_denoiser_parser(parts)
     _add_train_head_parser(parts)
@@ -332,25 +275,30 @@ def build_precompute_denoiser_parser() -> argparse.ArgumentParser:
 # -- O-UNet: train denoiser, generate (organic_sd.ounet) ---------------------------------------
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
-    from organic_sd.ounet.train import DenoiserTrainConfig, train
+    from organic_sd.ounet.train import train
 
-    cfg = DenoiserTrainConfig(
-        store=args.store, out=args.out, window=args.window, hidden=tuple(args.hidden), grid=args.grid,
-        freqs=args.freqs, modulate=args.modulate, gain=args.gain, coarse=args.coarse, strategy=args.strategy, population=args.population,
-        deflate=args.deflate, max_minutes=args.max_minutes,
-        ticks=args.ticks, tick_seconds=args.tick_seconds, first_tick_seconds=args.first_tick_seconds,
-        generations=args.generations, max_rows=args.max_rows, batch_size=args.batch_size,
-        eval_records=args.eval_records, device=args.device, seed=args.seed, progress=args.progress,
-        cond_dim=args.cond_dim, adapter_every=args.adapter_every,
-    )
+    cfg = from_args(DenoiserTrainConfig, args)
     res = train(cfg)
     return 130 if res["status"] == "interrupted" else 0
 
 
+def _cmd_train_head(args: argparse.Namespace) -> int:
+    from organic_sd.data.denoiser_store import DenoiserStore
+    from organic_sd.ounet import OUNet
+    from organic_sd.ounet.train_head import fit_head
+
+    u = OUNet.load(args.ounet)
+    store = DenoiserStore.open(args.store)
+    u2, rep = fit_head(u, store, buckets=args.buckets, max_seconds=60.0 * args.max_minutes, max_rows=args.max_rows,
+                       eval_records=args.eval_records, strategy=args.strategy, population=args.population,
+                       device=args.device, seed=args.seed)
+    path = u2.to("cpu").save(Path(args.out))
+    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a head'})")
+    return 0
+
+
 def _add_train_head_parser(parts) -> None:
     """`osd train denoiser-head`: a noise-level head evolved on a trained O-UNet's residual."""
-    from organic_sd.ounet.head import run_cli
-
     hd = parts.add_parser("denoiser-head", help="O-UNet: evolve a per-t-bucket linear correction on its residual")
     hd.add_argument("--ounet", required=True, help="trained O-UNet (file or `osd train denoiser` run)")
     hd.add_argument("--store", required=True, help="denoiser store of the same teacher")
@@ -363,47 +311,13 @@ def _add_train_head_parser(parts) -> None:
     hd.add_argument("--population", type=int, default=40)
     hd.add_argument("--device", default="cpu")
     hd.add_argument("--seed", type=int, default=0)
-    hd.set_defaults(func=run_cli)
+    hd.set_defaults(func=_cmd_train_head)
 
 
 def _add_train_denoiser_parser(parts) -> None:
     """`osd train denoiser`: its own flags (the O-VAE parts' flags do not apply)."""
     dn = parts.add_parser("denoiser", help="O-UNet: noisy window + timestep + global context -> eps per pixel")
-    dn.add_argument("--store", required=True, help="denoiser store written by `osd precompute denoiser`")
-    dn.add_argument("--out", required=True, help="run folder (created, or resumed if it holds the same run)")
-    dn.add_argument("--window", type=int, default=9, help="noisy-input window k x k around each pixel (odd)")
-    dn.add_argument("--hidden", type=int, nargs="*", default=[32], help="hidden tanh widths (cascade), e.g. 32")
-    dn.add_argument("--grid", type=int, default=4, help="global context: x_t average-pooled to GRID x GRID")
-    dn.add_argument("--freqs", type=int, default=4, help="sin/cos frequencies of t/T in the timestep features")
-    dn.add_argument("--coarse", type=int, default=0,
-                    help="context beyond the window: x_t pooled by S, the 3 x 3 pooled cells around each pixel "
-                         "(S divides the sample's side; 0: none)")
-    dn.add_argument("--gain", type=int, default=0,
-                    help="inner N x N window divided by the noise level as extra inputs (odd; 0: none)")
-    dn.add_argument("--modulate", type=int, default=5,
-                    help="inner window m (odd, <= --window; 0: none) whose values, and the global context, are "
-                         "also inputs multiplied by sqrt(alpha-bar) and sqrt(1 - alpha-bar)")
-    dn.add_argument("--cond-dim", type=int, default=None,
-                    help="text adapter size: the teacher's text embedding -> this many cond inputs (default 8 for a "
-                         "store with prompts; 0: ignore the prompts)")
-    dn.add_argument("--adapter-every", type=int, default=2,
-                    help="ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
-    dn.add_argument("--strategy", default="auto", help="search strategy (auto, snes, trust, trust-neuron)")
-    dn.add_argument("--population", type=int, default=40, help="candidates per row")
-    dn.add_argument("--deflate", action=argparse.BooleanOptionalAction, default=False,
-                    help="each hidden unit of a round counts only for what the round's earlier units do not already make")
-    dn.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this call")
-    dn.add_argument("--ticks", type=int, default=None, help="stop after this many ticks of this call")
-    dn.add_argument("--tick-seconds", type=float, default=30.0, help="search time per tick (one fresh sample)")
-    dn.add_argument("--first-tick-seconds", type=float, default=None,
-                    help="search time of the first tick, which grows the hidden units; default --tick-seconds")
-    dn.add_argument("--generations", type=int, default=None, help="search generations per tick (reproducible runs)")
-    dn.add_argument("--max-rows", type=int, default=100_000, help="pixel rows drawn per tick")
-    dn.add_argument("--batch-size", type=int, default=None, help="rows per generation (engine default if unset)")
-    dn.add_argument("--eval-records", type=int, default=64, help="held-out records scored per tick")
-    dn.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    dn.add_argument("--seed", type=int, default=0)
-    dn.add_argument("--progress", action="store_true", help="show the search's progress bars")
+    add_flags(dn, DenoiserTrainConfig)
     dn.set_defaults(func=_cmd_train_denoiser)
 
 

@@ -1,20 +1,38 @@
-"""A training run folder, as both trainers (`osd train` O-VAE parts, `osd train denoiser`) keep it.
+"""A training run: its folder and the tick loop both trainers share (`osd train encoder|decoder`, `osd train denoiser`).
 
 RUN_DIR holds config.json (the run record), model.safetensors (the kept module, with a summary of
 the run), state.json (tick, time, best held-out scores), log.jsonl and plot.png. The same command
 on the same folder resumes; other settings are refused rather than mixed.
+
+The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-out scorer, module, file):
+    each tick: draw fresh training rows, continue the search with ola.fit (init = the kept module) for
+               --tick-seconds, score the held-out set, keep the module if it is no worse, append a log
+               line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
+    stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
+Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits its searches
+across the ranks, rank 0's clock and scores decide for all, and only rank 0 writes RUN_DIR and prints.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
+import time
 from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
 
 from organic_sd import dist, ola
+from organic_sd.files import WEIGHTS_NAME, atomic_json
+from organic_sd.plots import training_plot
 
 
-def check_resume(run: Path, rec: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
-    """The saved run record if `run` holds a run whose `fields` (and kind) equal `rec`'s; None if `run` is new.
+def check_resume(run: Path, record: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
+    """The saved run record if `run` holds a run whose `fields` (and kind) equal `record`'s; None if `run` is new.
     `added`: fields newer than some runs, with the value those runs used before the field existed."""
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
@@ -24,9 +42,9 @@ def check_resume(run: Path, rec: dict, fields: tuple[str, ...], added: dict | No
         return None
     old = json.loads(cfg_file.read_text())
     old = {**(added or {}), **old}
-    diff = [f"{k}: run has {old.get(k)!r}, asked {rec[k]!r}" for k in fields if k != "kind" and old.get(k) != rec[k]]
-    if old.get("kind") != rec["kind"]:
-        diff.insert(0, f"kind: {run} holds an {old.get('kind')} run")
+    diff = [f"{k}: run has {old.get(k)!r}, asked {record[k]!r}" for k in fields if k != "kind" and old.get(k) != record[k]]
+    if old.get("kind") != record["kind"]:
+        diff.insert(0, f"kind: {run} holds a run of kind {old.get('kind')!r}")
     if diff:
         raise ValueError(f"cannot resume {run}: it was started with other settings ({'; '.join(diff)}). "
                          "Use another --out folder, or the same settings to continue it.")
@@ -63,3 +81,163 @@ def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
         if dist.world_size() > 1:  # ranks stop at different points: no collective may follow, so as before
             raise
         return stop.module, True
+
+
+def out_scale_for(largest: float, step: float = 0.5) -> float:
+    """The tanh readout's scale for targets whose largest magnitude is `largest`: 1.2 x that (headroom),
+    rounded up to a multiple of `step`."""
+    return math.ceil(1.2 * float(largest) / step) * step
+
+
+# -- the run folder --------------------------------------------------------------------------------
+
+def open_run(run: Path, record: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
+    """check_resume, then make the folder: the saved run record of a run being resumed, None for a new one."""
+    old = check_resume(run, record, fields, added)
+    run.mkdir(parents=True, exist_ok=True)
+    return old
+
+
+def read_log(run: Path, old: dict | None) -> list[dict]:
+    """The log lines of a run being resumed; [] for a new run."""
+    f = run / "log.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if old is not None and f.is_file() else []
+
+
+def write_record(run: Path, record: dict, old: dict | None) -> None:
+    """Write config.json once every rank has read RUN_DIR; a new run drops a log left without a run."""
+    dist.barrier()
+    if dist.is_main():
+        atomic_json(run / "config.json", record)
+        if old is None:
+            (run / "log.jsonl").unlink(missing_ok=True)  # a crash before config.json: the log starts over
+
+
+# -- the tick loop ---------------------------------------------------------------------------------
+
+class Job(Protocol):
+    """What a trainer supplies to run_ticks. `kept` is its module wrapper (an O-VAE Part, an O-UNet), or None."""
+
+    noun: str  # what is kept, for messages ("module", "O-UNet")
+    device: torch.device
+    fit_kwargs: dict  # ola.fit arguments of this trainer (units_per_round, subspace)
+    plot: list[tuple[str, str, bool]]  # plot.png's series: (log key, label, log scale)
+
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A tick's fresh training rows x (N, in), y (N, out)."""
+        ...
+
+    def fit_share(self, tick: int) -> float:
+        """The share of the tick's seconds that ola.fit gets (the rest goes to what `candidate` adds)."""
+        ...
+
+    def candidate(self, module: ola.OLAModule, tick: int, interrupted: bool, rng: np.random.Generator,
+                  tick_seconds: float) -> tuple[Any, dict]:
+        """The tick's fitted module as a kept-able wrapper, and extra fields for its log line."""
+        ...
+
+    def module_of(self, kept: Any) -> ola.OLAModule | None:
+        ...
+
+    def score(self, cand: Any) -> dict:
+        """Held-out scores; "heldout_mse" decides what is kept (and --freeze-loss)."""
+        ...
+
+    def keep(self, cand: Any) -> None:
+        """Told when `cand` becomes the kept one."""
+        ...
+
+    def describe(self, scores: dict) -> str:
+        """The scores as the tick's console line shows them."""
+        ...
+
+    def save(self, kept: Any, summary: dict) -> Path:
+        """Write the kept module with the run `summary` into RUN_DIR; -> the file."""
+        ...
+
+
+def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: list[dict], t_wall: float,
+              log_to=None) -> dict:
+    """Tick until a stop (see the module docstring); -> the run's summary. `cfg` holds the loop's flags (hidden,
+    strategy, population, max_minutes, ticks, tick_seconds, first_tick_seconds, generations, save_minutes,
+    freeze_loss, batch_size, seed, progress); `state` and `kept` are a resumed run's, or new."""
+    main = dist.is_main()
+    log_to = (log_to or sys.stdout) if main else open(os.devnull, "w")
+    rng = np.random.default_rng([cfg.seed, state["tick"]])  # resumed runs draw new samples, not the same ones
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    if budget is None and cfg.ticks is None and cfg.freeze_loss is None:
+        print("no --max-minutes, --ticks or --freeze-loss: training until Ctrl-C", file=log_to)
+    last_save = time.perf_counter()
+
+    def save(status: str) -> None:
+        if kept is None or not main:
+            return
+        state["status"] = status
+        job.save(kept, {"run": record, "tick": state["tick"], "minutes": round(state["time"] / 60, 3),
+                        **(state["best"] or {})})
+        atomic_json(run / "state.json", state)
+
+    ticks_done = 0
+    try:
+        while True:
+            left = None if budget is None else budget - (time.perf_counter() - t_wall)
+            grow = growing(job.module_of(kept), cfg.hidden)
+            want = cfg.first_tick_seconds if grow and cfg.first_tick_seconds else cfg.tick_seconds
+            # a tick much shorter than asked would be mostly setup: stop instead
+            out_of_time = left is not None and left < max(1.0, 0.2 * want)
+            # rank 0's clock decides for all: a rank left out of a tick would wait in ola.fit's gathers forever
+            if dist.all_gather_object(out_of_time or (cfg.ticks is not None and ticks_done >= cfg.ticks))[0]:
+                state["status"] = "done"
+                break
+            tick_s = want if left is None else min(want, left)
+            t0 = time.perf_counter()
+            x, y = job.draw(rng)  # (N, in), (N, out)
+            t_data = time.perf_counter() - t0
+            module, interrupted = fit_tick(
+                x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
+                out_scale=record["out_scale"], max_seconds=max(0.5, job.fit_share(state["tick"]) * tick_s - t_data),
+                generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
+                seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
+            del x, y
+            cand, extra = job.candidate(module, state["tick"], interrupted, rng, tick_s)
+            # rank 0's scores for all: keep / freeze must be decided alike on every rank
+            scores = dist.all_gather_object(job.score(cand))[0]
+            is_kept = keeps(module, job.module_of(kept), scores["heldout_mse"], state["best"])
+            if is_kept:
+                kept, state["best"] = cand, scores
+                job.keep(cand)
+            state["tick"] += 1
+            ticks_done += 1
+            state["time"] += time.perf_counter() - t0
+            fitted = module.training_summary
+            line = {"tick": state["tick"], "time": round(state["time"], 3),
+                    "rows": fitted.get("n_train", 0) + fitted.get("n_val", 0), "data_seconds": round(t_data, 3),
+                    "fit_seconds": fitted.get("seconds"), "generations": fitted.get("generations"),
+                    "fit_val_mse": fitted.get("val_mse"), **scores, "kept": is_kept,
+                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": fitted.get("curve", []), **extra}
+            log.append(line)
+            if main:
+                with open(run / "log.jsonl", "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                training_plot(run, log, job.plot)
+            print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
+                  f"{job.describe(scores)}{'' if is_kept else ' (worse: kept previous)'}", file=log_to, flush=True)
+            if interrupted:
+                raise KeyboardInterrupt
+            if time.perf_counter() - last_save >= 60.0 * cfg.save_minutes:
+                save("running")
+                last_save = time.perf_counter()
+            if cfg.freeze_loss is not None and state["best"]["heldout_mse"] <= cfg.freeze_loss:
+                print(f"held-out MSE {state['best']['heldout_mse']:.5g} <= --freeze-loss {cfg.freeze_loss}: frozen",
+                      file=log_to)
+                state["status"] = "frozen"
+                break
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        print(f"interrupted: saving the last kept {job.noun}", file=log_to)
+    save(state["status"])
+    result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
+              **(state["best"] or {}), "parameters": None if kept is None else kept.num_parameters()}
+    if kept is not None:
+        print(f"{state['status']}: {run / WEIGHTS_NAME} ({result['parameters']:,} parameters)", file=log_to)
+    return result

@@ -1,19 +1,18 @@
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import MNIST
 from organic_sd.cli import build_parser, main
 from organic_sd.data import Store, StoreError
 from organic_sd.data.denoiser_precompute import precompute_denoiser
 from organic_sd.data.denoiser_store import DenoiserStore
-from organic_sd.teachers.denoiser import check_eps_inputs, ddim_timesteps
+from organic_sd.teachers.ddim import ddim_timesteps
+from organic_sd.teachers.denoiser_base import check_eps_inputs
 
-SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
 K, R = 4, 2  # DDIM steps and re-noised copies per sample
 
 

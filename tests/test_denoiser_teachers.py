@@ -1,19 +1,15 @@
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import MNIST, build_tiny_pipeline, needs_mnist
 from organic_sd.teachers import TeacherError, load_denoiser
 from organic_sd.teachers.ddpm_mnist import DDPMMnistModule
-from organic_sd.teachers.denoiser import ddim_sample, ddim_timesteps
+from organic_sd.teachers.ddim import ddim_sample, ddim_timesteps
 
-SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
-needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
 
 
 @pytest.fixture(scope="module")
@@ -123,61 +119,6 @@ def test_not_a_denoiser(tmp_path):
 
 
 # ---- the Stable Diffusion path, on a tiny randomly initialised pipeline
-
-
-def _tiny_tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-
-    # byte-level BPE vocab with no merges: every byte is a token (GPT-2/CLIP byte-to-unicode map)
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for c in cs:
-            vocab[chr(c) + suffix] = len(vocab)
-    src = folder / "bpe"
-    src.mkdir(parents=True)
-    (src / "vocab.json").write_text(json.dumps(vocab))
-    (src / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer.from_pretrained(str(src), model_max_length=16), len(vocab)
-
-
-def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
-    """A diffusers SD pipeline folder with random tiny weights (diffusers' own test sizes)."""
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=2,
-    )
-    tok, vocab_size = _tiny_tokenizer(folder / "src")
-    text = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size, max_position_embeddings=16,
-    ))
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                          prediction_type=prediction_type)
-    pipe = folder / "pipe"
-    unet.save_pretrained(pipe / "unet")
-    text.save_pretrained(pipe / "text_encoder")
-    tok.save_pretrained(pipe / "tokenizer")
-    sched.save_pretrained(pipe / "scheduler")
-    (pipe / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-    }))
-    return pipe
 
 
 @pytest.fixture(scope="module")

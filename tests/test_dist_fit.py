@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import make_store
 from launch import torchrun
 
 from organic_sd import cli, dist, ola
@@ -61,8 +62,6 @@ def test_two_ranks_give_the_same_module_as_one_process(name, two_ranks):
 
 
 def test_torchrun_osd_train_matches_one_process(tmp_path):
-    from test_ovae_train import make_store
-
     store = make_store(tmp_path, n=12)
     args = ["train", "decoder", "--store", str(store), "--ticks", "2", "--generations", "5", "--eval-images", "3",
             "--max-rows", "1500", "--population", "8"]

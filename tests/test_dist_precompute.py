@@ -1,7 +1,7 @@
 """Precompute under torchrun (gloo, 2 CPU processes): same store as one process, resumable with any N.
 
-The torchrun workers run this very file as a script (see the bottom), so that the fake
-teacher they use is the one defined here.
+The torchrun workers run this very file as a script (see the bottom), with the fake teacher
+of conftest.py.
 """
 
 import json
@@ -14,50 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from conftest import SHARED, FakeTeacher, noise_images
 from launch import torchrun
 
 from organic_sd import cli, dist
 from organic_sd.data import Store, StoreWriter, describe_preprocess, precompute
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
 SIZE = 32
 KW = dict(batch=2, shard_size=3, val_fraction=0.3)
 VIDEO = "sample:carphone"  # 176x144: 4 frames at stride 7 keep the video path in every run
 VIDEO_KW = dict(stride=7)
 DUPS = 4  # the image folder is listed twice: its 4 frames count as "already stored" once more
-
-
-class FakeTeacher:
-    """Avg-pool by 8 to 4 channels (RGB + mean), nearest upsample back; `delay` seconds per batch."""
-
-    id = "fake-avgpool8-c4"
-    latent_channels = 4
-    downscale = 8
-    device = torch.device("cpu")
-
-    def __init__(self, delay: float = 0.0):
-        self.delay = delay
-
-    def encode(self, x):
-        time.sleep(self.delay)
-        z = F.avg_pool2d(x, 8)  # (B, 3, H/8, W/8)
-        return torch.cat([z, z.mean(1, keepdim=True)], 1)  # (B, 4, H/8, W/8)
-
-    def decode(self, z):
-        return F.interpolate(z[:, :3], scale_factor=8, mode="nearest")  # (B, 3, H, W)
-
-
-def _images(folder: Path, n: int, seed=0) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"im{i:03d}.png")
-    return str(folder)
 
 
 def _torchrun(nproc: int, sources: list[str], out: Path, *extra: str, wait: bool = True):
@@ -123,7 +91,7 @@ def data(tmp_path_factory):
     from organic_sd.data.store import split_is_val
 
     for k in range(100):
-        folder = _images(root / f"imgs{k}", 11)
+        folder = noise_images(root / f"imgs{k}", 11)
         first = [fr.group for fr in iter_frames(open_sources([folder], max_frames=4))]
         if any(split_is_val(g, KW["val_fraction"]) for g in first):
             break
@@ -183,7 +151,7 @@ def test_killed_two_ranks_then_one_process_keeps_committed_shards(tmp_path, data
 
 
 def test_ctrl_c_under_torchrun_commits_every_rank_then_resume_completes(tmp_path, data):
-    sources = [_images(tmp_path / "imgs", 30)]  # 8 batches per rank: Ctrl-C comes well before the end
+    sources = [noise_images(tmp_path / "imgs", 30)]  # 8 batches per rank: Ctrl-C comes well before the end
     p = _torchrun(2, sources, tmp_path / "s", "--delay", "0.3", wait=False)
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "s").glob("meta.r*.json")):

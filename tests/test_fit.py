@@ -197,7 +197,7 @@ def test_fit_is_deterministic_for_a_seed():
     assert not torch.equal(a.readout.weight, c.readout.weight)
 
 
-@pytest.mark.parametrize("strategy", ["trust", "trust-neuron", "snes", "auto"])
+@pytest.mark.parametrize("strategy", [*ola.STRATEGIES, "auto"])
 def test_every_strategy_improves_on_the_starting_point(strategy):
     x, y, _ = _linear_tanh(n=1000)
     m = ola.fit(x, y, strategy=strategy, generations=150)

@@ -1,39 +1,17 @@
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import organic_sd
+from conftest import MNIST, T, needs_mnist, schedule, tiny_ounet
 from organic_sd import cli, ola
 from organic_sd.ounet import OUNet, OUNetConfig
+from organic_sd.ounet import features as features_mod
 from organic_sd.ounet import model as model_mod
 from organic_sd.ounet.generate import generate
 from organic_sd.ounet.train import DENOISER_UNITS_PER_ROUND
-
-SHARED = Path(os.environ.get("OSD_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
-MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
-needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
-
-T = 50
-
-
-def schedule():
-    return torch.linspace(0.999, 0.01, T, dtype=torch.float64)
-
-
-def tiny(window=3, hidden=(3,), seed=0, shape=(1, 8, 8)) -> OUNet:
-    """An O-UNet with a real OLAModule stack of random weights (no training)."""
-    cfg = OUNetConfig(sample_shape=shape, num_steps=T, window=window, grid=2, freqs=2, modulate=1, teacher="fake",
-                      pixel_range=(-0.5, 0.5))
-    m = ola.OLAModule(ola.OLAConfig(cfg.in_dim, shape[0], hidden, out_scale=3.0))
-    g = torch.Generator().manual_seed(seed)
-    for p in m.parameters():
-        p.copy_(0.3 * torch.randn(p.shape, generator=g))
-    return OUNet(cfg, m, schedule())
-
 
 class Centre(nn.Module):
     """Copies each channel's centre window input: an O-UNet with it returns x_t itself."""
@@ -55,9 +33,9 @@ def test_patch_assembly_is_exact():
 
 
 def test_features_shape_and_content():
-    u = tiny()
+    u = tiny_ounet()
     x = torch.randn(2, 1, 8, 8)
-    rows = model_mod.features(u.config, u.schedule, x, torch.tensor([3, 40]))
+    rows = features_mod.features(u.config, u.schedule, x, torch.tensor([3, 40]))
     assert rows.shape == (2, 64, u.config.in_dim)
     ab = float(schedule()[40])
     k2 = u.config.window ** 2
@@ -71,7 +49,7 @@ def test_features_shape_and_content():
 
 
 def test_save_load_round_trip(tmp_path):
-    u = tiny()
+    u = tiny_ounet()
     u.meta = {"note": "x"}
     f = u.save(tmp_path / "u.safetensors")
     v = OUNet.load(f)
@@ -85,7 +63,7 @@ def test_save_load_round_trip(tmp_path):
 
 
 def test_bad_inputs(tmp_path, monkeypatch):
-    u = tiny()
+    u = tiny_ounet()
     with pytest.raises(ValueError, match="shape"):
         u(torch.randn(2, 1, 9, 8), torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="0..49"):
@@ -113,7 +91,7 @@ def test_bad_inputs(tmp_path, monkeypatch):
 
 
 def test_generate_is_deterministic(tmp_path):
-    u = tiny()
+    u = tiny_ounet()
     a = generate(u, tmp_path / "a.png", steps=4, seed=3, n=4)
     b = generate(u, tmp_path / "b.png", steps=4, seed=3, n=4)
     c = generate(u, tmp_path / "c.png", steps=4, seed=4, n=4)
@@ -165,16 +143,16 @@ def test_gained_window_is_the_input_over_the_noise_level():
     cfg = OUNetConfig(sample_shape=(2, 6, 6), num_steps=T, window=5, grid=2, freqs=1, modulate=3, gain=3)
     x_t = torch.randn(3, 2, 6, 6)
     t = torch.tensor([0, 20, 49])
-    rows = model_mod.features(cfg, schedule(), x_t, t)  # (B, HW, in)
+    rows = features_mod.features(cfg, schedule(), x_t, t)  # (B, HW, in)
     assert rows.shape == (3, 36, cfg.in_dim)
-    sig = (1 - schedule()[t].float() + model_mod.GAIN_FLOOR ** 2).sqrt()  # (B,)
+    sig = (1 - schedule()[t].float() + features_mod.GAIN_FLOOR ** 2).sqrt()  # (B,)
     gained = rows[..., cfg.in_dim - 2 * 9:].reshape(3, 6, 6, 2, 3, 3)  # (B, H, W, C, n, n): the last columns
     torch.testing.assert_close(gained[..., 1, 1], x_t.permute(0, 2, 3, 1) / sig[:, None, None, None])
     with pytest.raises(ValueError, match="gain must be 0 or odd"):
         OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=5, gain=2)
 
 
-def test_shipped_default_draws_digits_on_a_fresh_install(tmp_path, capsys):
+def test_shipped_default_generates_samples_with_a_dark_background(tmp_path, capsys):
     """The package's own O-UNet: MNIST-shaped, honest about its teacher, small, and `osd generate` runs on it."""
     u = OUNet.load()
     assert u.sample_shape == (1, 28, 28) and u.config.teacher.startswith("ddpm-mnist")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import build_tiny_pipeline
 from organic_sd import cli, ola
 from organic_sd.data.denoiser_precompute import precompute_denoiser
 from organic_sd.data.denoiser_store import DenoiserStore
@@ -15,7 +16,7 @@ from organic_sd.ounet.adapter import (
     cond_columns,
     evolve_adapter,
 )
-from organic_sd.ounet.model import features
+from organic_sd.ounet.features import features
 from organic_sd.ounet.train import DenoiserTrainConfig, heldout_score, train
 
 T = 40
@@ -65,7 +66,8 @@ def store(tmp_path_factory):
 def _train(store, out, cond_dim, ticks=3, adapter_every=2):
     cfg = DenoiserTrainConfig(store=str(store.path), out=str(out), window=3, hidden=(4,), grid=2, freqs=2,
                               modulate=1, cond_dim=cond_dim, adapter_every=adapter_every, ticks=ticks,
-                              generations=60, population=16, max_rows=4000, eval_records=48, tick_seconds=30)
+                              generations=60, population=16, max_rows=4000, eval_records=48,
+                              tick_seconds=3600)  # generations end each tick, not the clock
     return train(cfg, log_to=open("/dev/null", "w"))
 
 
@@ -193,8 +195,6 @@ def test_generate_with_a_prompt(tmp_path, store):
 
 @pytest.mark.slow
 def test_sd_pipeline_end_to_end(tmp_path, capsys):
-    from test_denoiser_teachers import build_tiny_pipeline
-
     pipe = build_tiny_pipeline(tmp_path / "sd")
     (tmp_path / "p.txt").write_text("a red cat\na blue dog\na green tree\n")
     store, run, png = tmp_path / "store", tmp_path / "run", tmp_path / "x.png"

@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-# the tiny random O-UNet of test_ounet; as a teacher it is the fake denoiser here
-from test_ounet import T, schedule, tiny
+# the tiny random O-UNet; as a teacher it is the fake denoiser here
+from conftest import T, schedule, tiny_ounet
 
 import organic_sd.teachers
 from organic_sd import cli, ola
@@ -23,14 +23,14 @@ def conditional(cond_dim=3) -> OUNet:
 
 
 def test_report_fields_and_files(tmp_path):
-    rep = evaluate_denoiser(tiny(seed=0), tiny(seed=1), tmp_path / "ev", **FAST)
+    rep = evaluate_denoiser(tiny_ounet(seed=0), tiny_ounet(seed=1), tmp_path / "ev", **FAST)
     assert set(rep["eps_error"]) == {"1", "25", "49"} and set(rep["ddim"]) == {"2", "4"}
     assert all(v > 0 for v in rep["eps_error"].values())
     assert all(v["psnr"] < 100 for v in rep["ddim"].values())  # two different models draw different images
     c = rep["cpu"]
     assert c["threads"] == 1 and c["ounet_ms_per_step"] > 0 and c["speedup"] == pytest.approx(
         c["teacher_ms_per_step"] / c["ounet_ms_per_step"])
-    assert rep["parameters"]["ounet"] == tiny().num_parameters() == rep["parameters"]["teacher"]
+    assert rep["parameters"]["ounet"] == tiny_ounet().num_parameters() == rep["parameters"]["teacher"]
     saved = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert saved["eps_error"] == rep["eps_error"] and saved["ddim"] == rep["ddim"]
     assert "| eps error t = 25 |" in (tmp_path / "ev" / "report.md").read_text()
@@ -41,7 +41,7 @@ def test_report_fields_and_files(tmp_path):
 
 
 def test_model_against_itself_is_exact():
-    u = tiny()
+    u = tiny_ounet()
     rep = evaluate_denoiser(u, u, None, **FAST)
     assert all(v == 0 for v in rep["eps_error"].values())
     assert all(v["psnr"] >= 100 and v["mse"] == 0 for v in rep["ddim"].values())  # infinite PSNR is capped
@@ -51,9 +51,9 @@ def test_model_against_itself_is_exact():
 
 
 def test_mismatched_teacher_is_refused():
-    u = tiny()
+    u = tiny_ounet()
     with pytest.raises(ValueError, match="samples"):
-        evaluate_denoiser(u, tiny(shape=(1, 6, 6)), None, **FAST)
+        evaluate_denoiser(u, tiny_ounet(shape=(1, 6, 6)), None, **FAST)
     short = OUNet(OUNetConfig(sample_shape=(1, 8, 8), num_steps=T - 10, window=3), u.module, schedule()[:-10])
     with pytest.raises(ValueError, match="steps"):
         evaluate_denoiser(u, short, None, **FAST)
@@ -68,8 +68,8 @@ def test_mismatched_teacher_is_refused():
 
 
 def test_cli_writes_report(tmp_path, monkeypatch, capsys):
-    f = tiny().save(tmp_path / "u.safetensors")
-    monkeypatch.setattr(organic_sd.teachers, "load_denoiser", lambda spec, device="cpu": tiny(seed=1))
+    f = tiny_ounet().save(tmp_path / "u.safetensors")
+    monkeypatch.setattr(organic_sd.teachers, "load_denoiser", lambda spec, device="cpu": tiny_ounet(seed=1))
     out = tmp_path / "ev"
     assert cli.main(["eval", "denoiser", "--ounet", str(f), "--teacher", "fake", "--out", str(out), "--n", "2",
                      "--steps", "2", "--t", "10", "40", "--samples", "0"]) == 0

@@ -3,7 +3,7 @@ import torch
 
 from organic_sd import ola
 from organic_sd.ounet import OUNet, OUNetConfig
-from organic_sd.ounet.model import features
+from organic_sd.ounet.features import features
 
 T = 50
 

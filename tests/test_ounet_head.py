@@ -5,8 +5,9 @@ from organic_sd import ola
 from organic_sd.data.denoiser_precompute import precompute_denoiser
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ounet import OUNet, OUNetConfig
-from organic_sd.ounet.head import fit_head, head_rows
-from organic_sd.ounet.model import features
+from organic_sd.ounet.head import head_rows
+from organic_sd.ounet.train_head import fit_head
+from organic_sd.ounet.features import features
 
 T = 40
 
@@ -44,7 +45,7 @@ def test_head_is_evolved_per_bucket_and_survives_a_round_trip(tmp_path, store):
     torch.set_num_threads(1)
     cfg = OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=3, grid=2, freqs=1, modulate=1, teacher="fake")
     u = OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod)
-    u2, rep = fit_head(u, store, buckets=4, max_seconds=8, max_rows=6000, eval_records=40,
+    u2, rep = fit_head(u, store, buckets=4, generations=150, max_rows=6000, eval_records=40,
                        log_to=open("/dev/null", "w"))
     assert rep["kept"] and rep["after"]["heldout_mse"] < 0.5 * rep["before"]["heldout_mse"]
     assert u2.config.head_buckets == 4 and u2.num_parameters() == u.num_parameters() + 4 * 10 + 1
@@ -55,7 +56,7 @@ def test_head_is_evolved_per_bucket_and_survives_a_round_trip(tmp_path, store):
     path = u2.save(tmp_path / "h.safetensors")
     torch.testing.assert_close(OUNet.load(path)(x, t), u2(x, t))
     # refitting drops the old head instead of stacking a second one on it
-    u3, _ = fit_head(u2, store, buckets=2, max_seconds=2, max_rows=2000, eval_records=40,
+    u3, _ = fit_head(u2, store, buckets=2, generations=20, max_rows=2000, eval_records=40,
                      log_to=open("/dev/null", "w"))
     assert u3.config.head_buckets in (0, 2)
 
@@ -66,3 +67,15 @@ def test_head_shape_must_match_its_buckets():
         OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod)
     with pytest.raises(ValueError, match="needs a linear head"):
         OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod, head=ola.OLAModule(ola.OLAConfig(5, 1)))
+
+
+def test_cli_writes_the_o_unet_with_or_without_its_head(tmp_path, store, capsys):
+    from organic_sd import cli
+
+    cfg = OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=3, grid=2, freqs=1, modulate=1, teacher="fake")
+    path = OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod).save(tmp_path / "u.safetensors")
+    out = tmp_path / "h.safetensors"
+    assert cli.main(["train", "denoiser-head", "--ounet", str(path), "--store", str(store.path), "--out", str(out),
+                     "--buckets", "2", "--max-minutes", "0.02", "--max-rows", "2000", "--eval-records", "20"]) == 0
+    assert out.is_file() and f"wrote {out}" in capsys.readouterr().out
+    assert OUNet.load(out).config.head_buckets in (0, 2)

@@ -1,36 +1,15 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from organic_sd import cli
-from organic_sd.data import preprocess
-from organic_sd.ovae import OVAE, evaluate, model
+from organic_sd.data import Store, preprocess
+from organic_sd.metrics.pixels import cosine_rows, image_metrics
+from organic_sd.ovae import OVAE, demo, evaluate, model
 from organic_sd.ovae.train import train
-from test_ovae_train import SIZE, make_store, quick, smooth_images
-from test_precompute import FakeTeacher
-
-
-def test_metrics_known_values():
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    m = evaluate.image_metrics(x[:1], x[:1])
-    assert m["l2"] == 0 and m["cosine"] == pytest.approx(1) and m["ssim"] == pytest.approx(1)
-    y = x[:1] + 0.2  # MSE 0.04 on [-1, 1] is 0.01 on [0, 1]: 20 dB
-    assert evaluate.image_metrics(y, x[:1])["psnr"] == pytest.approx(20.0, abs=1e-6)
-    assert float(evaluate.ssim(x[:1], -x[:1])[0]) < 0.1
-
-
-def test_ssim_matches_skimage():
-    metrics = pytest.importorskip("skimage.metrics")
-    rng = np.random.default_rng(0)
-    a = rng.random((3, 40, 48))
-    b = np.clip(a + 0.1 * rng.standard_normal(a.shape), 0, 1)
-    ref = metrics.structural_similarity(a, b, data_range=1.0, channel_axis=0, gaussian_weights=True, sigma=1.5,
-                                        use_sample_covariance=False)
-    ours = float(evaluate.ssim(torch.from_numpy(a)[None] * 2 - 1, torch.from_numpy(b)[None] * 2 - 1)[0])
-    assert ours == pytest.approx(ref, abs=2e-3)
+from conftest import STORE_SIZE as SIZE, FakeTeacher, make_store, quick, smooth_images
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +44,7 @@ def test_pipeline_scores_the_teacher_decoder_on_o_encoder_latents(trained, tmp_p
     images = smooth_images(tmp_path / "test", 1, size=48, seed=7)
     rep = evaluate.pipeline([str(images)], v, tmp_path / "out", teacher=FakeTeacher())
     x = torch.from_numpy(preprocess(Image.open(images / "im000.png"), SIZE))[None]
-    want = evaluate.image_metrics(FakeTeacher().decode(v.encode(x)).clamp(-1, 1), x)
+    want = image_metrics(FakeTeacher().decode(v.encode(x)).clamp(-1, 1), x)
     got = rep["images"][0]["tdec_oenc_vs_orig"]
     assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-4) and got["l2"] == pytest.approx(want["l2"], rel=1e-4)
     assert (tmp_path / "out" / "im000" / "teacher_decode_of_o_latents.png").is_file()
@@ -89,7 +68,11 @@ def test_cli_eval_reconstruct(trained, tmp_path, capsys):
     assert not (tmp_path / "p" / "im000" / "teacher_recon.png").exists()  # no teacher given
     assert cli.main(["eval", "latents", "--ovae", str(path), "--store", str(store), "--out", str(tmp_path / "l")]) == 0
     res = json.loads((tmp_path / "l" / "latents.json").read_text())
-    assert len(res["r2_per_channel"]) == 4 and -1 <= res["cosine"] <= 1 and (tmp_path / "l" / "latents.png").is_file()
+    assert len(res["r2_per_channel"]) == 4 and (tmp_path / "l" / "latents.png").is_file()
+    s, val = Store.open(store), Store.open(store).indices("val")
+    cells = lambda z: z.permute(0, 2, 3, 1).flatten(0, 2)  # noqa: E731  (B, C, h, w) -> (B h w, C)
+    want = cosine_rows(cells(OVAE.load(path).encode(torch.from_numpy(s.images[val]))), cells(torch.from_numpy(s.latents[val])))
+    assert res["positions"] == len(val) * (SIZE // 8) ** 2 and res["cosine"] == pytest.approx(float(want.mean()), abs=1e-6)
     assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(path), "--out",
                      str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "r.png").is_file() and "PSNR" in capsys.readouterr().out
@@ -126,6 +109,6 @@ def test_demo_with_teacher(tmp_path, monkeypatch, capsys):
     import organic_sd.teachers
 
     monkeypatch.setattr(organic_sd.teachers, "load_teacher", lambda spec, device="cpu": FakeTeacher())
-    rep = evaluate.demo(tmp_path / "demo", "fake", seconds=4, images=2, size=32)
+    rep = demo.demo(tmp_path / "demo", "fake", seconds=4, images=2, size=32)
     assert (tmp_path / "demo" / "ovae.safetensors").is_file()
     assert "odec_vs_teacher" in rep["mean"] and (tmp_path / "demo" / "eval" / "report.md").is_file()

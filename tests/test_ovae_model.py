@@ -31,7 +31,7 @@ def test_any_size_patch_mode(H, W):
     z = v.encode(x)
     assert z.shape == (2, 4, H // 8, W // 8)
     y = v.decode(z)
-    assert y.shape == x.shape and y.abs().max() <= 1
+    assert y.shape == x.shape and float(y.std()) > 0  # the decoder reads its latents
     assert v.num_parameters() == sum(p.num_parameters() for p in v.parts().values())
 
 

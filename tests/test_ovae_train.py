@@ -4,51 +4,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from organic_sd import cli
-from organic_sd.data import Store, precompute
+from organic_sd.data import Store
+from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ovae import OVAE
 from organic_sd.ola import cascade
+from organic_sd.ovae import rows as rows_mod
 from organic_sd.ovae import train as train_mod
-from organic_sd.ovae.train import TrainConfig, train
-from test_precompute import FakeTeacher
-
-SIZE = 32  # 4 x 4 latent cells per image: every fit here is a few thousand rows at most
-
-
-def smooth_images(folder, n, size=40, seed=0):
-    """Smooth random colour fields (learnable, unlike white noise)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"im{i:03d}.png")
-    return folder
-
-
-def make_store(tmp_path, n=24):
-    """A store of n smooth images (or a few more: see below), a quarter of them held out."""
-    store = tmp_path / "store"
-    while True:
-        precompute([str(smooth_images(tmp_path / "imgs", n))], FakeTeacher(), store, SIZE, val_fraction=0.25,
-                   progress=False)
-        # the split hashes each file's path, tmp_path included, so a small store can by chance hold no
-        # held-out image (0.75**12 = 3% at n=12): one more image until it holds one
-        if len(Store.open(store).indices("val")):
-            return store
-        n += 1
-
-
-@pytest.fixture
-def store(tmp_path):
-    return make_store(tmp_path)
-
-
-def quick(kind, store, out, **kw):
-    kw = {"ticks": 2, "generations": 4, "tick_seconds": 10, "eval_images": 4, "max_rows": 2000, **kw}
-    return TrainConfig(kind, str(store), str(out), **kw)
-
+from organic_sd.ovae.train import train
+from conftest import STORE_SIZE as SIZE, quick
 
 def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -84,7 +49,7 @@ def test_resume_refuses_other_settings(store, tmp_path):
         train(quick("decoder", store, run, window=5))
     with pytest.raises(ValueError, match="seed: run has 0, asked 7"):  # other held-out images would judge the ticks
         train(quick("decoder", store, run, seed=7))
-    with pytest.raises(ValueError, match="holds an decoder run"):
+    with pytest.raises(ValueError, match="holds a run of kind 'decoder'"):
         train(quick("encoder", store, run))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
@@ -130,13 +95,13 @@ def test_ctrl_c_while_units_grow_keeps_them_and_the_resumed_run_grows_the_rest(s
     assert OVAE.load(run).decoder.module.config.hidden == (8,)  # the first round, saved and loadable
     first = OVAE.load(run).decoder.module.hidden[0].weight.clone()
     monkeypatch.setattr(cascade, "_evolve_units", real)
-    score = train_mod.HeldOut.score
+    score = rows_mod.HeldOut.score
 
     def grown_scores_worse(self, part):  # held-out data that happens to favour the partial module
         s = score(self, part)
         return {**s, "heldout_mse": 10 * s["heldout_mse"]} if part.module.config.hidden == (10,) else s
 
-    monkeypatch.setattr(train_mod.HeldOut, "score", grown_scores_worse)
+    monkeypatch.setattr(rows_mod.HeldOut, "score", grown_scores_worse)
     res = train(cfg)
     assert res["status"] == "done" and res["tick"] == 3  # two more ticks: the first grows the last 2 units
     grown = OVAE.load(run).decoder.module
@@ -163,9 +128,9 @@ def test_mixed_decoder_sees_teacher_and_encoder_latents_toward_the_teacher_decod
     assert cfg.target == "decode"
     s = Store.open(store)
     idx = s.indices("train")[:3]
-    teacher_rows = train_mod.Rows(s, train_mod._part_config(quick("decoder", store, tmp_path / "t"), s), torch.device("cpu"), None)
-    enc = train_mod._source_encoder(cfg.latents, s, torch.device("cpu"))
-    mixed = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"), enc)
+    teacher_rows = rows_mod.PartRows(s, rows_mod.part_config(quick("decoder", store, tmp_path / "t"), s), torch.device("cpu"), None)
+    enc = rows_mod.source_encoder(cfg.latents, s, torch.device("cpu"))
+    mixed = rows_mod.PartRows(s, rows_mod.part_config(cfg, s), torch.device("cpu"), enc)
     (xt, yt), (xm, ym) = teacher_rows.pairs(idx), mixed.pairs(idx)
     n = xt.shape[0]
     assert xm.shape[0] == 2 * n and torch.equal(xm[:n], xt)  # the teacher's rows, then the O-Encoder's
@@ -184,8 +149,8 @@ def test_mix_teacher_sets_the_share_of_teacher_rows(store, tmp_path, w):
     cfg = quick("decoder", store, tmp_path / "dec", latents=f"mix:{tmp_path / 'enc'}", ticks=1, mix_teacher=w)
     s = Store.open(store)
     pool = s.indices("train")
-    enc = train_mod._source_encoder(cfg.latents, s, torch.device("cpu"))
-    mixed = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"), enc, cfg.mix_teacher)
+    enc = rows_mod.source_encoder(cfg.latents, s, torch.device("cpu"))
+    mixed = rows_mod.PartRows(s, rows_mod.part_config(cfg, s), torch.device("cpu"), enc, cfg.mix_teacher)
     xt, xo = mixed.pairs(pool)[0].chunk(2)  # every teacher row, then every O-Encoder row
     x, y = mixed.draw(pool, 10**6, np.random.default_rng(0))  # room for every row: only the balance thins
     in_teacher = (x[:, None, :] == xt[None]).all(-1).any(1)  # (N,) rows that are teacher rows
@@ -209,7 +174,7 @@ def test_mix_teacher_is_checked(store, tmp_path):
 
 def test_drawing_rows_from_an_empty_split_is_a_clear_error(store, tmp_path):
     s = Store.open(store)
-    rows = train_mod.Rows(s, train_mod._part_config(quick("decoder", store, tmp_path / "d"), s), torch.device("cpu"), None)
+    rows = rows_mod.PartRows(s, rows_mod.part_config(quick("decoder", store, tmp_path / "d"), s), torch.device("cpu"), None)
     with pytest.raises(ValueError, match="no samples in this split"):
         rows.draw(np.array([], dtype=np.int64), 100, np.random.default_rng(0))
 
@@ -332,9 +297,9 @@ def test_mixed_decoder_is_scored_on_both_latents_weighted_as_its_rows(store, tmp
     train(cfg)
     assert "(O-Encoder's)" in capsys.readouterr().out
     s = Store.open(store)
-    rows = train_mod.Rows(s, train_mod._part_config(cfg, s), torch.device("cpu"),
-                          train_mod._source_encoder(cfg.latents, s, torch.device("cpu")), 0.75)
-    held = train_mod.HeldOut(s, train_mod._part_config(cfg, s), rows, cfg.eval_images, cfg.seed)
+    rows = rows_mod.PartRows(s, rows_mod.part_config(cfg, s), torch.device("cpu"),
+                          rows_mod.source_encoder(cfg.latents, s, torch.device("cpu")), 0.75)
+    held = rows_mod.HeldOut(s, rows_mod.part_config(cfg, s), rows, cfg.eval_images, cfg.seed)
     part = OVAE.load(run).decoder
     got = held.score(part)
     images = torch.from_numpy(s.images[held.idx])
@@ -342,8 +307,8 @@ def test_mixed_decoder_is_scored_on_both_latents_weighted_as_its_rows(store, tmp
     mse_t = float((part(torch.from_numpy(s.latents[held.idx])).clamp(-1, 1) - target).double().square().mean())
     mse_o = float((part(rows.source(images)).clamp(-1, 1) - target).double().square().mean())
     assert got["heldout_mse"] == pytest.approx(0.75 * mse_t + 0.25 * mse_o, rel=1e-4)
-    assert got["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_t))), abs=1e-3)
-    assert got["psnr_oenc"] == pytest.approx(float(train_mod.psnr(torch.tensor(mse_o))), abs=1e-3)
+    assert got["psnr"] == pytest.approx(psnr_of_mse(mse_t), abs=1e-3)
+    assert got["psnr_oenc"] == pytest.approx(psnr_of_mse(mse_o), abs=1e-3)
     assert "psnr_oenc" in _log(run)[0]
 
     # a run saved before both were scored: its best is scored again on resume, so the ticks compare alike
@@ -358,4 +323,4 @@ def test_teacher_latent_decoder_score_is_unchanged(store, tmp_path):
     cfg = quick("decoder", store, tmp_path / "dec", ticks=1)
     res = train(cfg)
     assert "psnr_oenc" not in res
-    assert res["psnr"] == pytest.approx(float(train_mod.psnr(torch.tensor(res["heldout_mse"]))))
+    assert res["psnr"] == pytest.approx(psnr_of_mse(res["heldout_mse"]))

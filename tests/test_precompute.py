@@ -1,6 +1,5 @@
 import errno
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,47 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from conftest import SHARED, FakeTeacher, noise_images
 from organic_sd import cli
 from organic_sd.data import DiskFullError, Store, StoreError, iter_frames, open_sources, precompute, preprocess
-from organic_sd.data import store as store_mod
+from organic_sd.data import store_writer as store_mod
 from organic_sd.data.precompute import run_teacher
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("OSD_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-class FakeTeacher:
-    """Avg-pool by 8 to 4 channels (RGB + mean), nearest upsample back: cheap and deterministic."""
-
-    id = "fake-avgpool8-c4"
-    latent_channels = 4
-    downscale = 8
-    device = torch.device("cpu")
-
-    def __init__(self, delay: float = 0.0):
-        self.delay = delay
-
-    def encode(self, x):
-        time.sleep(self.delay)
-        z = F.avg_pool2d(x, 8)  # (B, 3, H/8, W/8)
-        return torch.cat([z, z.mean(1, keepdim=True)], 1)  # (B, 4, H/8, W/8)
-
-    def decode(self, z):
-        return F.interpolate(z[:, :3], scale_factor=8, mode="nearest")  # (B, 3, H, W)
-
-
-def _images(folder: Path, n: int, size=(48, 40), seed=0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        p = folder / f"im{i:03d}.png"
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return paths
 
 
 def _check_matches_teacher(store: Store, sources, teacher, size, atol=2e-3, **kw):
@@ -67,7 +33,7 @@ def _check_matches_teacher(store: Store, sources, teacher, size, atol=2e-3, **kw
 
 
 def test_image_folder_and_video_match_teacher(tmp_path):
-    _images(tmp_path / "imgs", 5)
+    noise_images(tmp_path / "imgs", 5)
     sources = [str(tmp_path / "imgs"), "sample:carphone"]
     rep = precompute(sources, FakeTeacher(), tmp_path / "s", 32, stride=7, max_frames=4, batch=3, shard_size=4,
                      progress=False)
@@ -81,7 +47,7 @@ def test_image_folder_and_video_match_teacher(tmp_path):
 
 
 def test_rerun_resumes_without_duplicates(tmp_path):
-    _images(tmp_path / "imgs", 7)
+    noise_images(tmp_path / "imgs", 7)
     kw = dict(batch=2, shard_size=3, progress=False)
     precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, max_frames=4, **kw)
     rep = precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, **kw)
@@ -93,7 +59,7 @@ def test_rerun_resumes_without_duplicates(tmp_path):
 
 
 def test_other_teacher_or_size_is_refused(tmp_path):
-    _images(tmp_path / "imgs", 3)
+    noise_images(tmp_path / "imgs", 3)
     precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, progress=False)
     other = FakeTeacher()
     other.id = "another-teacher"
@@ -106,7 +72,7 @@ def test_other_teacher_or_size_is_refused(tmp_path):
 
 
 def test_corrupt_and_small_images_are_skipped_and_reported(tmp_path):
-    _images(tmp_path / "imgs", 3)
+    noise_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     Image.new("RGB", (20, 60)).save(tmp_path / "imgs" / "tiny.png")
     rep = precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, progress=False)
@@ -125,7 +91,7 @@ def test_only_too_small_frames_is_an_error_and_leaves_no_store(tmp_path):
 
 @pytest.mark.parametrize("bad", ["missing", "truncated", "empty_folder"])
 def test_bad_source_fails_before_touching_the_store(tmp_path, bad):
-    _images(tmp_path / "imgs", 4)
+    noise_images(tmp_path / "imgs", 4)
     precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, shard_size=2, progress=False)
     before = (tmp_path / "s" / "meta.json").read_text()
     if bad == "missing":
@@ -146,7 +112,7 @@ def test_bad_source_fails_before_touching_the_store(tmp_path, bad):
 
 
 def test_disk_full_keeps_committed_and_rerun_completes(tmp_path, monkeypatch):
-    _images(tmp_path / "imgs", 10)
+    noise_images(tmp_path / "imgs", 10)
     calls = {"n": 0}
     real = store_mod._write_bytes
 
@@ -169,7 +135,7 @@ def test_disk_full_keeps_committed_and_rerun_completes(tmp_path, monkeypatch):
 
 
 def test_teacher_failure_keeps_finished_batches(tmp_path):
-    _images(tmp_path / "imgs", 6)
+    noise_images(tmp_path / "imgs", 6)
 
     class Flaky(FakeTeacher):
         calls = 0
@@ -187,7 +153,7 @@ def test_teacher_failure_keeps_finished_batches(tmp_path):
 
 def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _images(tmp_path / "imgs", 2)
+    noise_images(tmp_path / "imgs", 2)
     precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, progress=False)
     rc = cli.main(["precompute", str(tmp_path / "imgs"), "--teacher", "whatever", "--out", str(tmp_path / "s"),
                    "--size", "32", "--device", "cuda"])
@@ -196,7 +162,7 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_arguments(tmp_path):
-    _images(tmp_path / "imgs", 2)
+    noise_images(tmp_path / "imgs", 2)
     for size in (36, 0, -8):
         with pytest.raises(ValueError, match="not a positive multiple of teacher fake-avgpool8-c4's downscale 8"):
             precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", size, progress=False)
@@ -224,7 +190,7 @@ print(json.dumps({"interrupted": rep.interrupted, "written": rep.written, "total
 
 
 def test_sigint_midway_then_rerun_gives_every_frame_once(tmp_path):
-    _images(tmp_path / "imgs", 24)
+    noise_images(tmp_path / "imgs", 24)
     (tmp_path / "run.py").write_text(textwrap.dedent(SIGINT_SCRIPT))
     cmd = [sys.executable, str(tmp_path / "run.py"), str(tmp_path / "imgs"), str(tmp_path / "s")]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -287,7 +253,7 @@ def test_cli_with_real_taef2_matches_teacher(tmp_path, capsys):
 def test_views_add_seeded_crops_on_the_frames_side_of_the_split(tmp_path):
     from organic_sd.data.preprocess import views
 
-    _images(tmp_path / "imgs", 4, size=(60, 44))
+    noise_images(tmp_path / "imgs", 4, size=(60, 44))
     kw = dict(batch=5, shard_size=4, progress=False, val_fraction=0.5)
     rep = precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, n_views=3, **kw)
     assert rep.written == 12 and rep.total == 12

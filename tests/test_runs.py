@@ -1,8 +1,12 @@
+import io
 import json
+import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from organic_sd.runs import check_resume, resume_state
+from organic_sd.runs import check_resume, resume_state, run_ticks
 
 
 def test_check_resume_gives_runs_older_than_a_field_the_value_they_used(tmp_path):
@@ -24,7 +28,7 @@ def test_check_resume_new_same_other_and_foreign_folders(tmp_path):
     assert check_resume(run, dict(rec), ("kind", "window", "seed")) == rec
     with pytest.raises(ValueError, match=r"window: run has 3, asked 5; seed: run has 0, asked 1"):
         check_resume(run, {**rec, "window": 5, "seed": 1}, ("kind", "window", "seed"))
-    with pytest.raises(ValueError, match="holds an decoder run"):
+    with pytest.raises(ValueError, match="holds a run of kind 'decoder'"):
         check_resume(run, {**rec, "kind": "encoder"}, ("kind", "window"))
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
@@ -40,3 +44,79 @@ def test_resume_state_prefers_the_newer_of_state_json_and_the_checkpoint(tmp_pat
     assert resume_state(tmp_path, summary)["tick"] == 4  # the checkpoint was written after state.json
     (tmp_path / "state.json").write_text(json.dumps({"tick": 4, "time": 90.5, "best": {"heldout_mse": 0.1}}))
     assert resume_state(tmp_path, summary)["time"] == 90.5  # equal ticks: state.json's exact numbers
+
+
+class _Kept:
+    def __init__(self, module):
+        self.module = module
+
+    def num_parameters(self):
+        return self.module.num_parameters()
+
+
+class FakeJob:
+    """A linear target for runs.run_ticks: what a trainer supplies, at its smallest."""
+
+    noun = "module"
+    device = torch.device("cpu")
+    fit_kwargs = {}
+    plot = [("heldout_mse", "MSE", True)]
+
+    def __init__(self, run):
+        self.run, self.saved = run, []
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.randn(3, 2, generator=g)
+        self.x_val = torch.randn(200, 3, generator=g)
+
+    def draw(self, rng):
+        x = torch.from_numpy(rng.standard_normal((400, 3)).astype("float32"))
+        return x, 0.3 * torch.tanh(x @ self.w)
+
+    def fit_share(self, tick):
+        return 1
+
+    def candidate(self, module, tick, interrupted, rng, tick_seconds):
+        return _Kept(module), {"extra": tick}
+
+    def module_of(self, kept):
+        return None if kept is None else kept.module
+
+    def score(self, cand):
+        mse = float((cand.module(self.x_val) - 0.3 * torch.tanh(self.x_val @ self.w)).square().mean())
+        return {"heldout_mse": mse}
+
+    def keep(self, cand):
+        pass
+
+    def describe(self, scores):
+        return f"held-out MSE {scores['heldout_mse']:.5g}"
+
+    def save(self, kept, summary):
+        self.saved.append(summary["tick"])
+        return self.run / "model.safetensors"
+
+
+def _loop_cfg(**kw):
+    base = dict(hidden=(), strategy="auto", population=8, max_minutes=None, ticks=None, tick_seconds=60.0,
+                first_tick_seconds=None, generations=5, save_minutes=0.0, freeze_loss=None, batch_size=None, seed=0,
+                progress=False)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_run_ticks_logs_saves_and_stops_after_its_ticks(tmp_path):
+    job, state = FakeJob(tmp_path), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    res = run_ticks(_loop_cfg(ticks=2), job, tmp_path, {"out_scale": 1.0}, state, None, [], time.perf_counter(),
+                    log_to=io.StringIO())
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert res["status"] == "done" and res["tick"] == 2 and [r["tick"] for r in lines] == [1, 2]
+    assert [r["extra"] for r in lines] == [0, 1] and job.saved == [1, 2, 2]  # every tick, then at the stop
+    assert json.loads((tmp_path / "state.json").read_text())["status"] == "done"
+
+
+def test_run_ticks_freezes_and_saves_by_the_minute(tmp_path):
+    job, state = FakeJob(tmp_path), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    out = io.StringIO()
+    res = run_ticks(_loop_cfg(ticks=3, freeze_loss=10.0, save_minutes=60.0), job, tmp_path, {"out_scale": 1.0},
+                    state, None, [], time.perf_counter(), log_to=out)
+    assert res["status"] == "frozen" and res["tick"] == 1 and "frozen" in out.getvalue()
+    assert job.saved == [1]  # --save-minutes 60: only the final save

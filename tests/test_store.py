@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from organic_sd.data import DiskFullError, Store, StoreError, StoreWriter, describe_preprocess
-from organic_sd.data import store as store_mod
+from organic_sd.data import store_writer as store_mod
 from organic_sd.data.store import split_is_val
 
 SIZE, C, h = 16, 4, 2

@@ -1,9 +1,10 @@
 """The search strategies: the trust rule's arithmetic, per-neuron selection, shaping."""
 
+import pytest
 import torch
 
 from organic_sd.ola.search import Budget, _keep_best, run_search
-from organic_sd.ola.strategies import SNES, Trust, make_strategy
+from organic_sd.ola.strategies import SNES, STRATEGIES, Trust, make_strategy
 from organic_sd.ola.strategies.shaping import nes_utilities
 
 
@@ -119,3 +120,28 @@ def test_snes_fall_back_restarts_only_the_masked_rows_with_smaller_steps():
     s2 = SNES(4).fall_back(s, torch.tensor([True, False]), best)
     assert torch.equal(s2.mean[0], best[0]) and torch.equal(s2.mean[1], s.mean[1])
     assert torch.allclose(s2.sigma[0], 0.5 * s.sigma[0]) and torch.equal(s2.sigma[1], s.sigma[1])
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_registered_strategy_keeps_the_contract(name):
+    s = make_strategy(name, 6)
+    assert isinstance(s.per_row, bool) and isinstance(s.splittable, bool) and s.population >= 6
+    R, d = 3, 4
+    state = s.init(torch.zeros(R, d), 1.0, torch.Generator().manual_seed(0))
+    state, theta = s.ask(state)
+    assert theta.shape == (s.population, R, d)
+    state, metrics = s.tell(state, theta, theta.square().sum(-1))  # (P, R)
+    assert isinstance(metrics, dict)
+    cand = s.candidates(state)
+    assert cand.ndim == 3 and cand.shape[1:] == (R, d)
+    assert s.fall_back(state, torch.zeros(R, dtype=torch.bool), cand[0]) is state  # no drifted rows: unchanged
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_registered_strategy_lowers_a_quadratic(name):
+    target = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 0.0, 3.0]])  # (R, d)
+    loss = lambda th: (th - target).square().sum(-1)  # noqa: E731  (P, R)
+    start = torch.zeros(2, 3)
+    res = run_search(make_strategy(name, 20), loss, loss, start, 1.0, Budget(generations=200),
+                     torch.Generator().manual_seed(0))
+    assert float(res.val_loss.sum()) < 0.9 * float(loss(start[None]).sum())

@@ -25,6 +25,7 @@ from organic_sd.data.denoiser_store import (
     sample_group,
 )
 from organic_sd.data.interrupt import catch_sigint
+from organic_sd.data.store_writer import check_val_fraction
 
 NOISE = "torch.randn on the CPU, torch.Generator seeded with SeedSequence([seed, sample]).generate_state(1)[0]: " \
         "noise (C, H, W), then renoise t (R,) by randint(1, T), then renoise noise (R, C, H, W)"
@@ -77,7 +78,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 
 def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, prompts: list[str]) -> dict:
-    from organic_sd.teachers.denoiser import ddim_timesteps
+    from organic_sd.teachers.ddim import ddim_timesteps
 
     ab = np.asarray(teacher.alphas_cumprod, np.float64)  # (T,)
     shape = [int(s) for s in teacher.sample_shape]
@@ -99,7 +100,7 @@ def _run_batch(teacher, chunk: list[int], steps: int, renoise: int, seed: int, t
     """Samples `chunk` -> x_t (B, K+R, C, H, W), t (B, K+R), eps (B, K+R, C, H, W) float32 numpy."""
     import torch
 
-    from organic_sd.teachers.denoiser import ddim_sample
+    from organic_sd.teachers.ddim import ddim_sample
 
     ab = teacher.alphas_cumprod  # (T,) float64 CPU
     drawn = [draw_noise(teacher.sample_shape, len(ab), renoise, seed, i) for i in chunk]
@@ -146,8 +147,7 @@ def precompute_denoiser(
     if samples < 1 or batch < 1 or renoise < 0:
         raise ValueError(f"samples and batch must be >= 1 and renoise >= 0, got samples={samples}, batch={batch}, "
                          f"renoise={renoise}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     prompts = [str(p) for p in (prompts or [])]
     if teacher.cond_shape is None and prompts:
         raise ValueError(f"teacher {teacher.id} is unconditional: it takes no prompts (got {len(prompts)})")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from organic_sd.data.store import DTYPE, Store, StoreError, StoreWriter
+from organic_sd.data.store import DTYPE, Store, StoreError, _Column
+from organic_sd.data.store_writer import StoreWriter
 from organic_sd.files import atomic_json, fsync_dir
 
 KIND = "denoiser"
@@ -39,25 +40,16 @@ def sample_group(sample: int) -> str:
     return f"{sample:08d}"
 
 
-class _Cond:
+class _Cond(_Column):
     """Per-record cond, indexed like the arrays: int -> (L, D), slice/ints -> (B, L, D); (0,) if unconditional."""
 
     def __init__(self, store: DenoiserStore):
-        self._store = store
-        self.sample_shape = tuple(store.meta["cond_shape"] or (0,))
+        super().__init__(store, store.meta["cond_shape"] or (0,))
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self._store), *self.sample_shape)
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def __getitem__(self, idx) -> np.ndarray:
-        rows = np.arange(len(self._store))[idx]  # same int/slice/array semantics and IndexError as numpy
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
         table = self._store.cond_table  # (P, L, D) or None
         if table is None:
-            return np.zeros((*np.shape(rows), *self.sample_shape), np.float32)
+            return np.zeros((len(rows), *self.sample_shape), np.float32)
         return table[self._store.prompt_index[rows]].astype(np.float32)
 
 

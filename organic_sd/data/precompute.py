@@ -38,7 +38,7 @@ from organic_sd.data.sources import (
     iter_frames,
     open_sources,
 )
-from organic_sd.data.store import StoreWriter
+from organic_sd.data.store_writer import StoreWriter, check_val_fraction
 
 
 @dataclass
@@ -163,8 +163,7 @@ def precompute(
         raise ValueError(f"batch must be >= 1, got {batch}")
     if n_views < 1:
         raise ValueError(f"views must be >= 1, got {n_views}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     f = int(teacher.downscale)
     if size < f or size % f:
         raise ValueError(f"size {size} is not a positive multiple of teacher {teacher.id}'s downscale {f}")

@@ -47,7 +47,7 @@ class RowShard:
 def shard_rows(strategy, total: int) -> RowShard | None:
     """This rank's RowShard of `total` rows when running on several ranks with a splittable strategy, else None."""
     world = dist.world_size()
-    if world == 1 or not hasattr(strategy, "shard") or total < world:
+    if world == 1 or not strategy.splittable or total < world:
         return None
     r = dist.rank()
     return RowShard(slice(r * total // world, (r + 1) * total // world), total, world)

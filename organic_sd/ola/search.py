@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from organic_sd import dist
+from organic_sd.ola.strategies.base import Strategy
 
 
 @dataclass
@@ -59,7 +60,7 @@ class SearchResult:
 
 
 def run_search(
-    strategy,
+    strategy: Strategy,
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     val_loss: Callable[[torch.Tensor], torch.Tensor],
     mean0: torch.Tensor,
@@ -99,9 +100,8 @@ def run_search(
         bar.update(1)
         if gen % eval_every == 0 or budget.done(gen):
             best_theta, best_val, cand_val = _keep_best(strategy, state, val_loss, best_theta, best_val)
-            if hasattr(strategy, "fall_back"):
-                # rows whose search wandered off (held-out loss clearly above their best) restart there, calmer
-                state = strategy.fall_back(state, drifted(cand_val, best_val, fallback_tolerance), best_theta)
+            # rows whose search wandered off (held-out loss clearly above their best) restart there, calmer
+            state = strategy.fall_back(state, drifted(cand_val, best_val, fallback_tolerance), best_theta)
             curve.append((budget.elapsed(), gen, float(best_val.sum())))
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{float(v):.3g}" for k, v in metrics.items()})
     bar.close()

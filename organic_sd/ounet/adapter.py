@@ -1,4 +1,4 @@
-"""The text adapter (SPEC §6): an OLA module from a teacher's text embedding to the O-UNet's small cond vector.
+"""The text adapter: an OLA module from a teacher's text embedding to the O-UNet's small cond vector.
 
     pooled   the embedding averaged over tokens: (B, L, D) -> (B, D); (B, D) as it is
     cond     out_scale * tanh(W pooled + b)                              (B, cond_dim)
@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from organic_sd.ola.module import OLAConfig, OLAModule
-from organic_sd.ola.population import Whitener, affine
-from organic_sd.ola.search import Budget, run_search
-from organic_sd.ola.strategies import make_strategy
+from organic_sd.ola import Budget, OLAConfig, OLAModule, Whitener, affine, make_strategy, run_search
+from organic_sd.ounet.features import features
 
 FORMAT = "organic_sd.text_adapter/1"
 OUT_SCALE = 2.0  # cond values in (-2, 2): the size of the O-UNet's other inputs
@@ -247,8 +245,6 @@ def evolve_adapter(u, store, idx: np.ndarray, *, features_fn=None, strategy: str
     the other half is the held-out set that picks the result, so the result is never worse
     there than the adapter it started from.
     """
-    from organic_sd.ounet.model import features
-
     features_fn = features_fn or features
     if u.adapter is None:
         raise ValueError("this O-UNet has no text adapter to evolve")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from organic_sd.ola.module import OLAModule
-from organic_sd.ounet.model import image_inputs
+from organic_sd.ounet.features import GAIN_FLOOR, image_inputs
 
 
 def _columns(cfg) -> dict[str, slice]:
@@ -51,7 +51,6 @@ def _inner_to_window(w: torch.Tensor, C: int, side: int, k: int) -> torch.Tensor
 
 def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glob, pos) -> torch.Tensor:
     """(O, in) weights on feature rows -> (B, O, H, W) pre-activations, computed as a convolution."""
-    from organic_sd.ounet.model import GAIN_FLOOR
 
     C, H, W = cfg.sample_shape
     k, col = cfg.window, _columns(cfg)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from organic_sd.metrics.pixels import pooled_psnr
 from organic_sd.ounet.model import OUNet
-from organic_sd.teachers.denoiser import ddim_sample
+from organic_sd.teachers.ddim import ddim_sample
 
 
 def seeded_noise(shape, n: int, seed: int) -> torch.Tensor:
@@ -24,9 +25,8 @@ def to_unit(x: torch.Tensor, pixel_range) -> torch.Tensor:
 
 
 def psnr_unit(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two image sets on [0, 1]."""
-    mse = float((a.double() - b.double()).square().mean())
-    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+    """PSNR in dB between two image sets on [0, 1], pooled over all their pixels."""
+    return pooled_psnr(a, b, width=1.0)
 
 
 def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:

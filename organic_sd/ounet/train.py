@@ -1,83 +1,39 @@
-"""`osd train denoiser`: evolve an O-UNet from a denoiser store, tick by tick (the O-VAE trainer's loop).
+"""`osd train denoiser`: evolve an O-UNet from a denoiser store, tick by tick (the O-VAE trainer's loop: runs.py).
 
     setup: open the store, fix the held-out records, resume RUN_DIR if it holds a run
-    each tick: draw fresh random pixel rows from random train records, continue the search with
-               ola.fit (init = the kept stack), score eps error on the held-out records, keep the
-               stack if no worse, append a log line, redraw the plot, save a checkpoint atomically
+    each tick (runs.run_ticks): fresh random pixel rows from random train records, ola.fit (init = the
+               kept stack), eps error on the held-out records, keep or not, log
     text adapter (stores with prompts, --cond-dim): starts as a PCA of the prompts' pooled embeddings;
                every --adapter-every ticks its weights are searched with the new stack frozen
                (ounet.adapter.evolve_adapter) before the held-out score decides what is kept
-    stop: --max-minutes spent, --ticks done, or Ctrl-C (saves first)
 Files in RUN_DIR: config.json, model.safetensors (an O-UNet file), state.json, log.jsonl, plot.png.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from organic_sd import ola
+from organic_sd import dist, ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
-from organic_sd.ounet.model import WEIGHTS_NAME, OUNet, OUNetConfig, features
-from organic_sd.files import atomic_json
-from organic_sd.plots import training_plot
-from organic_sd.runs import check_resume, fit_tick, growing, keeps, resume_state
+from organic_sd.ounet.config import RUN_FIELDS, DenoiserTrainConfig
+from organic_sd.ounet.features import OUNetConfig, features
+from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
+from organic_sd.runs import open_run, out_scale_for, read_log, resume_state, run_ticks, write_record
 
-# fields that define a run: resuming with other values would silently mix two experiments
-# seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records")
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
-# The O-VAE's rounds of 8 did worse here at CPU budgets (store error 0.0207 / 0.0201 with 16 against
-# 0.0234 / 0.0218 with 8, bench/ounet.py hidden32-auto, 100 s): each round needs its search time.
+# the O-VAE's rounds of 8 did worse here at CPU budgets: each round needs its search time
+# (bench/ounet.py hidden32-auto; docs/BENCHMARKS.md)
 DENOISER_UNITS_PER_ROUND = 16
-
-
-@dataclass
-class DenoiserTrainConfig:
-    """Everything `osd train denoiser` takes."""
-
-    store: str
-    out: str
-    window: int = 9
-    hidden: tuple[int, ...] = (32,)
-    grid: int = 4
-    freqs: int = 4
-    modulate: int = 5
-    gain: int = 0
-    coarse: int = 0
-    cond_dim: int | None = None  # text adapter output size; None: 8 for a conditional store, 0 otherwise
-    adapter_every: int = 2  # ticks between text adapter searches (0: keep the initial PCA adapter)
-    strategy: str = "auto"
-    population: int = 40
-    deflate: bool = False  # units of a round count only beyond the round's earlier ones (ola.Subspace.deflate)
-    max_minutes: float | None = None
-    ticks: int | None = None
-    tick_seconds: float = 30.0
-    first_tick_seconds: float | None = None
-    generations: int | None = None
-    max_rows: int = 100_000
-    batch_size: int | None = None
-    eval_records: int = 64
-    device: str = "cpu"
-    seed: int = 0
-    progress: bool = False
-
-    def __post_init__(self):
-        self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
-        if (self.cond_dim is not None and self.cond_dim < 0) or self.adapter_every < 0:
-            raise ValueError(f"--cond-dim and --adapter-every must be >= 0, got {self.cond_dim}, {self.adapter_every}")
-        for name in ("tick_seconds", "max_rows", "eval_records", "population"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
 def pixel_range(teacher_id: str) -> tuple[float, float]:
@@ -136,9 +92,61 @@ def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
     return {"heldout_mse": mse, "rel_err": se / max(ss, 1e-12)}
 
 
+class DenoiserJob:
+    """What runs.run_ticks needs of an O-UNet run: its pixel rows, held-out eps score, text adapter and file."""
+
+    noun = "O-UNet"
+    plot = [("rel_err", "eps MSE / teacher eps power", True)]
+
+    def __init__(self, cfg: DenoiserTrainConfig, ucfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore,
+                 train_idx: np.ndarray, eval_idx: np.ndarray, adapter: TextAdapter | None, run: Path,
+                 device: torch.device):
+        self.cfg, self.ucfg, self.schedule, self.store = cfg, ucfg, schedule, store
+        self.train_idx, self.eval_idx, self.adapter, self.run, self.device = train_idx, eval_idx, adapter, run, device
+        self.fit_kwargs = {"units_per_round": DENOISER_UNITS_PER_ROUND, "subspace": ola.Subspace(deflate=cfg.deflate)}
+        self.adapter_tick = False
+
+    def draw(self, rng):
+        return draw_rows(self.ucfg, self.schedule, self.store, self.train_idx, self.cfg.max_rows, rng, self.device,
+                         self.adapter)  # (N, in), (N, C)
+
+    def fit_share(self, tick: int) -> float:
+        every = self.cfg.adapter_every
+        self.adapter_tick = bool(self.adapter is not None and every and (tick + 1) % every == 0)
+        return 0.75 if self.adapter_tick else 1  # an adapter tick leaves a quarter to the adapter's search
+
+    def candidate(self, module, tick, interrupted, rng, tick_seconds):
+        cand = OUNet(self.ucfg, module, self.schedule, adapter=self.adapter)
+        if not self.adapter_tick or interrupted:
+            return cand, {}
+        # the stack frozen, the adapter searched by the stack's eps error
+        cfg = self.cfg
+        pick = np.sort(rng.choice(self.train_idx, min(len(self.train_idx), 128), replace=False))
+        new_adapter, summary = evolve_adapter(
+            cand, self.store, pick, strategy=cfg.strategy, population=16, generations=cfg.generations,
+            max_seconds=max(0.5, 0.25 * tick_seconds), max_rows=min(cfg.max_rows, 20_000), seed=cfg.seed + tick)
+        return OUNet(self.ucfg, module, self.schedule, adapter=new_adapter), ({"adapter": summary} if summary else {})
+
+    def module_of(self, kept: OUNet | None):
+        return None if kept is None else kept.module
+
+    def score(self, cand: OUNet) -> dict:
+        return heldout_score(cand, self.store, self.eval_idx)
+
+    def keep(self, cand: OUNet) -> None:
+        self.adapter = cand.adapter
+
+    def describe(self, scores: dict) -> str:
+        return f"held-out eps MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
+
+    def save(self, kept: OUNet, summary: dict) -> Path:
+        kept.meta = {"training_run": str(self.run), **summary}
+        return kept.save(self.run / WEIGHTS_NAME)
+
+
 def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     """Run (or resume) an O-UNet training run; returns a summary dict (also when stopped by Ctrl-C)."""
-    log_to = log_to or sys.stdout
+    log_to = (log_to or sys.stdout) if dist.is_main() else open(os.devnull, "w")
     t_wall = time.perf_counter()
     dev = resolve_device(cfg.device)
     store = DenoiserStore.open(cfg.store)
@@ -152,13 +160,12 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
                        teacher=m["teacher"],
                        pixel_range=pixel_range(m["teacher"]))
     run = Path(cfg.out)
-    rec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    rec.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)
-    old = check_resume(run, rec, RUN_FIELDS)
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    record.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)
+    old = open_run(run, record, RUN_FIELDS)
     if old is not None and old.get("cond_dim", 0) != cond_dim:
         raise ValueError(f"cannot resume {run}: its text adapter gives cond_dim {old.get('cond_dim', 0)}, asked "
                          f"{cond_dim}. Use another --out folder, or the same --cond-dim to continue it.")
-    run.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = store.indices("train"), store.indices("val")
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training records")
@@ -173,98 +180,19 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     if old is not None and (run / WEIGHTS_NAME).is_file():
         u = OUNet.load(run, dev)
         state = resume_state(run, u.meta)
-        rec["out_scale"] = old["out_scale"]
+        record["out_scale"] = old["out_scale"]
         print(f"resuming {run} at tick {state['tick']} ({state['time'] / 60:.1f} min trained, held-out eps error "
               f"{state['best']['rel_err']:.4f})", file=log_to)
     elif old is not None:
-        rec["out_scale"] = old["out_scale"]
+        record["out_scale"] = old["out_scale"]
     else:
         pick = np.sort(rng_eval.choice(train_idx, min(256, len(train_idx)), replace=False))
-        # tanh readout: leave headroom above the largest teacher eps seen, rounded up to 0.5
-        rec["out_scale"] = math.ceil(1.2 * float(np.abs(store.eps[pick]).max()) * 2) / 2
-    atomic_json(run / "config.json", rec)
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] \
-        if old is not None and (run / "log.jsonl").is_file() else []
-    if old is None:
-        (run / "log.jsonl").unlink(missing_ok=True)
-    rng = np.random.default_rng([cfg.seed, state["tick"]])  # a resumed run draws new rows
-    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
-    if budget is None and cfg.ticks is None:
-        print("no --max-minutes or --ticks: training until Ctrl-C", file=log_to)
+        record["out_scale"] = out_scale_for(np.abs(store.eps[pick]).max())
+    log = read_log(run, old)
+    write_record(run, record, old)
     adapter = u.adapter if u is not None else None
     if cond_dim and adapter is None:  # from the prompts' embeddings alone: PCA, no targets
         adapter = TextAdapter.from_embeddings(store.cond_table, cond_dim, m["cond_shape"]).to(dev)
+    job = DenoiserJob(cfg, ucfg, schedule, store, train_idx, eval_idx, adapter, run, dev)
+    return run_ticks(cfg, job, run, record, state, u, log, t_wall, log_to)
 
-    def save(status: str) -> None:
-        if u is None:
-            return
-        state["status"] = status
-        u.meta = {"training_run": str(run), "run": rec, "tick": state["tick"],
-                  "minutes": round(state["time"] / 60, 3), **(state["best"] or {})}
-        u.save(run / WEIGHTS_NAME)
-        atomic_json(run / "state.json", state)
-
-    ticks_done = 0
-    try:
-        while True:
-            left = None if budget is None else budget - (time.perf_counter() - t_wall)
-            grow = growing(None if u is None else u.module, cfg.hidden)
-            want = cfg.first_tick_seconds if grow and cfg.first_tick_seconds else cfg.tick_seconds
-            if (left is not None and left < max(1.0, 0.2 * want)) or (cfg.ticks is not None and ticks_done >= cfg.ticks):
-                state["status"] = "done"
-                break
-            tick_s = want if left is None else min(want, left)
-            t0 = time.perf_counter()
-            x, y = draw_rows(ucfg, schedule, store, train_idx, cfg.max_rows, rng, dev, adapter)  # (N, in), (N, C)
-            adapter_tick = adapter is not None and cfg.adapter_every and (state["tick"] + 1) % cfg.adapter_every == 0
-            t_data = time.perf_counter() - t0
-            module, interrupted = fit_tick(
-                x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population, out_scale=rec["out_scale"],
-                max_seconds=max(0.5, (0.75 if adapter_tick else 1) * tick_s - t_data), generations=cfg.generations,
-                batch_size=cfg.batch_size, device=dev, seed=cfg.seed + state["tick"], progress=cfg.progress,
-                init=None if u is None else u.module, units_per_round=DENOISER_UNITS_PER_ROUND,
-                subspace=ola.Subspace(deflate=cfg.deflate))
-            del x, y
-            cand = OUNet(ucfg, module, schedule, adapter=adapter)
-            ad_summary = None
-            if adapter_tick and not interrupted:  # the stack frozen, the adapter searched by the stack's eps error
-                pick = np.sort(rng.choice(train_idx, min(len(train_idx), 128), replace=False))
-                new_adapter, ad_summary = evolve_adapter(
-                    cand, store, pick, strategy=cfg.strategy, population=16, generations=cfg.generations,
-                    max_seconds=max(0.5, 0.25 * tick_s), max_rows=min(cfg.max_rows, 20_000),
-                    seed=cfg.seed + state["tick"])
-                cand = OUNet(ucfg, module, schedule, adapter=new_adapter)
-            scores = heldout_score(cand, store, eval_idx)
-            kept = keeps(module, None if u is None else u.module, scores["heldout_mse"], state["best"])
-            if kept:
-                u, state["best"] = cand, scores
-                adapter = u.adapter
-            state["tick"] += 1
-            ticks_done += 1
-            state["time"] += time.perf_counter() - t0
-            ts = module.training_summary
-            line = {"tick": state["tick"], "time": round(state["time"], 3),
-                    "rows": ts.get("n_train", 0) + ts.get("n_val", 0), "data_seconds": round(t_data, 3),
-                    "fit_seconds": ts.get("seconds"), "generations": ts.get("generations"),
-                    "fit_val_mse": ts.get("val_mse"), **scores, "kept": kept,
-                    "best_heldout_mse": state["best"]["heldout_mse"], "curve": ts.get("curve", []),
-                    **({"adapter": ad_summary} if ad_summary else {})}
-            log.append(line)
-            with open(run / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            training_plot(run, log, [("rel_err", "eps MSE / teacher eps power", True)])
-            print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | held-out eps "
-                  f"MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
-                  f"{'' if kept else ' (worse: kept previous)'}", file=log_to, flush=True)
-            if interrupted:
-                raise KeyboardInterrupt
-            save("running")
-    except KeyboardInterrupt:
-        state["status"] = "interrupted"
-        print("interrupted: saving the last kept O-UNet", file=log_to)
-    save(state["status"])
-    result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
-              **(state["best"] or {}), "parameters": None if u is None else u.num_parameters()}
-    if u is not None:
-        print(f"{state['status']}: {run / WEIGHTS_NAME} ({result['parameters']:,} parameters)", file=log_to)
-    return result

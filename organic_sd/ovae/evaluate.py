@@ -1,10 +1,11 @@
-"""Evaluation: image metrics, `osd eval latents`, `osd eval pipeline`, `osd reconstruct` and `osd demo`.
+"""`osd eval pipeline` and `osd reconstruct`: the O-VAE (and a teacher) on images, with pictures and a report.
 
-Metrics between two images in [-1, 1] (the package boundary):
+Measures (organic_sd.metrics.pixels) between two images in [-1, 1] (the package boundary):
     l2      mean squared error on [-1, 1] (the research's "L2")
     cosine  cosine between the two images flattened to vectors
-    psnr    10 log10(1 / MSE) on [0, 1], over all pixels
+    psnr    10 log10(1 / MSE) on [0, 1], over all pixels of the image
     ssim    gaussian-window SSIM (11 x 11, sigma 1.5, valid positions) on [0, 1], mean over channels
+Report means are means over images of these per-image values.
 """
 
 from __future__ import annotations
@@ -18,81 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PANEL_GAP = 4  # pixels between pictures in side_by_side.png
+from organic_sd.metrics.pixels import cosine_rows, image_metrics
+from organic_sd.ovae.pictures import side_by_side, to_pil
 
-
-# -- metrics ---------------------------------------------------------------------------------
-
-def psnr(mse_pm1: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB on [0, 1] from an MSE measured on [-1, 1] (the range is twice as wide: MSE / 4)."""
-    return 10.0 * torch.log10(4.0 / torch.as_tensor(mse_pm1, dtype=torch.float64).clamp_min(1e-12))
-
-
-def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine between matching rows of a, b (N, D) -> (N,)."""
-    return F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)
-
-
-def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-t.square() / (2 * sigma ** 2))
-    return g / g.sum()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM of images a, b (B, C, H, W) in [-1, 1] -> (B,), computed on [0, 1] (Wang et al. 2004 constants)."""
-    if a.shape != b.shape:
-        raise ValueError(f"ssim: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    x, y = (a.double() + 1) / 2, (b.double() + 1) / 2
-    C = x.shape[1]
-    size = min(11, x.shape[-1], x.shape[-2])
-    g = _gauss(size).to(x.device)
-    win = (g[:, None] * g[None, :]).expand(C, 1, size, size)  # (C, 1, k, k) depthwise
-    blur = lambda t: F.conv2d(t, win, groups=C)  # noqa: E731  ("valid": no padding artefacts at borders)
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
-    return s.mean(dim=(1, 2, 3))
-
-
-def image_metrics(pred: torch.Tensor, ref: torch.Tensor) -> dict:
-    """l2, cosine, psnr, ssim of one image pair (1, 3, H, W) in [-1, 1]."""
-    p, r = pred.double().cpu(), ref.double().cpu()
-    mse = float((p - r).square().mean())
-    return {"l2": mse, "cosine": float(cosine_rows(p.flatten()[None], r.flatten()[None])[0]),
-            "psnr": float(psnr(torch.tensor(mse))), "ssim": float(ssim(p, r)[0])}
-
-
-# -- pictures --------------------------------------------------------------------------------
-
-def to_pil(x: torch.Tensor):
-    """(1, 3, H, W) or (3, H, W) in [-1, 1] -> RGB PIL image."""
-    from PIL import Image
-
-    a = x.reshape(-1, *x.shape[-2:]).detach().float().cpu().clamp(-1, 1)
-    a = ((a + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(np.ascontiguousarray(a), "RGB")
-
-
-def side_by_side(panels: list[tuple[str, torch.Tensor]]):
-    """Pictures in a row, each with its label above it."""
-    from PIL import Image, ImageDraw
-
-    ims = [(label, to_pil(x)) for label, x in panels]
-    H = max(im.height for _, im in ims)
-    W = sum(im.width for _, im in ims) + PANEL_GAP * (len(ims) - 1)
-    out = Image.new("RGB", (W, H + 14), (255, 255, 255))
-    draw = ImageDraw.Draw(out)
-    x0 = 0
-    for label, im in ims:
-        out.paste(im, (x0, 14))
-        draw.text((x0 + 2, 1), label, fill=(0, 0, 0))
-        x0 += im.width + PANEL_GAP
-    return out
-
-
-# -- osd eval pipeline / reconstruct / demo --------------------------------------------------
 
 def _frames(specs: list[str]):
     """(name, PIL image) for every image of the specs (files, folders, sample:... sources)."""
@@ -130,9 +59,9 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
                      "measures it outside its training distribution")
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    rows = []
+    per_image = []
     for name, im in _frames(specs):
-        if max_images is not None and len(rows) >= max_images:
+        if max_images is not None and len(per_image) >= max_images:
             break
         try:
             x = torch.from_numpy(preprocess(im, S))[None].to(dev)  # (1, 3, S, S) in [-1, 1]
@@ -141,7 +70,7 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
             continue
         d = out / name
         d.mkdir(exist_ok=True)
-        rec = {"image": name}
+        scores = {"image": name}
         panels = [("original", x)]
         to_pil(x).save(d / "orig.png")
         if teacher is not None:
@@ -150,40 +79,40 @@ def pipeline(specs: list[str], v, out: str | os.PathLike, teacher=None, size: in
                 xt = teacher.decode(zt).float().clamp(-1, 1).to(dev)
             zt = zt.to(dev)
             to_pil(xt).save(d / "teacher_recon.png")
-            rec["teacher_vs_orig"] = image_metrics(xt, x)
-            panels.append((f"teacher {rec['teacher_vs_orig']['psnr']:.1f} dB", xt))
+            scores["teacher_vs_orig"] = image_metrics(xt, x)
+            panels.append((f"teacher {scores['teacher_vs_orig']['psnr']:.1f} dB", xt))
         if v.encoder is not None and v.decoder is not None:
             zo = v.encode(x)
             xo = v.decode(zo)
             to_pil(xo).save(d / "o_recon.png")
-            rec["ovae_vs_orig"] = image_metrics(xo, x)
-            panels.append((f"O-VAE {rec['ovae_vs_orig']['psnr']:.1f} dB", xo))
+            scores["ovae_vs_orig"] = image_metrics(xo, x)
+            panels.append((f"O-VAE {scores['ovae_vs_orig']['psnr']:.1f} dB", xo))
             if teacher is not None:
                 zr = zt if zo.shape == zt.shape else F.adaptive_avg_pool2d(zt, zo.shape[-2:])  # global: pooled
                 a, b = zo.permute(0, 2, 3, 1).flatten(0, 2), zr.permute(0, 2, 3, 1).flatten(0, 2)
-                rec["latent_cosine"] = float(cosine_rows(a, b).mean())
-                rec["latent_l2"] = float((a - b).double().square().mean())
+                scores["latent_cosine"] = float(cosine_rows(a, b).mean())
+                scores["latent_l2"] = float((a - b).double().square().mean())
                 if zo.shape == zt.shape:
                     # what an SD pipeline's own VAE decoder makes of the O-Encoder's latents: cosine weighs every
                     # latent error alike, this weighs them as the teacher's decoder does
                     with torch.inference_mode():
                         xe = teacher.decode(zo.to(teacher.device)).float().clamp(-1, 1).to(dev)
                     to_pil(xe).save(d / "teacher_decode_of_o_latents.png")
-                    rec["tdec_oenc_vs_orig"] = image_metrics(xe, x)
-                    panels.append((f"teacher dec(O-Enc z) {rec['tdec_oenc_vs_orig']['psnr']:.1f} dB", xe))
+                    scores["tdec_oenc_vs_orig"] = image_metrics(xe, x)
+                    panels.append((f"teacher dec(O-Enc z) {scores['tdec_oenc_vs_orig']['psnr']:.1f} dB", xe))
         if teacher is not None and v.decoder is not None:
             xd = v.decode(zt)
             to_pil(xd).save(d / "o_decoder_on_teacher_latents.png")
-            rec["odec_vs_teacher"] = image_metrics(xd, xt)
-            rec["odec_vs_orig"] = image_metrics(xd, x)
-            panels.append((f"O-Dec(teacher z) {rec['odec_vs_teacher']['psnr']:.1f} dB vs teacher", xd))
+            scores["odec_vs_teacher"] = image_metrics(xd, xt)
+            scores["odec_vs_orig"] = image_metrics(xd, x)
+            panels.append((f"O-Dec(teacher z) {scores['odec_vs_teacher']['psnr']:.1f} dB vs teacher", xd))
         side_by_side(panels).save(d / "side_by_side.png")
-        rows.append(rec)
-    if not rows:
+        per_image.append(scores)
+    if not per_image:
         raise ValueError(f"no usable images in {specs} at size {S}")
     report = {"size": S, "ovae": {k: v.meta[k] for k in ("teacher", "parameters")},
               "teacher": None if teacher is None else teacher.id, "notes": notes,
-              "mean": _means(rows), "images": rows}
+              "mean": _means(per_image), "images": per_image}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(_markdown(report))
     return report
@@ -243,120 +172,6 @@ def reconstruct(image: str, v, out: str | os.PathLike | None = None, size: int |
     out.parent.mkdir(parents=True, exist_ok=True)
     to_pil(y).save(out)
     return out, image_metrics(y, x)
-
-
-# -- osd eval latents ------------------------------------------------------------------------
-
-def latents(v, store_path: str | os.PathLike, out: str | os.PathLike | None = None, split: str = "val",
-            max_images: int | None = None) -> dict:
-    """O-Encoder latents vs the store's teacher latents: L2, mean cosine, per-channel R², a histogram plot."""
-    from organic_sd.data import Store
-
-    if v.encoder is None:
-        raise ValueError("this O-VAE has no encoder to evaluate")
-    store = Store.open(store_path)
-    enc = v.encoder.config
-    if store.meta["teacher"] != enc.teacher:
-        raise ValueError(f"the store holds teacher {store.meta['teacher']!r} latents but the O-Encoder clones "
-                         f"{enc.teacher!r}")
-    idx = store.indices(split)[:max_images]
-    if len(idx) == 0:
-        raise ValueError(f"store {store.path} has no {split!r} samples")
-    preds, refs = [], []
-    for i in range(0, len(idx), 16):
-        x = torch.from_numpy(store.images[idx[i:i + 16]]).to(v.device)
-        z = torch.from_numpy(store.latents[idx[i:i + 16]])
-        if enc.mode == "global":
-            z = F.adaptive_avg_pool2d(z, enc.grid)
-        preds.append(v.encode(x).cpu().permute(0, 2, 3, 1).flatten(0, 2))  # (n*h*w, C)
-        refs.append(z.permute(0, 2, 3, 1).flatten(0, 2))
-    p, r = torch.cat(preds).double(), torch.cat(refs).double()
-    cos = cosine_rows(p, r)
-    r2 = 1 - (p - r).square().sum(0) / (r - r.mean(0)).square().sum(0).clamp_min(1e-12)  # (C,)
-    res = {"store": str(store.path), "split": split, "images": len(idx), "positions": int(p.shape[0]),
-           "l2": float((p - r).square().mean()), "cosine": float(cos.mean()), "cosine_median": float(cos.median()),
-           "r2_mean": float(r2.mean()), "r2_per_channel": [round(float(t), 4) for t in r2]}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "latents.json").write_text(json.dumps(res, indent=1))
-        _latent_plot(out / "latents.png", p, r, cos, r2)
-    return res
-
-
-def _latent_plot(path: Path, p, r, cos, r2) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed (pip install organic-sd[plots]): no histogram written", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
-    lim = float(r.abs().max())
-    bins = np.linspace(-lim, lim, 80)
-    ax[0].hist(r.flatten().numpy(), bins, alpha=0.6, label="teacher", density=True)
-    ax[0].hist(p.flatten().numpy(), bins, alpha=0.6, label="O-Encoder", density=True)
-    ax[0].set(title="latent values", xlabel="value"), ax[0].legend()
-    ax[1].hist(cos.numpy(), np.linspace(-1, 1, 81))
-    ax[1].set(title=f"cosine per position (mean {float(cos.mean()):.3f})", xlabel="cosine")
-    ax[2].bar(np.arange(len(r2)), r2.numpy())
-    ax[2].set(title="R² per latent channel", xlabel="channel", ylim=(min(0.0, float(r2.min())), 1))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def demo(out: str | os.PathLike, teacher_spec: str | None = None, seconds: float = 20.0, device: str = "cpu",
-         images: int = 6, size: int = 128) -> dict:
-    """No teacher: evaluate the shipped O-VAE on scikit-image's photos. With one: precompute, train, export, eval."""
-    from organic_sd.ovae.model import OVAE
-
-    out = Path(out)
-    photos = ["sample:skimage"]
-    if teacher_spec is None:
-        v = OVAE.load(device=device)
-        print(f"shipped O-VAE: clones {v.meta['teacher']}, {v.num_parameters():,} parameters")
-        rep = pipeline(photos, v, out, max_images=images)
-        return rep
-    from organic_sd.data import precompute
-    from organic_sd.ovae.train import TrainConfig, train
-    from organic_sd.teachers import load_teacher
-
-    teacher = load_teacher(teacher_spec, device=device)
-    store = out / "store"
-    # train on frames of the sample videos, evaluate on the sample photos: never the same pictures
-    print(f"1/4 precompute: sample videos through {teacher.id} into {store}")
-    precompute(["sample:videos"], teacher, store, size=size, stride=10, max_frames=16, val_fraction=0.2)
-    print(f"2/4 train the O-Encoder ({seconds:.0f} s)")
-    enc = train(TrainConfig("encoder", str(store), str(out / "encoder"), max_minutes=seconds / 60,
-                            tick_seconds=seconds / 2, max_rows=50_000, device=device))
-    print(f"3/4 train the O-Decoder ({seconds:.0f} s)")
-    dec = train(TrainConfig("decoder", str(store), str(out / "decoder"), max_minutes=seconds / 60,
-                            tick_seconds=seconds / 2, max_rows=50_000, device=device))
-    v = export(out / "encoder", out / "decoder", out / "ovae.safetensors")
-    print(f"4/4 evaluate {out / 'ovae.safetensors'} on the sample photos (never trained on)")
-    rep = pipeline(photos, v, out / "eval", teacher=teacher, size=size, max_images=images)
-    rep["training"] = {"encoder": enc, "decoder": dec}
-    return rep
-
-
-def export(encoder_run, decoder_run, out):
-    """Bundle the encoder of one run and the decoder of another into one O-VAE file."""
-    from organic_sd.ovae.model import OVAE, read_parts
-
-    enc = read_parts(encoder_run)["encoder"]
-    dec = read_parts(decoder_run)["decoder"]
-    if enc is None:
-        raise ValueError(f"{encoder_run} holds no encoder")
-    if dec is None:
-        raise ValueError(f"{decoder_run} holds no decoder")
-    if enc.config.teacher != dec.config.teacher:
-        raise ValueError(f"encoder clones {enc.config.teacher!r} but decoder {dec.config.teacher!r}")
-    v = OVAE(enc, dec, meta={"encoder_run": str(encoder_run), "decoder_run": str(decoder_run)})
-    v.save(out)
-    return v
 
 
 def print_report(rep: dict, out) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from organic_sd.teachers.common import TeacherError, load_exact, read_weights, state_digest
-from organic_sd.teachers.denoiser import check_eps_inputs
+from organic_sd.teachers.denoiser_base import check_eps_inputs
 
 T = 1000  # training steps; the schedule tables have T + 1 entries (steps 0..T)
 SHAPE = (1, 28, 28)

@@ -1,105 +1,20 @@
-"""Denoiser teachers (SPEC §6): `load_denoiser(spec)` gives eps(x_t, t, cond) plus its noise schedule.
-
-A step t indexes `alphas_cumprod`: x_t = sqrt(ab[t]) x_0 + sqrt(1 - ab[t]) eps. Here also the
-deterministic DDIM sampler shared by precompute, generation and evaluation.
-"""
+"""Denoiser teachers: `load_denoiser(spec)` gives eps(x_t, t, cond) plus its noise schedule (the protocol:
+teachers/denoiser_base.py; the sampler: teachers/ddim.py)."""
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
 
 import torch
 
 from organic_sd.teachers.common import WEIGHT_SUFFIXES, TeacherError, read_weights, resolve_device
+# names callers found here before the protocol and the sampler had files of their own
+from organic_sd.teachers.ddim import ddim_sample, ddim_step, ddim_timesteps  # noqa: F401
+from organic_sd.teachers.denoiser_base import Denoiser, check_eps_inputs  # noqa: F401
 
 _MNIST = re.compile(r"^ddpm-mnist(?::(.*))?$", re.S)
-
-
-class Denoiser(Protocol):
-    """A denoiser teacher. x_t is (B, *sample_shape) in the teacher's own units (pixels or scaled latents)."""
-
-    id: str  # stable identifier, recorded in store meta and checkpoints
-    device: torch.device
-    alphas_cumprod: torch.Tensor  # (T,) float64 on the CPU; valid steps are 0..T-1
-    sample_shape: tuple[int, int, int]  # (C, H, W)
-    cond_shape: tuple[int, ...] | None  # (L, D) of encode_text per prompt; None: unconditional
-
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) x_t, (B,) integer steps, cond (B, L, D) or None -> (B, C, H, W) predicted noise."""
-        ...
-
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """P prompts -> (P, L, D) conditioning; a TeacherError for teachers without a text encoder."""
-        ...
-
-
-def check_eps_inputs(x_t, t, sample_shape: Sequence[int], num_steps: int) -> torch.Tensor:
-    """Raise a ValueError naming the problem unless x_t is (B, *sample_shape) float and t fits; -> (B,) int64 t."""
-    if not isinstance(x_t, torch.Tensor):
-        raise ValueError(f"x_t must be a torch.Tensor (B, {', '.join(map(str, sample_shape))}), "
-                         f"got {type(x_t).__name__}")
-    if x_t.ndim != 1 + len(sample_shape) or tuple(x_t.shape[1:]) != tuple(sample_shape):
-        raise ValueError(f"x_t must have shape (B, {', '.join(map(str, sample_shape))}), got {tuple(x_t.shape)}")
-    if not x_t.is_floating_point():
-        raise ValueError(f"x_t must be float, got dtype {x_t.dtype}")
-    B = x_t.shape[0]
-    tt = torch.as_tensor(t)
-    if tt.is_floating_point() or tt.is_complex():
-        if not torch.equal(tt, tt.round()):
-            raise ValueError(f"t must hold integer steps 0..{num_steps - 1}, got non-integer values")
-    tt = tt.to(torch.int64)
-    if tt.ndim == 0:
-        tt = tt.expand(B)
-    if tuple(tt.shape) != (B,):
-        raise ValueError(f"t must have shape ({B},) (one step per sample) or be a scalar, got {tuple(tt.shape)}")
-    if B and (int(tt.min()) < 0 or int(tt.max()) >= num_steps):
-        raise ValueError(f"t must be in 0..{num_steps - 1}, got values in {int(tt.min())}..{int(tt.max())}")
-    return tt
-
-
-# ---- DDIM (eta = 0): deterministic given the starting noise
-
-
-def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
-    """`steps` integer steps from the top of a schedule of `num_steps` entries down (the last one > 0)."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    top = num_steps - 1
-    if steps > top:
-        raise ValueError(f"steps must be <= {top} for a schedule of {num_steps} entries, got {steps}")
-    return [int(round(top * (steps - k) / steps)) for k in range(steps)]  # e.g. 1000, 980, ..., 20
-
-
-def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_next: float) -> torch.Tensor:
-    """One eta = 0 DDIM step from alpha-bar ab_t to ab_next (1.0: the clean estimate x_0)."""
-    x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-    return math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
-
-
-def ddim_sample(denoiser, noise: torch.Tensor, steps: int, cond: torch.Tensor | None = None,
-                on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
-    """(B, C, H, W) noise -> (B, C, H, W) samples in `steps` DDIM steps of `denoiser` (anything with eps()).
-
-    `on_step(k, t, x_t, eps)` sees every step's input and the teacher's eps (for recording).
-    """
-    ab = denoiser.alphas_cumprod
-    ts = ddim_timesteps(len(ab), steps)
-    x = noise.to(denoiser.device, torch.float32)
-    B = x.shape[0]
-    for k, t in enumerate(ts):
-        e = denoiser.eps(x, torch.full((B,), t, dtype=torch.int64), cond)
-        if on_step is not None:
-            on_step(k, t, x, e)
-        ab_next = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
-        x = ddim_step(x, e, float(ab[t]), ab_next)
-    return x
-
-
-# ---- loading
 
 
 def load_denoiser(spec: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from organic_sd.teachers.common import TeacherError
-from organic_sd.teachers.denoiser import check_eps_inputs
+from organic_sd.teachers.denoiser_base import check_eps_inputs
 from organic_sd.teachers import hub
 from organic_sd.teachers.diffusers_vae import _diffusers, _low_cpu_mem_usage, read_config
 

@@ -1,15 +1,15 @@
-"""Search strategies over a population of rows, in evosax's init/ask/tell style.
+"""Search strategies over a population of rows, in evosax's init/ask/tell style (the contract: base.Strategy).
 
 A strategy never sees data: `ask(state) -> theta (P, R, d)` proposes candidates,
 the trainer measures their loss `(P, R)`, and `tell(state, theta, loss)` returns the new
 state and a dict of metrics (0-d tensors, read only when shown, so the GPU is not
 synchronised every generation). `candidates(state) -> (K, R, d)` are what the trainer scores
-on held-out data to pick the module it exports. `per_row` says whether selection acts on
-each row (output neuron) on its own, or on whole genomes.
+on held-out data to pick the module it exports.
 """
 
 from __future__ import annotations
 
+from organic_sd.ola.strategies.base import Strategy
 from organic_sd.ola.strategies.snes import SNES
 from organic_sd.ola.strategies.trust import Trust
 
@@ -33,4 +33,4 @@ def make_strategy(name: str, population: int):
     return STRATEGIES[name](population)
 
 
-__all__ = ["STRATEGIES", "AUTO", "make_strategy", "SNES", "Trust"]
+__all__ = ["STRATEGIES", "AUTO", "make_strategy", "Strategy", "SNES", "Trust"]

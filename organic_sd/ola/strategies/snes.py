@@ -28,6 +28,7 @@ class SNES:
     """Per-row SNES; `lr_sigma=None` takes the textbook (3 + ln d) / (5 sqrt d)."""
 
     per_row = True
+    splittable = True  # ask draws the noise of every row and keeps its shard's rows
     shard = None  # a RowShard when this process searches only some rows (organic_sd.ola.distributed)
 
     def __init__(self, population: int, lr_mean: float = 1.0, lr_sigma: float | None = None):

@@ -34,6 +34,9 @@ class TrustState:
 class Trust:
     """The trust strategy; every constant of the rule is a constructor argument."""
 
+    splittable = False  # whole-genome selection and replacement draws need every row in one process
+    shard = None
+
     def __init__(self, population: int, per_row: bool = False, up: float = 0.01, down: float = 0.005,
                  epsilon: float = 1e-6, trust_init: float = 0.1, mutate_below: float = 0.1,
                  elite_fraction: float = 0.25, mutation: float = 0.1):
@@ -92,6 +95,10 @@ class Trust:
         new_prev = torch.where(replace_mask, loss.gather(0, parent), loss)
         new = replace(state, theta=new_theta, trust=new_trust, prev_loss=new_prev, generation=state.generation + 1)
         return new, {"trust_best": trust.max(), "replaced": replace_mask.float().mean()}  # tensors: no sync
+
+    def fall_back(self, state: TrustState, rows: torch.Tensor, best: torch.Tensor) -> TrustState:
+        """Unchanged: the lowest-loss genome is never replaced, so the population cannot drift from it."""
+        return state
 
     def candidates(self, state: TrustState) -> torch.Tensor:
         """All genomes, (P, R, d): the trainer picks by held-out loss, not by trust."""

@@ -1,0 +1,69 @@
+"""Pixel measures between images (or latents): PSNR, SSIM, cosine.
+
+    psnr_of_mse   PSNR in dB of one MSE, for a value range (2 wide for [-1, 1], 1 for [0, 1]); pooled:
+                  the MSE is over every pixel of every image
+    pooled_psnr   psnr_of_mse of the MSE over all pixels of two image sets
+    ssim          gaussian-window SSIM (11 x 11, sigma 1.5, valid positions) on [0, 1], mean over channels
+    cosine_rows   cosine between matching rows
+    image_metrics l2, cosine, psnr, ssim of one image pair in [-1, 1] (the package boundary)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+MSE_FLOOR = 1e-12  # identical images: PSNR 10 log10(width^2 / 1e-12), finite for json and tables
+
+
+def psnr_of_mse(mse: float, width: float = 2.0) -> float:
+    """PSNR in dB of an MSE measured on a range `width` wide: on [0, 1] from an MSE on [-1, 1] by default."""
+    return 10.0 * math.log10(width ** 2 / max(float(mse), MSE_FLOOR))
+
+
+def pooled_psnr(a: torch.Tensor, b: torch.Tensor, width: float = 2.0) -> float:
+    """PSNR in dB of the MSE over every pixel of two image sets (not the mean of per-image PSNRs)."""
+    return psnr_of_mse(float((a.double() - b.double()).square().mean()), width)
+
+
+def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine between matching rows of a, b (N, D) -> (N,)."""
+    return F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)
+
+
+def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-t.square() / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """SSIM of images a, b (B, C, H, W) in [-1, 1] -> (B,), computed on [0, 1] (Wang et al. 2004 constants)."""
+    if a.shape != b.shape:
+        raise ValueError(f"ssim: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    x, y = (a.double() + 1) / 2, (b.double() + 1) / 2
+    C = x.shape[1]
+    size = min(11, x.shape[-1], x.shape[-2])
+    g = _gauss(size).to(x.device)
+    win = (g[:, None] * g[None, :]).expand(C, 1, size, size)  # (C, 1, k, k) depthwise
+    blur = lambda t: F.conv2d(t, win, groups=C)  # noqa: E731  ("valid": no padding artefacts at borders)
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def image_metrics(pred: torch.Tensor, ref: torch.Tensor) -> dict:
+    """l2 (MSE on [-1, 1]), cosine, psnr, ssim of one image pair (1, 3, H, W) in [-1, 1]."""
+    p, r = pred.double().cpu(), ref.double().cpu()
+    mse = float((p - r).square().mean())
+    return {"l2": mse, "cosine": float(cosine_rows(p.flatten()[None], r.flatten()[None])[0]),
+            "psnr": psnr_of_mse(mse), "ssim": float(ssim(p, r)[0])}
+
+
+def mean_image_psnr(pred: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean over images of each image's PSNR (B, C, H, W) in [-1, 1]; not the pooled_psnr of the set."""
+    return sum(psnr_of_mse(float((p.double() - r.double()).square().mean())) for p, r in zip(pred, ref)) / len(ref)

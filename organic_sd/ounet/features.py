@@ -1,0 +1,134 @@
+"""The O-UNet's per-pixel inputs: its config (which inputs, how many columns) and the functions building them.
+
+For every pixel the stack sees:
+    window   the noisy image k x k around it, zero padded             C * k * k
+    time     sqrt(ab[t]), sqrt(1 - ab[t]), sin/cos(pi 2^j t / T)      2 + 2 * freqs
+    global   the whole noisy image average-pooled to g x g            C * g * g
+    position the pixel's (row, column) scaled to [-1, 1]              2
+    modulated  the inner m x m window and the global context, each times  2 * C * (m * m + g * g)
+             sqrt(ab[t]) and sqrt(1 - ab[t]) (m = 0: none)
+    gained   the inner n x n window over the noise level sqrt(1 - ab[t] + s0^2)    C * n * n
+    coarse   x_t average-pooled by s, the 3 x 3 pooled cells around the pixel,   3 * C * 9
+             as they are and times sqrt(ab[t]), sqrt(1 - ab[t]) (s = 0: none)
+    cond     the conditioning vector, when the teacher has one        cond_dim
+             (the text adapter's output, ounet/adapter.py: u's cond argument is the teacher's text embedding)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+GAIN_FLOOR = 0.05  # s0 of the gained window: 1 / sigma is capped at 20
+
+
+@dataclass
+class OUNetConfig:
+    """The shape of an O-UNet's inputs; with the stack's own config it rebuilds the model."""
+
+    sample_shape: tuple[int, int, int]  # (C, H, W) of the teacher's x_t
+    num_steps: int  # T: valid t are 0..T-1
+    window: int = 7
+    grid: int = 4
+    freqs: int = 4
+    modulate: int = 0  # m: side of the inner window whose products with the noise level are inputs (0: none)
+    gain: int = 0  # n: side of the inner window divided by the noise level, the 1/sigma eps needs (0: none)
+    coarse: int = 0  # s: pooling factor of the coarse 3 x 3 neighbourhood (0: none); divides H and W
+    cond_dim: int = 0
+    head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
+    teacher: str = ""
+    pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
+
+    def __post_init__(self):
+        self.sample_shape = tuple(int(s) for s in self.sample_shape)
+        self.pixel_range = tuple(float(v) for v in self.pixel_range)
+        if len(self.sample_shape) != 3:
+            raise ValueError(f"sample_shape must be (C, H, W), got {self.sample_shape}")
+        if self.window < 1 or self.window % 2 == 0:
+            raise ValueError(f"window must be odd and positive, got {self.window}")
+        for name in ("modulate", "gain"):
+            m = getattr(self, name)
+            if m < 0 or m > self.window or (m and m % 2 == 0):
+                raise ValueError(f"{name} must be 0 or odd and <= window ({self.window}), got {m}")
+        if self.coarse < 0 or (self.coarse and (self.sample_shape[1] % self.coarse or self.sample_shape[2] % self.coarse)):
+            raise ValueError(f"coarse must be 0 or divide the sample's height and width {self.sample_shape[1:]}, "
+                             f"got {self.coarse}")
+        if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
+            raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
+
+    @property
+    def in_dim(self) -> int:
+        C = self.sample_shape[0]
+        mod = 2 * C * (self.modulate ** 2 + self.grid ** 2) if self.modulate else 0
+        return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + C * self.gain ** 2 \
+            + (27 * C if self.coarse else 0) \
+            + self.cond_dim
+
+    def centre_index(self, channel: int = 0) -> int:
+        """Input column holding x_t itself at the pixel, for `channel`."""
+        k = self.window
+        return channel * k * k + (k // 2) * k + k // 2
+
+
+def image_inputs(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+    """The inputs shared by every pixel of an image, and the positions: ab (B,), time (B, 2 + 2F),
+    global context (B, C g g), pixel positions (HW, 2) in [-1, 1]. Used by `features` and ounet/fast.py."""
+    H, W = x_t.shape[2:]
+    ab = schedule.to(x_t.device, torch.float64)[t].float()  # (B,)
+    tau = t.to(x_t.device, torch.float32) / (cfg.num_steps - 1)  # (B,) in [0, 1]
+    freqs = math.pi * 2.0 ** torch.arange(cfg.freqs, device=x_t.device, dtype=torch.float32)  # (F,)
+    ang = tau[:, None] * freqs  # (B, F)
+    tf = torch.cat([ab.sqrt()[:, None], (1 - ab).sqrt()[:, None], ang.sin(), ang.cos()], 1)  # (B, 2 + 2F)
+    glob = F.adaptive_avg_pool2d(x_t, cfg.grid).flatten(1)  # (B, C g g)
+    ry = torch.linspace(-1, 1, H, device=x_t.device)
+    rx = torch.linspace(-1, 1, W, device=x_t.device)
+    pos = torch.stack(torch.meshgrid(ry, rx, indexing="ij"), -1).reshape(H * W, 2)  # (HW, 2)
+    return ab, tf, glob, pos
+
+
+def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None -> (B, H * W, in_dim) per-pixel input rows."""
+    B, C, H, W = x_t.shape
+    k = cfg.window
+    win = F.unfold(x_t, k, padding=k // 2).transpose(1, 2)  # (B, HW, C k k), zero padded
+    ab, tf, glob, pos = image_inputs(cfg, schedule, x_t, t)
+    pos = pos[None].expand(B, -1, -1)  # (B, HW, 2)
+    parts = [tf, glob] + ([cond.to(x_t.device, torch.float32).reshape(B, -1)] if cfg.cond_dim else [])
+    per_image = torch.cat(parts, 1)[:, None, :].expand(-1, H * W, -1)  # (B, HW, time + global + cond)
+    n_tg = tf.shape[1] + glob.shape[1]
+    mod = []
+    if cfg.modulate:
+        # a linear readout of x_t alone cannot weigh it by the noise level (the per-timestep linear
+        # clones need one map per t bucket); products with sqrt(ab), sqrt(1 - ab) give it that
+        m, C = cfg.modulate, x_t.shape[1]
+        cut = (k - m) // 2
+        inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + m, cut:cut + m].reshape(B, H * W, C * m * m)
+        local = torch.cat([inner, per_image[..., tf.shape[1]:n_tg]], 2)  # (B, HW, C m m + C g g)
+        mod = [local * ab.sqrt()[:, None, None], local * (1 - ab).sqrt()[:, None, None]]
+    if cfg.gain:
+        # at low noise eps = (x_t - sqrt(ab) x0) / sigma: the window needs a gain of 1 / sigma that no
+        # product above supplies; s0 bounds it at the first steps (sigma ~ 0.01)
+        n, C = cfg.gain, x_t.shape[1]
+        cut = (k - n) // 2
+        inner = win.reshape(B, H * W, C, k, k)[..., cut:cut + n, cut:cut + n].reshape(B, H * W, C * n * n)
+        mod.append(inner / (1 - ab + GAIN_FLOOR ** 2).sqrt()[:, None, None])
+    if cfg.coarse:
+        # what decides the digit at high noise is context beyond the window; the pooled cells around the
+        # pixel give it translation-equivariantly (a global grid would tie it to absolute position)
+        co = coarse_window(x_t, cfg.coarse)  # (B, HW, C 9)
+        mod += [co, co * ab.sqrt()[:, None, None], co * (1 - ab).sqrt()[:, None, None]]
+    return torch.cat([win, per_image[..., :n_tg], pos, *mod, per_image[..., n_tg:]], 2)
+
+
+def coarse_map(x_t: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W): x_t average-pooled by s and repeated back to full size."""
+    return F.avg_pool2d(x_t, s).repeat_interleave(s, 2).repeat_interleave(s, 3)
+
+
+def coarse_window(x_t: torch.Tensor, s: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, HW, C 9): the pooled cells at offsets -s, 0, s around each pixel, zero outside."""
+    return F.unfold(coarse_map(x_t, s), 3, dilation=s, padding=s).transpose(1, 2)

@@ -1,0 +1,98 @@
+"""What `osd train encoder|decoder` takes: TrainConfig (each field is also its --flag), and the fields a resumed
+run must keep. Reading this file needs no torch, so the command line is built from it cheaply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from organic_sd.flags import flag
+
+# fields that define a run: a resume with other values would silently mix two experiments
+# seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
+RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
+              "global_size", "seed", "eval_images")
+ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
+# flags of the decoder alone: the encoder always learns the teacher's latents as they are
+DECODER_ONLY = ("latents", "mix_teacher", "target")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `osd train encoder|decoder` takes (each field but kind is also its --flag); RUN_FIELDS plus the
+    store's teacher must match on resume."""
+
+    kind: str  # "encoder" or "decoder": the subcommand
+    store: str = flag(help="store folder written by `osd precompute`")
+    out: str = flag(help="run folder (created, or resumed if it holds the same run)")
+    mode: str = flag("patch", "patch: per latent position (default); global: whole frame (the research's setup)",
+                     choices=("patch", "global"))
+    window: int = flag(0, "decoder: latent window k (odd, default 3); encoder: pixel window (default 2*f = 16)")
+    hidden: tuple[int, ...] = flag((), "hidden tanh layer widths, e.g. --hidden 64")
+    strategy: str = flag("auto", "search strategy (auto, snes, trust, trust-neuron)")
+    population: int = flag(40, "candidates per row")
+    hessian: int = flag(0, "each hidden unit searches only this many input directions of its own, where one principal "
+                           "direction of the residual bends most (0: every unit searches all); helps short CPU runs, "
+                           "loses on long GPU runs (docs/BENCHMARKS.md)")
+    deflate: bool | None = flag(None, "each hidden unit of a round counts only for what the round's earlier units do "
+                                      "not already make, so a round grows different features instead of near copies "
+                                      "(default: on for the decoder, off for the encoder; docs/BENCHMARKS.md)")
+    units_per_round: int | None = flag(None, "hidden units grown side by side before the readout is re-fitted "
+                                             "(default: 16 for the encoder, whose latents then decode better, 8 for "
+                                             "the decoder; docs/BENCHMARKS.md)")
+    max_minutes: float | None = flag(None, "stop after this many minutes of this call")
+    ticks: int | None = flag(None, "stop after this many ticks of this call")
+    tick_seconds: float = flag(30.0, "search time per tick (one fresh sample)")
+    first_tick_seconds: float | None = flag(None, "search time of the first tick, which grows the hidden units "
+                                                  "(later ticks keep them and refine the readout); default "
+                                                  "--tick-seconds")
+    generations: int | None = flag(None, "search generations per tick (ends a tick early; reproducible runs)")
+    save_minutes: float = flag(0.0, "checkpoint interval (0: every tick)")
+    device: str = flag("cpu", "cpu, cuda, cuda:1 ...")
+    latents: str = flag("teacher", "'teacher' (stored latents), 'oenc:RUN' (an O-Encoder's), or 'mix:RUN' (both, "
+                                   "--mix-teacher sets the share, toward the teacher's decode: a decoder that also "
+                                   "tolerates the O-Encoder's error)")
+    mix_teacher: float = flag(0.5, "with mix:RUN, the share of rows whose inputs are the teacher's latents (default "
+                                   "0.5); more favours the decoder on teacher latents, less the full O-VAE")
+    init: str = flag("", "start a new run from this run's (or O-VAE file's) part: its hidden units and readout. With "
+                         "the same --hidden only the readout is re-fitted, on this run's rows (e.g. units grown on "
+                         "teacher latents, readout on --latents mix:); with more, the units grow on")
+    target: str = flag("", "train toward the teacher's decode (default with teacher latents) or the original image "
+                           "(default with oenc latents)", choices=("decode", "image"))
+    freeze_loss: float | None = flag(None, "stop once held-out MSE is at or below this")
+    max_rows: int = flag(200_000, "patch rows drawn per tick")
+    batch_size: int | None = flag(None, "rows per generation (engine default if unset)")
+    eval_images: int = flag(32, "held-out images scored per tick")
+    pad: str = flag("replicate", "border padding", choices=("replicate", "reflect"))
+    grid: int = flag(1, "global mode: latent pooled to GRID x GRID")
+    retina_dim: int = flag(512, "global encoder: random projection size (0: none)")
+    global_size: int = flag(64, "global decoder: output side before upsampling")
+    seed: int = flag(0, "seed of the rows drawn, the searches, the held-out images and a global encoder's retina")
+    progress: bool = flag(False, "show the search's progress bars")
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind must be 'encoder' or 'decoder', got {self.kind!r}")
+        if self.kind == "encoder" and self.latents != "teacher":
+            raise ValueError("--latents only applies to the decoder (the encoder always learns the teacher's latents)")
+        if self.latents != "teacher" and not self.latents.startswith(("oenc:", "mix:")):
+            raise ValueError(f"--latents must be 'teacher', 'oenc:RUN' or 'mix:RUN', got {self.latents!r}")
+        if not 0.0 < self.mix_teacher < 1.0:
+            raise ValueError(f"--mix-teacher must be between 0 and 1 (exclusive), got {self.mix_teacher}")
+        if self.mix_teacher != 0.5 and not self.latents.startswith("mix:"):
+            raise ValueError("--mix-teacher only applies to --latents mix:RUN")
+        if not self.target:
+            self.target = "image" if self.latents.startswith("oenc:") else "decode"
+        if self.target not in ("decode", "image"):
+            raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
+        if self.deflate is None:
+            self.deflate = self.kind == "decoder"
+        if self.units_per_round is None:
+            from organic_sd.ola import UNITS_PER_ROUND  # here, so that reading the config needs no torch
+
+            self.units_per_round = ENCODER_UNITS_PER_ROUND if self.kind == "encoder" else UNITS_PER_ROUND
+        if self.hessian < 0:
+            raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
+        for name in ("tick_seconds", "max_rows", "eval_images", "population", "units_per_round"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

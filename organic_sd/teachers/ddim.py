@@ -1,0 +1,44 @@
+"""Deterministic DDIM (eta = 0) over anything with eps() and alphas_cumprod: shared by precompute,
+generation and evaluation. The same starting noise gives the same samples."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
+    """`steps` integer steps from the top of a schedule of `num_steps` entries down (the last one > 0)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    top = num_steps - 1
+    if steps > top:
+        raise ValueError(f"steps must be <= {top} for a schedule of {num_steps} entries, got {steps}")
+    return [int(round(top * (steps - k) / steps)) for k in range(steps)]  # e.g. 1000, 980, ..., 20
+
+
+def ddim_step(x_t: torch.Tensor, eps: torch.Tensor, ab_t: float, ab_next: float) -> torch.Tensor:
+    """One eta = 0 DDIM step from alpha-bar ab_t to ab_next (1.0: the clean estimate x_0)."""
+    x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+    return math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
+
+
+def ddim_sample(denoiser, noise: torch.Tensor, steps: int, cond: torch.Tensor | None = None,
+                on_step: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """(B, C, H, W) noise -> (B, C, H, W) samples in `steps` DDIM steps of `denoiser` (anything with eps()).
+
+    `on_step(k, t, x_t, eps)` sees every step's input and the teacher's eps (for recording).
+    """
+    ab = denoiser.alphas_cumprod
+    t_steps = ddim_timesteps(len(ab), steps)
+    x = noise.to(denoiser.device, torch.float32)
+    B = x.shape[0]
+    for k, t in enumerate(t_steps):
+        e = denoiser.eps(x, torch.full((B,), t, dtype=torch.int64), cond)
+        if on_step is not None:
+            on_step(k, t, x, e)
+        ab_next = float(ab[t_steps[k + 1]]) if k + 1 < len(t_steps) else 1.0
+        x = ddim_step(x, e, float(ab[t]), ab_next)
+    return x

@@ -1,0 +1,176 @@
+"""Shared test helpers: fake teachers, tiny stores and models, and where the real teacher files live.
+
+Test modules take these as fixtures or import them from here; no test module imports another.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from organic_sd import ola
+from organic_sd.data import Store, precompute
+from organic_sd.ounet import OUNet, OUNetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("OSD_SHARED_DATA") or REPO.parent / "shared" / "data")  # real teachers and data
+MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+
+
+# ---- VAE side
+
+
+class FakeTeacher:
+    """Avg-pool by 8 to 4 channels (RGB + mean), nearest upsample back; `delay` seconds per batch."""
+
+    id = "fake-avgpool8-c4"
+    latent_channels = 4
+    downscale = 8
+    device = torch.device("cpu")
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+
+    def encode(self, x):
+        time.sleep(self.delay)
+        z = F.avg_pool2d(x, 8)  # (B, 3, H/8, W/8)
+        return torch.cat([z, z.mean(1, keepdim=True)], 1)  # (B, 4, H/8, W/8)
+
+    def decode(self, z):
+        return F.interpolate(z[:, :3], scale_factor=8, mode="nearest")  # (B, 3, H, W)
+
+
+def noise_images(folder: Path, n: int, size=(48, 40), seed=0) -> str:
+    """n white-noise PNGs of size (W, H) written into folder; -> the folder, as a source spec."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"im{i:03d}.png")
+    return str(folder)
+
+
+def smooth_images(folder, n, size=40, seed=0):
+    """Smooth random colour fields (learnable, unlike white noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        small = rng.integers(0, 256, (5, 5, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"im{i:03d}.png")
+    return folder
+
+
+STORE_SIZE = 32  # 4 x 4 latent cells per image: every fit on the store is a few thousand rows at most
+
+
+def make_store(tmp_path, n=24):
+    """A FakeTeacher store of n smooth images (or a few more: see below), a quarter of them held out."""
+    store = tmp_path / "store"
+    while True:
+        precompute([str(smooth_images(tmp_path / "imgs", n))], FakeTeacher(), store, STORE_SIZE, val_fraction=0.25,
+                   progress=False)
+        # the split hashes each file's path, tmp_path included, so a small store can by chance hold no
+        # held-out image (0.75**12 = 3% at n=12): one more image until it holds one
+        if len(Store.open(store).indices("val")):
+            return store
+        n += 1
+
+
+def quick(kind, store, out, **kw):
+    """A TrainConfig for a few-second `osd train` run on a make_store store."""
+    from organic_sd.ovae.config import TrainConfig
+
+    kw = {"ticks": 2, "generations": 4, "tick_seconds": 10, "eval_images": 4, "max_rows": 2000, **kw}
+    return TrainConfig(kind, str(store), str(out), **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh make_store store for one test."""
+    return make_store(tmp_path)
+
+
+@pytest.fixture
+def fake_teacher():
+    return FakeTeacher()
+
+
+# ---- denoiser side
+
+T = 50  # steps of the fake schedule
+
+
+def schedule():
+    return torch.linspace(0.999, 0.01, T, dtype=torch.float64)
+
+
+def tiny_ounet(window=3, hidden=(3,), seed=0, shape=(1, 8, 8)) -> OUNet:
+    """An O-UNet with a real OLAModule stack of random weights (no training)."""
+    cfg = OUNetConfig(sample_shape=shape, num_steps=T, window=window, grid=2, freqs=2, modulate=1, teacher="fake",
+                      pixel_range=(-0.5, 0.5))
+    m = ola.OLAModule(ola.OLAConfig(cfg.in_dim, shape[0], hidden, out_scale=3.0))
+    g = torch.Generator().manual_seed(seed)
+    for p in m.parameters():
+        p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return OUNet(cfg, m, schedule())
+
+
+def _tiny_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    # byte-level BPE vocab with no merges: every byte is a token (GPT-2/CLIP byte-to-unicode map)
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in cs:
+            vocab[chr(c) + suffix] = len(vocab)
+    src = folder / "bpe"
+    src.mkdir(parents=True)
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(str(src), model_max_length=16), len(vocab)
+
+
+def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """A diffusers SD pipeline folder with random tiny weights (diffusers' own test sizes)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=4, attention_head_dim=2,
+    )
+    tok, vocab_size = _tiny_tokenizer(folder / "src")
+    text = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size, max_position_embeddings=16,
+    ))
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          prediction_type=prediction_type)
+    pipe = folder / "pipe"
+    unet.save_pretrained(pipe / "unet")
+    text.save_pretrained(pipe / "text_encoder")
+    tok.save_pretrained(pipe / "tokenizer")
+    sched.save_pretrained(pipe / "scheduler")
+    (pipe / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+    }))
+    return pipe

@@ -1,0 +1,52 @@
+"""The shipped O-VAE and O-UNet give the same numbers as when these were recorded.
+
+Refactors must leave these bit-identical. A change that ships a new model file re-pins them:
+run the inputs below through the new file and paste the printed values.
+"""
+
+import torch
+
+from organic_sd.ounet.model import OUNet
+from organic_sd.ovae.model import OVAE
+
+# flat indices into the outputs, and the float32 values there (recorded from the shipped files)
+LATENT_AT = {0: 0.18001525104045868, 1: 1.3717836141586304, 100: 0.45049312710762024,
+             257: 1.3683974742889404, 511: 0.9148064851760864}
+DECODE_AT = {0: -0.47008565068244934, 1: -0.7050185203552246, 100: -0.557302713394165,
+             257: -0.32316699624061584, 511: 0.0015606038505211473}
+EPS_AT = {0: -5.145684242248535, 400: 7.3588714599609375, 783: -3.246490955352783,
+          784: -0.41071653366088867, 1200: 0.8450688719749451}
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1  # [-1, 1]
+    x_t = torch.randn(2, 1, 28, 28, generator=g)
+    return image, x_t
+
+
+def _assert_pinned(out: torch.Tensor, pinned: dict, what: str):
+    flat = out.flatten()
+    got = torch.stack([flat[i] for i in pinned])
+    want = torch.tensor(list(pinned.values()), dtype=torch.float32)
+    assert torch.equal(got, want), f"{what} changed at {list(pinned)}: got {got.tolist()}, pinned {want.tolist()}"
+
+
+def test_shipped_ovae_outputs_are_pinned():
+    image, _ = _inputs()
+    v = OVAE.load()
+    with torch.no_grad():
+        z = v.encode(image)
+        y = v.decode(z)
+    assert z.shape == (1, 32, 4, 4) and y.shape == (1, 3, 32, 32)
+    _assert_pinned(z, LATENT_AT, "O-Encoder latents")
+    _assert_pinned(y, DECODE_AT, "O-Decoder output")
+
+
+def test_shipped_ounet_outputs_are_pinned():
+    _, x_t = _inputs()
+    u = OUNet.load()
+    with torch.no_grad():
+        eps = u(x_t, torch.tensor([10, 700]))
+    assert eps.shape == (2, 1, 28, 28)
+    _assert_pinned(eps, EPS_AT, "O-UNet eps")
