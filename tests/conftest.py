@@ -17,6 +17,7 @@ from PIL import Image
 from organic_sd import ola
 from organic_sd.data import Store, precompute
 from organic_sd.ounet import OUNet, OUNetConfig
+from organic_sd.ovae import OVAE, Part, PartConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA") or REPO.parent / "shared" / "data")  # real teachers and data
@@ -173,4 +174,28 @@ def build_tiny_pipeline(folder: Path, prediction_type: str = "epsilon") -> Path:
         "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
     }))
+    return pipe
+
+
+def random_ovae(C=4, f=8, hidden=(5, 3), enc_window=16, dec_window=3, pad="replicate", seed=0) -> OVAE:
+    """A patch-mode O-VAE with random weights large enough that every tanh bends (tiny, fast)."""
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for kind, window, scale in (("encoder", enc_window, 3.0), ("decoder", dec_window, 1.0)):
+        cfg = PartConfig(kind, teacher="fake", latent_channels=C, downscale=f, window=window, pad=pad)
+        i, o = cfg.io_dims()
+        m = ola.OLAModule(ola.OLAConfig(i, o, hidden, scale))
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 2 / max(p.shape[-1], 1) ** 0.5)
+        parts.append(Part(cfg, m))
+    return OVAE(*parts)
+
+
+def sd_pipe(folder, vae):
+    """A StableDiffusionPipeline from a tiny folder with `vae` in place of its own."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), vae=vae, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -6,8 +6,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from test_denoiser_teachers import build_tiny_pipeline  # noqa: E402
-from test_ovae_onnx import random_ovae  # noqa: E402
+from conftest import build_tiny_pipeline, random_ovae, sd_pipe  # noqa: E402
 
 from organic_sd.ovae.diffusers_vae import OVAEDiffusers  # noqa: E402
 
@@ -17,18 +16,9 @@ def sd_folder(tmp_path_factory):
     return build_tiny_pipeline(tmp_path_factory.mktemp("sd"))
 
 
-def _pipe(folder, vae):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), vae=vae, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def test_interface_equals_the_ovae():
     v = random_ovae()
-    d = v.to_diffusers()
+    d = OVAEDiffusers.from_ovae(v)
     x = torch.rand(2, 3, 32, 48) * 2 - 1
     z = v.encode(x)
     assert torch.equal(d.encode(x).latents, z) and torch.equal(d.encode(x, return_dict=False)[0], z)
@@ -43,7 +33,7 @@ def test_interface_equals_the_ovae():
 
 def test_save_pretrained_from_pretrained_round_trip(tmp_path):
     v = random_ovae(hidden=(3,), seed=4)
-    d = v.to_diffusers()
+    d = OVAEDiffusers.from_ovae(v)
     d.save_pretrained(tmp_path / "ovae")
     assert json.loads((tmp_path / "ovae" / "config.json").read_text())["_class_name"] == "OVAEDiffusers"
     e = OVAEDiffusers.from_pretrained(tmp_path / "ovae")
@@ -58,7 +48,7 @@ def test_save_pretrained_from_pretrained_round_trip(tmp_path):
 def test_decoder_only_and_bad_config():
     from organic_sd.ovae import OVAE
 
-    d = OVAE(decoder=random_ovae().decoder).to_diffusers()
+    d = OVAEDiffusers.from_ovae(OVAE(decoder=random_ovae().decoder))
     with pytest.raises(ValueError, match="no encoder"):
         d.encode(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="parts must map"):
@@ -67,7 +57,7 @@ def test_decoder_only_and_bad_config():
 
 def test_a_diffusers_pipeline_decodes_with_the_ovae(sd_folder):
     v = random_ovae(seed=1)
-    pipe = _pipe(sd_folder, v.to_diffusers())
+    pipe = sd_pipe(sd_folder, OVAEDiffusers.from_ovae(v))
     assert pipe.vae_scale_factor == 8
 
     def run(kind):

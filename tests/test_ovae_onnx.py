@@ -2,23 +2,12 @@ import pytest
 import torch
 
 from organic_sd import cli
+from conftest import random_ovae
+
 from organic_sd.ola import OLAConfig, OLAModule
 from organic_sd.ovae import OVAE, Part, PartConfig
+
 from organic_sd.ovae.conv import ConvPart
-
-
-def random_ovae(C=4, f=8, hidden=(5, 3), enc_window=16, dec_window=3, pad="replicate", seed=0) -> OVAE:
-    """A patch-mode O-VAE with random weights large enough that every tanh bends (tiny, fast)."""
-    g = torch.Generator().manual_seed(seed)
-    parts = []
-    for kind, window, scale in (("encoder", enc_window, 3.0), ("decoder", dec_window, 1.0)):
-        cfg = PartConfig(kind, teacher="fake", latent_channels=C, downscale=f, window=window, pad=pad)
-        i, o = cfg.io_dims()
-        m = OLAModule(OLAConfig(i, o, hidden, scale))
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 2 / max(p.shape[-1], 1) ** 0.5)
-        parts.append(Part(cfg, m))
-    return OVAE(*parts)
 
 
 @pytest.mark.parametrize("hidden,pad,dec_window", [((), "replicate", 1), ((5, 3), "replicate", 3),

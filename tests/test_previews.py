@@ -5,7 +5,7 @@ from PIL import Image
 
 from organic_sd import cli
 from organic_sd.previews import DiffusersPreview, Preview
-from test_ovae_onnx import random_ovae
+from conftest import build_tiny_pipeline, random_ovae, sd_pipe
 
 
 def _uint8(x):
@@ -32,10 +32,10 @@ def test_preview_every_scale_and_bad_args(tmp_path):
 
 def test_diffusers_callback_previews_the_x0_estimate(tmp_path):
     pytest.importorskip("diffusers")
-    from test_ovae_diffusers import _pipe, build_tiny_pipeline
+    from organic_sd.ovae.diffusers_vae import OVAEDiffusers
 
     v = random_ovae(seed=2)
-    pipe = _pipe(build_tiny_pipeline(tmp_path / "sd"), v.to_diffusers())
+    pipe = sd_pipe(build_tiny_pipeline(tmp_path / "sd"), OVAEDiffusers.from_ovae(v))
 
     def run(callback=None):
         return pipe("a cat", num_inference_steps=3, height=32, width=40, output_type="latent",
@@ -53,7 +53,7 @@ def test_diffusers_callback_previews_the_x0_estimate(tmp_path):
     assert np.abs(seen[-1][1].astype(int) - _uint8(v.decode(z))).max() <= 1  # the conv form: ~1e-6 apart
     assert not np.array_equal(seen[0][1], seen[-1][1])
     # a callback that was not attached wraps the scheduler at its first call and still previews every step
-    late = DiffusersPreview(v.to_diffusers(), on_image=lambda step, img: seen.append((step, np.asarray(img))))
+    late = DiffusersPreview(OVAEDiffusers.from_ovae(v), on_image=lambda step, img: seen.append((step, np.asarray(img))))
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)  # a fresh, unwrapped scheduler
     seen.clear()
     assert torch.equal(run(late), plain)

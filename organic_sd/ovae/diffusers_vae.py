@@ -1,6 +1,6 @@
 """The O-VAE as a diffusers model with AutoencoderTiny's interface, to drop into a pipeline as its VAE.
 
-    pipe.vae = OVAE.load().to_diffusers()             # or StableDiffusionPipeline(..., vae=...)
+    pipe.vae = OVAEDiffusers.from_ovae(OVAE.load())   # or StableDiffusionPipeline(..., vae=...)
     pipe.vae.save_pretrained("my-ovae"); OVAEDiffusers.from_pretrained("my-ovae")
 
 O-VAE latents are already the diffusion model's latents (the teacher adapter applied the

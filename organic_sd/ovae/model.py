@@ -215,14 +215,6 @@ class OVAE(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.num_parameters() for p in self.parts().values())
 
-    def to_diffusers(self):
-        """This O-VAE as a diffusers model with AutoencoderTiny's interface (`pipe.vae = ovae.to_diffusers()`)."""
-        try:
-            from organic_sd.ovae.diffusers_vae import OVAEDiffusers
-        except ImportError as e:
-            raise ImportError(f"to_diffusers needs diffusers: pip install 'organic-sd[diffusers]' ({e})") from None
-        return OVAEDiffusers.from_ovae(self)
-
     def parts(self) -> dict[str, Part]:
         return {k: p for k, p in (("encoder", self.encoder), ("decoder", self.decoder)) if p is not None}
 
