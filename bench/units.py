@@ -107,9 +107,10 @@ def main(argv=None) -> int:
         w, b = module.hidden[0].weight, module.hidden[0].bias
     else:
         data = Data(x, y, xv, yv, 1024, torch.Generator().manual_seed(args.seed))
-        found, _ = cascade._evolve_units(data, x, xv, r, rv, args.units, lambda: make_strategy("auto", args.population),
-                                         Budget(None, args.generations), False, "units", SUBSPACE.units, args.hessian,
-                                         args.deflate)
+        found, _ = cascade._evolve_units(data, x, xv, resid=r, resid_val=rv, n_units=args.units,
+                                         make_strategy=lambda: make_strategy("auto", args.population),
+                                         budget=Budget(None, args.generations), progress=False, desc="units",
+                                         share=SUBSPACE.units, hessian=args.hessian, deflate=args.deflate)
         w, b = found[:, :-1], found[:, -1]
     share, mse = explained(w, b, x, r, xv, rv)
     out = {"store": args.store, "val_store": args.val_store, "part": args.part, "window": args.window, "run": args.run,

@@ -60,9 +60,9 @@ def test_units_grow_in_rounds_of_the_asked_size(monkeypatch, per_round, sizes):
     grown = []
     real = cascade._evolve_units
 
-    def spy(data, inp, inp_val, resid, resid_val, n_units, *rest):
+    def spy(*args, n_units, **kw):
         grown.append(n_units)
-        return real(data, inp, inp_val, resid, resid_val, n_units, *rest)
+        return real(*args, n_units=n_units, **kw)
 
     monkeypatch.setattr(cascade, "_evolve_units", spy)
     x = torch.randn(500, 4)

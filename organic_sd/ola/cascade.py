@@ -40,7 +40,7 @@ UNIT_SPREAD = 1.0
 HESSIAN_ROWS = 20_000  # rows that estimate each unit's principal Hessian directions
 
 
-def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subspace(),
+def grow(data, hidden, *, out_scale, make_strategy, budget, progress, subspace=Subspace(),
          units_per_round=UNITS_PER_ROUND, start=None):
     """Grow `hidden` layers, `units_per_round` units at a time, and fit the readout.
 
@@ -68,12 +68,12 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
         for r, (layer, n_units) in enumerate(rounds):
             round_budget = budget.share(1.0 / (len(rounds) - r))
             feats, feats_val = features(data.x, units), features(data.x_val, units)
-            new_rows, unit_gens = _evolve_units(data, feats[layer], feats_val[layer],
-                                                data.y - predict(feats, readout, out_scale),
-                                                data.y_val - predict(feats_val, readout, out_scale), n_units,
-                                                make_strategy, round_budget.share(UNIT_SHARE), progress,
-                                                f"units L{layer + 1} r{r + 1}", subspace.units, subspace.hessian,
-                                                subspace.deflate)
+            new_rows, unit_gens = _evolve_units(
+                data, feats[layer], feats_val[layer], resid=data.y - predict(feats, readout, out_scale),
+                resid_val=data.y_val - predict(feats_val, readout, out_scale), n_units=n_units,
+                make_strategy=make_strategy, budget=round_budget.share(UNIT_SHARE), progress=progress,
+                desc=f"units L{layer + 1} r{r + 1}", share=subspace.units, hessian=subspace.hessian,
+                deflate=subspace.deflate)
             # The old readout widened with zero columns for the new units: consistent with them (an
             # interrupt from here on keeps both) and the warm start of the re-fit.
             units[layer].append(new_rows)
@@ -92,7 +92,7 @@ def grow(data, hidden, out_scale, make_strategy, budget, progress, subspace=Subs
     return [stack(u) for u in units if u], readout, curve, gens, interrupted
 
 
-def _evolve_units(data, inp, inp_val, resid, resid_val, n_units, make_strategy, budget, progress, desc, share,
+def _evolve_units(data, inp, inp_val, *, resid, resid_val, n_units, make_strategy, budget, progress, desc, share,
                   hessian=0, deflate=False):
     """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)

@@ -42,7 +42,7 @@ class NoProgressWarning(RuntimeWarning):
     """A fit continued from `init` whose kept module is no better on held-out rows than `init` was."""
 
 
-def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
+def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         max_seconds=None, generations=None, batch_size=None,
         x_val=None, y_val=None, device="cpu", seed=0, progress=False, init=None,
         subspace: Subspace = Subspace(), units_per_round: int = cascade.UNITS_PER_ROUND,
@@ -101,10 +101,10 @@ def fit(x, y, hidden=(), strategy="auto", population=40, out_scale=1.0,
         start = None if init is None else ([(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden],
                                            torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev))
         if hidden and (init is None or tuple(init.config.hidden) != hidden):  # grow, or go on growing
-            layers, readout, curve, gens, interrupted = cascade.grow(data, hidden, out_scale, make,
-                                                                     budget.share(1.0 - refine.share)
-                                                                     if refine.share else budget, progress,
-                                                                     subspace, units_per_round, start)
+            layers, readout, curve, gens, interrupted = cascade.grow(
+                data, hidden, out_scale=out_scale, make_strategy=make,
+                budget=budget.share(1.0 - refine.share) if refine.share else budget, progress=progress,
+                subspace=subspace, units_per_round=units_per_round, start=start)
             if refine.share and not interrupted:
                 layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale, make,
                                                                               budget, refine, progress)
