@@ -52,14 +52,15 @@ def first_rows(x: torch.Tensor, max_rows: int) -> torch.Tensor:
     return x[:max_rows]
 
 
-def fit_and_score(x, y, xv, yv, out_scale, hidden, seconds, device, old):
+def fit_and_score(x, y, xv, yv, out_scale, hidden, seconds, device, old, refine=0.0):
     """One ola.fit; -> (held-out relative error, generations, seconds)."""
     saved = population.spread_rows
     if old:
         for mod in (population, readout, cascade):
             mod.spread_rows = first_rows
     try:
-        m = ola.fit(x, y, hidden=hidden, max_seconds=seconds, x_val=xv, y_val=yv, out_scale=out_scale, device=device)
+        m = ola.fit(x, y, hidden=hidden, max_seconds=seconds, x_val=xv, y_val=yv, out_scale=out_scale, device=device,
+                    refine=ola.Refine(share=refine))
     except ola.FitDidNotLearn as err:
         m = err.module
     finally:
@@ -78,6 +79,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pool", type=int, default=4, help="average-pool factor (28 / 4 = 7x7)")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--hidden", default="0,64", help="comma-separated hidden widths to fit (0: none)")
+    ap.add_argument("--refine", default="0", help="comma-separated ola.Refine shares for the hidden-unit fits")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
@@ -99,10 +101,11 @@ def main(argv=None) -> None:
     results = []
     for h in [int(v) for v in args.hidden.split(",")]:
         hidden = () if h == 0 else (h,)
-        for old in ((True, False) if h == 0 else (False,)):
-            rel, gens, secs = fit_and_score(x, y, xv, yv, out_scale, hidden, args.seconds, dev, old)
+        runs = [(True, 0.0), (False, 0.0)] if h == 0 else [(False, float(r)) for r in args.refine.split(",")]
+        for old, refine in runs:
+            rel, gens, secs = fit_and_score(x, y, xv, yv, out_scale, hidden, args.seconds, dev, old, refine)
             row = {"hidden": list(hidden), "statistics_from": "first rows" if old else "rows strided over all",
-                   "rel_error": rel, "generations": gens, "seconds": secs}
+                   "refine": refine, "rel_error": rel, "generations": gens, "seconds": secs}
             print(json.dumps(row), flush=True)
             results.append(row)
     if args.out:
