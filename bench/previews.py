@@ -16,19 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ovae import cpu_seconds
+from pairs import photos
 
 from organic_sd.data.store import Store
+from organic_sd.metrics.pixels import mean_image_psnr
 from organic_sd.ovae import OVAE
 from organic_sd.ovae.conv import ConvPart
 from organic_sd.teachers import load_teacher
-from pairs import mean_psnr, photos
 
 
 def fit_linear(store: Store, max_images: int = 2000) -> torch.Tensor:
@@ -49,15 +49,8 @@ def linear_preview(M: torch.Tensor, z: torch.Tensor, f: int) -> torch.Tensor:
 
 
 def ms_per_call(fn, x: torch.Tensor, repeats: int) -> float:
-    """Median wall-clock ms of fn(x) over `repeats` calls, after one warm-up call."""
-    with torch.inference_mode():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    """Median wall-clock ms of fn(x) over `repeats` calls, after one warm-up call (bench/ovae.py's timer)."""
+    return 1e3 * cpu_seconds(fn, x, repeats)
 
 
 def onnx_times(ovae: OVAE, side: int, threads: int, repeats: int) -> dict:
@@ -113,7 +106,7 @@ def main(argv=None) -> int:
         x = photos(args.images, args.size)
         zt = torch.cat([teacher.encode(xi[None]).float() for xi in x])  # (N, C, h, w)
         ref = torch.cat([teacher.decode(z[None]).float().clamp(-1, 1) for z in zt])
-        psnr = {k: mean_psnr(torch.cat([fn(z[None]).float().clamp(-1, 1) for z in zt]), ref)
+        psnr = {k: mean_image_psnr(torch.cat([fn(z[None]).float().clamp(-1, 1) for z in zt]), ref)
                 for k, fn in previews.items()}
     n = args.latent
     reps = -(-n // zt.shape[-1])

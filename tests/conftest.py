@@ -25,6 +25,15 @@ MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: tiny nets, and a loaded machine makes thread pools slow."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---- VAE side
 
 

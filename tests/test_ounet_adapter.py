@@ -23,12 +23,7 @@ T = 40
 PROMPTS = [f"prompt {i}" for i in range(6)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 class FakeCondTeacher:

@@ -21,13 +21,7 @@ def tiny_case(name="two"):
                       "noise floor")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these nets are tiny, and a loaded machine makes thread pools slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_batched_net_is_the_ola_module():
