@@ -20,6 +20,7 @@ class FakeDenoiser:
     """A tiny deterministic teacher: eps depends on x_t, t and (when conditional) the prompt embedding."""
 
     sample_shape = (1, 4, 4)
+    pixel_range = (-1.0, 1.0)
 
     def __init__(self, conditional=False, fail_after=None, interrupt_after=None):
         self.id = "fake-denoiser" + ("-cond" if conditional else "")
@@ -206,3 +207,24 @@ def test_ctrl_c_stops_after_the_batch_and_keeps_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     rep = _run(tmp_path / "s", 6)
     assert not rep.interrupted and rep.samples_already == 4 and rep.total == 6 * (K + R)
+
+
+def test_pixel_range_comes_from_the_teacher_not_its_id(tmp_path):
+    """A teacher whose id says nothing of its range still gets it: the store and the O-UNet record what it declares."""
+    from organic_sd.ounet.model import OUNet
+
+    teacher = FakeDenoiser()
+    teacher.id, teacher.pixel_range = "plain", (-0.5, 0.5)
+    _run(tmp_path / "s", 6, teacher=teacher)
+    s = DenoiserStore.open(tmp_path / "s")
+    assert s.meta["pixel_range"] == [-0.5, 0.5] and s.pixel_range == (-0.5, 0.5)
+    run = tmp_path / "run"
+    assert main(["train", "denoiser", "--store", str(tmp_path / "s"), "--out", str(run), "--ticks", "1",
+                     "--window", "3", "--modulate", "1", "--hidden", "2"]) == 0
+    assert OUNet.load(run).config.pixel_range == (-0.5, 0.5)
+    # a store written before the field existed: a clear error, not a guess
+    m = json.loads((tmp_path / "s" / "meta.json").read_text())
+    del m["pixel_range"]
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="pixel range"):
+        DenoiserStore.open(tmp_path / "s").pixel_range
