@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from organic_sd import strategy_names
 from organic_sd.flags import add_flags, from_args
 from organic_sd.ounet.config import DenoiserTrainConfig
 from organic_sd.ovae.config import DECODER_ONLY, TrainConfig
@@ -307,7 +308,7 @@ def _add_train_head_parser(parts) -> None:
     hd.add_argument("--max-minutes", type=float, default=5.0)
     hd.add_argument("--max-rows", type=int, default=200_000, help="pixel rows the head is evolved on")
     hd.add_argument("--eval-records", type=int, default=256, help="held-out records that decide whether it is kept")
-    hd.add_argument("--strategy", default="auto")
+    hd.add_argument("--strategy", default="auto", choices=strategy_names.CHOICES, help=strategy_names.HELP)
     hd.add_argument("--population", type=int, default=40)
     hd.add_argument("--device", default="cpu")
     hd.add_argument("--seed", type=int, default=0)
