@@ -184,9 +184,18 @@ def test_cli_precompute_denoiser(tmp_path, capsys):
     assert meta["count"] == 8 and meta["val_fraction"] == 0.5
 
 
-def test_cli_frame_precompute_unchanged():
-    a = build_parser().parse_args(["precompute", "clip.mp4", "frames/", "--teacher", "t", "--out", "o"])
-    assert a.sources == ["clip.mp4", "frames/"] and a.size == 256
+def test_cli_precompute_frames_and_its_older_spelling():
+    from organic_sd.cli import legacy_argv
+
+    a = build_parser().parse_args(["precompute", "frames", "clip.mp4", "frames/", "--teacher", "t", "--out", "o"])
+    assert a.sources == ["clip.mp4", "frames/"] and a.size == 256 and a.store_kind == "frames"
+    for old in (["precompute", "clip.mp4", "--teacher", "t", "--out", "o"],
+                ["precompute", "--teacher", "t", "clip.mp4", "--out", "o"]):
+        b = build_parser().parse_args(legacy_argv(old))  # `osd precompute SOURCE ...` still means frames
+        assert b.store_kind == "frames" and b.sources == ["clip.mp4"] and b.func is a.func
+    assert legacy_argv(["precompute", "--help"]) == ["precompute", "--help"]
+    d = build_parser().parse_args(["precompute", "denoiser", "--teacher", "ddpm-mnist", "--out", "o"])
+    assert d.store_kind == "denoiser" and d.samples == 256
     with pytest.raises(SystemExit):
         main(["precompute", "denoiser", "--out", "o"])  # --teacher is required
 

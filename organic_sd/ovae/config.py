@@ -23,7 +23,7 @@ class TrainConfig:
     store's teacher must match on resume."""
 
     kind: str  # "encoder" or "decoder": the subcommand
-    store: str = flag(help="store folder written by `osd precompute`")
+    store: str = flag(help="store folder written by `osd precompute frames`")
     out: str = flag(help="run folder (created, or resumed if it holds the same run)")
     mode: str = flag("patch", "patch: per latent position (default); global: whole frame (the research's setup)",
                      choices=("patch", "global"))
