@@ -35,7 +35,7 @@ from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ola.strategies import STRATEGIES
 from organic_sd.ounet.evaluate import STEPS, TS, evaluate_denoiser, teacher_parameters
 from organic_sd.ounet.model import OUNet, OUNetConfig
-from organic_sd.ounet.train import DenoiserTrainConfig, pixel_range, train
+from organic_sd.ounet.train import DenoiserTrainConfig, train
 from organic_sd.teachers.denoiser import check_eps_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def least_squares_reference(store: DenoiserStore, ridge: float = 1e-6, chunk: in
     schedule = torch.from_numpy(store.alphas_cumprod)  # (T,)
     C = m["shapes"]["x_t"][0]
     cfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=REF_WINDOW,
-                      teacher=m["teacher"], pixel_range=pixel_range(m["teacher"]))
+                      teacher=m["teacher"], pixel_range=store.pixel_range)
     d = C * REF_WINDOW ** 2 + 1
     gram = torch.zeros(BUCKETS, d, d, dtype=torch.float64)  # normal equations, summed chunk by chunk
     rhs = torch.zeros(BUCKETS, d, C, dtype=torch.float64)

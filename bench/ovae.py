@@ -217,7 +217,7 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_ms: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", required=True, help="store written by `osd precompute` with the same teacher")
+    p.add_argument("--store", required=True, help="store written by `osd precompute frames` with the same teacher")
     p.add_argument("--teacher", required=True, help="teacher spec (the store's teacher)")
     p.add_argument("--val", default=str(SHARED / "images" / "val" / "cset14"), help="held-out photos folder")
     p.add_argument("--seconds", type=float, default=60.0, help="training seconds per part per configuration")

@@ -23,7 +23,7 @@ held-out rows, given the same split); the test rows only report. Problems:
   linear  y = tanh(W x + b) + noise, 96 -> 48 (bench/problems.py), single layer
   two     2-layer teacher 96 -> 64 -> 48, student hidden=(64,)
   three   3-layer teacher 96 -> 64 -> 32 -> 48, student hidden=(64, 32)
-  decoder O-Decoder rows of a store made by `osd precompute` (--store or $OSD_PEERS_STORE):
+  decoder O-Decoder rows of a store made by `osd precompute frames` (--store or $OSD_PEERS_STORE):
           latent window -> 8x8x3 pixel block, student hidden=(--decoder-hidden,)
 The synthetic problems use --noise (default 0.02, issue 27's protocol) and report test MSE / noise
 floor (1 = the optimum); the decoder's floor is unknown, so it reports test MSE / variance of y
@@ -116,7 +116,7 @@ def decoder_case(args) -> Case:
 
     path = args.store or os.environ.get("OSD_PEERS_STORE")
     if not path:
-        raise SystemExit("the decoder problem needs --store STORE (or $OSD_PEERS_STORE): a store of `osd precompute`")
+        raise SystemExit("the decoder problem needs --store STORE (or $OSD_PEERS_STORE): a store of `osd precompute frames`")
     store = Store.open(path)
     part = _part_config(TrainConfig("decoder", path, "-", window=args.decoder_window), store)
     rows, rng = Rows(store, part, torch.device("cpu"), None), np.random.default_rng(args.seed)
@@ -491,7 +491,7 @@ def main(argv=None) -> int:
                                                             "own for the engine, 256 CPU / 1024 CUDA for the rest)")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
-    ap.add_argument("--store", default=None, help="store of `osd precompute` for the decoder problem "
+    ap.add_argument("--store", default=None, help="store of `osd precompute frames` for the decoder problem "
                                                   "(default $OSD_PEERS_STORE)")
     ap.add_argument("--decoder-window", type=int, default=3)
     ap.add_argument("--decoder-hidden", type=int, default=32)

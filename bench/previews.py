@@ -80,7 +80,7 @@ def onnx_times(ovae: OVAE, side: int, threads: int, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", required=True, help="a store of the teacher (osd precompute), for the linear fit")
+    p.add_argument("--store", required=True, help="a store of the teacher (osd precompute frames), for the linear fit")
     p.add_argument("--teacher", required=True, help="the teacher the O-VAE clones (a taef2 folder, ...)")
     p.add_argument("--images", required=True, help="held-out photos (a folder) for PSNR")
     p.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")

@@ -23,7 +23,6 @@ from pathlib import Path
 from organic_sd.metrics.samples import distribution_report
 from organic_sd.ounet import distribution as dist
 from organic_sd.ounet.generate import seeded_noise
-from organic_sd.ounet.train import pixel_range
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
     from organic_sd.teachers import load_denoiser
 
     teacher = load_denoiser(args.teacher, device=args.device)
-    pr = pixel_range(teacher.id)
+    pr = teacher.pixel_range
     t0 = time.perf_counter()
     noise = seeded_noise(teacher.sample_shape, args.n, args.seed)  # (n, C, H, W)
     ref, few = dist.draw(teacher, noise, args.ref_steps), dist.draw(teacher, noise, args.steps)

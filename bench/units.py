@@ -65,7 +65,7 @@ def explained(w, b, x, r, xv, rv) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--store", help="an O-VAE store (osd precompute)")
+    p.add_argument("--store", help="an O-VAE store (osd precompute frames)")
     p.add_argument("--run", help="score the first hidden layer of this trained part instead of evolving one")
     p.add_argument("--part", choices=["encoder", "decoder"], default="decoder")
     p.add_argument("--window", type=int, default=3)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from organic_sd import strategy_names
 from organic_sd.flags import add_flags, from_args
 from organic_sd.ounet.config import DenoiserTrainConfig
 from organic_sd.ovae.config import DECODER_ONLY, TrainConfig
@@ -250,10 +251,10 @@ def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
     return 130 if rep.interrupted else 0
 
 
-def build_precompute_denoiser_parser() -> argparse.ArgumentParser:
-    """The parser of `osd precompute denoiser` (dispatched by main before the frame precompute's parser)."""
-    p = argparse.ArgumentParser(
-        prog="osd precompute denoiser",
+def _add_precompute_denoiser_parser(kinds) -> None:
+    """`osd precompute denoiser`: DDIM trajectories of a denoiser teacher into a denoiser store."""
+    p = kinds.add_parser(
+        "denoiser", help="run a denoiser teacher's DDIM sampler into a store of (x_t, t, cond, eps)",
         description="run a denoiser teacher's DDIM sampler from seeded noise into a store of (x_t, t, cond, eps): "
                     "every step of its trajectories plus re-noised copies of its final samples (resumable)")
     p.add_argument("--teacher", required=True,
@@ -269,7 +270,6 @@ def build_precompute_denoiser_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out share of samples, fixed at write time")
     p.add_argument("--shard-size", type=int, default=4096, help="records per shard file")
     p.set_defaults(func=_cmd_precompute_denoiser)
-    return p
 
 
 # -- O-UNet: train denoiser, generate (organic_sd.ounet) ---------------------------------------
@@ -307,7 +307,7 @@ def _add_train_head_parser(parts) -> None:
     hd.add_argument("--max-minutes", type=float, default=5.0)
     hd.add_argument("--max-rows", type=int, default=200_000, help="pixel rows the head is evolved on")
     hd.add_argument("--eval-records", type=int, default=256, help="held-out records that decide whether it is kept")
-    hd.add_argument("--strategy", default="auto")
+    hd.add_argument("--strategy", default="auto", choices=strategy_names.CHOICES, help=strategy_names.HELP)
     hd.add_argument("--population", type=int, default=40)
     hd.add_argument("--device", default="cpu")
     hd.add_argument("--seed", type=int, default=0)
@@ -412,8 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint", help="folder or .safetensors file saved by organic_sd")
     info.set_defaults(func=_cmd_info)
 
-    pre = sub.add_parser("precompute", help="run a teacher over frames into a store of (frame, latent, decode)",
-                         epilog="denoiser teachers: osd precompute denoiser --help")
+    pre = sub.add_parser("precompute", help="run a teacher into a store: `frames` (VAE teachers over images and "
+                                            "video) or `denoiser` (a denoiser's DDIM trajectories)")
+    kinds = pre.add_subparsers(dest="store_kind", required=True)
+    pre = kinds.add_parser("frames", help="run a VAE teacher over frames into a store of (frame, latent, decode)",
+                           description="run a VAE teacher over images and video frames into a store of "
+                                       "(frame, latent, decode) (resumable)")
     pre.add_argument("sources", nargs="+", metavar="SOURCE",
                      help="video file, image file, image folder (recursive), or sample:videos / sample:skimage / "
                           "sample:bigbuckbunny ...")
@@ -431,18 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="crops per frame: the centre square, then N-1 seeded random squares (odd ones mirrored); "
                           "a few hundred photos need ~6 to become a training set")
     pre.set_defaults(func=_cmd_precompute)
+    _add_precompute_denoiser_parser(kinds)
     _add_ovae_parsers(sub)
     _add_generate_parser(sub)
     return p
 
 
+def legacy_argv(argv: list[str]) -> list[str]:
+    """The older spelling `osd precompute SOURCE ... --teacher ...` still means `osd precompute frames ...`."""
+    if argv[:1] == ["precompute"] and len(argv) > 1 and argv[1] not in ("frames", "denoiser", "-h", "--help"):
+        return ["precompute", "frames", *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `osd` console script."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:2] == ["precompute", "denoiser"]:  # its own flags; `osd precompute SOURCE...` is unchanged
-        args = build_precompute_denoiser_parser().parse_args(argv[2:])
-    else:
-        args = build_parser().parse_args(argv)
+    argv = legacy_argv(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(argv)
     try:
         if getattr(args, "device", None) is not None:
             from organic_sd.devices import resolve_device

@@ -16,7 +16,8 @@ print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "decoder", "--help"], ["precompute", "denoiser", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "decoder", "--help"], ["precompute", "--help"],
+                                  ["precompute", "frames", "--help"], ["precompute", "denoiser", "--help"]])
 def test_help_imports_no_torch(argv):
     p = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr

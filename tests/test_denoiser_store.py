@@ -20,6 +20,7 @@ class FakeDenoiser:
     """A tiny deterministic teacher: eps depends on x_t, t and (when conditional) the prompt embedding."""
 
     sample_shape = (1, 4, 4)
+    pixel_range = (-1.0, 1.0)
 
     def __init__(self, conditional=False, fail_after=None, interrupt_after=None):
         self.id = "fake-denoiser" + ("-cond" if conditional else "")
@@ -183,9 +184,18 @@ def test_cli_precompute_denoiser(tmp_path, capsys):
     assert meta["count"] == 8 and meta["val_fraction"] == 0.5
 
 
-def test_cli_frame_precompute_unchanged():
-    a = build_parser().parse_args(["precompute", "clip.mp4", "frames/", "--teacher", "t", "--out", "o"])
-    assert a.sources == ["clip.mp4", "frames/"] and a.size == 256
+def test_cli_precompute_frames_and_its_older_spelling():
+    from organic_sd.cli import legacy_argv
+
+    a = build_parser().parse_args(["precompute", "frames", "clip.mp4", "frames/", "--teacher", "t", "--out", "o"])
+    assert a.sources == ["clip.mp4", "frames/"] and a.size == 256 and a.store_kind == "frames"
+    for old in (["precompute", "clip.mp4", "--teacher", "t", "--out", "o"],
+                ["precompute", "--teacher", "t", "clip.mp4", "--out", "o"]):
+        b = build_parser().parse_args(legacy_argv(old))  # `osd precompute SOURCE ...` still means frames
+        assert b.store_kind == "frames" and b.sources == ["clip.mp4"] and b.func is a.func
+    assert legacy_argv(["precompute", "--help"]) == ["precompute", "--help"]
+    d = build_parser().parse_args(["precompute", "denoiser", "--teacher", "ddpm-mnist", "--out", "o"])
+    assert d.store_kind == "denoiser" and d.samples == 256
     with pytest.raises(SystemExit):
         main(["precompute", "denoiser", "--out", "o"])  # --teacher is required
 
@@ -206,3 +216,24 @@ def test_ctrl_c_stops_after_the_batch_and_keeps_it(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
     rep = _run(tmp_path / "s", 6)
     assert not rep.interrupted and rep.samples_already == 4 and rep.total == 6 * (K + R)
+
+
+def test_pixel_range_comes_from_the_teacher_not_its_id(tmp_path):
+    """A teacher whose id says nothing of its range still gets it: the store and the O-UNet record what it declares."""
+    from organic_sd.ounet.model import OUNet
+
+    teacher = FakeDenoiser()
+    teacher.id, teacher.pixel_range = "plain", (-0.5, 0.5)
+    _run(tmp_path / "s", 6, teacher=teacher)
+    s = DenoiserStore.open(tmp_path / "s")
+    assert s.meta["pixel_range"] == [-0.5, 0.5] and s.pixel_range == (-0.5, 0.5)
+    run = tmp_path / "run"
+    assert main(["train", "denoiser", "--store", str(tmp_path / "s"), "--out", str(run), "--ticks", "1",
+                     "--window", "3", "--modulate", "1", "--hidden", "2"]) == 0
+    assert OUNet.load(run).config.pixel_range == (-0.5, 0.5)
+    # a store written before the field existed: a clear error, not a guess
+    m = json.loads((tmp_path / "s" / "meta.json").read_text())
+    del m["pixel_range"]
+    (tmp_path / "s" / "meta.json").write_text(json.dumps(m))
+    with pytest.raises(StoreError, match="pixel range"):
+        DenoiserStore.open(tmp_path / "s").pixel_range

@@ -29,7 +29,7 @@ def test_mnist_file_loads_every_tensor(mnist):
     n = sum(v.numel() for k, v in mine.items() if k.startswith("gt.") and k != "gt.frequencies")
     assert n == 291_217  # the README's parameter count
     assert mnist.alphas_cumprod.shape == (1001,) and mnist.sample_shape == (1, 28, 28)
-    assert mnist.cond_shape is None
+    assert mnist.cond_shape is None and mnist.pixel_range == (-0.5, 0.5)
     # the same file through every spec form gives the same id
     assert load_denoiser(MNIST).id == load_denoiser(MNIST.parent).id == mnist.id
 
@@ -131,6 +131,7 @@ def test_sd_pipeline_eps_and_text(tiny_pipe):
 
     d = load_denoiser(tiny_pipe)
     assert d.sample_shape == (4, 8, 8) and d.cond_shape == (16, 32) and d.alphas_cumprod.shape == (1000,)
+    assert d.pixel_range == (-1.0, 1.0)
     assert d.id.startswith("sd-pipeline:") and load_denoiser(str(tiny_pipe)).id == d.id
     c = d.encode_text(["a red cat", "a blue dog", ""])
     assert c.shape == (3, 16, 32) and torch.isfinite(c).all()

@@ -173,7 +173,8 @@ def test_torchrun_cli_with_real_taef2_matches_one_process(tmp_path, data):
     if not taef2.is_dir():
         pytest.skip(f"no taef2 teacher under {SHARED} (set OSD_SHARED_DATA)")
     sources = [data[0][0]]
-    args = ["precompute", *sources, "--teacher", str(taef2), "--size", "32", "--max-frames", "5", "--batch", "2",
+    args = ["precompute", "frames", *sources, "--teacher", str(taef2), "--size", "32", "--max-frames", "5",
+            "--batch", "2",
             "--shard-size", "2", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",

@@ -33,6 +33,7 @@ class FakeCondTeacher:
     device = torch.device("cpu")
     sample_shape = (1, 6, 6)
     cond_shape = (3, 5)
+    pixel_range = (-1.0, 1.0)
     alphas_cumprod = torch.linspace(0.99, 0.05, T, dtype=torch.float64)
 
     def __init__(self):

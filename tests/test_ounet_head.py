@@ -19,6 +19,7 @@ class FakeTeacher:
     device = torch.device("cpu")
     sample_shape = (1, 6, 6)
     cond_shape = None
+    pixel_range = (-1.0, 1.0)
     alphas_cumprod = torch.linspace(0.99, 0.05, T, dtype=torch.float64)
 
     def eps(self, x_t, t, cond=None):

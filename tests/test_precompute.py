@@ -155,7 +155,8 @@ def test_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     noise_images(tmp_path / "imgs", 2)
     precompute(str(tmp_path / "imgs"), FakeTeacher(), tmp_path / "s", 32, progress=False)
-    rc = cli.main(["precompute", str(tmp_path / "imgs"), "--teacher", "whatever", "--out", str(tmp_path / "s"),
+    rc = cli.main(["precompute", "frames", str(tmp_path / "imgs"), "--teacher", "whatever",
+                   "--out", str(tmp_path / "s"),
                    "--size", "32", "--device", "cuda"])
     assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
     assert len(Store.open(tmp_path / "s")) == 2
@@ -235,7 +236,7 @@ def test_cli_with_real_taef2_matches_teacher(tmp_path, capsys):
         if p.is_file():
             (imgs / p.name).write_bytes(p.read_bytes())
     sources = [str(imgs), "sample:bigbuckbunny"]
-    argv = ["precompute", *sources, "--teacher", str(SHARED / "teachers" / "taef2"), "--out", str(tmp_path / "s"),
+    argv = ["precompute", "frames", *sources, "--teacher", str(SHARED / "teachers" / "taef2"), "--out", str(tmp_path / "s"),
             "--size", "64", "--max-frames", "3", "--stride", "5", "--batch", "2", "--shard-size", "4",
             "--device", "cpu"]
     assert cli.main(argv) == 0

@@ -145,3 +145,17 @@ def test_every_registered_strategy_lowers_a_quadratic(name):
     res = run_search(make_strategy(name, 20), loss, loss, start, 1.0, Budget(generations=200),
                      torch.Generator().manual_seed(0))
     assert float(res.val_loss.sum()) < 0.9 * float(loss(start[None]).sum())
+
+
+def test_cli_strategy_names_are_the_registry():
+    """--strategy's choices (read without torch) are the registry's names, and the CLI refuses others."""
+    from organic_sd import strategy_names
+    from organic_sd.cli import build_parser
+    from organic_sd.ola.strategies import AUTO, STRATEGIES
+
+    assert tuple(STRATEGIES) == strategy_names.STRATEGY_NAMES and AUTO in STRATEGIES
+    assert strategy_names.CHOICES == ("auto", *STRATEGIES)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "denoiser", "--store", "s", "--out", "o", "--strategy", "nope"])
+    a = build_parser().parse_args(["train", "denoiser", "--store", "s", "--out", "o", "--strategy", "trust-neuron"])
+    assert a.strategy == "trust-neuron"

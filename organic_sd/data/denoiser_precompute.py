@@ -85,6 +85,7 @@ def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, p
     cond_shape = None if teacher.cond_shape is None else [int(s) for s in teacher.cond_shape]
     return {
         "teacher": teacher.id,
+        "pixel_range": [float(v) for v in teacher.pixel_range],
         "shapes": {"x_t": shape, "t": [], "eps": shape},
         "val_fraction": val_fraction,
         "dtype": "float16",

@@ -25,7 +25,7 @@ from organic_sd.files import atomic_json, fsync_dir
 
 KIND = "denoiser"
 ARRAYS = ("x_t", "t", "eps")
-HEADER_FIELDS = ("kind", "teacher", "shapes", "val_fraction", "dtype", "schedule", "sampler", "prompts", "cond_shape")
+HEADER_FIELDS = ("kind", "teacher", "pixel_range", "shapes", "val_fraction", "dtype", "schedule", "sampler", "prompts", "cond_shape")
 COND = "cond.f16"
 MAX_T = 2048  # fp16 holds every integer up to here exactly
 
@@ -75,6 +75,15 @@ class DenoiserStore(Store):
     def alphas_cumprod(self) -> np.ndarray:
         """(T,) float64 alpha-bar of the teacher's schedule, indexed by t."""
         return np.asarray(self.meta["schedule"]["alphas_cumprod"], np.float64)
+
+    @property
+    def pixel_range(self) -> tuple[float, float]:
+        """(lo, hi) of the teacher's clean images, as its teacher declared it when the store was written."""
+        if self.meta.get("pixel_range") is None:
+            raise StoreError(f"store {self.path} does not record its teacher's pixel range (it predates the "
+                             "field): run `osd precompute denoiser` again into a new --out folder")
+        lo, hi = self.meta["pixel_range"]
+        return float(lo), float(hi)
 
     @property
     def prompts(self) -> list[str]:

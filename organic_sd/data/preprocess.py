@@ -37,7 +37,7 @@ def views(width: int, height: int, size: int, n: int, key: str) -> list[View]:
     """n crops of a width x height picture: the centre square first, then seeded random squares, odd ones mirrored.
 
     The extra views are what a few hundred photos need to become a training set (the
-    calibration reached its numbers on crops and flips): side uniform in [size, min(W, H)]
+    O-VAE's measured numbers were reached on crops and flips): side uniform in [size, min(W, H)]
     (never an upscale), position uniform, the draw seeded by the frame's key so a resumed or
     re-run precompute writes the same pixels.
     """

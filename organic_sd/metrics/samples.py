@@ -1,4 +1,4 @@
-"""Distribution measures of generated samples (issue 23): KID and improved precision / recall in a pooled shape space.
+"""Distribution measures of generated samples: KID and improved precision / recall in a pooled shape space.
 
 Same-noise PSNR rewards a clone for matching the teacher pixel by pixel; it cannot tell digits from
 blobs on a mostly black background. These measures compare two *sets* of samples instead:

@@ -1,7 +1,7 @@
 """Hidden layers without gradients: grow tanh units in rounds (a cascade).
 
-Evolving a whole network at once is slow (the project's calibration: a whole-network SNES trailed a
-cascade by 2 dB on the O-Decoder). Instead, each round:
+Evolving a whole network at once is slow (measured: a whole-network SNES trailed a cascade by 2 dB
+on the O-Decoder). Instead, each round:
   1. take the residual of the current model on the training rows (data statistics);
   2. evolve U new tanh units side by side, each maximising the residual energy it explains
      beyond a linear readout of its inputs (cascade-correlation), in the principal subspace the

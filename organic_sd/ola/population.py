@@ -4,7 +4,7 @@ A population is a tensor `theta (P, R, d)`: P candidates for each of R independe
 (output neurons, or hidden units), each row `d = in + 1` numbers (weights, then bias).
 Every objective here returns a loss per candidate per row, `(P, R)`: MSE is a sum over
 output neurons and each neuron depends only on its own row, so rows can be selected
-independently (the "single-neuron" lever of the spec).
+independently (each row keeps its own best candidate, whatever that candidate does for the others).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from organic_sd import strategy_names
 from organic_sd.flags import flag
 
 # fields that define a run: resuming with other values would silently mix two experiments
@@ -31,7 +32,7 @@ class DenoiserTrainConfig:
     cond_dim: int | None = flag(None, "text adapter size: the teacher's text embedding -> this many cond inputs "
                                       "(default 8 for a store with prompts; 0: ignore the prompts)")
     adapter_every: int = flag(2, "ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
-    strategy: str = flag("auto", "search strategy (auto, snes, trust, trust-neuron)")
+    strategy: str = flag("auto", strategy_names.HELP, choices=strategy_names.CHOICES)
     population: int = flag(40, "candidates per row")
     deflate: bool = flag(False, "each hidden unit of a round counts only for what the round's earlier units do not "
                                 "already make", action=argparse.BooleanOptionalAction)

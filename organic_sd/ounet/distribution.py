@@ -1,4 +1,5 @@
-"""Distribution metrics of an O-UNet's few-step samples (issue 23), for `osd eval denoiser` and bench/ounet.py.
+"""Distribution metrics of an O-UNet's few-step samples (is the clone's output the same *kind* of image?),
+for `osd eval denoiser` and bench/ounet.py.
 
 From one set of seeded noise (never a training store's: those draw from SeedSequence([seed, sample])
 streams) three sample sets are drawn by deterministic DDIM:

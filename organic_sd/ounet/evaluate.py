@@ -1,4 +1,4 @@
-"""`osd eval denoiser`: an O-UNet against its denoiser teacher, in the numbers issue 7 asks for.
+"""`osd eval denoiser`: an O-UNet against its denoiser teacher, by its eps error, samples and speed:
 
     eps error   MSE / variance of the teacher's eps on fresh teacher samples (DDIM from seed S, never in
                 a store) re-noised at each t in `ts`

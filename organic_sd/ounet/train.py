@@ -36,11 +36,6 @@ LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memo
 DENOISER_UNITS_PER_ROUND = 16
 
 
-def pixel_range(teacher_id: str) -> tuple[float, float]:
-    """Clean sample range of a teacher: the MNIST DDPM works on [-0.5, 0.5], others on [-1, 1]."""
-    return (-0.5, 0.5) if teacher_id.startswith("ddpm-mnist") else (-1.0, 1.0)
-
-
 def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, idx: np.ndarray,
                 dev: torch.device, adapter: TextAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Records idx -> rows x (n HW, in), y (n HW, C): the O-UNet's inputs and the teacher's eps per pixel."""
@@ -158,7 +153,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
                        grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse, cond_dim=cond_dim,
                        teacher=m["teacher"],
-                       pixel_range=pixel_range(m["teacher"]))
+                       pixel_range=store.pixel_range)
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     record.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)

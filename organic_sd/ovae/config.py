@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from organic_sd import strategy_names
 from organic_sd.flags import flag
 
 # fields that define a run: a resume with other values would silently mix two experiments
@@ -22,13 +23,13 @@ class TrainConfig:
     store's teacher must match on resume."""
 
     kind: str  # "encoder" or "decoder": the subcommand
-    store: str = flag(help="store folder written by `osd precompute`")
+    store: str = flag(help="store folder written by `osd precompute frames`")
     out: str = flag(help="run folder (created, or resumed if it holds the same run)")
     mode: str = flag("patch", "patch: per latent position (default); global: whole frame (the research's setup)",
                      choices=("patch", "global"))
     window: int = flag(0, "decoder: latent window k (odd, default 3); encoder: pixel window (default 2*f = 16)")
     hidden: tuple[int, ...] = flag((), "hidden tanh layer widths, e.g. --hidden 64")
-    strategy: str = flag("auto", "search strategy (auto, snes, trust, trust-neuron)")
+    strategy: str = flag("auto", strategy_names.HELP, choices=strategy_names.CHOICES)
     population: int = flag(40, "candidates per row")
     hessian: int = flag(0, "each hidden unit searches only this many input directions of its own, where one principal "
                            "direction of the residual bends most (0: every unit searches all); helps short CPU runs, "

@@ -90,6 +90,7 @@ class MNISTDenoiser:
 
     sample_shape = SHAPE
     data_range = DATA_RANGE
+    pixel_range = DATA_RANGE  # clean samples in [-0.5, 0.5]
     cond_shape = None  # unconditional
     prediction_type = "epsilon"
 

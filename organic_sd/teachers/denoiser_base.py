@@ -18,6 +18,7 @@ class Denoiser(Protocol):
     alphas_cumprod: torch.Tensor  # (T,) float64 on the CPU; valid steps are 0..T-1
     sample_shape: tuple[int, int, int]  # (C, H, W)
     cond_shape: tuple[int, ...] | None  # (L, D) of encode_text per prompt; None: unconditional
+    pixel_range: tuple[float, float]  # (lo, hi) of its clean images (decoded ones for a latent teacher)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, H, W) x_t, (B,) integer steps, cond (B, L, D) or None -> (B, C, H, W) predicted noise."""

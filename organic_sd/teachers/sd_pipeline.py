@@ -32,6 +32,8 @@ LOCAL_HINT = ("pass a local diffusers pipeline folder instead (model_index.json,
 class SDDenoiser:
     """A Stable Diffusion UNet as a Denoiser: eps(x_t (B, C, h, w) latents, t (B,), cond (B, L, D) or None)."""
 
+    pixel_range = (-1.0, 1.0)  # its VAE decodes latents to images in [-1, 1]
+
     def __init__(self, unet, text_encoder, tokenizer, alphas_cumprod: torch.Tensor, prediction_type: str,
                  id: str, device: torch.device, vae_spec: str | None = None):
         cfg = unet.config

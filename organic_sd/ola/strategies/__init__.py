@@ -12,14 +12,16 @@ from __future__ import annotations
 from organic_sd.ola.strategies.base import Strategy
 from organic_sd.ola.strategies.snes import SNES
 from organic_sd.ola.strategies.trust import Trust
+from organic_sd.strategy_names import AUTO, STRATEGY_NAMES
 
 STRATEGIES = {
     "trust": lambda population: Trust(population, per_row=False),
     "trust-neuron": lambda population: Trust(population, per_row=True),
     "snes": lambda population: SNES(population),
 }
-# `auto` is the strategy that won bench/ola_core.py (docs/BENCHMARKS.md).
-AUTO = "snes"
+if tuple(STRATEGIES) != STRATEGY_NAMES:  # the command line offers the names of organic_sd/strategy_names.py
+    raise ImportError(f"strategy registry {list(STRATEGIES)} and organic_sd/strategy_names.py "
+                      f"{list(STRATEGY_NAMES)} differ")
 
 
 def make_strategy(name: str, population: int):

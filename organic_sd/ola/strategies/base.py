@@ -12,7 +12,7 @@ import torch
 
 
 class Strategy(Protocol):
-    """What ola/search.py and ola/distributed.py rely on; a new strategy is one file plus one STRATEGIES entry.
+    """What ola/search.py and ola/distributed.py rely on; a new strategy is one file plus one STRATEGIES entry (and its name in organic_sd/strategy_names.py).
 
     State is an immutable dataclass of the strategy's own: every method returns a new one.
     """
