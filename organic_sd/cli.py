@@ -111,11 +111,13 @@ def _cmd_eval_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import reconstruct
+    from organic_sd.ovae.evaluate import check_size, reconstruct
 
+    check_size(args.size)  # an odd --size is said as such, before the O-VAE or the image is read
     v = _load_ovae(args.ovae, args.device)
     path, m = reconstruct(args.image, v, args.out, size=args.size)
-    print(f"wrote {path} (PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} against the preprocessed input)")
+    against = "the input" if args.size is None else f"the input's centre square at {args.size}x{args.size}"
+    print(f"wrote {path} (PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} against {against})")
     return 0
 
 
@@ -208,8 +210,10 @@ def _add_ovae_parsers(sub) -> None:
     rc = sub.add_parser("reconstruct", help="O-VAE round trip of one image (no teacher needed)")
     rc.add_argument("image")
     rc.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")
-    rc.add_argument("--out", default=None, help="output PNG (default: IMAGE_ovae.png beside the image)")
-    rc.add_argument("--size", type=int, default=None, help="frame side (default: the O-VAE's training size)")
+    rc.add_argument("--out", default=None, help="output PNG (default: IMAGE_ovae.png in the current folder)")
+    rc.add_argument("--size", type=int, default=None,
+                    help="reconstruct the centre square resized to SIZE x SIZE, a multiple of 8 (default: the "
+                         "whole image at its own size)")
     rc.add_argument("--device", default="cpu")
     rc.set_defaults(func=_cmd_reconstruct)
 
