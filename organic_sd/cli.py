@@ -27,12 +27,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     # dispatch on the file's own format, so a broken O-VAE or O-UNet reports its own error
     _, _, meta = read_safetensors(args.checkpoint, "organic_sd checkpoint")
+    from organic_sd.info import ounet_summary, ovae_summary
+
     if meta.get("format") == ovae.FORMAT:  # an O-VAE export or `osd train` encoder/decoder run
         v = ovae.OVAE.load(args.checkpoint)
+        if not args.json:  # a short summary; --json: everything, training curves and run settings included
+            print(ovae_summary(v))
+            return 0
         print(f"O-VAE, {v.num_parameters():,} parameters")
         print(json.dumps(v.meta, indent=2, default=str))
     elif meta.get("format") == ounet.FORMAT:
         u = ounet.OUNet.load(args.checkpoint)
+        if not args.json:
+            print(ounet_summary(u))
+            return 0
         print(f"O-UNet, {u.num_parameters():,} parameters, samples {tuple(u.sample_shape)}")
         print(json.dumps({"config": asdict(u.config), "meta": u.meta,
                           "training": u.module.training_summary}, indent=2, default=str))
@@ -414,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a saved OLA module or checkpoint")
     info.add_argument("checkpoint", help="folder or .safetensors file saved by organic_sd")
+    info.add_argument("--json", action="store_true",
+                      help="print everything the file holds (training curves, run settings) as JSON")
     info.set_defaults(func=_cmd_info)
 
     pre = sub.add_parser("precompute", help="run a teacher over frames into a store of (frame, latent, decode)",

@@ -116,6 +116,15 @@ def test_reconstruct_whole_image_into_current_folder(trained, tmp_path, monkeypa
     assert "--size must be a positive multiple of 8" in err and "image is" not in err
 
 
+def test_info_summarises_runs_and_exports(trained, capsys):
+    tmp, _, path = trained
+    for spec, parts in ((tmp / "enc", "parts: encoder;"), (tmp / "dec", "parts: decoder;"),
+                        (path, "parts: encoder, decoder;")):
+        assert cli.main(["info", str(spec)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("O-VAE, ") and parts in out and "trained: " in out and str(tmp) not in out, out
+
+
 def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):
     pytest.importorskip("skimage")
     monkeypatch.setattr(model, "DEFAULT_PATH", trained[2])
