@@ -144,7 +144,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from organic_sd.ovae.export import export
 
-    v = export(args.encoder, args.decoder, args.out)
+    v = export(args.encoder, args.decoder, args.out, label=args.label)
     print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
     return 0
 
@@ -238,6 +238,9 @@ def _add_ovae_parsers(sub) -> None:
     ex.add_argument("--encoder", default=None, help="encoder run folder or file")
     ex.add_argument("--decoder", default=None, help="decoder run folder or file")
     ex.add_argument("--out", default=None, help="output .safetensors file")
+    ex.add_argument("--label", default=None,
+                    help="store this label (e.g. a release name) instead of this machine's run, store and init "
+                         "folders")
     ex.add_argument("--onnx", metavar="FILE", default=None,
                     help="write --part of --ovae as an ONNX graph (dynamic height/width; needs the onnx extra)")
     ex.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="with --onnx: which part")

@@ -57,6 +57,8 @@ def ovae_summary(v) -> str:
     f, C, S = m["downscale"], m["latent_channels"], m["image_size"]
     lines = [f"O-VAE, {v.num_parameters():,} parameters, cloning {m['teacher']}",
              f"  parts: {', '.join(v.parts())}; {C} latent channels, {f}x downscale, trained on {S}x{S} frames"]
+    if m.get("label"):
+        lines.insert(1, f"  label: {m['label']}")
     if v.encoder is not None:
         lines.append(f"  shapes: images (B, 3, H, W) in [-1, 1], H and W multiples of {f} -> latents (B, {C}, H/{f}, "
                      f"W/{f})" + (" [global mode: {S}x{S} images only]" if v.encoder.config.mode == "global" else ""))

@@ -125,6 +125,23 @@ def test_info_summarises_runs_and_exports(trained, capsys):
         assert out.startswith("O-VAE, ") and parts in out and "trained: " in out and str(tmp) not in out, out
 
 
+def test_export_label_stores_no_machine_folders(trained, tmp_path, capsys):
+    """Issue 25 item 6: `osd export --label NAME` stores the label where the runs' folders were."""
+    tmp, _, path = trained
+    assert str(tmp).encode() in path.read_bytes()  # without --label: the run folders, as before
+    out = tmp_path / "labelled.safetensors"
+    assert cli.main(["export", "--encoder", str(tmp / "enc"), "--decoder", str(tmp / "dec"), "--out", str(out),
+                     "--label", "test-release"]) == 0
+    data = out.read_bytes()
+    assert str(tmp).encode() not in data and str(tmp_path).encode() not in data and b"test-release" in data
+    v, w = OVAE.load(out), OVAE.load(path)
+    x = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+    assert torch.equal(v(x), w(x)) and v.meta["label"] == "test-release"
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    assert "label: test-release" in capsys.readouterr().out
+
+
 def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):
     pytest.importorskip("skimage")
     monkeypatch.setattr(model, "DEFAULT_PATH", trained[2])
