@@ -28,12 +28,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     # dispatch on the file's own format, so a broken O-VAE or O-UNet reports its own error
     _, _, meta = read_safetensors(args.checkpoint, "organic_sd checkpoint")
+    from organic_sd.info import ounet_summary, ovae_summary
+
     if meta.get("format") == ovae.FORMAT:  # an O-VAE export or `osd train` encoder/decoder run
         v = ovae.OVAE.load(args.checkpoint)
+        if not args.json:  # a short summary; --json: everything, training curves and run settings included
+            print(ovae_summary(v))
+            return 0
         print(f"O-VAE, {v.num_parameters():,} parameters")
         print(json.dumps(v.meta, indent=2, default=str))
     elif meta.get("format") == ounet.FORMAT:
         u = ounet.OUNet.load(args.checkpoint)
+        if not args.json:
+            print(ounet_summary(u))
+            return 0
         print(f"O-UNet, {u.num_parameters():,} parameters, samples {tuple(u.sample_shape)}")
         print(json.dumps({"config": asdict(u.config), "meta": u.meta,
                           "training": u.module.training_summary}, indent=2, default=str))
@@ -112,11 +120,13 @@ def _cmd_eval_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from organic_sd.ovae.evaluate import reconstruct
+    from organic_sd.ovae.evaluate import check_size, reconstruct
 
+    check_size(args.size)  # an odd --size is said as such, before the O-VAE or the image is read
     v = _load_ovae(args.ovae, args.device)
     path, m = reconstruct(args.image, v, args.out, size=args.size)
-    print(f"wrote {path} (PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} against the preprocessed input)")
+    against = "the input" if args.size is None else f"the input's centre square at {args.size}x{args.size}"
+    print(f"wrote {path} (PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} against {against})")
     return 0
 
 
@@ -135,7 +145,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from organic_sd.ovae.export import export
 
-    v = export(args.encoder, args.decoder, args.out)
+    v = export(args.encoder, args.decoder, args.out, label=args.label)
     print(f"wrote {args.out}: O-VAE cloning {v.meta['teacher']}, {v.num_parameters():,} parameters")
     return 0
 
@@ -209,8 +219,10 @@ def _add_ovae_parsers(sub) -> None:
     rc = sub.add_parser("reconstruct", help="O-VAE round trip of one image (no teacher needed)")
     rc.add_argument("image")
     rc.add_argument("--ovae", default=None, help="O-VAE file (default: the shipped one)")
-    rc.add_argument("--out", default=None, help="output PNG (default: IMAGE_ovae.png beside the image)")
-    rc.add_argument("--size", type=int, default=None, help="frame side (default: the O-VAE's training size)")
+    rc.add_argument("--out", default=None, help="output PNG (default: IMAGE_ovae.png in the current folder)")
+    rc.add_argument("--size", type=int, default=None,
+                    help="reconstruct the centre square resized to SIZE x SIZE, a multiple of 8 (default: the "
+                         "whole image at its own size)")
     rc.add_argument("--device", default="cpu")
     rc.set_defaults(func=_cmd_reconstruct)
 
@@ -227,6 +239,9 @@ def _add_ovae_parsers(sub) -> None:
     ex.add_argument("--encoder", default=None, help="encoder run folder or file")
     ex.add_argument("--decoder", default=None, help="decoder run folder or file")
     ex.add_argument("--out", default=None, help="output .safetensors file")
+    ex.add_argument("--label", default=None,
+                    help="store this label (e.g. a release name) instead of this machine's run, store and init "
+                         "folders")
     ex.add_argument("--onnx", metavar="FILE", default=None,
                     help="write --part of --ovae as an ONNX graph (dynamic height/width; needs the onnx extra)")
     ex.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="with --onnx: which part")
@@ -410,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a saved OLA module or checkpoint")
     info.add_argument("checkpoint", help="folder or .safetensors file saved by organic_sd")
+    info.add_argument("--json", action="store_true",
+                      help="print everything the file holds (training curves, run settings) as JSON")
     info.set_defaults(func=_cmd_info)
 
     pre = sub.add_parser("precompute", help="run a teacher into a store: `frames` (VAE teachers over images and "

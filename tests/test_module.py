@@ -96,3 +96,27 @@ def test_osd_info_describes_the_shipped_o_unet_and_o_vae(capsys):
     assert capsys.readouterr().out.startswith("O-UNet, ")
     assert main(["info", str(OVAE)]) == 0
     assert capsys.readouterr().out.startswith("O-VAE, ")
+
+
+def test_osd_info_is_a_short_summary_and_json_gives_everything(capsys):
+    """Issue 25 item 6: `osd info` printed 1,100-1,700 lines of JSON with every training curve and the
+    training machine's folder paths; now a short summary, and --json for everything."""
+    import json
+
+    from organic_sd.cli import main
+    from organic_sd.ounet.model import DEFAULT_PATH as OUNET
+    from organic_sd.ovae.model import DEFAULT_PATH as OVAE
+
+    for path, first, needed in ((OVAE, "O-VAE, ", ("encoder", "decoder", "latents (B, 32", "trained: snes", "psnr")),
+                                (OUNET, "O-UNet, ", ("samples (1, 28, 28)", "trained: snes", "heldout_mse"))):
+        assert main(["info", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(first) and "cloning " in out and "parameters" in out
+        assert len(out.splitlines()) <= 15, out
+        assert "curve" not in out and "/tmp/" not in out and "{" not in out, out
+        for s in needed:
+            assert s in out, (s, out)
+        assert main(["info", "--json", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(first) and '"curve"' in out
+        json.loads(out.split("\n", 1)[1])  # everything, as JSON after the first line

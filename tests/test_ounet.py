@@ -59,6 +59,9 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(v.schedule, schedule()) and v.config == u.config
     u.save(tmp_path / "run")  # a folder gets model.safetensors, as a training run has
     assert torch.equal(OUNet.load(tmp_path / "run")(x, t), u(x, t))
+    from organic_sd.info import ounet_summary  # no training summary, no head: still a summary
+
+    assert ounet_summary(v).startswith("O-UNet, ") and "trained: not recorded" in ounet_summary(v)
     assert organic_sd.OUNet is OUNet
 
 

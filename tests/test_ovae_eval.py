@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -85,6 +86,60 @@ def test_cli_eval_reconstruct(trained, tmp_path, capsys):
     assert cli.main(["reconstruct", str(images / "im000.png"), "--ovae", str(path), "--out",
                      str(tmp_path / "afile" / "r.png")]) == 2
     assert "osd: error:" in capsys.readouterr().err
+
+
+def test_reconstruct_whole_image_into_current_folder(trained, tmp_path, monkeypatch, capsys):
+    """Issue 25 item 4: the output went beside the input (a later `osd eval pipeline` of that folder scored it
+    as one more photo) and a non-square photo was silently centre-cropped to the training size."""
+    _, _, path = trained
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (5, 5, 3), dtype=np.uint8)).resize(
+        (62, 44), Image.Resampling.BICUBIC).save(photos / "wide.png")  # 62 x 44: neither side a multiple of 8
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli.main(["reconstruct", str(photos / "wide.png"), "--ovae", str(path)]) == 0
+    assert sorted(p.name for p in photos.iterdir()) == ["wide.png"]  # nothing written beside the input
+    with Image.open(here / "wide_ovae.png") as im:
+        assert im.size == (62, 44)  # the whole image at its own size
+    assert "against the input" in capsys.readouterr().out
+    # --size: the centre square at that size, as before
+    assert cli.main(["reconstruct", str(photos / "wide.png"), "--ovae", str(path), "--size", "32",
+                     "--out", str(here / "sq.png")]) == 0
+    with Image.open(here / "sq.png") as im:
+        assert im.size == (32, 32)
+    capsys.readouterr()
+    # an odd --size is said as such, not as a complaint about the image
+    assert cli.main(["reconstruct", str(photos / "wide.png"), "--ovae", str(path), "--size", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "--size must be a positive multiple of 8" in err and "image is" not in err
+
+
+def test_info_summarises_runs_and_exports(trained, capsys):
+    tmp, _, path = trained
+    for spec, parts in ((tmp / "enc", "parts: encoder;"), (tmp / "dec", "parts: decoder;"),
+                        (path, "parts: encoder, decoder;")):
+        assert cli.main(["info", str(spec)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("O-VAE, ") and parts in out and "trained: " in out and str(tmp) not in out, out
+
+
+def test_export_label_stores_no_machine_folders(trained, tmp_path, capsys):
+    """Issue 25 item 6: `osd export --label NAME` stores the label where the runs' folders were."""
+    tmp, _, path = trained
+    assert str(tmp).encode() in path.read_bytes()  # without --label: the run folders, as before
+    out = tmp_path / "labelled.safetensors"
+    assert cli.main(["export", "--encoder", str(tmp / "enc"), "--decoder", str(tmp / "dec"), "--out", str(out),
+                     "--label", "test-release"]) == 0
+    data = out.read_bytes()
+    assert str(tmp).encode() not in data and str(tmp_path).encode() not in data and b"test-release" in data
+    v, w = OVAE.load(out), OVAE.load(path)
+    x = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
+    assert torch.equal(v(x), w(x)) and v.meta["label"] == "test-release"
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    assert "label: test-release" in capsys.readouterr().out
 
 
 def test_demo_with_shipped_default(trained, tmp_path, monkeypatch, capsys):

@@ -259,3 +259,20 @@ def test_cuda_teacher_takes_cpu_input(taef2_dir):
     assert z.device == x.device and z.dtype == torch.float32
     torch.testing.assert_close(z, load_teacher(taef2_dir).encode(x), atol=0.05, rtol=0.05)
     assert t.decode(z).device == x.device
+
+
+@pytest.mark.parametrize("text", ["hello\n", "e" * 200, "", "not a checkpoint"])
+def test_text_file_as_teacher_is_one_line_error(tmp_path, capsys, text):
+    """Issue 25 item 5: a text file named teacher.pth gave `KeyError: 101` as a traceback."""
+    from organic_sd.cli import main
+
+    bad = tmp_path / "teacher.pth"
+    bad.write_text(text)
+    with pytest.raises(TeacherError, match="teacher.pth.*not a readable weights file.*expected"):
+        read_weights(bad)
+    rc = main(["precompute", "sample:skimage", "--teacher", str(bad), "--out", str(tmp_path / "store"),
+               "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "teacher.pth" in err and "expected" in err, err
+    assert "Traceback" not in err

@@ -161,14 +161,40 @@ def _markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_size(size: int | None, downscale: int = 8) -> None:
+    """--size: None (the image's own size) or a positive multiple of the downscale; said before any image is read."""
+    if size is not None and (not isinstance(size, int) or size <= 0 or size % downscale):
+        raise ValueError(f"--size must be a positive multiple of {downscale} (got {size})")
+
+
 def reconstruct(image: str, v, out: str | os.PathLike | None = None, size: int | None = None) -> tuple[Path, dict]:
-    """O-VAE round trip of one image (no teacher); returns the written path and metrics vs the input."""
+    """O-VAE round trip of one image (no teacher); returns the written path and metrics vs the input.
+
+    Without `size` the whole image is reconstructed at its own size: padded (edge pixels repeated) to a
+    multiple of the downscale and cropped back; a global-mode encoder, which takes its training size only,
+    gets the centre square at that size. With `size` (a multiple of the downscale): the centre square
+    resized to size x size, as `osd eval pipeline` does. The output goes to `out`, or IMAGE_ovae.png in the
+    current folder (never beside the input, where a later `osd eval pipeline` of that folder would read it).
+    """
     from organic_sd.data import load_image, preprocess
 
-    S = _size(v, size)
-    x = torch.from_numpy(preprocess(load_image(image), S))[None].to(v.device)
-    y = v(x)
-    out = Path(out) if out else Path(image).with_name(Path(image).stem + "_ovae.png")
+    f = int(v.meta.get("downscale", 8))
+    check_size(size, f)
+    im = load_image(image)
+    enc = v.encoder
+    if size is None and enc is not None and enc.config.mode == "global":
+        size = _size(v, None)
+    if size is not None:
+        x = torch.from_numpy(preprocess(im, size))[None].to(v.device)
+        y = v(x)
+    else:
+        a = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / np.float32(127.5) - np.float32(1.0)
+        x = torch.from_numpy(np.ascontiguousarray(a))[None].to(v.device)
+        H, W = x.shape[-2:]
+        ph, pw = -H % f, -W % f
+        xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+        y = v(xp)[..., :H, :W]
+    out = Path(out) if out else Path.cwd() / (Path(image).stem + "_ovae.png")
     out.parent.mkdir(parents=True, exist_ok=True)
     to_pil(y).save(out)
     return out, image_metrics(y, x)

@@ -87,9 +87,14 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                     f"arbitrary unpickling, which can run code from the file ({first}). "
                     "Use a .safetensors file or a checkpoint saved with torch.save(model.state_dict())."
                 ) from None
-            raise TeacherError(f"{str(path)!r} is not a readable weights file ({msg.splitlines()[0]})") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise TeacherError(f"{str(path)!r} is not a readable weights file ({str(e).splitlines()[0]})") from None
+            raise TeacherError(f"{str(path)!r} is not a readable weights file ({msg.splitlines()[0]}); expected a "
+                               "PyTorch checkpoint of tensors or a .safetensors file") from None
+        except Exception as e:  # noqa: BLE001 -- a text or truncated file fails inside the unpickler in many ways
+            # (KeyError: 101 for a text file): one line naming the file and what was expected, never a traceback
+            why = (str(e).splitlines() or [""])[0] or type(e).__name__
+            raise TeacherError(
+                f"{str(path)!r} is not a readable weights file ({type(e).__name__}: {why}); expected a PyTorch "
+                "checkpoint of tensors (torch.save(model.state_dict())) or a .safetensors file") from None
     while isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}

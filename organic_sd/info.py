@@ -1,0 +1,106 @@
+"""`osd info`: a short summary of an O-VAE or O-UNet (`--json`: everything the file holds).
+
+The summary says what the file clones, its parts and parameters, the shapes it takes and gives, the
+figures measured when it was trained and how it was trained; never training curves or run settings
+(with the training machine's folder paths), which only `--json` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+_SKIP = {"tick", "minutes", "run", "curve", "seconds"}  # not measured figures of the model
+
+
+def _num(x) -> str:
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _figures(d: dict) -> str:
+    """The scalar measurements of a run summary: `heldout_mse 0.479, cosine 0.617`."""
+    return ", ".join(f"{k} {_num(v)}" for k, v in (d or {}).items()
+                     if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _trained(t: dict) -> str:
+    """How a module was trained, in one line, from its training summary."""
+    if not t:
+        return "not recorded"
+    bits = [str(t.get("strategy", "?"))]
+    if t.get("population"):
+        bits.append(f"population {t['population']}")
+    if t.get("generations") is not None:
+        bits.append(f"{_num(t['generations'])} generations")
+    if t.get("seconds") is not None:
+        bits.append(f"{float(t['seconds']):.1f} s" + (f" on {t['device']}" if t.get("device") else ""))
+    if t.get("n_train") is not None:
+        bits.append(f"{_num(t['n_train'])} training rows")
+    if t.get("val_mse") is not None:
+        bits.append(f"val MSE {_num(t['val_mse'])}")
+    return ", ".join(bits)
+
+
+def _arch(ola: dict) -> str:
+    dims = [ola.get("in_dim"), *(ola.get("hidden") or []), ola.get("out_dim")]
+    return "OLA " + " -> ".join(str(d) for d in dims)
+
+
+def ovae_summary(v) -> str:
+    """Lines for an O-VAE (export or one-part run)."""
+    m = v.meta
+    f, C, S = m["downscale"], m["latent_channels"], m["image_size"]
+    lines = [f"O-VAE, {v.num_parameters():,} parameters, cloning {m['teacher']}",
+             f"  parts: {', '.join(v.parts())}; {C} latent channels, {f}x downscale, trained on {S}x{S} frames"]
+    if m.get("label"):
+        lines.insert(1, f"  label: {m['label']}")
+    if v.encoder is not None:
+        lines.append(f"  shapes: images (B, 3, H, W) in [-1, 1], H and W multiples of {f} -> latents (B, {C}, H/{f}, "
+                     f"W/{f})" + (" [global mode: {S}x{S} images only]" if v.encoder.config.mode == "global" else ""))
+    if v.decoder is not None:
+        lines.append(f"  shapes: latents (B, {C}, h, w) -> images (B, 3, {f}h, {f}w) in [-1, 1]")
+    for name, part in v.parts().items():
+        d = part.describe()
+        p = d["part"]
+        lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
+        t = d.get("training") or {}
+        lines.append(f"    trained: {_trained(t)}")
+        if p.get("latents") not in (None, "teacher"):  # e.g. mix:RUN; the run's folder is the training machine's
+            kind, _, src = str(p["latents"]).partition(":")
+            lines.append(f"    trained on latents: {kind}" + (" (with an O-Encoder run's latents)" if src else ""))
+        figs = _figures(t.get("run") or {})
+        if figs:
+            lines.append(f"    measured: {figs}")
+    return "\n".join(lines)
+
+
+def ounet_summary(u) -> str:
+    """Lines for an O-UNet."""
+    c = u.config
+    shape = tuple(c.sample_shape)
+    lines = [f"O-UNet, {u.num_parameters():,} parameters, samples {shape}, cloning {c.teacher}"]
+    lo, hi = c.pixel_range if getattr(c, "pixel_range", None) else (None, None)
+    rng = f" in [{lo}, {hi}]" if lo is not None else ""
+    cond = "unconditional" if not c.cond_dim else (
+        f"conditional: text adapter to {c.cond_dim} values" if u.adapter is not None else f"cond ({c.cond_dim},)")
+    lines.append(f"  shapes: x_t (B, {', '.join(map(str, shape))}){rng}, t in [0, {c.num_steps}) -> eps of the same "
+                 f"shape; {cond}")
+    ola = getattr(u.module, "config", None)
+    arch = _arch(asdict(ola)) if ola is not None and hasattr(ola, "in_dim") else type(u.module).__name__
+    lines.append(f"  module: {arch}, window {c.window}, grid {c.grid}"
+                 + (f"; noise-level head, {c.head_buckets} t buckets" if c.head_buckets else ""))
+    t = getattr(u.module, "training_summary", {}) or {}
+    lines.append(f"  trained: {_trained(t)}")
+    figs = _figures(u.meta)
+    if figs:
+        lines.append(f"  measured: {figs}")
+    head = u.meta.get("head") or {}
+    if head.get("before") and head.get("after"):
+        lines.append(f"  head: {_figures(head['before'])} before, {_figures(head['after'])} after "
+                     f"({'kept' if head.get('kept') else 'not kept'})")
+    return "\n".join(lines)
