@@ -103,11 +103,16 @@ def main(argv=None) -> int:
     teacher = load_teacher(args.teacher)
     res = score(named(args.encoders, "encoder"), named(args.decoders, "decoder"), teacher, photos(args.images, args.size))
     md = markdown(res, teacher.id, args.images)
-    print(md)
-    if args.out:
-        Path(args.out).write_text(md)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_report(md, res, args.out)
     return 0
+
+
+def write_report(md: str, res: dict, out: str | None) -> None:
+    """Print a markdown table; with `out`, also write it there and the results beside it as .json."""
+    print(md)
+    if out:
+        Path(out).write_text(md)
+        Path(out).with_suffix(".json").write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ final x0; no FLUX.2 denoiser runs here to make mid-sampling estimates). Speed: m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ovae import cpu_seconds
-from pairs import photos
+from pairs import photos, write_report
 
 from organic_sd.data.store import Store
 from organic_sd.metrics.pixels import mean_image_psnr
@@ -132,11 +131,7 @@ def main(argv=None) -> int:
                   "| --- | ---: | ---: | ---: | ---: |"]
         lines += [f"| {k} | {r['torch']:.1f} | {r['conv']:.1f} | {r['onnxruntime']:.1f} | {r['max_abs_diff']:.1e} |"
                   for k, r in res["onnx"].items()]
-    md = "\n".join(lines) + "\n"
-    print(md)
-    if args.out:
-        Path(args.out).write_text(md)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=1))
+    write_report("\n".join(lines) + "\n", res, args.out)
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-class _Column:
+class _Column(ABC):
     """One per-sample array of a store, indexed like a numpy array of shape (len(store), *sample_shape)."""
 
     def __init__(self, store: Store, sample_shape):
@@ -93,9 +94,9 @@ class _Column:
             rows = rows % max(n, 1)
         return self._gather(rows)
 
+    @abstractmethod
     def _gather(self, rows: np.ndarray) -> np.ndarray:
-        """(B,) sample indices in 0..n-1 -> (B, *sample_shape) float32."""
-        raise NotImplementedError
+        """(B,) sample indices in 0..n-1 -> (B, *sample_shape) float32; each kind of column reads its own way."""
 
 
 class _Array(_Column):
