@@ -89,6 +89,14 @@ def out_scale_for(largest: float, step: float = 0.5) -> float:
     return math.ceil(1.2 * float(largest) / step) * step
 
 
+def typical_largest(y: torch.Tensor, share: float = 0.9999) -> float:
+    """The `share` quantile of |y|: the largest magnitude a readout must reach, without the rare wild values
+    (an x0 or v target at the top step divides the teacher's eps error by sqrt(alpha-bar) ~ 0.006)."""
+    a = y.abs().flatten().float()
+    k = max(1, min(a.numel(), math.ceil(share * a.numel())))
+    return float(a.kthvalue(k).values)
+
+
 # -- the run folder --------------------------------------------------------------------------------
 
 def open_run(run: Path, record: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:

@@ -11,7 +11,10 @@ from organic_sd.flags import flag
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
-RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records")
+RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records",
+              "stage_grid", "stage_buckets", "stage_window", "stage_hidden", "target")
+# fields newer than some runs, with the value those runs used before the field existed
+ADDED_FIELDS = {"stage_grid": 0, "stage_buckets": 0, "stage_window": 5, "stage_hidden": [128], "target": "eps"}
 
 
 @dataclass
@@ -29,6 +32,20 @@ class DenoiserTrainConfig:
     gain: int = flag(0, "inner N x N window divided by the noise level as extra inputs (odd; 0: none)")
     modulate: int = flag(5, "inner window m (odd, <= --window; 0: none) whose values, and the global context, are "
                             "also inputs multiplied by sqrt(alpha-bar) and sqrt(1 - alpha-bar)")
+    stage_grid: int = flag(0, "multi-scale: a coarse stage sees x_t pooled to G x G (and time) and predicts the "
+                              "target pooled to G x G; the per-pixel stack reads a window of it, upsampled. Trained "
+                              "first, in RUN_DIR/coarse, then frozen (G divides the sample's side; 0: single-scale)")
+    stage_buckets: int = flag(0, "soft time buckets whose products with the pooled image are coarse-stage inputs: "
+                                 "a linear map of its own per noise level (0: none)")
+    stage_window: int = flag(5, "window of the upsampled coarse prediction in the per-pixel rows (odd)")
+    stage_hidden: tuple[int, ...] = flag((128,), "hidden tanh widths of the coarse stage")
+    stage_minutes: float = flag(2.0, "search minutes of the coarse stage (the whole run's, not per call)")
+    stage_rows: int = flag(200_000, "records (one row each) drawn per tick of the coarse stage")
+    stage_refine: float = flag(0.5, "share of each coarse-stage tick spent moving its units together (ola.Refine)")
+    refine: float = flag(0.0, "share of each per-pixel tick spent moving the last hidden layer's units together "
+                              "(ola.Refine)")
+    target: str = flag("eps", "what the stacks predict: eps, x0 or v (v = sqrt(ab) eps - sqrt(1-ab) x0 keeps the "
+                              "error reaching DDIM's x0 estimate small at high noise)", choices=("eps", "x0", "v"))
     cond_dim: int | None = flag(None, "text adapter size: the teacher's text embedding -> this many cond inputs "
                                       "(default 8 for a store with prompts; 0: ignore the prompts)")
     adapter_every: int = flag(2, "ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
@@ -53,6 +70,13 @@ class DenoiserTrainConfig:
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
+        self.stage_hidden = tuple(int(h) for h in ((self.stage_hidden,) if isinstance(self.stage_hidden, int)
+                                                   else self.stage_hidden))
+        if not (0 <= self.refine < 1 and 0 <= self.stage_refine < 1):
+            raise ValueError(f"--refine and --stage-refine are shares in [0, 1), got {self.refine}, {self.stage_refine}")
+        if self.stage_minutes < 0 or self.stage_rows <= 0:
+            raise ValueError(f"--stage-minutes must be >= 0 and --stage-rows positive, got {self.stage_minutes}, "
+                             f"{self.stage_rows}")
         if (self.cond_dim is not None and self.cond_dim < 0) or self.adapter_every < 0:
             raise ValueError(f"--cond-dim and --adapter-every must be >= 0, got {self.cond_dim}, {self.adapter_every}")
         for name in ("tick_seconds", "max_rows", "eval_records", "population"):

@@ -32,6 +32,9 @@ def _columns(cfg) -> dict[str, slice]:
         sizes += [("gain", C * n * n)]
     if cfg.coarse:
         sizes += [("coarse", 9 * C), ("coarse_s", 9 * C), ("coarse_n", 9 * C)]
+    if cfg.stage_grid:
+        w2 = C * cfg.stage_window ** 2
+        sizes += [("stage", w2), ("stage_s", w2), ("stage_n", w2)]
     sizes += [("cond", cfg.cond_dim)]
     out, i = {}, 0
     for name, size in sizes:
@@ -49,7 +52,7 @@ def _inner_to_window(w: torch.Tensor, C: int, side: int, k: int) -> torch.Tensor
     return out
 
 
-def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glob, pos) -> torch.Tensor:
+def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glob, pos, stage=None) -> torch.Tensor:
     """(O, in) weights on feature rows -> (B, O, H, W) pre-activations, computed as a convolution."""
 
     C, H, W = cfg.sample_shape
@@ -86,12 +89,23 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
                                   padding=1)
         B, n_out = small.shape[:2]
         out.view(B, n_out, H // c, c, W // c, c).add_(small[:, :, :, None, :, None])
+    if cfg.stage_grid:  # the upsampled coarse prediction's window: one more convolution per noise level
+        sw, sk = cfg.stage_window, lambda name: w[:, col[name]].reshape(-1, C, cfg.stage_window, cfg.stage_window)
+        for a in levels:
+            kern = sk("stage") + a.sqrt() * sk("stage_s") + (1 - a).sqrt() * sk("stage_n")
+            if len(levels) == 1:
+                out.add_(F.conv2d(stage, kern, padding=sw // 2))
+            else:
+                sel = ab == a
+                out[sel] += F.conv2d(stage[sel], kern, padding=sw // 2)
     # in place: these maps are the largest tensors of the whole step
     return out.add_(bias[:, :, None, None]).add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
 
 
-def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-    """(B, C, H, W) x_t, (B,) t, cond (B, cond_dim) or None -> (B, C, H, W): u.module(features(...)), as convolutions."""
+def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+             stage: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) t, cond (B, cond_dim) or None, the upsampled coarse map or None -> (B, C, H, W):
+    u.module(features(...)), as convolutions (the stack's output: eps, x0 or v as u.config.target says)."""
     cfg, m = u.config, u.module
     if not isinstance(m, OLAModule):
         raise TypeError(f"the fast path needs an OLAModule stack, not {type(m).__name__}")
@@ -107,7 +121,7 @@ def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -
     # the first hidden layer and the readout's input part read the same rows: one convolution for both
     first_w = torch.cat([layers[0].weight, ro_w[:, :n_in]]) if layers else ro_w[:, :n_in]
     first_b = torch.cat([layers[0].bias, torch.zeros_like(ro_b)]) if layers else torch.zeros_like(ro_b)
-    pre = _first_layer(cfg, first_w.float(), first_b.float(), x_t, ab, image_cols, glob, pos)  # (B, O, H, W)
+    pre = _first_layer(cfg, first_w.float(), first_b.float(), x_t, ab, image_cols, glob, pos, stage)  # (B, O, H, W)
     n_h = layers[0].out_features if layers else 0
     y = pre[:, n_h:] + ro_b[None, :, None, None]  # (B, C, H, W): readout so far
     start = n_in

@@ -10,6 +10,8 @@ For every pixel the stack sees:
     gained   the inner n x n window over the noise level sqrt(1 - ab[t] + s0^2)    C * n * n
     coarse   x_t average-pooled by s, the 3 x 3 pooled cells around the pixel,   3 * C * 9
              as they are and times sqrt(ab[t]), sqrt(1 - ab[t]) (s = 0: none)
+    stage    the coarse stage's prediction (ounet/stage.py) upsampled, its w x w window,  3 * C * w * w
+             as it is and times sqrt(ab[t]), sqrt(1 - ab[t]) (stage_grid = 0: none)
     cond     the conditioning vector, when the teacher has one        cond_dim
              (the text adapter's output, ounet/adapter.py: u's cond argument is the teacher's text embedding)
 """
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from organic_sd.ounet.targets import TARGETS
 
 GAIN_FLOOR = 0.05  # s0 of the gained window: 1 / sigma is capped at 20
 
@@ -37,6 +41,10 @@ class OUNetConfig:
     modulate: int = 0  # m: side of the inner window whose products with the noise level are inputs (0: none)
     gain: int = 0  # n: side of the inner window divided by the noise level, the 1/sigma eps needs (0: none)
     coarse: int = 0  # s: pooling factor of the coarse 3 x 3 neighbourhood (0: none); divides H and W
+    stage_grid: int = 0  # g: side of the coarse stage's grid (ounet/stage.py; 0: single-scale)
+    stage_buckets: int = 0  # K: soft time buckets whose products with the pooled image are coarse-stage inputs
+    stage_window: int = 5  # w: window of the upsampled coarse prediction in the per-pixel rows (odd)
+    target: str = "eps"  # what both stages predict: eps, x0 or v (ounet/targets.py); forward returns eps
     cond_dim: int = 0
     head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
     teacher: str = ""
@@ -56,6 +64,16 @@ class OUNetConfig:
         if self.coarse < 0 or (self.coarse and (self.sample_shape[1] % self.coarse or self.sample_shape[2] % self.coarse)):
             raise ValueError(f"coarse must be 0 or divide the sample's height and width {self.sample_shape[1:]}, "
                              f"got {self.coarse}")
+        if self.stage_grid < 0 or (self.stage_grid and (self.sample_shape[1] % self.stage_grid
+                                                        or self.sample_shape[2] % self.stage_grid)):
+            raise ValueError(f"stage_grid must be 0 or divide the sample's height and width {self.sample_shape[1:]}, "
+                             f"got {self.stage_grid}")
+        if self.stage_buckets < 0 or self.stage_buckets == 1:
+            raise ValueError(f"stage_buckets must be 0 or >= 2, got {self.stage_buckets}")
+        if self.stage_window < 1 or self.stage_window % 2 == 0:
+            raise ValueError(f"stage_window must be odd and positive, got {self.stage_window}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 
@@ -64,7 +82,7 @@ class OUNetConfig:
         C = self.sample_shape[0]
         mod = 2 * C * (self.modulate ** 2 + self.grid ** 2) if self.modulate else 0
         return C * self.window ** 2 + 2 + 2 * self.freqs + C * self.grid ** 2 + 2 + mod + C * self.gain ** 2 \
-            + (27 * C if self.coarse else 0) \
+            + (27 * C if self.coarse else 0) + (3 * C * self.stage_window ** 2 if self.stage_grid else 0) \
             + self.cond_dim
 
     def centre_index(self, channel: int = 0) -> int:
@@ -90,9 +108,13 @@ def image_inputs(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t:
 
 
 def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None -> (B, H * W, in_dim) per-pixel input rows."""
+             cond: torch.Tensor | None = None, stage: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) x_t, (B,) int64 t, cond (B, D) or None, the upsampled coarse prediction `stage` (B, C, H, W)
+    when cfg.stage_grid (ounet/stage.py: stage_map) -> (B, H * W, in_dim) per-pixel input rows."""
     B, C, H, W = x_t.shape
+    if bool(cfg.stage_grid) != (stage is not None):
+        raise ValueError(f"stage_grid {cfg.stage_grid}: the per-pixel rows need the coarse stage's map "
+                         f"{'(stage=stage_map(...))' if cfg.stage_grid else 'only when stage_grid > 0'}")
     k = cfg.window
     win = F.unfold(x_t, k, padding=k // 2).transpose(1, 2)  # (B, HW, C k k), zero padded
     ab, tf, glob, pos = image_inputs(cfg, schedule, x_t, t)
@@ -121,6 +143,10 @@ def features(cfg: OUNetConfig, schedule: torch.Tensor, x_t: torch.Tensor, t: tor
         # pixel give it translation-equivariantly (a global grid would tie it to absolute position)
         co = coarse_window(x_t, cfg.coarse)  # (B, HW, C 9)
         mod += [co, co * ab.sqrt()[:, None, None], co * (1 - ab).sqrt()[:, None, None]]
+    if cfg.stage_grid:
+        w = cfg.stage_window
+        sw = F.unfold(stage, w, padding=w // 2).transpose(1, 2)  # (B, HW, C w w), zero padded
+        mod += [sw, sw * ab.sqrt()[:, None, None], sw * (1 - ab).sqrt()[:, None, None]]
     return torch.cat([win, per_image[..., :n_tg], pos, *mod, per_image[..., n_tg:]], 2)
 
 

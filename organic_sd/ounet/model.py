@@ -1,8 +1,11 @@
-"""The O-UNet: one OLA stack applied per pixel, cloning a denoiser teacher's eps (no gradients).
+"""The O-UNet: OLA stacks cloning a denoiser teacher's eps (no gradients).
 
-The stack reads the per-pixel inputs of ounet/features.py and writes the C channels of eps at that
-pixel. One file (.safetensors) holds the stack, the text adapter if any, the noise-level head if any,
-the teacher's alpha-bar schedule and the config, so loading needs nothing else.
+Single-scale: one stack applied per pixel reads the per-pixel inputs of ounet/features.py and writes
+the C channels of the prediction at that pixel. Multi-scale (config.stage_grid > 0): a coarse stage
+(ounet/stage.py) first maps the whole pooled image to a g x g prediction, and the per-pixel stack
+also reads a window of it, upsampled. The stacks predict eps, x0 or v (config.target, ounet/targets.py);
+the model returns eps. One file (.safetensors) holds the stacks, the text adapter if any, the
+noise-level head if any, the teacher's alpha-bar schedule and the config, so loading needs nothing else.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from organic_sd.ola.module import FORMAT as OLA_FORMAT
 from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
+from organic_sd.ola.module import FORMAT as OLA_FORMAT
 from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 from organic_sd.ounet.adapter import TextAdapter
 from organic_sd.ounet.fast import fast_eps
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.head import head_conv
+from organic_sd.ounet.stage import stage_in_dim, stage_map
+from organic_sd.ounet.targets import to_eps
 
 FORMAT = "organic_sd.ounet/1"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ounet" / "ounet.safetensors"
@@ -31,9 +36,10 @@ class OUNet(nn.Module):
     """A gradient-free clone of a denoiser: u(x_t, t, cond=None) -> eps (B, C, H, W), in teacher units."""
 
     def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
-                 adapter: TextAdapter | None = None, head: OLAModule | None = None):
+                 adapter: TextAdapter | None = None, head: OLAModule | None = None, stage: nn.Module | None = None):
         """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's);
-        `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0."""
+        `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0;
+        `stage`: the coarse stage (ounet/stage.py), stage_in_dim -> C g g, when config.stage_grid > 0."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
@@ -49,6 +55,13 @@ class OUNet(nn.Module):
             raise ValueError(f"head_buckets {K} needs a linear head {K * (C * k * k + 1)} -> {C}, got "
                              f"{None if head is None else (head.in_dim, head.out_dim, head.config.hidden)}")
         self.head = head
+        g = config.stage_grid
+        want = (stage_in_dim(config), C * g * g) if g else None
+        got = None if stage is None else (stage.in_dim, stage.out_dim)
+        if got != want:
+            need = f"a coarse stage {want[0]} -> {want[1]}" if g else "no coarse stage"
+            raise ValueError(f"stage_grid {g} needs {need}, got {'none' if got is None else got}")
+        self.stage = stage
         self.register_buffer("_schedule", schedule, persistent=False)
         self.requires_grad_(False)
         self.eval()
@@ -112,17 +125,21 @@ class OUNet(nn.Module):
             got = None if cond is None else tuple(cond.shape)
             raise ValueError(f"cond must be (B, {cfg.cond_dim}) for this O-UNet, got {got}")
         x = x_t.to(self.device, torch.float32)
+        tt = tt.to(x.device)
+        coarse = None if self.stage is None else stage_map(cfg, self.stage, self._schedule, x, tt, cond)  # (B, C, H, W)
         if isinstance(self.module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
-            out = fast_eps(self, x, tt.to(x.device), cond)
+            out = fast_eps(self, x, tt, cond, coarse)
         else:
-            rows = features(cfg, self._schedule, x, tt.to(x.device), cond)  # (B, HW, in)
+            rows = features(cfg, self._schedule, x, tt, cond, coarse)  # (B, HW, in)
             out = self.module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+        if cfg.target != "eps":
+            out = to_eps(cfg.target, out, x, self._schedule.to(x.device)[tt].float())
         if self.head is not None:
             out = out + head_conv(self, x, tt.to(x.device))
         return out
 
     def num_parameters(self) -> int:
-        """Number of stored numbers of the stack, the text adapter and the noise-level head (weights and biases)."""
+        """Number of stored numbers of the stacks, the text adapter and the noise-level head (weights and biases)."""
         return sum(p.numel() for p in self.parameters())
 
     # -- files
@@ -150,6 +167,9 @@ class OUNet(nn.Module):
         if self.head is not None:
             tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()})
             md["head_config"] = json.dumps(asdict(self.head.config))
+        if self.stage is not None:
+            tensors.update({f"stage.{k}": v.detach().cpu().contiguous() for k, v in self.stage.state_dict().items()})
+            md["stage_config"] = json.dumps(asdict(self.stage.config))
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
@@ -182,9 +202,16 @@ class OUNet(nn.Module):
                 raise ValueError(f"{file}: its config names a {cfg.head_buckets}-bucket head but the file holds none")
             head = load_weights(OLAModule(OLAConfig(**json.loads(md["head_config"]))),
                                 {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}, f"{file}: head")
+        stage = None
+        if cfg.stage_grid:
+            if "stage_config" not in md:
+                raise ValueError(f"{file}: its config names a coarse stage but the file holds none")
+            stage = load_weights(OLAModule(OLAConfig(**json.loads(md["stage_config"]))),
+                                 {k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")},
+                                 f"{file}: coarse stage")
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
-                    _load_adapter(file, md, tensors), head)
+                    _load_adapter(file, md, tensors), head, stage)
         except ValueError as e:
             raise ValueError(f"{file}: {e}") from None
         return u.to(device)

@@ -25,10 +25,21 @@ from organic_sd import dist, ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.adapter import TextAdapter, evolve_adapter
-from organic_sd.ounet.config import RUN_FIELDS, DenoiserTrainConfig
+from organic_sd.ounet.config import ADDED_FIELDS, RUN_FIELDS, DenoiserTrainConfig
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
-from organic_sd.runs import open_run, out_scale_for, read_log, resume_state, run_ticks, write_record
+from organic_sd.ounet.stage import stage_map
+from organic_sd.ounet.targets import from_eps
+from organic_sd.ounet.train_stage import train_stage
+from organic_sd.runs import (
+    open_run,
+    out_scale_for,
+    read_log,
+    resume_state,
+    run_ticks,
+    typical_largest,
+    write_record,
+)
 
 LOAD_CHUNK = 64  # records read and turned into rows at a time (bounds peak memory)
 # the O-VAE's rounds of 8 did worse here at CPU budgets: each round needs its search time
@@ -37,22 +48,27 @@ DENOISER_UNITS_PER_ROUND = 16
 
 
 def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, idx: np.ndarray,
-                dev: torch.device, adapter: TextAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Records idx -> rows x (n HW, in), y (n HW, C): the O-UNet's inputs and the teacher's eps per pixel."""
+                dev: torch.device, adapter: TextAdapter | None = None,
+                stage: ola.OLAModule | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Records idx -> rows x (n HW, in), y (n HW, C): the O-UNet's inputs and the teacher's target
+    (eps, x0 or v: cfg.target) per pixel; `stage`: the frozen coarse stage of a multi-scale O-UNet."""
     x_t = torch.from_numpy(store.x_t[idx]).to(dev)  # (n, C, H, W)
     t = torch.from_numpy(store.t[idx]).to(dev).round().long()  # (n,)
     eps = torch.from_numpy(store.eps[idx]).to(dev)  # (n, C, H, W)
     cond = torch.from_numpy(store.cond[idx]).to(dev) if cfg.cond_dim else None  # (n, L, D)
     if adapter is not None:
         cond = adapter(cond)  # (n, cond_dim)
-    x = features(cfg, schedule, x_t, t, cond).flatten(0, 1)
-    y = eps.flatten(2).transpose(1, 2).flatten(0, 1)
+    coarse = None if stage is None else stage_map(cfg, stage, schedule, x_t, t, cond)  # (n, C, H, W)
+    x = features(cfg, schedule, x_t, t, cond, coarse).flatten(0, 1)
+    target = from_eps(cfg.target, eps, x_t, schedule.to(dev)[t].float())
+    y = target.flatten(2).transpose(1, 2).flatten(0, 1)
     return x, y
 
 
-def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev, adapter=None):
-    """At most max_rows random pixel rows (x_t window features -> teacher eps) from records of `pool`."""
-    return sample_rows(cfg, pool, max_rows, rng, lambda j: record_rows(cfg, schedule, store, j, dev, adapter))
+def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev, adapter=None,
+              stage=None):
+    """At most max_rows random pixel rows (x_t window features -> teacher target) from records of `pool`."""
+    return sample_rows(cfg, pool, max_rows, rng, lambda j: record_rows(cfg, schedule, store, j, dev, adapter, stage))
 
 
 def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, rows_of) -> tuple:
@@ -71,8 +87,10 @@ def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, 
 
 
 def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
-    """eps MSE against the teacher on records idx, and that MSE relative to the teacher eps' variance."""
-    se, ss, n = 0.0, 0.0, 0
+    """On records idx: the MSE of what the stacks predict (cfg.target: eps, x0 or v) against the teacher's, which
+    decides what is kept, and the eps MSE relative to the teacher eps' power (rel_err)."""
+    se, ss, n, se_target = 0.0, 0.0, 0, 0.0
+    target = u.config.target
     for i in range(0, len(idx), LOAD_CHUNK):
         j = idx[i:i + LOAD_CHUNK]
         x_t = torch.from_numpy(store.x_t[j])
@@ -83,8 +101,13 @@ def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
         se += float((pred - eps).double().square().sum())
         ss += float(eps.double().square().sum())
         n += eps.numel()
-    mse = se / n
-    return {"heldout_mse": mse, "rel_err": se / max(ss, 1e-12)}
+        if target != "eps":
+            x = x_t.to(u.device)
+            ab = u.schedule.to(u.device)[t.to(u.device)].float()
+            se_target += float((from_eps(target, pred, x, ab) - from_eps(target, eps, x, ab)).double().square().sum())
+    if target == "eps":
+        return {"heldout_mse": se / n, "rel_err": se / max(ss, 1e-12)}
+    return {"heldout_mse": se_target / n, "eps_mse": se / n, "rel_err": se / max(ss, 1e-12)}
 
 
 class DenoiserJob:
@@ -95,15 +118,16 @@ class DenoiserJob:
 
     def __init__(self, cfg: DenoiserTrainConfig, ucfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore,
                  train_idx: np.ndarray, eval_idx: np.ndarray, adapter: TextAdapter | None, run: Path,
-                 device: torch.device):
-        self.cfg, self.ucfg, self.schedule, self.store = cfg, ucfg, schedule, store
+                 device: torch.device, stage: ola.OLAModule | None = None):
+        self.cfg, self.ucfg, self.schedule, self.store, self.stage = cfg, ucfg, schedule, store, stage
         self.train_idx, self.eval_idx, self.adapter, self.run, self.device = train_idx, eval_idx, adapter, run, device
-        self.fit_kwargs = {"units_per_round": DENOISER_UNITS_PER_ROUND, "subspace": ola.Subspace(deflate=cfg.deflate)}
+        self.fit_kwargs = {"units_per_round": DENOISER_UNITS_PER_ROUND, "subspace": ola.Subspace(deflate=cfg.deflate),
+                           "refine": ola.Refine(share=cfg.refine)}
         self.adapter_tick = False
 
     def draw(self, rng):
         return draw_rows(self.ucfg, self.schedule, self.store, self.train_idx, self.cfg.max_rows, rng, self.device,
-                         self.adapter)  # (N, in), (N, C)
+                         self.adapter, self.stage)  # (N, in), (N, C)
 
     def fit_share(self, tick: int) -> float:
         every = self.cfg.adapter_every
@@ -111,7 +135,7 @@ class DenoiserJob:
         return 0.75 if self.adapter_tick else 1  # an adapter tick leaves a quarter to the adapter's search
 
     def candidate(self, module, tick, interrupted, rng, tick_seconds):
-        cand = OUNet(self.ucfg, module, self.schedule, adapter=self.adapter)
+        cand = OUNet(self.ucfg, module, self.schedule, adapter=self.adapter, stage=self.stage)
         if not self.adapter_tick or interrupted:
             return cand, {}
         # the stack frozen, the adapter searched by the stack's eps error
@@ -120,7 +144,8 @@ class DenoiserJob:
         new_adapter, summary = evolve_adapter(
             cand, self.store, pick, strategy=cfg.strategy, population=16, generations=cfg.generations,
             max_seconds=max(0.5, 0.25 * tick_seconds), max_rows=min(cfg.max_rows, 20_000), seed=cfg.seed + tick)
-        return OUNet(self.ucfg, module, self.schedule, adapter=new_adapter), ({"adapter": summary} if summary else {})
+        return (OUNet(self.ucfg, module, self.schedule, adapter=new_adapter, stage=self.stage),
+                {"adapter": summary} if summary else {})
 
     def module_of(self, kept: OUNet | None):
         return None if kept is None else kept.module
@@ -132,6 +157,9 @@ class DenoiserJob:
         self.adapter = cand.adapter
 
     def describe(self, scores: dict) -> str:
+        if "eps_mse" in scores:
+            return (f"held-out {self.ucfg.target} MSE {scores['heldout_mse']:.5g}, eps MSE {scores['eps_mse']:.5g}, "
+                    f"relative {scores['rel_err']:.4f}")
         return f"held-out eps MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
 
     def save(self, kept: OUNet, summary: dict) -> Path:
@@ -151,13 +179,16 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         raise ValueError(f"--cond-dim {cfg.cond_dim}: store {store.path} is unconditional (its teacher takes no text)")
     cond_dim = (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
-                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse, cond_dim=cond_dim,
-                       teacher=m["teacher"],
-                       pixel_range=store.pixel_range)
+                       grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse,
+                       stage_grid=cfg.stage_grid, stage_buckets=cfg.stage_buckets, stage_window=cfg.stage_window, target=cfg.target, cond_dim=cond_dim,
+                       teacher=m["teacher"], pixel_range=store.pixel_range)
+    if cfg.stage_grid and cond_dim:
+        raise ValueError(f"--stage-grid with a text-conditioned store ({store.path}) is not supported yet: the text "
+                         "adapter's search reads the per-pixel rows only; train without --stage-grid")
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     record.update(kind="denoiser", teacher=m["teacher"], cond_dim=cond_dim)
-    old = open_run(run, record, RUN_FIELDS)
+    old = open_run(run, record, RUN_FIELDS, ADDED_FIELDS)
     if old is not None and old.get("cond_dim", 0) != cond_dim:
         raise ValueError(f"cannot resume {run}: its text adapter gives cond_dim {old.get('cond_dim', 0)}, asked "
                          f"{cond_dim}. Use another --out folder, or the same --cond-dim to continue it.")
@@ -182,12 +213,19 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
         record["out_scale"] = old["out_scale"]
     else:
         pick = np.sort(rng_eval.choice(train_idx, min(256, len(train_idx)), replace=False))
-        record["out_scale"] = out_scale_for(np.abs(store.eps[pick]).max())
+        x_t, eps = torch.from_numpy(store.x_t[pick]), torch.from_numpy(store.eps[pick])
+        ab = schedule[torch.from_numpy(store.t[pick]).round().long()].float()
+        record["out_scale"] = out_scale_for(typical_largest(from_eps(ucfg.target, eps, x_t, ab)))
     log = read_log(run, old)
     write_record(run, record, old)
     adapter = u.adapter if u is not None else None
     if cond_dim and adapter is None:  # from the prompts' embeddings alone: PCA, no targets
         adapter = TextAdapter.from_embeddings(store.cond_table, cond_dim, m["cond_shape"]).to(dev)
-    job = DenoiserJob(cfg, ucfg, schedule, store, train_idx, eval_idx, adapter, run, dev)
+    stage = u.stage if u is not None else None
+    if cfg.stage_grid and stage is None:  # the coarse stage first (its own run in RUN_DIR/coarse), then frozen
+        stage, status = train_stage(cfg, ucfg, schedule, store, train_idx, val_idx, run, dev, log_to)
+        if stage is None:
+            return {"run": str(run), "status": status, "tick": 0, "minutes": 0.0, "stage": "coarse"}
+    job = DenoiserJob(cfg, ucfg, schedule, store, train_idx, eval_idx, adapter, run, dev, stage)
     return run_ticks(cfg, job, run, record, state, u, log, t_wall, log_to)
 

@@ -1,0 +1,143 @@
+"""The multi-scale O-UNet: its coarse stage, its targets, its files and its two-stage training run."""
+
+import json
+
+import pytest
+import torch
+from conftest import MNIST, T, needs_mnist, schedule
+
+from organic_sd import cli, ola, runs
+from organic_sd.ounet import OUNet, OUNetConfig
+from organic_sd.ounet.features import features
+from organic_sd.ounet.stage import soft_buckets, stage_in_dim, stage_inputs, stage_map
+from organic_sd.ounet.targets import TARGETS, from_eps, to_eps
+
+
+def staged(target="v", buckets=0, cond_dim=0, seed=0):
+    """A multi-scale O-UNet with random weights: 2 channels, 12 x 12, a 4 x 4 coarse grid."""
+    cfg = OUNetConfig(sample_shape=(2, 12, 12), num_steps=T, window=5, grid=2, freqs=2, modulate=3, gain=3, coarse=3,
+                      stage_grid=4, stage_window=3, stage_buckets=buckets, target=target, cond_dim=cond_dim)
+    g = torch.Generator().manual_seed(seed)
+    stage = ola.OLAModule(ola.OLAConfig(stage_in_dim(cfg), 2 * 16, (6,), out_scale=2.0))
+    stack = ola.OLAModule(ola.OLAConfig(cfg.in_dim, 2, (5,), out_scale=2.0))
+    for p in [*stage.parameters(), *stack.parameters()]:
+        p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return OUNet(cfg, stack, schedule(), stage=stage)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_targets_convert_back_to_the_same_eps(target):
+    x_t, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    ab = schedule()[torch.tensor([0, 25, 49])].float()
+    torch.testing.assert_close(to_eps(target, from_eps(target, eps, x_t, ab), x_t, ab), eps, atol=1e-4, rtol=1e-4)
+    x0 = from_eps("x0", eps, x_t, ab)  # x_t = sqrt(ab) x0 + sqrt(1 - ab) eps
+    torch.testing.assert_close(ab.sqrt()[:, None, None, None] * x0 + (1 - ab).sqrt()[:, None, None, None] * eps, x_t)
+    with pytest.raises(ValueError, match="target must be one of"):
+        from_eps("score", eps, x_t, ab)
+
+
+@pytest.mark.parametrize("target,buckets,cond_dim", [("v", 0, 0), ("eps", 3, 0), ("x0", 0, 2)])
+def test_fast_path_equals_the_rows_path(target, buckets, cond_dim):
+    u = staged(target, buckets, cond_dim)
+    x, t = torch.randn(4, 2, 12, 12), torch.tensor([3, 40, 3, 10])  # several noise levels in one batch
+    cond = torch.randn(4, cond_dim) if cond_dim else None
+    cfg = u.config
+    coarse = stage_map(cfg, u.stage, u._schedule, x, t, cond)  # (B, C, H, W)
+    pred = u.module(features(cfg, u._schedule, x, t, cond, coarse)).transpose(1, 2).reshape(x.shape)
+    ref = to_eps(target, pred, x, u._schedule[t].float())
+    torch.testing.assert_close(u(x, t, cond), ref, atol=1e-4, rtol=1e-4)
+    # the coarse stage matters: another coarse stage gives another eps
+    other = staged(target, buckets, cond_dim, seed=1)
+    u2 = OUNet(cfg, u.module, u._schedule, stage=other.stage)
+    assert not torch.allclose(u2(x, t, cond), u(x, t, cond))
+
+
+def test_the_coarse_stage_sees_the_pooled_image_and_time():
+    u = staged(buckets=3)
+    cfg = u.config
+    x = torch.randn(2, 2, 12, 12)
+    rows = stage_inputs(cfg, u._schedule, x, torch.tensor([0, 49]))
+    assert rows.shape == (2, stage_in_dim(cfg)) == (2, 2 + 2 * 2 + (3 + 3) * 2 * 16)
+    # a change inside one pooled cell that keeps its mean changes nothing; one that moves the mean does
+    y = x.clone()
+    y[:, :, 0, 0] += 1
+    y[:, :, 0, 1] -= 1
+    torch.testing.assert_close(stage_inputs(cfg, u._schedule, y, torch.tensor([0, 49])), rows)
+    w = soft_buckets(torch.tensor([0, 10, 49]), 3, T)
+    torch.testing.assert_close(w.sum(1), torch.ones(3))
+    assert w[0, 0] == 1 and w[2, 2] == 1
+
+
+def test_save_load_round_trip_and_broken_files(tmp_path):
+    u = staged(buckets=3)
+    x, t = torch.randn(2, 2, 12, 12), torch.tensor([5, 30])
+    f = u.save(tmp_path / "u.safetensors")
+    u2 = OUNet.load(f)
+    assert u2.config == u.config and torch.equal(u2(x, t), u(x, t))
+    assert u2.num_parameters() == u.num_parameters() > u.module.num_parameters()
+    with pytest.raises(ValueError, match="needs a coarse stage"):
+        OUNet(u.config, u.module, schedule())
+    with pytest.raises(ValueError, match="needs no coarse stage"):
+        OUNet(OUNetConfig(sample_shape=(2, 12, 12), num_steps=T), ola.OLAModule(ola.OLAConfig(
+            OUNetConfig(sample_shape=(2, 12, 12), num_steps=T).in_dim, 2)), schedule(), stage=u.stage)
+    with pytest.raises(ValueError, match="the per-pixel rows need the coarse stage"):
+        features(u.config, u._schedule, x, t)
+    # a file whose coarse stage was dropped is refused by name
+    from safetensors.torch import load_file, save_file
+
+    from organic_sd.files import read_safetensors
+
+    _, _, md = read_safetensors(f, "O-UNet")
+    save_file({k: v for k, v in load_file(f).items() if not k.startswith("stage.")}, tmp_path / "bad.safetensors",
+              metadata={k: v for k, v in md.items() if k != "stage_config"})
+    with pytest.raises(ValueError, match="names a coarse stage but the file holds none"):
+        OUNet.load(tmp_path / "bad.safetensors")
+
+
+def test_bad_stage_settings():
+    with pytest.raises(ValueError, match="stage_grid must be 0 or divide"):
+        OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, stage_grid=5)
+    with pytest.raises(ValueError, match="stage_window must be odd"):
+        OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, stage_grid=7, stage_window=4)
+    with pytest.raises(ValueError, match="target must be one of"):
+        OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, target="score")
+
+
+@needs_mnist
+def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch):
+    store, run = tmp_path / "store", tmp_path / "run"
+    assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
+                     "--samples", "8", "--steps", "4", "--renoise", "2", "--batch", "8", "--device", "cpu",
+                     "--val-fraction", "0.25"]) == 0
+    args = ["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1", "--generations", "4",
+            "--max-rows", "2000", "--hidden", "2", "--eval-records", "4", "--window", "3", "--modulate", "1",
+            "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.25", "--target", "v",
+            "--tick-seconds", "3"]
+    # Ctrl-C in the coarse stage's second tick: its first tick is saved, nothing of the per-pixel stage exists
+    real, calls = runs.fit_tick, []
+
+    def interrupt_second(x, y, **kw):
+        calls.append(x.shape[1])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(x, y, **kw)
+
+    monkeypatch.setattr(runs, "fit_tick", interrupt_second)
+    assert cli.main(args) == 130  # as a shell reports Ctrl-C
+    assert json.loads((run / "coarse" / "state.json").read_text())["status"] == "interrupted"
+    assert not (run / "model.safetensors").exists()
+    monkeypatch.setattr(runs, "fit_tick", real)
+    assert cli.main(args) == 0  # the same command resumes the coarse stage, finishes it, then trains the rest
+    stage_log = (run / "coarse" / "log.jsonl").read_text().splitlines()
+    assert json.loads(stage_log[0])["tick"] == 1 and json.loads(stage_log[1])["tick"] == 2
+    assert json.loads((run / "coarse" / "state.json").read_text())["status"] == "done"
+    u = OUNet.load(run)
+    assert u.config.stage_grid == 7 and u.config.target == "v" and u.stage is not None
+    assert torch.equal(u.stage.readout.weight, ola.load(run / "coarse" / "model.safetensors").readout.weight)
+    assert cli.main(args) == 0  # a later call trains the per-pixel stage on; the done coarse stage is left alone
+    assert (run / "coarse" / "log.jsonl").read_text().splitlines() == stage_log
+    assert [json.loads(line)["tick"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2]
+    state = json.loads((run / "state.json").read_text())
+    assert {"heldout_mse", "eps_mse", "rel_err"} <= set(state["best"])
+    assert cli.main([*args, "--target", "eps"]) == 2  # other settings: refused, not mixed
+    assert u(torch.zeros(2, 1, 28, 28), torch.tensor([999, 3])).shape == (2, 1, 28, 28)
