@@ -93,6 +93,8 @@ def test_bad_x_t_and_t(random_dit):
         random_dit.eps(torch.zeros(2, 1, 32, 32), 5, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match=r"0\.\.999"):
         random_dit.eps(torch.zeros(2, 1, 28, 28), 1000, torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"0\.\.999"):
+        random_dit.conditioning(torch.tensor([5, 1000]), torch.tensor([1, 2]))
     with pytest.raises(TeacherError, match="takes a class"):
         random_dit.encode_text(["a handwritten seven"])
 

@@ -188,7 +188,9 @@ class DiTMnistDenoiser:
 
     def conditioning(self, t, cond) -> torch.Tensor:
         """(B,) integer steps, cond (as for eps) -> (B, 64) the network's conditioning: label + time embedding."""
-        tt = torch.as_tensor(t, dtype=torch.int64).reshape(-1)
+        tt = torch.as_tensor(t).reshape(-1)
+        if tt.is_floating_point() or (len(tt) and (int(tt.min()) < 0 or int(tt.max()) >= T)):
+            raise ValueError(f"t must hold integer steps 0..{T - 1}, got {tt.tolist()[:5]}")
         with torch.no_grad():
             return self.net.conditioning(tt.to(self.device, torch.float32), self.class_weights(cond, len(tt)))
 
