@@ -7,7 +7,7 @@ import torch
 
 from conftest import DIT, needs_dit
 from organic_sd.metrics.class_fidelity import FidelityReport, class_errors, class_fidelity, make_probes, \
-    teacher_samples
+    per_class_distribution, teacher_samples
 
 K = 10
 
@@ -70,6 +70,24 @@ def test_report_per_class_and_bad_inputs():
         class_errors(object(), te.templates)
     t, noise = make_probes((1, 6, 6), ts=(3, 9), noises=3)
     assert t.tolist() == [3, 3, 3, 9, 9, 9] and noise.shape == (6, 1, 6, 6)
+
+
+def test_per_class_distribution():
+    te = TemplateDenoiser()
+    g = torch.Generator().manual_seed(4)
+    ref_c, gen_c = torch.arange(3).repeat(30), torch.arange(3).repeat(30)  # 30 samples of classes 0, 1, 2 each
+
+    def draw(c):
+        return te.templates[c] + 0.3 * torch.randn((len(c), *te.sample_shape), generator=g)
+
+    gen = draw(gen_c)
+    gen[gen_c == 2] = draw(torch.full((30,), 5))  # class 2 asked, class 5 drawn
+    rep = per_class_distribution(draw(ref_c), ref_c, gen, gen_c, te.classes, pool=2)
+    assert sorted(rep) == ["0", "1", "2"] and rep["0"]["n_ref"] == rep["0"]["n_gen"] == 30
+    assert rep["2"]["kid_x1000"] > 10 * max(rep["0"]["kid_x1000"], rep["1"]["kid_x1000"], 1e-3)
+    assert rep["2"]["precision"] < 0.2 < rep["0"]["precision"]
+    with pytest.raises(ValueError, match="one class per sample"):
+        per_class_distribution(gen, ref_c[:5], gen, gen_c, te.classes)
 
 
 @needs_dit

@@ -134,3 +134,21 @@ def teacher_samples(teacher, per_class: int, steps: int = 8, seed: int = 0) -> t
     labels = torch.arange(K).repeat(per_class)  # 0, 1, ..., K-1, 0, 1, ...: a cut-off run stays balanced
     noise = torch.randn((K * per_class, *teacher.sample_shape), generator=torch.Generator().manual_seed(seed))
     return ddim_sample(teacher, noise, steps, table[labels]).cpu(), labels
+
+
+def per_class_distribution(ref_images: torch.Tensor, ref_classes, gen_images: torch.Tensor, gen_classes,
+                           classes, pixel_range=(-1.0, 1.0), **kw) -> dict[str, dict]:
+    """KID x1000 / precision / recall (metrics/samples.py) of the generated samples of each class against the
+    reference samples of that class: {class name: distribution_report} (kw: pool, k, paired)."""
+    from organic_sd.metrics.samples import distribution_report
+
+    ref_c, gen_c = torch.as_tensor(ref_classes).reshape(-1), torch.as_tensor(gen_classes).reshape(-1)
+    if len(ref_c) != len(ref_images) or len(gen_c) != len(gen_images):
+        raise ValueError(f"one class per sample: {len(ref_images)} reference samples with {len(ref_c)} classes, "
+                         f"{len(gen_images)} generated with {len(gen_c)}")
+    out = {}
+    for k, name in enumerate(classes):
+        r, g = ref_images[ref_c == k], gen_images[gen_c == k]
+        if len(r) or len(g):  # a class asked of neither set is left out; of one set only, an error below
+            out[str(name)] = distribution_report(r, g, pixel_range, **kw)
+    return out
