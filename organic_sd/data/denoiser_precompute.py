@@ -6,8 +6,9 @@ re-noised copies of its final sample at uniform random t in 1..T-1,
 x_t = sqrt(ab) x_0 + sqrt(1 - ab) noise, with the teacher's eps there (not the noise: the clone
 learns the teacher). A class-conditional teacher (one with `classes`, e.g. the MNIST DiT) takes
 its class names as prompts, by default all of them: sample S is of class S mod P, so the store
-is balanced over the classes, and the store records the classes (DenoiserStore.label). Re-running resumes at the first unfinished sample; the first Ctrl-C
-stops after the current batch and commits, a second aborts losing only the open shard.
+is balanced over the classes, and the store records the classes (DenoiserStore.label).
+Re-running resumes at the first unfinished sample; the first Ctrl-C stops after the current
+batch and commits, a second aborts losing only the open shard.
 """
 
 from __future__ import annotations

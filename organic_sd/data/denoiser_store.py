@@ -10,8 +10,8 @@ Layout of a store folder (same shards, atomic commits, resume and meta.json as s
 Record keys are `SSSSSSSS/dKKKK` (DDIM step K of sample S) and `SSSSSSSS/rJJJJ` (re-noised copy J
 of its final sample); sample S uses prompt S mod P. For a class-conditional teacher meta "classes"
 lists its class names and every prompt is one of them (by default all: sample S is of class S mod
-P), so each record's class is known (`label`); "classes" is null otherwise. The split group is the sample, so a
-trajectory is never split between train and val.
+P), so each record's class is known (`label`); "classes" is null otherwise. The split group is the
+sample, so a trajectory is never split between train and val.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from organic_sd.files import atomic_json, fsync_dir
 KIND = "denoiser"
 ARRAYS = ("x_t", "t", "eps")
 HEADER_FIELDS = ("kind", "teacher", "pixel_range", "shapes", "val_fraction", "dtype", "schedule", "sampler", "prompts",
-                 "cond_shape", "classes")  # a store written before "classes" reads it as null, as unconditional
+                 "cond_shape", "classes")  # a store written before "classes" reads it as null: no classes
 COND = "cond.f16"
 MAX_T = 2048  # fp16 holds every integer up to here exactly
 
@@ -112,7 +112,7 @@ class DenoiserStore(Store):
 
     @property
     def label(self) -> np.ndarray:
-        """(N,) int64 class of each record (index into `classes`); a StoreError unless the teacher is class-conditional."""
+        """(N,) int64 class of each record (an index into `classes`); a StoreError for other teachers' stores."""
         if self.classes is None:
             raise StoreError(f"store {self.path} holds no classes: its teacher {self.meta['teacher']!r} is not "
                              "class-conditional")

@@ -56,7 +56,8 @@ def class_errors(teacher, images: torch.Tensor, ts=PROBE_T, noises: int = PROBE_
     if int(t_p.max()) >= len(ab):
         raise ValueError(f"probe steps must be < {len(ab)} (the teacher's schedule), got {tuple(ts)}")
     lo, hi = teacher.pixel_range
-    x0 = images.detach().float().cpu().clamp(lo, hi)  # few-step samples overshoot: score the image the teacher could make
+    # few-step samples overshoot the clean range: score the image the teacher could have made
+    x0 = images.detach().float().cpu().clamp(lo, hi)
     out = torch.zeros(len(x0), K, dtype=torch.float64)
     for b0 in range(0, len(x0), batch):
         xb = x0[b0:b0 + batch]  # (b, C, H, W)

@@ -79,7 +79,8 @@ class DiTBlock(nn.Module):
         B, N, _ = x.shape
         g1, b1, a1, g2, b2, a2 = (getattr(self, n)(c)[:, None, :] for n in MODULATIONS)  # each (B, 1, 64)
         y = self.ln1(x) * (1 + g1) + b1
-        q, k, v = (w(y).view(B, N, HEADS, HEAD_DIM).transpose(1, 2) for w in (self.wq, self.wk, self.wv))  # (B, h, N, 64)
+        # each (B, h, N, 64): 4 heads of 64
+        q, k, v = (w(y).view(B, N, HEADS, HEAD_DIM).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         # scaled by sqrt(number of tokens), not sqrt(head width): what the weights were trained with
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(N), dim=-1)  # (B, h, N, N)
         y = (att @ v).transpose(1, 2).reshape(B, N, HEADS * HEAD_DIM)  # heads concatenated
