@@ -273,9 +273,12 @@ def _add_precompute_denoiser_parser(kinds) -> None:
         description="run a denoiser teacher's DDIM sampler from seeded noise into a store of (x_t, t, cond, eps): "
                     "every step of its trajectories plus re-noised copies of its final samples (resumable)")
     p.add_argument("--teacher", required=True,
-                   help="ddpm-mnist, ddpm-mnist:PATH, or a Stable Diffusion pipeline folder / hub id")
+                   help="ddpm-mnist[:PATH], dit-mnist-cond[:PATH] (class-conditional), or a Stable Diffusion "
+                        "pipeline folder / hub id")
     p.add_argument("--out", required=True, help="store folder (created, or resumed if it exists)")
-    p.add_argument("--prompts", default=None, help="text file, one prompt per line (sample i uses prompt i mod P)")
+    p.add_argument("--prompts", default=None,
+                   help="text file, one prompt per line (sample i uses prompt i mod P); for a class-conditional "
+                        "teacher class names ('0'..'9'), by default every class, balanced")
     p.add_argument("--samples", type=int, default=256, help="trajectories in the store (raise it to add more)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps per trajectory (one record each)")
     p.add_argument("--renoise", type=int, default=4, help="re-noised copies of each final sample at random t")

@@ -23,6 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OSD_SHARED_DATA") or REPO.parent / "shared" / "data")  # real teachers and data
 MNIST = SHARED / "teachers" / "ddpm-mnist" / "ddpm_mnist_starter.pth"
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"{MNIST} not present")
+DIT = SHARED / "teachers" / "dit-mnist-cond" / "model-40000.pth"  # the class-conditional MNIST DiT
+needs_dit = pytest.mark.skipif(not DIT.is_file(), reason=f"{DIT} not present")
 
 
 @pytest.fixture

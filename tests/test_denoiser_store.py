@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST
+from conftest import DIT, MNIST
 from organic_sd.cli import build_parser, main
 from organic_sd.data import Store, StoreError
 from organic_sd.data.denoiser_precompute import precompute_denoiser
@@ -237,3 +237,69 @@ def test_pixel_range_comes_from_the_teacher_not_its_id(tmp_path):
     (tmp_path / "s" / "meta.json").write_text(json.dumps(m))
     with pytest.raises(StoreError, match="pixel range"):
         DenoiserStore.open(tmp_path / "s").pixel_range
+
+
+class FakeClassDenoiser(FakeDenoiser):
+    """A class-conditional fake: cond is a (B, 3) one-hot row over classes 'a', 'b', 'c'."""
+
+    classes = ("a", "b", "c")
+
+    def __init__(self):
+        super().__init__()
+        self.id = "fake-class-denoiser"
+        self.cond_shape = (3,)
+
+    def eps(self, x_t, t, cond=None):
+        tt = check_eps_inputs(x_t, t, self.sample_shape, len(self.alphas_cumprod))
+        assert cond is not None and cond.shape == (x_t.shape[0], 3)
+        out = 0.5 * x_t * (1 + tt.float() / 100)[:, None, None, None]
+        return out + (cond @ torch.tensor([1.0, 2.0, 3.0]))[:, None, None, None]
+
+    def encode_text(self, prompts):
+        return torch.nn.functional.one_hot(torch.tensor([self.classes.index(p) for p in prompts]), 3).float()
+
+
+def test_class_conditional_store_is_balanced_and_labelled(tmp_path):
+    _run(tmp_path / "s", 7, FakeClassDenoiser())
+    s = DenoiserStore.open(tmp_path / "s")
+    assert s.classes == ["a", "b", "c"] and s.prompts == ["a", "b", "c"] and s.cond_table.shape == (3, 3)
+    np.testing.assert_array_equal(s.label, s.sample % 3)  # sample S is of class S mod 3
+    np.testing.assert_array_equal(np.bincount(s.label[~s.renoised]) // K, [3, 2, 2])  # balanced up to 7 mod 3
+    np.testing.assert_array_equal(s.cond[:], np.eye(3)[s.label])  # the one-hot rows, exact in fp16
+    # every eps was computed with the record's own class: its offset is 1, 2 or 3
+    want = FakeClassDenoiser().eps(torch.from_numpy(s.x_t[:]), torch.from_numpy(s.t[:]).long(),
+                                   torch.from_numpy(s.cond[:]))
+    np.testing.assert_allclose(s.eps[:], want.numpy(), atol=3e-3, rtol=3e-3)
+    # the split is by sample: all records of a sample (so of one class draw) on one side
+    val = set(s.sample[s.indices("val")])
+    assert val and not val & set(s.sample[s.indices("train")])
+    s.verify()
+    # named prompts must be class names; a subset of classes is allowed (e.g. only "c")
+    with pytest.raises(ValueError, match="class names"):
+        _run(tmp_path / "x", 2, FakeClassDenoiser(), prompts=["a cat"])
+    _run(tmp_path / "c", 2, FakeClassDenoiser(), prompts=["c"])
+    assert (DenoiserStore.open(tmp_path / "c").label == 2).all()
+    # stores of other teachers hold no classes
+    _run(tmp_path / "u", 1)
+    u = DenoiserStore.open(tmp_path / "u")
+    assert u.classes is None
+    with pytest.raises(StoreError, match="not class-conditional"):
+        u.label
+
+
+@pytest.mark.skipif(not DIT.is_file(), reason=f"{DIT} not present")
+def test_cli_precompute_dit_teacher_tiny(tmp_path, capsys):
+    from organic_sd.teachers import load_denoiser
+
+    out = tmp_path / "s"
+    argv = ["precompute", "denoiser", "--teacher", f"dit-mnist-cond:{DIT}", "--out", str(out), "--samples", "10",
+            "--steps", "2", "--renoise", "1", "--batch", "10", "--device", "cpu", "--val-fraction", "0.3"]
+    assert main(argv) == 0 and "wrote 10 samples (30 records" in capsys.readouterr().out
+    s = DenoiserStore.open(out)
+    assert s.classes == [str(k) for k in range(10)] and s.cond.shape == (30, 10)
+    np.testing.assert_array_equal(np.bincount(s.label, minlength=10), [3] * 10)  # every class, once per sample
+    d = load_denoiser(f"dit-mnist-cond:{DIT}")
+    i = np.array([0, 4, 29])  # sample 0's first step, sample 1's second, sample 9's re-noised copy
+    e = d.eps(torch.from_numpy(s.x_t[i]), torch.from_numpy(s.t[i]).long(), torch.from_numpy(s.cond[i]))
+    np.testing.assert_allclose(s.eps[i], e.numpy(), atol=5e-3)
+    assert s.meta["teacher"] == d.id and s.pixel_range == (-1.0, 1.0)

@@ -4,8 +4,11 @@ For each sample S (noise seeded by (seed, S), drawn on the CPU, so a seed gives 
 records on every device): the K DDIM steps of its trajectory, (x_t, t, teacher eps), then R
 re-noised copies of its final sample at uniform random t in 1..T-1,
 x_t = sqrt(ab) x_0 + sqrt(1 - ab) noise, with the teacher's eps there (not the noise: the clone
-learns the teacher). Re-running resumes at the first unfinished sample; the first Ctrl-C
-stops after the current batch and commits, a second aborts losing only the open shard.
+learns the teacher). A class-conditional teacher (one with `classes`, e.g. the MNIST DiT) takes
+its class names as prompts, by default all of them: sample S is of class S mod P, so the store
+is balanced over the classes, and the store records the classes (DenoiserStore.label).
+Re-running resumes at the first unfinished sample; the first Ctrl-C stops after the current
+batch and commits, a second aborts losing only the open shard.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, prompts: list[str]) -> dict:
+def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, prompts: list[str],
+            classes: list[str] | None) -> dict:
     from organic_sd.teachers.ddim import ddim_timesteps
 
     ab = np.asarray(teacher.alphas_cumprod, np.float64)  # (T,)
@@ -94,6 +98,7 @@ def _header(teacher, steps: int, renoise: int, seed: int, val_fraction: float, p
                     "renoise": renoise, "renoise_t": [1, len(ab) - 1], "seed": seed, "noise": NOISE},
         "prompts": prompts,
         "cond_shape": cond_shape,
+        "classes": classes,
     }
 
 
@@ -150,11 +155,19 @@ def precompute_denoiser(
                          f"renoise={renoise}")
     check_val_fraction(val_fraction)
     prompts = [str(p) for p in (prompts or [])]
+    classes = getattr(teacher, "classes", None)
+    classes = None if classes is None else [str(c) for c in classes]
     if teacher.cond_shape is None and prompts:
         raise ValueError(f"teacher {teacher.id} is unconditional: it takes no prompts (got {len(prompts)})")
-    if teacher.cond_shape is not None and not prompts:
+    if classes is not None:
+        bad = [p for p in prompts if p not in classes]
+        if bad:
+            raise ValueError(f"teacher {teacher.id} is class-conditional: prompts must be class names {classes}, "
+                             f"got {bad[:5]}")
+        prompts = prompts or classes  # every class in turn: a store balanced over the classes
+    elif teacher.cond_shape is not None and not prompts:
         prompts = [""]  # a conditional teacher sampled unconditionally: the empty prompt, as in CFG
-    header = _header(teacher, steps, renoise, seed, val_fraction, prompts)  # checks steps
+    header = _header(teacher, steps, renoise, seed, val_fraction, prompts, classes)  # checks steps
 
     def make_table() -> np.ndarray:
         # (P, L, D), in chunks: a text encoder over thousands of prompts at once would not fit

@@ -1,14 +1,17 @@
 """The denoiser store: (x_t, t, cond, teacher eps) records in the sharded fp16 store of store.py.
 
 Layout of a store folder (same shards, atomic commits, resume and meta.json as store.py):
-    meta.json                 kind "denoiser", teacher, schedule, sampler settings and seeds, prompts, shards
-    cond.f16                  (P, L, D) teacher text embedding of each prompt; absent when unconditional
+    meta.json                 kind "denoiser", teacher, schedule, sampler settings and seeds, prompts, classes, shards
+    cond.f16                  (P, *cond_shape) teacher embedding of each prompt (text: (L, D); a class-conditional
+                              teacher: its one-hot row); absent when unconditional
     shard-00000.x_t.f16       (n, C, H, W) noisy inputs in teacher units
     shard-00000.t.f16         (n,) integer steps (exact in fp16 up to 2048)
     shard-00000.eps.f16       (n, C, H, W) teacher eps at (x_t, t, cond)
 Record keys are `SSSSSSSS/dKKKK` (DDIM step K of sample S) and `SSSSSSSS/rJJJJ` (re-noised copy J
-of its final sample); sample S uses prompt S mod P. The split group is the sample, so a
-trajectory is never split between train and val.
+of its final sample); sample S uses prompt S mod P. For a class-conditional teacher meta "classes"
+lists its class names and every prompt is one of them (by default all: sample S is of class S mod
+P), so each record's class is known (`label`); "classes" is null otherwise. The split group is the
+sample, so a trajectory is never split between train and val.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from organic_sd.files import atomic_json, fsync_dir
 
 KIND = "denoiser"
 ARRAYS = ("x_t", "t", "eps")
-HEADER_FIELDS = ("kind", "teacher", "pixel_range", "shapes", "val_fraction", "dtype", "schedule", "sampler", "prompts", "cond_shape")
+HEADER_FIELDS = ("kind", "teacher", "pixel_range", "shapes", "val_fraction", "dtype", "schedule", "sampler", "prompts",
+                 "cond_shape", "classes")  # a store written before "classes" reads it as null: no classes
 COND = "cond.f16"
 MAX_T = 2048  # fp16 holds every integer up to here exactly
 
@@ -99,6 +103,21 @@ class DenoiserStore(Store):
             shape = (len(self.prompts), *self.meta["cond_shape"])
             self._table = np.memmap(self.path / COND, DTYPE, "r", shape=shape)  # never all in RAM
         return self._table
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names of a class-conditional teacher (class k is classes[k]); None for others."""
+        c = self.meta.get("classes")
+        return None if c is None else list(c)
+
+    @property
+    def label(self) -> np.ndarray:
+        """(N,) int64 class of each record (an index into `classes`); a StoreError for other teachers' stores."""
+        if self.classes is None:
+            raise StoreError(f"store {self.path} holds no classes: its teacher {self.meta['teacher']!r} is not "
+                             "class-conditional")
+        prompt_class = np.array([self.classes.index(p) for p in self.prompts], np.int64)  # (P,)
+        return prompt_class[self.prompt_index]
 
     @property
     def sample(self) -> np.ndarray:

@@ -15,6 +15,7 @@ from organic_sd.teachers.ddim import ddim_sample, ddim_step, ddim_timesteps  # n
 from organic_sd.teachers.denoiser_base import Denoiser, check_eps_inputs  # noqa: F401
 
 _MNIST = re.compile(r"^ddpm-mnist(?::(.*))?$", re.S)
+_DIT = re.compile(r"^dit-mnist-cond(?::(.*))?$", re.S)
 
 
 def load_denoiser(spec: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -22,19 +23,22 @@ def load_denoiser(spec: str | os.PathLike, device: str | torch.device = "cpu"):
 
     - `ddpm-mnist` (the shipped file under $OSD_SHARED_DATA) or `ddpm-mnist:PATH`, or the path of
       that .pth file or of the folder holding it: the MNIST DDPM, loaded exactly;
+    - `dit-mnist-cond` (the file under $OSD_SHARED_DATA) or `dit-mnist-cond:PATH`, or the path of that .pth
+      file or of the folder holding it: the class-conditional MNIST DiT (cond: the class; see dit_mnist.py);
     - a Stable Diffusion pipeline: a local diffusers folder (model_index.json, unet/, scheduler/,
       text_encoder/, tokenizer/) or a hub id `owner/name[@revision]` (from the local cache unless
       the hub is reachable; an uncached id offline fails at once with what to do).
 
     `device` must exist here (a TeacherError names it otherwise).
     """
-    from organic_sd.teachers import ddpm_mnist
+    from organic_sd.teachers import ddpm_mnist, dit_mnist
 
     dev = resolve_device(device)
     text = os.fspath(spec)
-    m = _MNIST.match(text)
-    if m and not Path(text).exists():
-        return ddpm_mnist.load(m.group(1) or None, dev)
+    for pattern, module in ((_MNIST, ddpm_mnist), (_DIT, dit_mnist)):
+        m = pattern.match(text)
+        if m and not Path(text).exists():
+            return module.load(m.group(1) or None, dev)
     path = Path(text).expanduser()
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / "unet").is_dir():
@@ -43,16 +47,22 @@ def load_denoiser(spec: str | os.PathLike, device: str | torch.device = "cpu"):
             return sd_pipeline.load_folder(path, dev)
         if (path / ddpm_mnist.FILE_NAME).is_file():
             return ddpm_mnist.load(path, dev)
+        if (path / dit_mnist.FILE_NAME).is_file():
+            return dit_mnist.load(path, dev)
         raise TeacherError(f"{str(path)!r} is neither a diffusers Stable Diffusion pipeline folder "
-                           f"(model_index.json, unet/, ...) nor a folder holding {ddpm_mnist.FILE_NAME}")
+                           f"(model_index.json, unet/, ...) nor a folder holding {ddpm_mnist.FILE_NAME} "
+                           f"or {dit_mnist.FILE_NAME}")
     if path.is_file():
         if path.suffix not in WEIGHT_SUFFIXES:
             raise TeacherError(f"denoiser file {str(path)!r}: expected one of {WEIGHT_SUFFIXES}, got {path.suffix!r}")
         state = read_weights(path)
         if ddpm_mnist.looks_like_ddpm_mnist(state):
             return ddpm_mnist.load(path, dev)
+        if dit_mnist.looks_like_dit_mnist(state):
+            return dit_mnist.load(path, dev)
         raise TeacherError(
-            f"{str(path)!r} is not a denoiser this package reads: not the MNIST DDPM (beta_t, alpha_t, gt.*); "
+            f"{str(path)!r} is not a denoiser this package reads: not the MNIST DDPM (beta_t, alpha_t, gt.*) nor "
+            f"the MNIST DiT (patch_pos_emb, label_emb, dits.*); "
             f"a Stable Diffusion teacher is a diffusers pipeline folder. It holds {len(state)} tensors, "
             f"e.g. {sorted(state)[:5]}"
         )
@@ -63,5 +73,5 @@ def load_denoiser(spec: str | os.PathLike, device: str | torch.device = "cpu"):
 
         folder, id_base = sd_pipeline.resolve_hub(text)
         return sd_pipeline.load_folder(folder, dev, id_base)
-    raise FileNotFoundError(f"denoiser {text!r}: no such file or folder (and not 'ddpm-mnist[:PATH]' "
-                            "or a hub id of the form owner/name)")
+    raise FileNotFoundError(f"denoiser {text!r}: no such file or folder (and not 'ddpm-mnist[:PATH]', "
+                            "'dit-mnist-cond[:PATH]' or a hub id of the form owner/name)")

@@ -17,15 +17,16 @@ class Denoiser(Protocol):
     device: torch.device
     alphas_cumprod: torch.Tensor  # (T,) float64 on the CPU; valid steps are 0..T-1
     sample_shape: tuple[int, int, int]  # (C, H, W)
-    cond_shape: tuple[int, ...] | None  # (L, D) of encode_text per prompt; None: unconditional
+    cond_shape: tuple[int, ...] | None  # of encode_text per prompt: (L, D) text states; (K,) a one-hot class row for
+    # a class-conditional teacher, which also names its classes in `classes` (its prompts); None: unconditional
     pixel_range: tuple[float, float]  # (lo, hi) of its clean images (decoded ones for a latent teacher)
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C, H, W) x_t, (B,) integer steps, cond (B, L, D) or None -> (B, C, H, W) predicted noise."""
+        """(B, C, H, W) x_t, (B,) integer steps, cond (B, *cond_shape) or None -> (B, C, H, W) predicted noise."""
         ...
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """P prompts -> (P, L, D) conditioning; a TeacherError for teachers without a text encoder."""
+        """P prompts -> (P, *cond_shape) conditioning; a TeacherError for teachers without a text encoder."""
         ...
 
 
