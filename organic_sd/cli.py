@@ -171,6 +171,7 @@ def _add_ovae_parsers(sub) -> None:
     add_flags(enc, TrainConfig, skip=("kind", *DECODER_ONLY))
     tr.set_defaults(func=_cmd_train)
     _add_train_denoiser_parser(parts)
+    _add_train_prompts_parser(parts)
     _add_train_head_parser(parts)
 
     ev = sub.add_parser("eval", help="evaluate an O-VAE (latents, pipeline) or an O-UNet (denoiser)")
@@ -332,6 +333,38 @@ def _add_train_head_parser(parts) -> None:
     hd.set_defaults(func=_cmd_train_head)
 
 
+def _cmd_train_prompts(args: argparse.Namespace) -> int:
+    from organic_sd.ounet import OUNet
+    from organic_sd.ounet.prompts import fit_prompt_adapter
+    from organic_sd.text.embed import SentenceEncoder
+    from organic_sd.text.phrasings import phrasing_set
+
+    u = OUNet.load(args.ounet)
+    if not u.config.classes:
+        raise ValueError(f"{args.ounet} is not class-conditional: a prompt adapter maps text to one of its classes")
+    enc = SentenceEncoder()
+    prompts, labels = phrasing_set("train")
+    adapter = fit_prompt_adapter(u.config.classes, prompts, labels, enc, generations=args.generations, seed=args.seed)
+    held, held_labels = phrasing_set("held-out")
+    got = [c for c, _, _ in adapter.classify(held)]
+    right = sum(int(a == b) for a, b in zip(got, held_labels))
+    u.prompts = adapter
+    path = u.save(Path(args.out))
+    print(f"wrote {path}: prompt adapter fitted on {len(prompts)} phrasings; held-out phrasings read as the class "
+          f"asked for: {right} / {len(held)}")
+    return 0
+
+
+def _add_train_prompts_parser(parts) -> None:
+    """`osd train prompts`: text -> class for a class-conditional O-UNet (needs the `text` extra)."""
+    tp = parts.add_parser("prompts", help="class-conditional O-UNet: evolve its prompt adapter (text -> class)")
+    tp.add_argument("--ounet", required=True, help="class-conditional O-UNet (file, run folder or shipped name)")
+    tp.add_argument("--out", required=True, help="where the O-UNet with its prompt adapter is written")
+    tp.add_argument("--generations", type=int, default=300, help="search generations (reproducible)")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.set_defaults(func=_cmd_train_prompts)
+
+
 def _add_train_denoiser_parser(parts) -> None:
     """`osd train denoiser`: its own flags (the O-VAE parts' flags do not apply)."""
     dn = parts.add_parser("denoiser", help="O-UNet: noisy window + timestep + global context -> eps per pixel")
@@ -344,6 +377,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from organic_sd.ounet.generate import generate
 
     u = OUNet.load(args.ounet, device=args.device)
+    if u.config.classes:
+        return _generate_class(args, u)
+    if args.cls is not None:
+        raise ValueError("--class: this O-UNet is not class-conditional")
     if args.prompt is not None and u.adapter is None:
         raise ValueError("this O-UNet is unconditional (no text adapter): leave PROMPT out, or train one on a store "
                          "with prompts (`osd precompute denoiser --prompts FILE`, then `osd train denoiser`)")
@@ -378,6 +415,42 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate_class(args: argparse.Namespace, u) -> int:
+    """`osd generate` for a class-conditional O-UNet: the class from --class or from PROMPT (prompt adapter)."""
+    import warnings
+
+    from organic_sd.ounet.generate import generate
+
+    names = u.config.classes
+    if (args.cls is None) == (args.prompt is None):
+        raise ValueError(f"this O-UNet draws the class asked for: give --class ({', '.join(names)}) or a PROMPT")
+    if args.prompt is not None:
+        if u.prompts is None:
+            raise ValueError("this O-UNet has no prompt adapter (`osd train prompts`): use --class")
+        k, _, known = u.prompts.classify([args.prompt])[0]
+        if not known:
+            warnings.warn(f"the prompt {args.prompt!r} asks for no class this O-UNet knows (it is far from every "
+                          f"class's phrasings); drawing the nearest, {names[k]!r}", stacklevel=1)
+    elif args.cls not in names:
+        raise ValueError(f"--class {args.cls!r}: this O-UNet's classes are {', '.join(names)}")
+    else:
+        k = names.index(args.cls)
+    teacher = None
+    if args.teacher:
+        from organic_sd.teachers import load_denoiser
+
+        teacher = load_denoiser(args.teacher, device=args.device)
+    cond = u.class_cond([k], 1)  # (1, K) one-hot: the teacher beside takes the same row
+    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher, cond=cond)
+    print(f"wrote {args.out}: {args.n} samples of class {names[k]!r}"
+          + (f" (prompt {args.prompt!r})" if args.prompt is not None else "")
+          + f", {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
+          + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
+    if teacher is not None:
+        print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
+    return 0
+
+
 def _latent_decoder(spec: str | None, u, teacher, device: str):
     """--vae: None; 'teacher' (the SD pipeline's own VAE); or an O-VAE file/run or VAE teacher spec -> decode()."""
     if spec is None:
@@ -402,7 +475,11 @@ def _latent_decoder(spec: str | None, u, teacher, device: str):
 def _add_generate_parser(sub) -> None:
     """`osd generate`."""
     g = sub.add_parser("generate", help="deterministic DDIM samples from an O-UNet into a grid PNG")
-    g.add_argument("prompt", nargs="?", default=None, help="text prompt (conditional O-UNets only)")
+    g.add_argument("prompt", nargs="?", default=None,
+                   help="text prompt (conditional O-UNets only; a class-conditional one reads it with its prompt "
+                        "adapter, which needs the `text` extra)")
+    g.add_argument("--class", dest="cls", default=None,
+                   help="the class to draw, by name (a class-conditional O-UNet such as --ounet mnist-cond: 0..9)")
     g.add_argument("--ounet", default=None, help="O-UNet file or `osd train denoiser` run (default: the shipped one)")
     g.add_argument("--steps", type=int, default=8, help="DDIM steps")
     g.add_argument("--seed", type=int, default=0, help="noise seed")

@@ -84,7 +84,7 @@ def test_bad_inputs(tmp_path, monkeypatch):
         OUNet.load(tmp_path / "junk.safetensors")
     with pytest.raises(FileNotFoundError):
         OUNet.load(tmp_path / "missing")
-    monkeypatch.setattr(model_mod, "DEFAULT_PATH", tmp_path / "none.safetensors")
+    monkeypatch.setitem(model_mod.SHIPPED, "mnist", tmp_path / "none.safetensors")
     with pytest.raises(FileNotFoundError, match="osd train denoiser"):
         OUNet.load()
     with pytest.raises(ValueError, match="odd"):

@@ -46,6 +46,7 @@ class OUNetConfig:
     stage_window: int = 5  # w: window of the upsampled coarse prediction in the per-pixel rows (odd)
     target: str = "eps"  # what both stages predict: eps, x0 or v (ounet/targets.py); forward returns eps
     cond_dim: int = 0
+    classes: tuple[str, ...] = ()  # a class-conditional teacher's class names: cond is a (B, K) class-weight row
     head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
@@ -53,6 +54,10 @@ class OUNetConfig:
     def __post_init__(self):
         self.sample_shape = tuple(int(s) for s in self.sample_shape)
         self.pixel_range = tuple(float(v) for v in self.pixel_range)
+        self.classes = tuple(str(c) for c in self.classes)
+        if self.classes and self.cond_dim != len(self.classes):
+            raise ValueError(f"a class-conditional O-UNet takes one cond value per class: cond_dim must be "
+                             f"{len(self.classes)}, got {self.cond_dim}")
         if len(self.sample_shape) != 3:
             raise ValueError(f"sample_shape must be (C, H, W), got {self.sample_shape}")
         if self.window < 1 or self.window % 2 == 0:

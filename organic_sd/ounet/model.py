@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,21 +26,30 @@ from organic_sd.ounet.adapter import TextAdapter
 from organic_sd.ounet.fast import fast_eps
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.head import head_conv
+from organic_sd.ounet.prompts import PromptAdapter
 from organic_sd.ounet.stage import stage_in_dim, stage_map
 from organic_sd.ounet.targets import to_eps
 
 FORMAT = "organic_sd.ounet/1"
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ounet" / "ounet.safetensors"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "ounet"
+DEFAULT_PATH = ASSETS / "ounet.safetensors"
+SHIPPED = {"mnist": DEFAULT_PATH, "mnist-cond": ASSETS / "mnist-cond.safetensors"}  # OUNet.load(name)
+
+
+class PromptNotUnderstood(UserWarning):
+    """A prompt that asks for none of a class-conditional O-UNet's classes; the nearest one is drawn."""
 
 
 class OUNet(nn.Module):
     """A gradient-free clone of a denoiser: u(x_t, t, cond=None) -> eps (B, C, H, W), in teacher units."""
 
     def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
-                 adapter: TextAdapter | None = None, head: OLAModule | None = None, stage: nn.Module | None = None):
+                 adapter: TextAdapter | None = None, head: OLAModule | None = None, stage: nn.Module | None = None,
+                 prompts: PromptAdapter | None = None):
         """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's);
         `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0;
-        `stage`: the coarse stage (ounet/stage.py), stage_in_dim -> C g g, when config.stage_grid > 0."""
+        `stage`: the coarse stage (ounet/stage.py), stage_in_dim -> C g g, when config.stage_grid > 0;
+        `prompts`: a class-conditional O-UNet's prompt adapter (ounet/prompts.py), text -> class."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
@@ -62,6 +72,10 @@ class OUNet(nn.Module):
             need = f"a coarse stage {want[0]} -> {want[1]}" if g else "no coarse stage"
             raise ValueError(f"stage_grid {g} needs {need}, got {'none' if got is None else got}")
         self.stage = stage
+        if prompts is not None and prompts.config.classes != config.classes:
+            raise ValueError(f"the prompt adapter names classes {prompts.config.classes}, the O-UNet "
+                             f"{config.classes or 'none (not class-conditional)'}")
+        self.prompts = prompts
         self.register_buffer("_schedule", schedule, persistent=False)
         self.requires_grad_(False)
         self.eval()
@@ -114,6 +128,8 @@ class OUNet(nn.Module):
         B = x_t.shape[0]
         if cfg.cond_dim == 0 and cond is not None:
             raise ValueError("this O-UNet is unconditional: pass cond=None")
+        if cfg.classes:
+            cond = self.class_cond(cond, B)
         if self.adapter is not None:
             if cond is None:
                 raise ValueError("this O-UNet is conditional: pass the teacher's text embedding as cond "
@@ -137,6 +153,48 @@ class OUNet(nn.Module):
         if self.head is not None:
             out = out + head_conv(self, x, tt.to(x.device))
         return out
+
+    def class_cond(self, cond, batch: int) -> torch.Tensor:
+        """A class-conditional O-UNet's cond: class indices (B,) or one int, or class-weight rows (B or 1, K),
+        -> (B, K) rows (a one-hot row is that class)."""
+        K = len(self.config.classes)
+        if cond is None:
+            raise ValueError(f"this O-UNet is class-conditional: pass cond, a class index 0..{K - 1} per sample "
+                             f"(classes {', '.join(self.config.classes)})")
+        cond = torch.as_tensor(cond)
+        if not cond.is_floating_point():
+            if cond.ndim > 1 or ((cond < 0) | (cond >= K)).any():
+                raise ValueError(f"class indices must be 0..{K - 1} in a (B,) tensor, got {cond.tolist()}")
+            cond = torch.nn.functional.one_hot(cond.reshape(-1), K).float()
+        if cond.ndim != 2 or cond.shape[1] != K or cond.shape[0] not in (1, batch):
+            raise ValueError(f"cond must be (B,) class indices or ({batch} or 1, {K}) class rows, got {tuple(cond.shape)}")
+        return cond.expand(batch, -1).to(self.device, torch.float32)
+
+    def sample(self, n: int, steps: int = 8, seed: int = 0, cls=None, prompt: str | None = None) -> torch.Tensor:
+        """n seeded DDIM samples (n, C, H, W) in the teacher's pixel range; a class-conditional O-UNet takes the
+        class `cls` (an index, or one per sample) or a `prompt` read by its prompt adapter."""
+        from organic_sd.ounet.generate import seeded_noise
+        from organic_sd.teachers.ddim import ddim_sample
+
+        cond = None
+        if prompt is not None:
+            if self.prompts is None:
+                raise ValueError("this O-UNet has no prompt adapter: pass cls (a class index) instead of a prompt")
+            if cls is not None:
+                raise ValueError("pass a class or a prompt, not both")
+            cls, score, known = self.prompts.classify([prompt])[0]
+            if not known:
+                warnings.warn(f"the prompt {prompt!r} asks for no class this O-UNet knows (it is far from every "
+                              f"class's phrasings); drawing the nearest, {self.config.classes[cls]!r}",
+                              PromptNotUnderstood, stacklevel=2)
+        if self.config.classes:
+            cond = self.class_cond(torch.as_tensor(cls if cls is not None else -1).reshape(-1), n)
+        elif cls is not None:
+            raise ValueError("this O-UNet is not class-conditional: leave cls out")
+        with torch.no_grad():
+            x = ddim_sample(self, seeded_noise(self.sample_shape, n, seed).to(self.device), steps, cond)
+        lo, hi = self.config.pixel_range
+        return x.clamp(lo, hi)
 
     def num_parameters(self) -> int:
         """Number of stored numbers of the stacks, the text adapter and the noise-level head (weights and biases)."""
@@ -170,17 +228,22 @@ class OUNet(nn.Module):
         if self.stage is not None:
             tensors.update({f"stage.{k}": v.detach().cpu().contiguous() for k, v in self.stage.state_dict().items()})
             md["stage_config"] = json.dumps(asdict(self.stage.config))
+        if self.prompts is not None:
+            pt, pmd = self.prompts.state()
+            tensors.update(pt)
+            md.update(pmd)
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> OUNet:
-        """Load an O-UNet file or run folder; no path: the default one shipped in the package."""
-        if path is None:
-            if not DEFAULT_PATH.is_file():
-                raise FileNotFoundError(f"no default O-UNet shipped at {DEFAULT_PATH}; train one with "
+        """Load an O-UNet file or run folder, or a shipped one by name ("mnist", "mnist-cond"); no path: "mnist"."""
+        path = "mnist" if path is None else path
+        if isinstance(path, str) and path in SHIPPED and not Path(path).exists():
+            if not SHIPPED[path].is_file():
+                raise FileNotFoundError(f"no O-UNet {path!r} shipped at {SHIPPED[path]}; train one with "
                                         "`osd train denoiser` and pass its run folder")
-            path = DEFAULT_PATH
+            path = SHIPPED[path]
         file, tensors, md = read_safetensors(path, "O-UNet")
         if md.get("format") != FORMAT:
             raise ValueError(f"{file} is not an O-UNet (format {md.get('format')!r}, expected {FORMAT!r})")
@@ -211,7 +274,7 @@ class OUNet(nn.Module):
                                  f"{file}: coarse stage")
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
-                    _load_adapter(file, md, tensors), head, stage)
+                    _load_adapter(file, md, tensors), head, stage, PromptAdapter.from_state(md, tensors, str(file)))
         except ValueError as e:
             raise ValueError(f"{file}: {e}") from None
         return u.to(device)

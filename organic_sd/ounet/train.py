@@ -177,12 +177,16 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     schedule = torch.from_numpy(store.alphas_cumprod)  # (T,)
     if cfg.cond_dim and not m["cond_shape"]:
         raise ValueError(f"--cond-dim {cfg.cond_dim}: store {store.path} is unconditional (its teacher takes no text)")
-    cond_dim = (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
+    classes = tuple(store.classes or ())  # a class-conditional teacher: cond is the class row itself, no adapter
+    if classes and cfg.cond_dim not in (None, len(classes)):
+        raise ValueError(f"--cond-dim {cfg.cond_dim}: store {store.path} holds a class-conditional teacher's records; "
+                         f"its cond is one value per class ({len(classes)}): leave --cond-dim out")
+    cond_dim = len(classes) if classes else (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
                        grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse,
                        stage_grid=cfg.stage_grid, stage_buckets=cfg.stage_buckets, stage_window=cfg.stage_window, target=cfg.target, cond_dim=cond_dim,
-                       teacher=m["teacher"], pixel_range=store.pixel_range)
-    if cfg.stage_grid and cond_dim:
+                       classes=classes, teacher=m["teacher"], pixel_range=store.pixel_range)
+    if cfg.stage_grid and cond_dim and not classes:
         raise ValueError(f"--stage-grid with a text-conditioned store ({store.path}) is not supported yet: the text "
                          "adapter's search reads the per-pixel rows only; train without --stage-grid")
     run = Path(cfg.out)
@@ -219,7 +223,7 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     log = read_log(run, old)
     write_record(run, record, old)
     adapter = u.adapter if u is not None else None
-    if cond_dim and adapter is None:  # from the prompts' embeddings alone: PCA, no targets
+    if cond_dim and adapter is None and not classes:  # from the prompts' embeddings alone: PCA, no targets
         adapter = TextAdapter.from_embeddings(store.cond_table, cond_dim, m["cond_shape"]).to(dev)
     stage = u.stage if u is not None else None
     if cfg.stage_grid and stage is None:  # the coarse stage first (its own run in RUN_DIR/coarse), then frozen

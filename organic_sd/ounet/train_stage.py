@@ -48,7 +48,8 @@ def stage_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, i
         t = torch.from_numpy(store.t[j]).to(dev).round().long()  # (n,)
         eps = torch.from_numpy(store.eps[j]).to(dev)
         ab = schedule.to(dev)[t].float()
-        xs.append(stage_inputs(cfg, schedule, x_t, t))
+        cond = torch.from_numpy(store.cond[j]).to(dev) if cfg.cond_dim else None  # (n, K) class rows
+        xs.append(stage_inputs(cfg, schedule, x_t, t, cond))
         ys.append(pooled_target(cfg, from_eps(cfg.target, eps, x_t, ab)))
     return torch.cat(xs), torch.cat(ys)
 
