@@ -83,8 +83,9 @@ def teacher_parameters(teacher) -> int | None:
     return None
 
 
-def cpu_ms_per_step(model, batch: int, threads: int, repeats: int = 7, seed: int = 0) -> float:
-    """Median milliseconds of one eps call of `model` (on the CPU) on `batch` samples at mid t, `threads` threads."""
+def cpu_ms_per_step(model, batch: int, threads: int, repeats: int = 7, seed: int = 0, cond=None) -> float:
+    """Median milliseconds of one eps call of `model` (on the CPU) on `batch` samples at mid t, `threads` threads
+    (`cond`: what a conditional model takes, e.g. one class row for all)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((batch, *model.sample_shape), generator=g)  # (B, C, H, W)
     t = torch.full((batch,), len(model.alphas_cumprod) // 2, dtype=torch.int64)
@@ -92,11 +93,11 @@ def cpu_ms_per_step(model, batch: int, threads: int, repeats: int = 7, seed: int
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            model.eps(x, t)  # warm-up: first-call allocations are not a step's cost
+            model.eps(x, t, cond)  # warm-up: first-call allocations are not a step's cost
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                model.eps(x, t)
+                model.eps(x, t, cond)
                 times.append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(old)
