@@ -271,6 +271,9 @@ def run_cli(args) -> int:
     from organic_sd.teachers import load_denoiser
 
     u = OUNet.load(args.ounet, device=args.device)  # first: a missing run fails before the teacher loads
+    if u.config.classes:
+        raise ValueError(f"{args.ounet} is class-conditional: its samples are judged per class, by class fidelity "
+                         "(python bench/ounet_cond.py --ounet ... --teacher ...), which this command does not compute")
     teacher = load_denoiser(args.teacher, device=args.device)
     cpu_teacher = teacher if torch.device(teacher.device).type == "cpu" else load_denoiser(args.teacher, device="cpu")
     rep = evaluate_denoiser(u, teacher, args.out, n=args.n, seed=args.seed, steps=args.steps, ts=args.ts,
