@@ -41,7 +41,8 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
     dev = resolve_device(device)
     # a head is fitted on the stack's residual alone: an earlier head is dropped, not stacked on
-    u = OUNet(replace(u.config, head_buckets=0), u.module, u.schedule, dict(u.meta), adapter=u.adapter).to(dev)
+    u = OUNet(replace(u.config, head_buckets=0), u.module, u.schedule, dict(u.meta), adapter=u.adapter,
+              stage=u.stage, prompts=u.prompts).to(dev)
     cfg = replace(u.config, head_buckets=buckets)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = store.indices("train"), store.indices("val")
@@ -79,7 +80,8 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
     eval_idx = np.sort(np.random.default_rng(seed + 1).choice(val_idx, min(eval_records, len(val_idx)),
                                                                replace=False))
     before = heldout_score(u, store, eval_idx)
-    cand = OUNet(cfg, u.module, u.schedule, dict(u.meta), adapter=u.adapter, head=head)
+    cand = OUNet(cfg, u.module, u.schedule, dict(u.meta), adapter=u.adapter, head=head, stage=u.stage,
+                 prompts=u.prompts)
     after = heldout_score(cand, store, eval_idx)
     kept = after["heldout_mse"] < before["heldout_mse"]
     rep = {"buckets": buckets, "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after,
