@@ -113,6 +113,17 @@ def write_record(run: Path, record: dict, old: dict | None) -> None:
             (run / "log.jsonl").unlink(missing_ok=True)  # a crash before config.json: the log starts over
 
 
+def discard_unstarted(run: Path) -> None:
+    """Remove a run folder that holds no kept module yet (config.json, log, plot): a run left with only its record
+    looks like a run but holds nothing to resume, and an empty --out folder is clutter."""
+    if (run / WEIGHTS_NAME).exists() or not run.is_dir():
+        return
+    for name in ("config.json", "log.jsonl", "plot.png", "state.json"):
+        (run / name).unlink(missing_ok=True)
+    if not any(run.iterdir()):
+        run.rmdir()
+
+
 # -- the tick loop ---------------------------------------------------------------------------------
 
 class Job(Protocol):
@@ -234,8 +245,16 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 break
     except KeyboardInterrupt:
         state["status"] = "interrupted"
-        print(f"interrupted: saving the last kept {job.noun}", file=log_to)
+        print(f"interrupted: saving the last kept {job.noun}" if kept is not None else
+              f"interrupted before a {job.noun} was kept: nothing to save; the same command starts the run again",
+              file=log_to)
+    except BaseException:  # an error before anything was kept leaves no run behind either
+        if kept is None and main:
+            discard_unstarted(run)
+        raise
     save(state["status"])
+    if kept is None and main:
+        discard_unstarted(run)
     result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
               **(state["best"] or {}), "parameters": None if kept is None else kept.num_parameters()}
     if kept is not None:

@@ -98,6 +98,25 @@ def test_ctrl_c_while_growing_keeps_the_rounds_grown_and_init_grows_the_rest(mon
     assert full.config.hidden == (10,) and torch.equal(full.hidden[0].weight[:8], part.hidden[0].weight)
 
 
+def test_ctrl_c_in_the_first_round_keeps_the_linear_readout_and_init_grows_every_unit(monkeypatch):
+    real = cascade._evolve_units
+
+    def stop_at_once(*a, **kw):
+        raise KeyboardInterrupt  # Ctrl-C while the first round of units is searched
+
+    monkeypatch.setattr(cascade, "_evolve_units", stop_at_once)
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tanh(x[:, :2] * x[:, 2:])
+    with pytest.raises(ola.FitInterrupted) as stop:
+        ola.fit(x, y, hidden=(6,), units_per_round=4, generations=40)
+    part = stop.value.module
+    assert part.config.hidden == ()  # no unit yet: the readout fitted before the first round
+    assert ola.grown_part_of((), (6,)) and not ola.grown_part_of((), ())
+    monkeypatch.setattr(cascade, "_evolve_units", real)
+    full = ola.fit(x, y, hidden=(6,), units_per_round=4, generations=40, init=part, seed=1)
+    assert full.config.hidden == (6,)
+
+
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     g = torch.Generator().manual_seed(0)
     lat = torch.rand(4000, 2, generator=g) * 4 - 2

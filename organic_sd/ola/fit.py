@@ -182,8 +182,10 @@ def _check_init(init, in_dim, out_dim, hidden, out_scale):
 
 
 def grown_part_of(have: tuple, hidden: tuple) -> bool:
-    """True if layers `have` are where growing `hidden` (layer by layer) can stop: full layers, then one partial."""
-    return (0 < len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
+    """True if layers `have` are where growing `hidden` (layer by layer) can stop: none yet, full layers, one partial."""
+    if not have:  # stopped before the first round ended: the linear readout, from which growth starts
+        return len(hidden) > 0
+    return (len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
             and 0 < have[-1] <= hidden[len(have) - 1])
 
 
