@@ -72,6 +72,26 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     return 130 if rep.interrupted else 0
 
 
+def _cmd_store_resplit(args: argparse.Namespace) -> int:
+    from organic_sd.data.split import resplit, split_line
+
+    meta = resplit(args.store, args.val_fraction)
+    print(f"{args.store}: {split_line(meta)}")
+    return 0
+
+
+def _add_store_parser(sub) -> None:
+    """`osd store resplit`: redraw a store's held-out split from its keys, without running the teacher again."""
+    st = sub.add_parser("store", help="work on a written store (resplit)")
+    ops = st.add_subparsers(dest="store_op", required=True)
+    rs = ops.add_parser("resplit", help="redraw a frames store's train/held-out split (no teacher run)",
+                        description="redraw a frames store's train/held-out split from its keys: the teacher is not "
+                                    "run again; at least one photo or video chunk is held out when there are two")
+    rs.add_argument("store", help="store folder written by `osd precompute frames`")
+    rs.add_argument("--val-fraction", type=float, required=True, help="held-out share of photos and video chunks")
+    rs.set_defaults(func=_cmd_store_resplit)
+
+
 # -- O-VAE: train, eval, reconstruct, demo, export (organic_sd.ovae) ---------------------------
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -453,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a few hundred photos need ~6 to become a training set")
     pre.set_defaults(func=_cmd_precompute)
     _add_precompute_denoiser_parser(kinds)
+    _add_store_parser(sub)
     _add_ovae_parsers(sub)
     _add_generate_parser(sub)
     return p

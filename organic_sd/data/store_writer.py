@@ -27,6 +27,22 @@ def check_val_fraction(val_fraction: float) -> None:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
 
+def lock_store(path: Path, create: bool = True):
+    """The store's write lock (an open file; closing it releases the lock); StoreError if another process holds it."""
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not (path / META).is_file():
+        raise StoreError(f"{path} holds no store ({META} missing)")
+    f = open(path / ".lock", "w")
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreError(f"store {path} is being written by another process") from None
+    return f
+
+
 class DiskFullError(RuntimeError):
     """The disk filled up while writing a shard (committed shards are intact)."""
 
@@ -95,6 +111,7 @@ class StoreWriter:
         self._keys: list[str] = []
         self._val: list[int] = []
         self.parts: list[dict] = []  # shards a rank committed to its part file (meta.json not yet listing them)
+        self._forced = set(self.meta.get("held_out_groups", ()))  # held out beyond the hash rule (data/split.py)
 
     def _open_as_rank(self, header: dict) -> None:
         # rank 0 holds the lock and has created or cleaned the store already
@@ -137,14 +154,7 @@ class StoreWriter:
             f.unlink()
 
     def _lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lockf = open(self.path / ".lock", "w")
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lockf.close()
-                raise StoreError(f"store {self.path} is being written by another process") from None
+        self._lockf = lock_store(self.path)
 
     def release(self) -> None:
         """Release the store's write lock without committing (close() commits, then releases)."""
@@ -204,7 +214,7 @@ class StoreWriter:
                     raise self._write_error(e) from e
                 self._hash[name].update(data)
             for k in range(i, j):
-                if split_is_val(groups[k], self.meta["val_fraction"]):
+                if split_is_val(groups[k], self.meta["val_fraction"]) or groups[k] in self._forced:
                     self._val.append(len(self._keys))
                 self._keys.append(keys[k])
             i = j
@@ -269,6 +279,15 @@ class StoreWriter:
                 f.close()
                 self._tmp(n).unlink(missing_ok=True)
         self._files, self._keys, self._val = None, [], []
+
+    def ensure_held_out(self) -> None:
+        """Frames stores, once all is listed: hold out a few groups if the split holds out none (data/split.py)."""
+        from organic_sd.data.split import ensure_held_out
+
+        meta = ensure_held_out(self.meta)
+        if meta is not self.meta:
+            atomic_json(self.path / META, meta)
+            self.meta, self._forced = meta, set(meta["held_out_groups"])
 
     def close(self) -> None:
         """Commit the partial shard, then release the store."""
