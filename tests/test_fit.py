@@ -1,5 +1,6 @@
 """ola.fit: quality on problems with a known optimum, determinism, bad input, no autograd."""
 
+import time
 import warnings
 
 import numpy as np
@@ -117,6 +118,23 @@ def test_ctrl_c_in_the_first_round_keeps_the_linear_readout_and_init_grows_every
     assert full.config.hidden == (6,)
 
 
+def test_a_time_budget_stops_growing_instead_of_setting_up_rounds_it_cannot_search(monkeypatch):
+    real = cascade._evolve_units
+
+    def slow_round(*a, **kw):
+        time.sleep(0.3)  # a round's setup on big inputs: seconds, whatever its share of the budget
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cascade, "_evolve_units", slow_round)
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tanh(x[:, :2] - x[:, 2:])  # the readout learns it: a fit this short must not look like it learned nothing
+    t0 = time.perf_counter()
+    with pytest.warns(ola.BudgetWarning, match="pass this module as init"):
+        m = ola.fit(x, y, hidden=(40,), units_per_round=1, max_seconds=1.0)
+    assert time.perf_counter() - t0 < 3.0  # before: all 40 rounds set up, 12 s and more
+    assert 0 < sum(m.config.hidden) < 40 and ola.grown_part_of(m.config.hidden, (40,))
+
+
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
     g = torch.Generator().manual_seed(0)
     lat = torch.rand(4000, 2, generator=g) * 4 - 2
@@ -228,8 +246,10 @@ def test_fit_takes_numpy_and_continues_from_init():
     first = ola.fit(x.numpy(), y.numpy().astype(np.float64), generations=20)
     more = ola.fit(x, y, generations=200, init=first, seed=1)
     assert more.training_summary["val_mse"] <= first.training_summary["val_mse"]
+    grown = ola.fit(x, y, hidden=(4,), generations=5, init=first)  # a linear module is where growing starts
+    assert grown.config.hidden == (4,)
     with pytest.raises(ValueError, match="hidden"):
-        ola.fit(x, y, hidden=(4,), generations=5, init=first)
+        ola.fit(x, y, hidden=(2,), generations=5, init=grown)  # more units than asked: not a start of it
 
 
 def test_fit_builds_no_autograd_graph(monkeypatch):
