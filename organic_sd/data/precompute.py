@@ -64,7 +64,7 @@ class PrecomputeReport:
             by_reason: dict[str, list[str]] = defaultdict(list)
             for key, reason in self.skipped:
                 by_reason[reason].append(key)
-            lines.append(f"skipped {len(self.skipped)} frames:")
+            lines.append(f"skipped {len(self.skipped)} frames or whole videos:")
             for reason, keys in by_reason.items():
                 more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
                 lines.append(f"  {len(keys)} x {reason}: {', '.join(keys[:3])}{more}")
@@ -175,6 +175,9 @@ def precompute(
     rank, world = dist.rank(), dist.world_size()
     # every input checked before the store is touched
     srcs = _agree(lambda: open_sources(specs, stride, start, max_frames))
+    # a video smaller than `size` (sample:videos' 176x144 carphone at 256) would be decoded only to skip every frame
+    small = [v for v in srcs if isinstance(v, VideoFile) and min(v.width, v.height) < size]
+    srcs = [v for v in srcs if v not in small]
     h = size // f
     header = {
         "teacher": teacher.id,
@@ -190,6 +193,9 @@ def precompute(
     writer = _open_writer(out, header, shard_size, rank, world)
     writer.note_sources(specs)
     rep = PrecomputeReport(store=out)
+    for v in small:
+        rep.skipped.append((v.tag, f"a {v.width}x{v.height} video is smaller than size {size} (never upscaled): "
+                                   "all its frames left out"))
     stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
     est = sum(s.estimate() for s in srcs)
