@@ -9,6 +9,8 @@ The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-ou
                --tick-seconds, score the held-out set, keep the module if it is no worse, append a log
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
+    never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
+               leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front
 Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits its searches
 across the ranks, rank 0's clock and scores decide for all, and only rank 0 writes RUN_DIR and prints.
 """
@@ -224,8 +226,9 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
                 seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
             del x, y
-            if not module.training_summary.get("generations") and not interrupted:
-                # the tick's time all went to setup: its module is where the search would start, not a result
+            # the tick's time all went to setup: its module is where the search would start, not a result
+            # (rank 0's count for all, as every decision a later collective depends on)
+            if dist.all_gather_object(not module.training_summary.get("generations") and not interrupted)[0]:
                 state["time"] += time.perf_counter() - t0
                 print(f"no search: the tick's {time.perf_counter() - t0:.0f} s went to setup ({t_data:.0f} s drawing "
                       f"rows) and ran 0 generations: not kept, not scored", file=log_to, flush=True)

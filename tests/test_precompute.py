@@ -84,7 +84,7 @@ def test_corrupt_and_small_images_are_skipped_and_reported(tmp_path):
 
 
 def test_only_too_small_frames_is_an_error_and_leaves_no_store(tmp_path):
-    with pytest.raises(ValueError, match=r"no usable frames.*176x144 is smaller than size 256"):
+    with pytest.raises(ValueError, match=r"no usable frames.*176x144 video is smaller than size 256"):
         precompute("sample:carphone", FakeTeacher(), tmp_path / "s", 256, max_frames=3, progress=False)
     assert not (tmp_path / "s").exists()
 

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 from organic_sd.data.sources import SPLIT_CHUNK
-from organic_sd.data.store import META, StoreError, _read_meta, split_is_val
+from organic_sd.data.store import META, StoreError, _read_meta, check_val_fraction, lock_store, split_is_val
 from organic_sd.files import atomic_json
 
 
@@ -83,8 +83,6 @@ def _shard_groups(meta: dict):
 
 def resplit(path: str | Path, val_fraction: float) -> dict:
     """Redraw the held-out split of the frames store at `path` (its keys only; no teacher); -> the new meta."""
-    from organic_sd.data.store_writer import check_val_fraction, lock_store
-
     check_val_fraction(val_fraction)
     path = Path(path)
     lock = lock_store(path, create=False)

@@ -12,36 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from organic_sd.data.store import (ARRAYS, DTYPE, FORMAT, HEADER_FIELDS, META, PARTS, VERSION, StoreError, _read_meta,
-                                   split_is_val)
+                                   check_val_fraction, lock_store, split_is_val)
+from organic_sd.data.split import ensure_held_out
 from organic_sd.files import atomic_json, fsync_dir
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no cross-process lock, the rest still works
-    fcntl = None
-
-
-def check_val_fraction(val_fraction: float) -> None:
-    """The held-out share a store is written with: in [0, 1), fixed at write time."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-
-
-def lock_store(path: Path, create: bool = True):
-    """The store's write lock (an open file; closing it releases the lock); StoreError if another process holds it."""
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    elif not (path / META).is_file():
-        raise StoreError(f"{path} holds no store ({META} missing)")
-    f = open(path / ".lock", "w")
-    if fcntl is not None:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise StoreError(f"store {path} is being written by another process") from None
-    return f
-
 
 class DiskFullError(RuntimeError):
     """The disk filled up while writing a shard (committed shards are intact)."""
@@ -282,8 +255,6 @@ class StoreWriter:
 
     def ensure_held_out(self) -> None:
         """Frames stores, once all is listed: hold out a few groups if the split holds out none (data/split.py)."""
-        from organic_sd.data.split import ensure_held_out
-
         meta = ensure_held_out(self.meta)
         if meta is not self.meta:
             atomic_json(self.path / META, meta)
