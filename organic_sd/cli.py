@@ -72,6 +72,26 @@ def _cmd_precompute(args: argparse.Namespace) -> int:
     return 130 if rep.interrupted else 0
 
 
+def _cmd_store_resplit(args: argparse.Namespace) -> int:
+    from organic_sd.data.split import resplit, split_line
+
+    meta = resplit(args.store, args.val_fraction)
+    print(f"{args.store}: {split_line(meta)}")
+    return 0
+
+
+def _add_store_parser(sub) -> None:
+    """`osd store resplit`: redraw a store's held-out split from its keys, without running the teacher again."""
+    st = sub.add_parser("store", help="work on a written store (resplit)")
+    ops = st.add_subparsers(dest="store_op", required=True)
+    rs = ops.add_parser("resplit", help="redraw a frames store's train/held-out split (no teacher run)",
+                        description="redraw a frames store's train/held-out split from its keys: the teacher is not "
+                                    "run again; at least one photo or video chunk is held out when there are two")
+    rs.add_argument("store", help="store folder written by `osd precompute frames`")
+    rs.add_argument("--val-fraction", type=float, required=True, help="held-out share of photos and video chunks")
+    rs.set_defaults(func=_cmd_store_resplit)
+
+
 # -- O-VAE: train, eval, reconstruct, demo, export (organic_sd.ovae) ---------------------------
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -81,10 +101,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     device = str(resolve_device(args.device))  # before joining a group: no CUDA is a clear error
     dist.init()  # under torchrun: join the group, and ola.fit splits its searches across the ranks
-    cfg = from_args(TrainConfig, args, kind=args.part, device=dist.local_device(device))
+    cfg = from_args(TrainConfig, args, kind=args.part, device=dist.local_device(device),
+                    progress=_progress(args.progress))
     res = train(cfg)
     dist.destroy()
-    return 130 if res["status"] == "interrupted" else 0
+    return _train_exit(res)
+
+
+def _progress(flag: bool | None) -> bool:
+    """--progress / --no-progress as given; neither: progress bars when someone watches (stderr is a terminal)."""
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def _train_exit(res: dict) -> int:
+    """A training run's exit status: 130 after Ctrl-C, 2 when it learned nothing (runs.run_ticks said why), else 0."""
+    return {"interrupted": 130, "no-result": 2}.get(res["status"], 0)
 
 
 def _load_ovae(spec: str | None, device: str = "cpu"):
@@ -163,7 +194,8 @@ def _cmd_export_or_onnx(args: argparse.Namespace) -> int:
 
 def _add_ovae_parsers(sub) -> None:
     """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
-    tr = sub.add_parser("train", help="evolve an O-VAE part from a store (no gradients)")
+    tr = sub.add_parser("train", help="evolve an O-VAE part (encoder, decoder) or the O-UNet denoiser (denoiser, "
+                                      "denoiser-head) from a store (no gradients)")
     parts = tr.add_subparsers(dest="part", required=True)
     dec = parts.add_parser("decoder", help="O-Decoder: latent window -> pixel block")
     add_flags(dec, TrainConfig, skip=("kind",))
@@ -296,9 +328,9 @@ def _add_precompute_denoiser_parser(kinds) -> None:
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     from organic_sd.ounet.train import train
 
-    cfg = from_args(DenoiserTrainConfig, args)
-    res = train(cfg)
-    return 130 if res["status"] == "interrupted" else 0
+    # its --progress is a plain switch (ounet/config.py): on a terminal the bars show without it
+    cfg = from_args(DenoiserTrainConfig, args, progress=args.progress or _progress(None))
+    return _train_exit(train(cfg))
 
 
 def _cmd_train_head(args: argparse.Namespace) -> int:
@@ -498,9 +530,32 @@ def _add_generate_parser(sub) -> None:
     g.set_defaults(func=_cmd_generate)
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """--help lines end with "(default: X)" where a flag has a default its help does not already state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is None or action.default is False or action.default is argparse.SUPPRESS
+                or action.default == [] or "default" in text or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every `osd` parser, subcommands included (add_subparsers builds them of the parent's class)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `osd`."""
-    p = argparse.ArgumentParser(prog="osd", description=__doc__.splitlines()[0])
+    from organic_sd import __version__
+
+    p = _Parser(prog="osd", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"osd (organic-sd) {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a saved OLA module or checkpoint")
@@ -533,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a few hundred photos need ~6 to become a training set")
     pre.set_defaults(func=_cmd_precompute)
     _add_precompute_denoiser_parser(kinds)
+    _add_store_parser(sub)
     _add_ovae_parsers(sub)
     _add_generate_parser(sub)
     return p
@@ -549,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `osd` console script."""
     argv = legacy_argv(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
+    out = getattr(args, "out", None)
+    new_out = out is not None and not Path(out).exists()  # a folder this call creates is removed if it stays empty
     try:
         if getattr(args, "device", None) is not None:
             from organic_sd.devices import resolve_device
@@ -556,11 +614,19 @@ def main(argv: list[str] | None = None) -> int:
             resolve_device(args.device)  # every command: a device this machine lacks fails here, before any work
         return args.func(args)
     except KeyboardInterrupt:
+        _drop_empty(out, new_out)
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as e:  # OSError: missing files, a file where a folder goes, ...
+        _drop_empty(out, new_out)
         print(f"osd: error: {e}", file=sys.stderr)
         return 2
+
+
+def _drop_empty(out: str | None, new: bool) -> None:
+    """Remove the --out folder a failed call created and left empty: no clutter that looks like a result."""
+    if new and Path(out).is_dir() and not any(Path(out).iterdir()):
+        Path(out).rmdir()
 
 
 if __name__ == "__main__":

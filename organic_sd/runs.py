@@ -9,6 +9,8 @@ The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-ou
                --tick-seconds, score the held-out set, keep the module if it is no worse, append a log
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
+    never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
+               leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front
 Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits its searches
 across the ranks, rank 0's clock and scores decide for all, and only rank 0 writes RUN_DIR and prints.
 """
@@ -20,6 +22,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,7 +79,9 @@ def keeps(new: ola.OLAModule, kept: ola.OLAModule | None, new_mse: float, best: 
 def fit_tick(x, y, **kw) -> tuple[ola.OLAModule, bool]:
     """ola.fit for one tick -> (module, interrupted): Ctrl-C while units grow keeps the units grown so far."""
     try:
-        return ola.fit(x, y, **kw), False
+        with warnings.catch_warnings():  # growth cut short by the tick's time goes on next tick: the tick line says so
+            warnings.simplefilter("ignore", ola.BudgetWarning)
+            return ola.fit(x, y, **kw), False
     except ola.FitInterrupted as stop:  # the next run's first tick goes on growing from this module
         if dist.world_size() > 1:  # ranks stop at different points: no collective may follow, so as before
             raise
@@ -119,6 +124,24 @@ def write_record(run: Path, record: dict, old: dict | None) -> None:
         atomic_json(run / "config.json", record)
         if old is None:
             (run / "log.jsonl").unlink(missing_ok=True)  # a crash before config.json: the log starts over
+
+
+def _too_short(cfg, what: str, setup: float, want: float) -> str:
+    """Why --max-minutes cannot fit one tick of search (`what` happened), and what to give instead."""
+    need = math.ceil((setup + want) / 60 * 10) / 10
+    return (f"--max-minutes {cfg.max_minutes:g} is too short to learn anything: {what}. Give --max-minutes {need:g} "
+            "or more, or ask less of the first tick (--first-tick-seconds, fewer --max-rows).")
+
+
+def discard_unstarted(run: Path) -> None:
+    """Remove a run folder that holds no kept module yet (config.json, log, plot): a run left with only its record
+    looks like a run but holds nothing to resume, and an empty --out folder is clutter."""
+    if (run / WEIGHTS_NAME).exists() or not run.is_dir():
+        return
+    for name in ("config.json", "log.jsonl", "plot.png", "state.json"):
+        (run / name).unlink(missing_ok=True)
+    if not any(run.iterdir()):
+        run.rmdir()
 
 
 # -- the tick loop ---------------------------------------------------------------------------------
@@ -185,12 +208,16 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                         **(state["best"] or {})})
         atomic_json(run / "state.json", state)
 
-    ticks_done = 0
+    ticks_done = ticks_tried = 0  # ticks with a search; ticks started (a budget is judged before the first)
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
             grow = growing(job.module_of(kept), cfg.hidden)
             want = cfg.first_tick_seconds if grow and cfg.first_tick_seconds else cfg.tick_seconds
+            if kept is None and ticks_tried == 0 and left is not None and left < 0.5 * want:
+                raise ValueError(_too_short(cfg, f"after {budget - left:.0f} s of setup the first tick would get "
+                                                 f"{left:.0f} s of the {want:.0f} s it asks for", budget - left, want))
+            ticks_tried += 1
             # a tick much shorter than asked would be mostly setup: stop instead
             out_of_time = left is not None and left < max(1.0, 0.2 * want)
             # rank 0's clock decides for all: a rank left out of a tick would wait in ola.fit's gathers forever
@@ -207,6 +234,13 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
                 seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
             del x, y
+            # the tick's time all went to setup: its module is where the search would start, not a result
+            # (rank 0's count for all, as every decision a later collective depends on)
+            if dist.all_gather_object(not module.training_summary.get("generations") and not interrupted)[0]:
+                state["time"] += time.perf_counter() - t0
+                print(f"no search: the tick's {time.perf_counter() - t0:.0f} s went to setup ({t_data:.0f} s drawing "
+                      f"rows) and ran 0 generations: not kept, not scored", file=log_to, flush=True)
+                continue
             cand, extra = job.candidate(module, state["tick"], interrupted, rng, tick_s)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
             scores = dist.all_gather_object(job.score(cand))[0]
@@ -228,8 +262,11 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 with open(run / "log.jsonl", "a") as fh:
                     fh.write(json.dumps(line) + "\n")
                 training_plot(run, log, job.plot)
+            units = ("" if not growing(module, cfg.hidden) else
+                     f" | {sum(module.config.hidden)} of {sum(cfg.hidden)} hidden units, the next tick grows the rest")
             print(f"tick {state['tick']:4d} | {state['time'] / 60:6.2f} min | {line['rows']:,} rows | "
-                  f"{job.describe(scores)}{'' if is_kept else ' (worse: kept previous)'}", file=log_to, flush=True)
+                  f"{job.describe(scores)}{'' if is_kept else ' (worse: kept previous)'}{units}", file=log_to,
+                  flush=True)
             if interrupted:
                 raise KeyboardInterrupt
             if time.perf_counter() - last_save >= 60.0 * cfg.save_minutes:
@@ -242,8 +279,21 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 break
     except KeyboardInterrupt:
         state["status"] = "interrupted"
-        print(f"interrupted: saving the last kept {job.noun}", file=log_to)
+        print(f"interrupted: saving the last kept {job.noun}" if kept is not None else
+              f"interrupted before a {job.noun} was kept: nothing to save; the same command starts the run again",
+              file=log_to)
+    except BaseException:  # an error before anything was kept leaves no run behind either
+        if kept is None and main:
+            discard_unstarted(run)
+        raise
+    if kept is None and state["status"] == "done" and ticks_done == 0 and budget is not None:
+        state["status"] = "no-result"  # a run that learned nothing never says "done"
+        spent = time.perf_counter() - t_wall
+        print(_too_short(cfg, f"in {spent:.0f} s no tick ran a single generation of search", spent,
+                         cfg.first_tick_seconds or cfg.tick_seconds) + " Nothing saved.", file=log_to)
     save(state["status"])
+    if kept is None and main:
+        discard_unstarted(run)
     result = {"run": str(run), "status": state["status"], "tick": state["tick"], "minutes": state["time"] / 60,
               **(state["best"] or {}), "parameters": None if kept is None else kept.num_parameters()}
     if kept is not None:

@@ -1,5 +1,6 @@
 """ola.fit: quality on problems with a known optimum, determinism, bad input, no autograd."""
 
+import time
 import warnings
 
 import numpy as np
@@ -96,6 +97,42 @@ def test_ctrl_c_while_growing_keeps_the_rounds_grown_and_init_grows_the_rest(mon
     monkeypatch.setattr(cascade, "_evolve_units", real)
     full = ola.fit(x, y, hidden=(10,), units_per_round=4, generations=80, init=part, seed=1)
     assert full.config.hidden == (10,) and torch.equal(full.hidden[0].weight[:8], part.hidden[0].weight)
+
+
+def test_ctrl_c_in_the_first_round_keeps_the_linear_readout_and_init_grows_every_unit(monkeypatch):
+    real = cascade._evolve_units
+
+    def stop_at_once(*a, **kw):
+        raise KeyboardInterrupt  # Ctrl-C while the first round of units is searched
+
+    monkeypatch.setattr(cascade, "_evolve_units", stop_at_once)
+    x = torch.randn(600, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tanh(x[:, :2] * x[:, 2:])
+    with pytest.raises(ola.FitInterrupted) as stop:
+        ola.fit(x, y, hidden=(6,), units_per_round=4, generations=40)
+    part = stop.value.module
+    assert part.config.hidden == ()  # no unit yet: the readout fitted before the first round
+    assert ola.grown_part_of((), (6,)) and not ola.grown_part_of((), ())
+    monkeypatch.setattr(cascade, "_evolve_units", real)
+    full = ola.fit(x, y, hidden=(6,), units_per_round=4, generations=40, init=part, seed=1)
+    assert full.config.hidden == (6,)
+
+
+def test_a_time_budget_stops_growing_instead_of_setting_up_rounds_it_cannot_search(monkeypatch):
+    real = cascade._evolve_units
+
+    def slow_round(*a, **kw):
+        time.sleep(0.3)  # a round's setup on big inputs: seconds, whatever its share of the budget
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cascade, "_evolve_units", slow_round)
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tanh(x[:, :2] - x[:, 2:])  # the readout learns it: a fit this short must not look like it learned nothing
+    t0 = time.perf_counter()
+    with pytest.warns(ola.BudgetWarning, match="pass this module as init"):
+        m = ola.fit(x, y, hidden=(40,), units_per_round=1, max_seconds=1.0)
+    assert time.perf_counter() - t0 < 3.0  # before: all 40 rounds set up, 12 s and more
+    assert 0 < sum(m.config.hidden) < 40 and ola.grown_part_of(m.config.hidden, (40,))
 
 
 def test_hidden_units_search_only_the_principal_subspace_of_redundant_inputs():
@@ -209,8 +246,10 @@ def test_fit_takes_numpy_and_continues_from_init():
     first = ola.fit(x.numpy(), y.numpy().astype(np.float64), generations=20)
     more = ola.fit(x, y, generations=200, init=first, seed=1)
     assert more.training_summary["val_mse"] <= first.training_summary["val_mse"]
+    grown = ola.fit(x, y, hidden=(4,), generations=5, init=first)  # a linear module is where growing starts
+    assert grown.config.hidden == (4,)
     with pytest.raises(ValueError, match="hidden"):
-        ola.fit(x, y, hidden=(4,), generations=5, init=first)
+        ola.fit(x, y, hidden=(2,), generations=5, init=grown)  # more units than asked: not a start of it
 
 
 def test_fit_builds_no_autograd_graph(monkeypatch):

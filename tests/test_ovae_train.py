@@ -72,10 +72,27 @@ def test_ctrl_c_saves_a_loadable_checkpoint(store, tmp_path, monkeypatch):
     assert res["status"] == "interrupted" and res["tick"] == 1
     assert json.loads((run / "state.json").read_text())["status"] == "interrupted"
     assert OVAE.load(run).decoder is not None
-    # Ctrl-C before any module exists: nothing to save, no crash
+    # Ctrl-C before any module exists: nothing to save, no crash, and no folder left that looks like a run
     calls.clear(), calls.append(1)
     res = train(quick("decoder", store, tmp_path / "dec2"))
     assert res["status"] == "interrupted" and res["parameters"] is None
+    assert not (tmp_path / "dec2").exists()
+
+
+def test_ctrl_c_before_the_first_round_of_units_ends_resumes_with_the_same_command(store, tmp_path, monkeypatch):
+    real = cascade._evolve_units
+
+    def stop_at_once(*a, **kw):
+        raise KeyboardInterrupt  # Ctrl-C in the first tick, before one unit is grown
+
+    monkeypatch.setattr(cascade, "_evolve_units", stop_at_once)
+    run = tmp_path / "dec"
+    cfg = quick("decoder", store, run, hidden=(4,), ticks=1)
+    assert train(cfg)["status"] == "interrupted"
+    assert OVAE.load(run).decoder.module.config.hidden == ()  # the linear readout, saved
+    monkeypatch.setattr(cascade, "_evolve_units", real)
+    res = train(cfg)  # the same command: before the fix, "init has hidden=() but hidden=(4,) was asked for"
+    assert res["status"] == "done" and OVAE.load(run).decoder.module.config.hidden == (4,)
 
 
 def test_ctrl_c_while_units_grow_keeps_them_and_the_resumed_run_grows_the_rest(store, tmp_path, monkeypatch):

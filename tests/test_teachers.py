@@ -276,3 +276,22 @@ def test_text_file_as_teacher_is_one_line_error(tmp_path, capsys, text):
     assert rc == 2
     assert len(err.splitlines()) == 1 and "teacher.pth" in err and "expected" in err, err
     assert "Traceback" not in err
+
+
+def test_a_bare_taesd_name_is_its_hub_repo_or_a_clear_offline_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from organic_sd.teachers import hub
+
+    monkeypatch.chdir(tmp_path)  # no local folder named taef2
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # before: "no such file or folder", although the README lists taef2 as a teacher spec
+    with pytest.raises(TeacherError, match=r"'madebyollin/taef2' is not in the hub cache .*HF_HUB_OFFLINE.*"
+                                           r"--teacher taef2:FOLDER"):
+        load_teacher("taef2")
+    random_taesd(tmp_path / "snap", "taef2", 32, True)  # as if the hub snapshot were cached
+    monkeypatch.setattr(hub, "cached", lambda repo, rev, probes: (tmp_path / "snap", f"{repo}@abc"))
+    t = load_teacher("taef2")
+    assert (t.variant, t.latent_channels) == ("taef2", 32)
+    assert t.id == load_teacher(f"taef2:{tmp_path / 'snap'}").id  # the same teacher as its local files

@@ -38,6 +38,7 @@ from organic_sd.data.sources import (
     iter_frames,
     open_sources,
 )
+from organic_sd.data.split import split_line
 from organic_sd.data.store_writer import StoreWriter, check_val_fraction
 
 
@@ -52,6 +53,7 @@ class PrecomputeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (frame key, reason)
     interrupted: bool = False
     seconds: float = 0.0
+    split: str = ""  # the store's train/held-out sizes afterwards (split.split_line)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -62,10 +64,12 @@ class PrecomputeReport:
             by_reason: dict[str, list[str]] = defaultdict(list)
             for key, reason in self.skipped:
                 by_reason[reason].append(key)
-            lines.append(f"skipped {len(self.skipped)} frames:")
+            lines.append(f"skipped {len(self.skipped)} frames or whole videos:")
             for reason, keys in by_reason.items():
                 more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
                 lines.append(f"  {len(keys)} x {reason}: {', '.join(keys[:3])}{more}")
+        if self.split:
+            lines.append(self.split)
         if self.interrupted:
             lines.append("re-run the same command to resume")
         return "\n".join(lines)
@@ -171,6 +175,9 @@ def precompute(
     rank, world = dist.rank(), dist.world_size()
     # every input checked before the store is touched
     srcs = _agree(lambda: open_sources(specs, stride, start, max_frames))
+    # a video smaller than `size` (sample:videos' 176x144 carphone at 256) would be decoded only to skip every frame
+    small = [v for v in srcs if isinstance(v, VideoFile) and min(v.width, v.height) < size]
+    srcs = [v for v in srcs if v not in small]
     h = size // f
     header = {
         "teacher": teacher.id,
@@ -186,6 +193,9 @@ def precompute(
     writer = _open_writer(out, header, shard_size, rank, world)
     writer.note_sources(specs)
     rep = PrecomputeReport(store=out)
+    for v in small:
+        rep.skipped.append((v.tag, f"a {v.width}x{v.height} video is smaller than size {size} (never upscaled): "
+                                   "all its frames left out"))
     stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
     est = sum(s.estimate() for s in srcs)
@@ -245,8 +255,10 @@ def precompute(
                     flush()
         flush()  # the last partial batch, also when interrupted
         if world == 1:
-            writer.close()  # commits the partial shard
-            rep.total = writer.meta["count"]
+            writer.commit()  # the partial shard
+            writer.ensure_held_out()  # a small store still gets a held-out frame
+            writer.release()
+            rep.total, rep.split = writer.meta["count"], split_line(writer.meta)
         else:
             writer.commit()  # into this rank's part file
             _merge_ranks(writer, rep)
@@ -271,9 +283,10 @@ def _merge_ranks(writer: StoreWriter, rep: PrecomputeReport) -> None:
     total = None
     if writer.rank == 0:
         writer.merge([sh for parts, *_ in got for sh in parts])
-        total = writer.meta["count"]
+        writer.ensure_held_out()
+        total = (writer.meta["count"], split_line(writer.meta))
         writer.release()
-    rep.total = dist.all_gather_object(total)[0]  # also keeps the other ranks until meta.json is committed
+    rep.total, rep.split = dist.all_gather_object(total)[0]  # also keeps the other ranks until meta.json is committed
     rep.written = sum(g[1] for g in got)
     rep.already = sum(g[2] for g in got)
     rep.skipped = [s for g in got for s in g[3]]

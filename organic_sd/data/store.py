@@ -26,6 +26,11 @@ import numpy as np
 
 from organic_sd.files import file_sha256
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock, the rest still works
+    fcntl = None
+
 FORMAT = "organic_sd.store"
 VERSION = 1
 ARRAYS = ("images", "latents", "decodes")
@@ -40,6 +45,28 @@ HEADER_FIELDS = ("teacher", "size", "preprocess", "shapes", "val_fraction", "dty
 
 class StoreError(ValueError):
     """A store that cannot be opened, appended to or verified as asked."""
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """The held-out share a store is written with: in [0, 1), fixed at write time."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
+def lock_store(path: Path, create: bool = True):
+    """The store's write lock (an open file; closing it releases the lock); StoreError if another process holds it."""
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    elif not (path / META).is_file():
+        raise StoreError(f"{path} holds no store ({META} missing)")
+    f = open(path / ".lock", "w")
+    if fcntl is not None:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise StoreError(f"store {path} is being written by another process") from None
+    return f
 
 
 def split_is_val(group: str, val_fraction: float) -> bool:

@@ -12,20 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from organic_sd.data.store import (ARRAYS, DTYPE, FORMAT, HEADER_FIELDS, META, PARTS, VERSION, StoreError, _read_meta,
-                                   split_is_val)
+                                   check_val_fraction, lock_store, split_is_val)
+from organic_sd.data.split import ensure_held_out
 from organic_sd.files import atomic_json, fsync_dir
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no cross-process lock, the rest still works
-    fcntl = None
-
-
-def check_val_fraction(val_fraction: float) -> None:
-    """The held-out share a store is written with: in [0, 1), fixed at write time."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-
 
 class DiskFullError(RuntimeError):
     """The disk filled up while writing a shard (committed shards are intact)."""
@@ -95,6 +84,7 @@ class StoreWriter:
         self._keys: list[str] = []
         self._val: list[int] = []
         self.parts: list[dict] = []  # shards a rank committed to its part file (meta.json not yet listing them)
+        self._forced = set(self.meta.get("held_out_groups", ()))  # held out beyond the hash rule (data/split.py)
 
     def _open_as_rank(self, header: dict) -> None:
         # rank 0 holds the lock and has created or cleaned the store already
@@ -137,14 +127,7 @@ class StoreWriter:
             f.unlink()
 
     def _lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lockf = open(self.path / ".lock", "w")
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self._lockf.close()
-                raise StoreError(f"store {self.path} is being written by another process") from None
+        self._lockf = lock_store(self.path)
 
     def release(self) -> None:
         """Release the store's write lock without committing (close() commits, then releases)."""
@@ -204,7 +187,7 @@ class StoreWriter:
                     raise self._write_error(e) from e
                 self._hash[name].update(data)
             for k in range(i, j):
-                if split_is_val(groups[k], self.meta["val_fraction"]):
+                if split_is_val(groups[k], self.meta["val_fraction"]) or groups[k] in self._forced:
                     self._val.append(len(self._keys))
                 self._keys.append(keys[k])
             i = j
@@ -269,6 +252,13 @@ class StoreWriter:
                 f.close()
                 self._tmp(n).unlink(missing_ok=True)
         self._files, self._keys, self._val = None, [], []
+
+    def ensure_held_out(self) -> None:
+        """Frames stores, once all is listed: hold out a few groups if the split holds out none (data/split.py)."""
+        meta = ensure_held_out(self.meta)
+        if meta is not self.meta:
+            atomic_json(self.path / META, meta)
+            self.meta, self._forced = meta, set(meta["held_out_groups"])
 
     def close(self) -> None:
         """Commit the partial shard, then release the store."""

@@ -66,6 +66,10 @@ def grow(data, hidden, *, out_scale, make_strategy, budget, progress, subspace=S
             readout = start[1]
 
         for r, (layer, n_units) in enumerate(rounds):
+            if budget.seconds is not None and budget.elapsed() >= budget.seconds:
+                # a round's setup (whitening, features) costs seconds even with no time left to search: stop
+                # here, as Ctrl-C would, so the budget is kept; `init` = this module grows the rest
+                break
             round_budget = budget.share(1.0 / (len(rounds) - r))
             feats, feats_val = features(data.x, units), features(data.x_val, units)
             new_rows, unit_gens = _evolve_units(

@@ -38,6 +38,10 @@ class FitDidNotLearn(RuntimeError):
         self.module = module
 
 
+class BudgetWarning(RuntimeWarning):
+    """A fit whose time budget ended before it grew every hidden unit asked for (the module holds those grown)."""
+
+
 class NoProgressWarning(RuntimeWarning):
     """A fit continued from `init` whose kept module is no better on held-out rows than `init` was."""
 
@@ -121,7 +125,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         else:
             readout, res = fit_readout(data, [x], [x_val], out_scale, make(), budget, None, progress, subspace.readout)
             layers, curve, gens = [], res.curve, res.generations
-        grown = tuple(w.shape[0] for w, _ in layers)  # == hidden unless Ctrl-C cut the growth short
+        grown = tuple(w.shape[0] for w, _ in layers)  # == hidden unless Ctrl-C or the time budget cut growth short
         module = OLAModule(OLAConfig(x.shape[1], y.shape[1], grown, out_scale))
         module.to(dev)
         for layer, (w, b) in zip(module.hidden, layers):
@@ -144,6 +148,9 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
     }
     if interrupted:
         raise FitInterrupted(module)
+    if grown != hidden:
+        warnings.warn(f"the time budget ended after growing {grown or 'no'} of hidden={hidden} units: pass this "
+                      "module as init to grow the rest", BudgetWarning, stacklevel=2)
     _check_progress(module, val_mse, start_mse, fresh=init is None)
     return module
 
@@ -182,8 +189,10 @@ def _check_init(init, in_dim, out_dim, hidden, out_scale):
 
 
 def grown_part_of(have: tuple, hidden: tuple) -> bool:
-    """True if layers `have` are where growing `hidden` (layer by layer) can stop: full layers, then one partial."""
-    return (0 < len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
+    """True if layers `have` are where growing `hidden` (layer by layer) can stop: none yet, full layers, one partial."""
+    if not have:  # stopped before the first round ended: the linear readout, from which growth starts
+        return len(hidden) > 0
+    return (len(have) <= len(hidden) and have[:-1] == hidden[:len(have) - 1]
             and 0 < have[-1] <= hidden[len(have) - 1])
 
 

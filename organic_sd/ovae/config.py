@@ -56,7 +56,8 @@ class TrainConfig:
                                    "0.5); more favours the decoder on teacher latents, less the full O-VAE")
     init: str = flag("", "start a new run from this run's (or O-VAE file's) part: its hidden units and readout. With "
                          "the same --hidden only the readout is re-fitted, on this run's rows (e.g. units grown on "
-                         "teacher latents, readout on --latents mix:); with more, the units grow on")
+                         "teacher latents, readout on --latents mix:); with a larger --hidden its units are kept and "
+                         "the missing ones grow on them")
     target: str = flag("", "train toward the teacher's decode (default with teacher latents) or the original image "
                            "(default with oenc latents)", choices=("decode", "image"))
     freeze_loss: float | None = flag(None, "stop once held-out MSE is at or below this")
@@ -68,7 +69,7 @@ class TrainConfig:
     retina_dim: int = flag(512, "global encoder: random projection size (0: none)")
     global_size: int = flag(64, "global decoder: output side before upsampling")
     seed: int = flag(0, "seed of the rows drawn, the searches, the held-out images and a global encoder's retina")
-    progress: bool = flag(False, "show the search's progress bars")
+    progress: bool | None = flag(None, "show the search's progress bars (default: on when stderr is a terminal)")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
@@ -86,6 +87,8 @@ class TrainConfig:
             self.target = "image" if self.latents.startswith("oenc:") else "decode"
         if self.target not in ("decode", "image"):
             raise ValueError(f"--target must be 'decode' or 'image', got {self.target!r}")
+        if self.progress is None:  # the command line decides from the terminal; called from Python: quiet
+            self.progress = False
         if self.deflate is None:
             self.deflate = self.kind == "decoder"
         if self.units_per_round is None:

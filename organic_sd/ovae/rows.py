@@ -100,8 +100,8 @@ class HeldOut:
     def __init__(self, store: Store, part: PartConfig, rows: PartRows, n: int, seed: int):
         val = store.indices("val")
         if len(val) == 0:
-            raise ValueError(f"store {store.path} has no held-out samples (val split is empty); "
-                             "re-run precompute with --val-fraction > 0")
+            raise ValueError(f"store {store.path} has no held-out samples (val split is empty); re-split it without "
+                             f"running the teacher again: osd store resplit {store.path} --val-fraction 0.1")
         rng = np.random.default_rng(seed + 1)
         self.idx = np.sort(rng.choice(val, min(n, len(val)), replace=False))
         self.part, self.rows, self.store = part, rows, store

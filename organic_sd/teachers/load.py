@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from organic_sd.teachers import diffusers_vae, taesd
+from organic_sd.teachers import diffusers_vae, hub, taesd
 from organic_sd.teachers.base import Teacher
 from organic_sd.teachers.common import WEIGHT_SUFFIXES, TeacherError, read_weights, resolve_device, resolve_dtype
 
@@ -53,9 +53,28 @@ def load_teacher(spec: Spec, device: str | torch.device = "cpu", dtype: str | to
     if forced is None and diffusers_vae.is_hub_id(text):
         folder, id_base = diffusers_vae.resolve_hub(text)
         return _load_dir(folder, None, dev, dt, id_base=id_base, names=[text.partition("@")[0]])
+    if forced is None and text.partition("@")[0] in taesd.VARIANTS:  # a bare name: its author's hub repo
+        name = text.partition("@")[0]
+        folder, _ = resolve_taesd_name(text)
+        return _load_dir(folder, name, dev, dt, names=[name])
     raise FileNotFoundError(
         f"teacher {os.fspath(spec)!r}: no such file or folder (and not a hub id of the form owner/name)"
     )
+
+
+TAESD_HUB_OWNER = "madebyollin"  # taesd, taesdxl, taesd3, taef1, taef2: one hub repo each, of that name
+
+
+def resolve_taesd_name(spec: str) -> tuple[Path, str]:
+    """'taef2' (or 'taef2@REVISION') -> its hub snapshot (madebyollin/taef2), from the cache or downloaded; a
+    TeacherError saying how to pass local files where the hub cannot be reached."""
+    name, _, revision = spec.partition("@")
+    repo = f"{TAESD_HUB_OWNER}/{name}" + (f"@{revision}" if revision else "")
+    hint = (f"download the weights elsewhere (huggingface.co/{TAESD_HUB_OWNER}/{name}, or {name}_encoder.pth and "
+            f"{name}_decoder.pth from github.com/madebyollin/taesd) and pass their folder as --teacher {name}:FOLDER")
+    return hub.resolve(repo, "teacher", ["config.json", f"{name}.safetensors"],
+                       [["config.json", "*.safetensors"]], hint,
+                       f"holds neither config.json nor {name}.safetensors: not a TAESD-family repo")
 
 
 def _load_dir(folder: Path, forced: str | None, dev: torch.device, dt: torch.dtype,
