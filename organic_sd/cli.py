@@ -328,8 +328,7 @@ def _add_precompute_denoiser_parser(kinds) -> None:
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
     from organic_sd.ounet.train import train
 
-    # its --progress is a plain switch (ounet/config.py): on a terminal the bars show without it
-    cfg = from_args(DenoiserTrainConfig, args, progress=args.progress or _progress(None))
+    cfg = from_args(DenoiserTrainConfig, args, progress=_progress(args.progress))
     return _train_exit(train(cfg))
 
 

@@ -111,8 +111,8 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch)
                      "--val-fraction", "0.25"]) == 0
     args = ["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1", "--generations", "4",
             "--max-rows", "2000", "--hidden", "2", "--eval-records", "4", "--window", "3", "--modulate", "1",
-            "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.25", "--target", "v",
-            "--tick-seconds", "3"]
+            "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.4", "--target", "v",
+            "--tick-seconds", "20"]  # ticks end after 4 generations: the time limits only bound a slow machine
     # Ctrl-C in the coarse stage's second tick: its first tick is saved, nothing of the per-pixel stage exists
     real, calls = runs.fit_tick, []
 
@@ -129,7 +129,8 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch)
     monkeypatch.setattr(runs, "fit_tick", real)
     assert cli.main(args) == 0  # the same command resumes the coarse stage, finishes it, then trains the rest
     stage_log = (run / "coarse" / "log.jsonl").read_text().splitlines()
-    assert json.loads(stage_log[0])["tick"] == 1 and json.loads(stage_log[1])["tick"] == 2
+    ticks = [json.loads(line)["tick"] for line in stage_log]
+    assert ticks == list(range(1, len(ticks) + 1)) and len(ticks) >= 2  # the tick before Ctrl-C, then more
     assert json.loads((run / "coarse" / "state.json").read_text())["status"] == "done"
     u = OUNet.load(run)
     assert u.config.stage_grid == 7 and u.config.target == "v" and u.stage is not None

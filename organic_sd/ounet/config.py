@@ -66,9 +66,11 @@ class DenoiserTrainConfig:
     eval_records: int = flag(64, "held-out records scored per tick")
     device: str = flag("cpu", "cpu, cuda, cuda:1 ...")
     seed: int = flag(0, "seed of the rows drawn, the searches and the held-out records")
-    progress: bool = flag(False, "show the search's progress bars")
+    progress: bool | None = flag(None, "show the search's progress bars (default: on when stderr is a terminal)")
 
     def __post_init__(self):
+        if self.progress is None:  # the command line decides from the terminal; called from Python: quiet
+            self.progress = False
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
         self.stage_hidden = tuple(int(h) for h in ((self.stage_hidden,) if isinstance(self.stage_hidden, int)
                                                    else self.stage_hidden))
