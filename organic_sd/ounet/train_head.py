@@ -68,9 +68,12 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         if int(rows.sum()) < 4 * d:
             continue  # too few rows to fit here: this bucket keeps no correction
         left = max_seconds - (time.perf_counter() - t0)
-        m = ola.fit(blk[rows, :-1], y[rows], strategy=strategy, population=population, out_scale=out_scale,
-                    max_seconds=None if generations else max(1.0, left / (buckets - j)), generations=generations,
-                    device=dev, seed=seed + j)
+        try:
+            m = ola.fit(blk[rows, :-1], y[rows], strategy=strategy, population=population, out_scale=out_scale,
+                        max_seconds=None if generations else max(1.0, left / (buckets - j)), generations=generations,
+                        device=dev, seed=seed + j)
+        except ola.FitDidNotLearn:
+            continue  # nothing linear left to correct in this bucket (the stack's residual there is noise): none
         weight[:, j, :-1], weight[:, j, -1] = m.readout.weight, m.readout.bias
     head = ola.OLAModule(ola.OLAConfig(x.shape[1], C, (), out_scale=out_scale),
                          {"strategy": strategy, "buckets": buckets, "seconds": round(time.perf_counter() - t0, 1)}).to(dev)
