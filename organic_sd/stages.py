@@ -82,6 +82,14 @@ def windows(x: torch.Tensor, k: int, pad: str = "replicate") -> torch.Tensor:
     return cols.transpose(1, 2).reshape(B * h * w, C * k * k)
 
 
+def stage_rows(c: StageConfig, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """A stage's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
+    parts = [windows(x, c.window, c.pad)]
+    if c.extra_channels:
+        parts.append(windows(extra, c.extra_window, c.pad))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
 def to_blocks(y: torch.Tensor, r: int) -> torch.Tensor:
     """(B, C, h*r, w*r) -> rows (B*h*w, C*r*r) in PixelShuffle's (c, a, b) order: a stage's targets."""
     B = y.shape[0]
@@ -129,11 +137,7 @@ class Stage(nn.Module):
     def rows(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The module's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
         self._check(x, extra)
-        c = self.config
-        parts = [windows(x, c.window, c.pad)]
-        if c.extra_channels:
-            parts.append(windows(extra, c.extra_window, c.pad))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return stage_rows(self.config, x, extra)
 
     def row_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """The reference path: rows -> module -> blocks (what training fits), in chunks of MAX_ROWS rows."""
