@@ -109,7 +109,8 @@ def repeat_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     h, w = x.shape[-2:]
     if H % h or W % w:
         raise ValueError(f"cannot repeat a {h}x{w} map up to {H}x{W}: not a whole multiple")
-    return x.repeat_interleave(H // h, dim=-2).repeat_interleave(W // w, dim=-1)
+    # nearest resizing by a whole factor repeats each cell exactly, and exports to ONNX as one Resize
+    return F.interpolate(x, size=(H, W), mode="nearest")
 
 
 class Stage(nn.Module):
