@@ -138,3 +138,14 @@ def test_staged_decoder_file_round_trip_info_and_onnx(tmp_path, capsys):
 
     path = export_onnx(back, tmp_path / "d.onnx", "decoder", size=(64, 64))
     assert check_onnx(path, back, "decoder", size=(40, 88)) <= 1e-3  # a size it was not exported at
+
+
+def test_staged_decoder_through_diffusers_save_pretrained(tmp_path):
+    pytest.importorskip("diffusers")
+    from organic_sd.ovae.diffusers_vae import OVAEDiffusers
+
+    v = _random_staged_ovae()
+    OVAEDiffusers.from_ovae(v).save_pretrained(tmp_path / "d")
+    e = OVAEDiffusers.from_pretrained(tmp_path / "d")
+    z = torch.randn(1, 4, 5, 7)
+    assert torch.equal(e.decode(z).sample, v.decode(z))
