@@ -149,3 +149,12 @@ def test_staged_decoder_through_diffusers_save_pretrained(tmp_path):
     e = OVAEDiffusers.from_pretrained(tmp_path / "d")
     z = torch.randn(1, 4, 5, 7)
     assert torch.equal(e.decode(z).sample, v.decode(z))
+
+
+def test_a_single_stage_run_from_before_stages_still_resumes(store, tmp_path):
+    run = tmp_path / "dec"
+    train(quick("decoder", store, run, ticks=1))
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["stages"], cfg["stage_shares"]  # as written before --stages existed
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert train(quick("decoder", store, run, ticks=1))["tick"] == 2

@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     run = Path(cfg.out)
     record = _run_record(cfg, part_cfg, store)
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
-                   added={"mix_teacher": 0.5})  # runs from before --mix-teacher drew half each
+                   added={"mix_teacher": 0.5, "stages": [], "stage_shares": []})  # runs from before these flags
     train_idx = store.indices("train")
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")
