@@ -71,6 +71,8 @@ def export_onnx(ovae: OVAE, path: str | os.PathLike, part: str = "decoder", size
     # the TorchScript exporter: one self-contained file of standard ops, no onnxscript needed
     with warnings.catch_warnings():  # F.pad's reversed pad list is a Slice it cannot fold: harmless, only noise
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        # a staged decoder's shape checks read sizes while tracing: they hold for every size, so the warning is noise
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
                           dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=opset, dynamo=False)
     return path
