@@ -287,6 +287,9 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         res = run_ticks(loop, job, stage_dir, srec, state, kept, log, t_wall, log_to)
         results.append({"stage": i + 1, **{k: v for k, v in res.items() if k not in ("run", "parameters")}})
         if res["status"] not in DONE or res["parameters"] is None:  # Ctrl-C, or no module: later stages wait
+            if res["parameters"] is None and res["status"] != "interrupted":
+                print(f"stage {i + 1}: its share of --max-minutes ended before a first tick; later stages wait "
+                      "(give more minutes; the same command resumes)", file=log_to)
             break
         frozen.append(job.kept.stages[-1])
     done = len(frozen) == len(configs)
