@@ -67,9 +67,18 @@ def ovae_summary(v) -> str:
     for name, part in v.parts().items():
         d = part.describe()
         p = d["part"]
-        lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
+        if "stages" in d:  # a staged decoder: one line per stage
+            lines.append(f"  {name}: staged, {len(d['stages'])} stages coarse to fine, {d['parameters']:,} parameters")
+            for i, st in enumerate(d["stages"]):
+                c = st["stage"]
+                extra = f" + latent {c['extra_window']}x{c['extra_window']}" if c["extra_channels"] else ""
+                lines.append(f"    stage {i + 1}: {c['in_channels']}x{c['window']}x{c['window']}{extra} window, "
+                             f"{_arch(st['ola'])}, x{c['up']} up; trained: {_trained(st.get('training') or {})}")
+        else:
+            lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
         t = d.get("training") or {}
-        lines.append(f"    trained: {_trained(t)}")
+        if "stages" not in d:  # a staged decoder says it per stage
+            lines.append(f"    trained: {_trained(t)}")
         if p.get("latents") not in (None, "teacher"):  # e.g. mix:RUN; the run's folder is the training machine's
             kind, _, src = str(p["latents"]).partition(":")
             lines.append(f"    trained on latents: {kind}" + (" (with an O-Encoder run's latents)" if src else ""))

@@ -36,7 +36,7 @@ def test_pipeline_writes_pictures_and_reports(trained, tmp_path):
             assert (tmp_path / "out" / name / f).is_file(), f
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["mean"].keys() >= {"teacher_vs_orig", "ovae_vs_orig", "odec_vs_teacher", "latent_cosine"}
-    assert set(saved["mean"]["ovae_vs_orig"]) == {"l2", "cosine", "psnr", "ssim"}
+    assert set(saved["mean"]["ovae_vs_orig"]) == {"l2", "cosine", "psnr", "ssim", "ms_ssim"}
     assert rep["size"] == SIZE and "O-VAE recon vs original" in (tmp_path / "out" / "report.md").read_text()
 
 

@@ -11,10 +11,10 @@ from organic_sd.flags import flag
 # fields that define a run: a resume with other values would silently mix two experiments
 # seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
 RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
-              "global_size", "seed", "eval_images")
+              "global_size", "seed", "eval_images", "stages", "stage_shares")
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 # flags of the decoder alone: the encoder always learns the teacher's latents as they are
-DECODER_ONLY = ("latents", "mix_teacher", "target")
+DECODER_ONLY = ("latents", "mix_teacher", "target", "stages", "stage_shares")
 
 
 @dataclass
@@ -70,6 +70,15 @@ class TrainConfig:
     global_size: int = flag(64, "global decoder: output side before upsampling")
     seed: int = flag(0, "seed of the rows drawn, the searches, the held-out images and a global encoder's retina")
     progress: bool | None = flag(None, "show the search's progress bars (default: on when stderr is a terminal)")
+    stages: tuple[str, ...] = flag((), "a staged decoder, coarse to fine, one WINDOW:HIDDEN[:LATENT] per stage, e.g. "
+                                       "--stages 3:64 3:48 3:32 (latent -> 1/4 -> 1/2 -> full resolution): stage 1 maps "
+                                       "a WINDOW x WINDOW latent window to an RGB block, each later stage a WINDOW x "
+                                       "WINDOW window of the previous stage's RGB plus a LATENT x LATENT window of the "
+                                       "latent (default 1; 0: none) to a 2x2 block; trained greedily, stage by stage, "
+                                       "each toward the teacher's decode area-downsampled to its resolution. --max-minutes "
+                                       "and --ticks then count per whole run and per stage (not per call); --window and "
+                                       "--hidden do not apply")
+    stage_shares: tuple[float, ...] = flag((), "with --stages: each stage's share of --max-minutes (default equal)")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
@@ -97,6 +106,42 @@ class TrainConfig:
             self.units_per_round = ENCODER_UNITS_PER_ROUND if self.kind == "encoder" else UNITS_PER_ROUND
         if self.hessian < 0:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
+        self.stages = tuple(str(s) for s in self.stages)
+        self.stage_shares = tuple(float(s) for s in self.stage_shares)
+        if self.stages:
+            stage_specs(self.stages)  # a malformed spec fails here, before any data is read
+            if self.kind != "decoder" or self.mode != "patch":
+                raise ValueError("--stages builds a decoder (osd train decoder, patch mode)")
+            if self.hidden or self.window:
+                raise ValueError("--stages sets each stage's window and hidden units: leave --window and --hidden out")
+            if self.max_minutes is None and self.ticks is None and self.freeze_loss is None:
+                raise ValueError("--stages needs --max-minutes or --ticks (shared out over the stages)")
+            if self.stage_shares and (len(self.stage_shares) != len(self.stages) or min(self.stage_shares) <= 0):
+                raise ValueError(f"--stage-shares needs one positive share per stage ({len(self.stages)}), "
+                                 f"got {list(self.stage_shares)}")
+        elif self.stage_shares:
+            raise ValueError("--stage-shares only applies with --stages")
         for name in ("tick_seconds", "max_rows", "eval_images", "population", "units_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+def stage_specs(specs: tuple[str, ...]) -> list[tuple[int, int, int]]:
+    """--stages 'WINDOW:HIDDEN[:LATENT]' strings -> (window, hidden, latent window) per stage (stage 1: latent 0)."""
+    out = []
+    for i, spec in enumerate(specs):
+        parts = spec.split(":")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            nums = []
+        if len(nums) not in (2, 3):
+            raise ValueError(f"--stages: each stage is WINDOW:HIDDEN[:LATENT], e.g. 3:64 or 3:48:1; got {spec!r}")
+        k, h = nums[:2]
+        z = nums[2] if len(nums) == 3 else (0 if i == 0 else 1)
+        if k < 1 or k % 2 == 0 or h < 0 or z < 0 or (z and z % 2 == 0):
+            raise ValueError(f"--stages {spec!r}: WINDOW and LATENT must be odd (LATENT may be 0), HIDDEN >= 0")
+        if i == 0 and z:
+            raise ValueError(f"--stages {spec!r}: stage 1 reads the latent already (no LATENT part)")
+        out.append((k, h, z))
+    return out

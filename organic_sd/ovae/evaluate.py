@@ -5,6 +5,7 @@ Measures (organic_sd.metrics.pixels) between two images in [-1, 1] (the package 
     cosine  cosine between the two images flattened to vectors
     psnr    10 log10(1 / MSE) on [0, 1], over all pixels of the image
     ssim    gaussian-window SSIM (11 x 11, sigma 1.5, valid positions) on [0, 1], mean over channels
+    ms_ssim multi-scale SSIM (5 scales at 176+ pixels, Wang et al. 2003 weights) on [0, 1], mean over channels
 Report means are means over images of these per-image values.
 """
 
@@ -142,12 +143,13 @@ def _markdown(rep: dict) -> str:
              f"O-VAE: teacher `{rep['ovae']['teacher']}`, {rep['ovae']['parameters']:,} parameters; "
              f"teacher given: `{rep['teacher']}`; {len(rep['images'])} images at {rep['size']}x{rep['size']} "
              "(organic_sd.data.preprocess).", "",
-             "PSNR and SSIM on [0, 1]; L2 = mean squared error on [-1, 1]; cosine of flattened images.", "",
-             "| comparison | L2 | cosine | PSNR (dB) | SSIM |", "| --- | --- | --- | --- | --- |"]
+             "PSNR, SSIM and MS-SSIM on [0, 1]; L2 = mean squared error on [-1, 1]; cosine of flattened images.", "",
+             "| comparison | L2 | cosine | PSNR (dB) | SSIM | MS-SSIM |", "| --- | --- | --- | --- | --- | --- |"]
     for key, label in COMPARISONS.items():
         m = rep["mean"].get(key)
         if m:
-            lines.append(f"| {label} | {m['l2']:.5f} | {m['cosine']:.4f} | {m['psnr']:.2f} | {m['ssim']:.4f} |")
+            ms = f"{m['ms_ssim']:.4f}" if "ms_ssim" in m else "-"  # reports written before MS-SSIM have none
+            lines.append(f"| {label} | {m['l2']:.5f} | {m['cosine']:.4f} | {m['psnr']:.2f} | {m['ssim']:.4f} | {ms} |")
     if "latent_cosine" in rep["mean"]:
         lines += ["", f"O-Encoder vs teacher latents: mean cosine {rep['mean']['latent_cosine']:.4f}, "
                       f"L2 {rep['mean']['latent_l2']:.4f}."]
@@ -205,8 +207,8 @@ def print_report(rep: dict, out) -> None:
     for key, label in COMPARISONS.items():
         m = rep["mean"].get(key)
         if m:
-            print(f"{label:48s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  L2 {m['l2']:.5f}  "
-                  f"cos {m['cosine']:.4f}")
+            print(f"{label:48s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.4f}  MS-SSIM {m.get('ms_ssim', float('nan')):.4f}"
+                  f"  L2 {m['l2']:.5f}  cos {m['cosine']:.4f}")
     if "latent_cosine" in rep["mean"]:
         print(f"{'O-Encoder vs teacher latents':48s} cosine {rep['mean']['latent_cosine']:.4f}")
     print(f"pictures: {Path(out).resolve()}/<image>/side_by_side.png ({len(rep['images'])} images); "

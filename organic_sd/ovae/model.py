@@ -27,12 +27,13 @@ from torch import nn
 from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
 from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 from organic_sd.ovae import patches
+from organic_sd.stages import Stack
 
 FORMAT = "organic_sd.ovae/1"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ovae" / "ovae.safetensors"
 MAX_ROWS = 65536  # rows per module call, so a huge image never builds one giant window matrix
 KINDS = ("encoder", "decoder")
-MODES = ("patch", "global")
+MODES = ("patch", "global", "staged")  # staged: decoder only, a Stack of stages coarse to fine (organic_sd.stages)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class PartConfig:
     """What an encoder or decoder needs besides its OLA weights to map images <-> latents."""
 
     kind: str  # "encoder" or "decoder"
-    mode: str = "patch"  # "patch" (per latent position) or "global" (whole frame)
+    mode: str = "patch"  # "patch" (per latent position), "global" (whole frame) or "staged" (decoder: a Stack)
     teacher: str = ""  # id of the teacher whose latent space this part speaks
     latent_channels: int = 4
     downscale: int = 8  # f: pixels per latent cell along each side
@@ -60,6 +61,8 @@ class PartConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "staged" and self.kind != "decoder":
+            raise ValueError("only a decoder can be staged (mode 'staged')")
         if self.window == 0:
             self.window = 3 if self.kind == "decoder" else 2 * self.downscale
         if self.mode == "patch" and self.kind == "decoder" and self.window % 2 == 0:
@@ -87,6 +90,10 @@ class Part(nn.Module):
 
     def __init__(self, config: PartConfig, module: nn.Module):
         super().__init__()
+        if config.mode == "staged":
+            _check_stack(config, module)
+            self.config, self.module = config, module
+            return
         want = config.io_dims()
         have = (module.in_dim, module.out_dim)
         if want != have:
@@ -138,6 +145,9 @@ class Part(nn.Module):
                 h = w = c.image_size // c.downscale  # a pooled latent decodes to the training frame size
         if B == 0:  # an empty batch: the output's shape from one blank sample, none of its values
             return self.forward(x.new_zeros(1, *x.shape[1:]))[:0]
+        if c.mode == "staged":  # the stages' convolution path: one pass, no window matrix
+            with torch.no_grad():
+                return self.module(x.float())
         with torch.no_grad():
             out = self.apply(self.rows(x.float()))
             return self.assemble(out, B, h, w)
@@ -148,9 +158,22 @@ class Part(nn.Module):
     def describe(self) -> dict:
         """The JSON-able description stored in files and shown in `meta`."""
         m = self.module
+        if isinstance(m, Stack):
+            return {"part": asdict(self.config), "stages": m.describe(), "parameters": self.num_parameters(),
+                    "training": getattr(m, "training_summary", {})}
         ola = asdict(m.config) if isinstance(m, OLAModule) else {"in_dim": m.in_dim, "out_dim": m.out_dim}
         return {"part": asdict(self.config), "ola": ola, "parameters": self.num_parameters(),
                 "training": getattr(m, "training_summary", {})}
+
+
+def _check_stack(c: PartConfig, stack) -> None:
+    """A staged decoder's Stack must read the latent and write RGB c.downscale times larger."""
+    if not isinstance(stack, Stack):
+        raise ValueError(f"a staged decoder wraps an organic_sd.stages.Stack, got {type(stack).__name__}")
+    have = (stack.in_channels, stack.out_channels, stack.up)
+    if have != (c.latent_channels, 3, c.downscale):
+        raise ValueError(f"a staged decoder needs stages {c.latent_channels} channels -> 3 (RGB), x{c.downscale} in "
+                         f"all; got {have[0]} -> {have[1]}, x{have[2]}")
 
 
 def part_rows(c: PartConfig, x: torch.Tensor) -> torch.Tensor:
@@ -273,6 +296,11 @@ def read_parts(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
     out = {"encoder": None, "decoder": None, "meta": extra}
     for kind, d in described.items():
         own = {n[len(kind) + 1:]: t for n, t in tensors.items() if n.startswith(kind + ".")}
+        if "stages" in d:  # a staged decoder
+            stack = Stack.from_description(d["stages"], own, f"{file}: {kind}")
+            stack.training_summary = d.get("training", {})
+            out[kind] = Part(PartConfig(**d["part"]), stack.to(device))
+            continue
         module = load_weights(OLAModule(OLAConfig(**d["ola"]), d.get("training", {})), own, f"{file}: {kind}")
         out[kind] = Part(PartConfig(**d["part"]), module.to(device))
     return out

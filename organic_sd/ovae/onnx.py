@@ -31,6 +31,17 @@ def _part(ovae: OVAE, part: str):
     return p
 
 
+class _Staged(torch.nn.Module):
+    """A staged decoder as the graph to export: its stages' convolution path, clamped as OVAE.decode clamps."""
+
+    def __init__(self, part):
+        super().__init__()
+        self.stack = part.module
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.stack(z).clamp(-1.0, 1.0)
+
+
 def example_input(ovae: OVAE, part: str, size: tuple[int, int] = (64, 64), batch: int = 1) -> torch.Tensor:
     """A seeded input for `part` at image size (H, W): images in [-1, 1] (encoder) or latents ~ N(0, 1) (decoder)."""
     c = _part(ovae, part).config
@@ -50,7 +61,8 @@ def export_onnx(ovae: OVAE, path: str | os.PathLike, part: str = "decoder", size
         import onnx  # noqa: F401  (the exporter needs it; say so before tracing)
     except ImportError:
         raise ImportError(f"ONNX export needs the onnx package: {EXTRA_HINT}") from None
-    model = ConvPart(_part(ovae, part)).cpu().float()
+    p = _part(ovae, part)
+    model = (_Staged(p) if p.config.mode == "staged" else ConvPart(p)).cpu().float()
     x = example_input(ovae, part, size)
     names = ("images", "latents") if part == "encoder" else ("latents", "images")
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -59,6 +71,8 @@ def export_onnx(ovae: OVAE, path: str | os.PathLike, part: str = "decoder", size
     # the TorchScript exporter: one self-contained file of standard ops, no onnxscript needed
     with warnings.catch_warnings():  # F.pad's reversed pad list is a Slice it cannot fold: harmless, only noise
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        # a staged decoder's shape checks read sizes while tracing: they hold for every size, so the warning is noise
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
                           dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=opset, dynamo=False)
     return path

@@ -10,12 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from organic_sd.data.store import Store
+from organic_sd.ola.population import Subspace
 from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
 from organic_sd.ovae import patches
 from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae.model import Part, PartConfig, part_rows, read_parts
 from organic_sd.runs import out_scale_for
 
+# Image windows are redundant and their flat directions hold pixel noise, which whitening blows up
+# to unit variance: units and readout searched there fit the training photos and explode on others,
+# so only the top directions are searched (docs/BENCHMARKS.md). Latent windows (the decoder's
+# inputs) are nearly full-rank, so they keep nearly every direction.
+SUBSPACE = Subspace(units=0.99, readout=0.9995)
 LOAD_CHUNK = 64  # store images read and windowed at a time (bounds peak memory while drawing rows)
 
 class PartRows:

@@ -23,14 +23,9 @@ from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
 from organic_sd.ovae.config import RUN_FIELDS, TrainConfig
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
-from organic_sd.ovae.rows import HeldOut, PartRows, out_scale, part_config, source_encoder
+from organic_sd.ovae.rows import SUBSPACE, HeldOut, PartRows, out_scale, part_config, source_encoder
 from organic_sd.runs import open_run, read_log, resume_state, run_ticks, write_record
 
-# Image windows are redundant and their flat directions hold pixel noise, which whitening blows up
-# to unit variance: units and readout searched there fit the training photos and explode on others,
-# so only the top directions are searched (docs/BENCHMARKS.md). Latent windows (the decoder's
-# inputs) are nearly full-rank, so they keep nearly every direction.
-SUBSPACE = ola.Subspace(units=0.99, readout=0.9995)
 
 
 
@@ -116,6 +111,10 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits
     its searches across the ranks, and only rank 0 writes RUN_DIR and prints.
     """
+    if cfg.stages:  # a staged decoder: its own loop over stages, each stage a run_ticks run
+        from organic_sd.ovae.staged import train_staged
+
+        return train_staged(cfg, log_to)
     log_to = (log_to or sys.stdout) if dist.is_main() else open(os.devnull, "w")
     t_wall = time.perf_counter()
     dev = resolve_device(cfg.device)
@@ -124,7 +123,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     run = Path(cfg.out)
     record = _run_record(cfg, part_cfg, store)
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
-                   added={"mix_teacher": 0.5})  # runs from before --mix-teacher drew half each
+                   added={"mix_teacher": 0.5, "stages": [], "stage_shares": []})  # runs from before these flags
     train_idx = store.indices("train")
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")

@@ -1,0 +1,304 @@
+"""`osd train decoder --stages ...`: a staged O-Decoder evolved greedily, coarse to fine (no gradients).
+
+    setup: open the store, fix the held-out images, read RUN_DIR's config (resume) and --init
+    each stage in turn, the earlier ones frozen: runs.run_ticks on this stage's rows (input: the frozen stages'
+        output on the store's latents, plus the latent repeated up to it; target: the teacher's decode
+        area-downsampled to this stage's resolution), each tick kept by held-out MSE at that resolution
+    RUN_DIR/stageN/ holds stage N's config.json, model.safetensors (its OLA module), state.json, log.jsonl and
+    plot.png; a finished stage (state "done" or "frozen") is never refitted, an interrupted one resumes where it
+    stopped. RUN_DIR/model.safetensors, the O-VAE file of the whole decoder, appears once the last stage has a module.
+--max-minutes is shared out over the stages by --stage-shares and counts over every call of the run (a resumed
+run trains what is left of each stage's share); --ticks counts per stage, also over calls.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from organic_sd import dist, ola
+from organic_sd.data.store import Store
+from organic_sd.devices import resolve_device
+from organic_sd.metrics.pixels import psnr_of_mse
+from organic_sd.ovae.config import RUN_FIELDS, TrainConfig, stage_specs
+from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
+from organic_sd.ovae.rows import LOAD_CHUNK, SUBSPACE, PartRows, part_config, source_encoder
+from organic_sd.runs import open_run, read_log, resume_state, run_ticks, write_record
+from organic_sd.stages import Stack, Stage, StageConfig, repeat_up, stage_rows, to_blocks
+
+MIN_IMAGES = 64  # a tick's rows come from at least this many images: fine stages have many positions per image
+DONE = ("done", "frozen")
+
+
+def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
+    """The StageConfigs of --stages for this store: stage 1 latent -> RGB at x(f / 2^(n-1)), then x2 per stage."""
+    specs = stage_specs(cfg.stages)
+    n, f, C = len(specs), part.downscale, part.latent_channels
+    if f % 2 ** (n - 1):
+        raise ValueError(f"--stages: {n} stages need a downscale divisible by 2^{n - 1}, the store's is {f}")
+    out = []
+    for i, (k, h, z) in enumerate(specs):
+        if i == 0:
+            out.append(StageConfig(C, 3, window=k, up=f // 2 ** (n - 1), pad=part.pad))
+        else:
+            out.append(StageConfig(3, 3, window=k, up=2, extra_channels=C if z else 0, extra_window=z or 1,
+                                   pad=part.pad))
+    return out
+
+
+def run_frozen(frozen: list[Stage], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next stage's inputs for latents z (B, C, h, w): the frozen stages' output map, and z repeated up to it."""
+    cur = Stack(frozen)(z) if frozen else z  # (B, 3 or C, h*R, w*R)
+    return cur, repeat_up(z, cur.shape[-2:])
+
+
+class StageRows:
+    """Store samples -> (rows, targets) of one stage, the earlier stages frozen."""
+
+    def __init__(self, rows: PartRows, frozen: list[Stage], scfg: StageConfig):
+        self.rows, self.frozen, self.scfg = rows, frozen, scfg
+        part = rows.part
+        r_in = 1
+        for s in frozen:
+            r_in *= s.config.up
+        self.side = part.image_size // part.downscale * r_in  # this stage's input map side
+        self.factor = part.downscale // (r_in * scfg.up)  # target = the decode area-downsampled by this
+
+    def target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's decode (or the image) of samples idx, area-downsampled to this stage's output resolution."""
+        s, p = self.rows.store, self.rows.part
+        t = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.rows.device)
+        return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
+
+    def inputs(self, idx: np.ndarray, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map)."""
+        with torch.no_grad():
+            return [run_frozen(self.frozen, z) for z in self.rows.latent_sets(idx, images)]
+
+    def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random sample of at most max_rows rows, thinned evenly over at least MIN_IMAGES images."""
+        store = self.rows.store
+        if len(pool) == 0:
+            raise ValueError(f"store {store.path} has no samples in this split to draw rows from")
+        shares = self.rows._set_shares()
+        per_image = self.side ** 2 * sum(shares)
+        n = min(len(pool), max(MIN_IMAGES, math.ceil(max_rows / per_image)))
+        idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
+        share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
+        xs, ys = [], []
+        for i in range(0, n, LOAD_CHUNK):
+            chunk = idx[i:i + LOAD_CHUNK]
+            images = torch.from_numpy(store.images[chunk]).to(self.rows.device)
+            y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, 3*r*r)
+            for (x_map, extra), f in zip(self.inputs(chunk, images), shares):
+                x = stage_rows(self.scfg, x_map, extra)  # (m, in_dim)
+                keep = slice(None)
+                if share * f < 1.0:
+                    keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * f * x.shape[0])])
+                    keep = keep.to(x.device)
+                xs.append(x[keep]), ys.append(y[keep])
+        x, y = torch.cat(xs), torch.cat(ys)
+        if x.shape[0] > max_rows:
+            keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
+            x, y = x[keep], y[keep]
+        return x, y
+
+
+class StageHeldOut:
+    """Fixed held-out samples (chosen as rows.HeldOut chooses them), scored at this stage's resolution."""
+
+    def __init__(self, rows: StageRows, n: int, seed: int):
+        store = rows.rows.store
+        val = store.indices("val")
+        if len(val) == 0:
+            raise ValueError(f"store {store.path} has no held-out samples (val split is empty); "
+                             "re-run precompute with --val-fraction > 0")
+        rng = np.random.default_rng(seed + 1)
+        self.idx = np.sort(rng.choice(val, min(n, len(val)), replace=False))
+        self.rows = rows
+        self.chunks = []  # per chunk: target, [(input map, extra) per set of latents]; the frozen stages never change
+        for i in range(0, len(self.idx), 16):
+            idx = self.idx[i:i + 16]
+            images = torch.from_numpy(store.images[idx]).to(rows.rows.device)
+            self.chunks.append((rows.target(idx, images), rows.inputs(idx, images)))
+
+    def score(self, stage: Stage) -> dict:
+        """Held-out MSE at this resolution (mix: weighted as the rows are), PSNR on teacher latents (and psnr_oenc)."""
+        se, n = [0.0, 0.0], 0
+        with torch.no_grad():
+            for target, sets in self.chunks:
+                for k, (x_map, extra) in enumerate(sets):
+                    pred = stage(x_map, extra if stage.config.extra_channels else None).clamp(-1, 1)
+                    se[k] += float((pred.double() - target.double()).square().sum())
+                n += target.numel()
+        mse = se[0] / n
+        out = {"heldout_mse": mse, "psnr": psnr_of_mse(mse)}
+        if self.rows.rows.mix:
+            w = self.rows.rows.mix_teacher
+            out["heldout_mse"] = w * mse + (1 - w) * se[1] / n
+            out["psnr_oenc"] = psnr_of_mse(se[1] / n)
+        return out
+
+
+class StageJob:
+    """What runs.run_ticks needs to train stage `index` on the frozen earlier stages; kept: a Stack so far."""
+
+    noun = "stage"
+
+    def __init__(self, cfg: TrainConfig, part_cfg: PartConfig, index: int, frozen: list[Stage], scfg: StageConfig,
+                 rows: StageRows, heldout: StageHeldOut, train_idx, run: Path, stage_dir: Path, last: bool,
+                 device: torch.device, kept: Stack | None):
+        self.cfg, self.part_cfg, self.index, self.frozen, self.scfg = cfg, part_cfg, index, frozen, scfg
+        self.rows, self.heldout, self.train_idx = rows, heldout, train_idx
+        self.run, self.stage_dir, self.last, self.device = run, stage_dir, last, device
+        self.kept = kept  # the kept stack, followed through keep(): what the next stage freezes
+        self.fit_kwargs = {"subspace": replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
+                           "units_per_round": cfg.units_per_round}
+        metrics = [("psnr", "PSNR at this stage's resolution (dB)")]
+        if rows.rows.mix:
+            metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)"))
+        self.plot = [("heldout_mse", "MSE", True), *[(*m, False) for m in metrics]]
+
+    def draw(self, rng):
+        return self.rows.draw(self.train_idx, self.cfg.max_rows, rng)
+
+    def fit_share(self, tick: int) -> float:
+        return 1
+
+    def candidate(self, module, tick, interrupted, rng, tick_seconds):
+        return Stack([*self.frozen, Stage(self.scfg, module)]), {"stage": self.index + 1}
+
+    def module_of(self, kept: Stack | None):
+        return None if kept is None else kept.stages[-1].module
+
+    def score(self, cand: Stack) -> dict:
+        return self.heldout.score(cand.stages[-1])
+
+    def keep(self, cand: Stack) -> None:
+        self.kept = cand
+
+    def describe(self, scores: dict) -> str:
+        metric = f"stage {self.index + 1} PSNR {scores['psnr']:.2f} dB"
+        if "psnr_oenc" in scores:
+            metric += f" (teacher latents), {scores['psnr_oenc']:.2f} dB (O-Encoder's)"
+        return f"held-out MSE {scores['heldout_mse']:.5g}, {metric}"
+
+    def save(self, kept: Stack, summary: dict) -> Path:
+        module = kept.stages[-1].module
+        module.training_summary = {**module.training_summary, "run": summary}
+        path = module.save(self.stage_dir / WEIGHTS_NAME)
+        if self.last:  # the whole decoder exists: RUN_DIR/model.safetensors loads with OVAE.load(RUN_DIR)
+            kept.training_summary = {"run": {**summary, "stage": self.index + 1}}
+            OVAE(decoder=Part(self.part_cfg, kept), meta={"training_run": str(self.run)}).save(self.run / WEIGHTS_NAME)
+        return path
+
+
+def _init_stages(spec: str, configs: list[StageConfig], hidden: list[int], device) -> list[Stage]:
+    """The stages of an --init staged decoder, checked against this run's: same shapes, hidden units may only grow."""
+    init = read_parts(spec, device)["decoder"]
+    if init is None or init.config.mode != "staged":
+        raise ValueError(f"--init {spec}: that run/file holds no staged decoder")
+    have = list(init.module.stages)
+    diff = [f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"
+            for i, (s, c) in enumerate(zip(have, configs)) if s.config != c]
+    if len(have) != len(configs):
+        diff.insert(0, f"it has {len(have)} stages, this run {len(configs)}")
+    for i, (s, h) in enumerate(zip(have, hidden)):
+        got, want = tuple(s.module.config.hidden), ((h,) if h else ())
+        if got != want and not ola.grown_part_of(got, want):
+            diff.append(f"stage {i + 1} hidden: it has {got}, this run asks {want} (it may only grow)")
+    if diff:
+        raise ValueError(f"--init {spec} cannot start this run: {'; '.join(diff)}")
+    return have
+
+
+def train_staged(cfg: TrainConfig, log_to=None) -> dict:
+    """Run (or resume) a staged decoder run, stage by stage; returns a summary (also when stopped by Ctrl-C)."""
+    log_to = (log_to or sys.stdout) if dist.is_main() else open(os.devnull, "w")
+    dev = resolve_device(cfg.device)
+    store = Store.open(cfg.store)
+    part_cfg = replace(part_config(cfg, store), mode="staged")
+    configs = stage_configs(cfg, part_cfg)
+    hidden = [h for _, h, _ in stage_specs(cfg.stages)]
+    run = Path(cfg.out)
+    record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    record.update(teacher=store.meta["teacher"], image_size=part_cfg.image_size,
+                  latent_channels=part_cfg.latent_channels, out_scale=1.0)  # decoder pixels lie in [-1, 1]
+    old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
+                   added={"mix_teacher": 0.5, "stages": [], "stage_shares": []})
+    write_record(run, record, old)
+    train_idx = store.indices("train")
+    if len(train_idx) == 0:
+        raise ValueError(f"store {store.path} has no training samples")
+    part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
+    init = _init_stages(cfg.init, configs, hidden, dev) if cfg.init else None
+    shares = np.array(cfg.stage_shares or [1.0] * len(configs))
+    shares = shares / shares.sum()
+
+    frozen: list[Stage] = []
+    results = []
+    for i, (scfg, h) in enumerate(zip(configs, hidden)):
+        stage_dir = run / f"stage{i + 1}"
+        srec = {"kind": "decoder-stage", "stage": i + 1, "of": len(configs), "stage_config": asdict(scfg),
+                "hidden": [h] if h else [], "out_scale": 1.0}
+        s_old = open_run(stage_dir, srec, ("stage", "of", "stage_config", "hidden"))
+        state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+        kept = None
+        if s_old is not None and (stage_dir / WEIGHTS_NAME).is_file():
+            module = ola.load(stage_dir, dev)
+            state = resume_state(stage_dir, module.training_summary.get("run", {}))
+            kept = Stack([*frozen, Stage(scfg, module)])
+            if state["status"] in DONE:  # finished earlier: frozen as it is
+                print(f"stage {i + 1}: done earlier ({state['tick']} ticks, held-out MSE "
+                      f"{state['best']['heldout_mse']:.5g})", file=log_to)
+                frozen.append(kept.stages[-1])
+                results.append({"stage": i + 1, "status": state["status"], "tick": state["tick"], **state["best"]})
+                continue
+            print(f"stage {i + 1}: resuming at tick {state['tick']} ({state['time'] / 60:.1f} min trained)", file=log_to)
+        elif init is not None:
+            kept = Stack([*frozen, init[i]])
+            print(f"stage {i + 1}: starting from --init {cfg.init} ({tuple(init[i].module.config.hidden)} hidden units)",
+                  file=log_to)
+        log = read_log(stage_dir, s_old)
+        write_record(stage_dir, srec, s_old)
+        t_wall = time.perf_counter()
+        rows = StageRows(part_rows, frozen, scfg)
+        heldout = StageHeldOut(rows, cfg.eval_images, cfg.seed)
+        budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes * float(shares[i])
+        left = None if budget is None else max(0.0, budget - state["time"])
+        first = cfg.first_tick_seconds or (max(cfg.tick_seconds, 0.6 * budget) if budget else None)
+        loop = SimpleNamespace(**{**asdict(cfg), "hidden": (h,) if h else (), "first_tick_seconds": first,
+                                  "max_minutes": None if left is None else left / 60.0,
+                                  "ticks": None if cfg.ticks is None else max(0, cfg.ticks - state["tick"])})
+        print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels}x{scfg.window}x{scfg.window}"
+              + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}" if scfg.extra_channels else "")
+              + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution)", file=log_to)
+        job = StageJob(cfg, part_cfg, i, frozen, scfg, rows, heldout, train_idx, run, stage_dir,
+                       i == len(configs) - 1, dev, kept)
+        res = run_ticks(loop, job, stage_dir, srec, state, kept, log, t_wall, log_to)
+        results.append({"stage": i + 1, **{k: v for k, v in res.items() if k not in ("run", "parameters")}})
+        if res["status"] not in DONE or res["parameters"] is None:  # Ctrl-C, or no module: later stages wait
+            if res["parameters"] is None and res["status"] != "interrupted":
+                print(f"stage {i + 1}: its share of --max-minutes ended before a first tick; later stages wait "
+                      "(give more minutes; the same command resumes)", file=log_to)
+            break
+        frozen.append(job.kept.stages[-1])
+    done = len(frozen) == len(configs)
+    status = "done" if done else ("interrupted" if results and results[-1]["status"] == "interrupted" else "stopped")
+    stack = Stack(frozen) if frozen else None
+    out = {"run": str(run), "status": status, "stages": results,
+           "parameters": None if stack is None else stack.num_parameters()}
+    if done:
+        out.update({k: v for k, v in results[-1].items() if k not in ("stage", "status")})
+        print(f"done: {run / WEIGHTS_NAME} ({out['parameters']:,} parameters in {len(frozen)} stages)", file=log_to)
+    return out
+

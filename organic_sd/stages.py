@@ -1,0 +1,286 @@
+"""Stages: maps of OLA modules applied per position, coarse to fine (the staged O-Decoder's machinery).
+
+A stage reads a k x k window of the previous stage's map (plus, optionally, a ke x ke window of an extra map
+at the same resolution, e.g. the stack's input repeated up to it) and writes C_out * r * r values per position,
+which pixel-shuffle into an r-times larger map:
+
+    map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> rows (B*h*w, C_in*k*k [+ C_e*ke*ke])
+        -> OLA module -> (B*h*w, C_out*r*r) -> (B, C_out, h*r, w*r)
+
+Two paths give the same numbers. `rows` + the module is what training fits (ola.fit on rows); `fast`
+folds the module into convolutions: unfold's channel-major, row, column order is Conv2d's weight layout, so
+the first hidden layer and the readout's input columns are k x k convolutions of the padded map, later
+hidden layers and the readout's hidden columns are 1x1 convolutions, and PixelShuffle(r) unpacks the
+(c, a, b) blocks. A Stack runs stages in turn, each stage's extra being the stack's input repeated up to
+that stage's resolution. Files: safetensors with the stages' configs as JSON in the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
+from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
+
+FORMAT = "organic_sd.stages/1"
+PAD_MODES = ("replicate", "reflect", "zeros")
+MAX_ROWS = 65536  # rows per module call on the row path, so a big map never builds one giant window matrix
+
+
+@dataclass
+class StageConfig:
+    """One stage's shape: C_in x k x k window (+ C_e x ke x ke extra window) -> C_out x r x r block."""
+
+    in_channels: int
+    out_channels: int
+    window: int = 3  # k, odd: the window is centred on the position
+    up: int = 2  # r: each position writes an r x r block
+    extra_channels: int = 0  # C_e: channels of the extra map (0: none)
+    extra_window: int = 1  # ke, odd
+    pad: str = "replicate"
+
+    def __post_init__(self):
+        for name in ("in_channels", "out_channels", "window", "up", "extra_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"stage {name} must be >= 1, got {getattr(self, name)}")
+        if self.extra_channels < 0:
+            raise ValueError(f"stage extra_channels must be >= 0, got {self.extra_channels}")
+        if self.window % 2 == 0 or self.extra_window % 2 == 0:
+            raise ValueError(f"stage windows must be odd, got window {self.window}, extra_window {self.extra_window}")
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"stage pad must be one of {PAD_MODES}, got {self.pad!r}")
+
+    def io_dims(self) -> tuple[int, int]:
+        """(in_dim, out_dim) of the OLA module this stage wraps."""
+        return (self.in_channels * self.window ** 2 + self.extra_channels * self.extra_window ** 2,
+                self.out_channels * self.up ** 2)
+
+
+def padded(x: torch.Tensor, k: int, pad: str) -> torch.Tensor:
+    """(B, C, h, w) padded by (k - 1) / 2 on every side, so a k x k window fits around each position."""
+    r = (k - 1) // 2
+    if r == 0:
+        return x
+    if pad == "zeros":
+        return F.pad(x, (r,) * 4)
+    if pad == "reflect" and min(x.shape[-2:]) <= r:
+        pad = "replicate"  # reflect needs more cells than the radius; replicate works on any size
+    return F.pad(x, (r,) * 4, mode=pad)
+
+
+def windows(x: torch.Tensor, k: int, pad: str = "replicate") -> torch.Tensor:
+    """(B, C, h, w) -> the k x k window around every position (B*h*w, C*k*k), channel-major then row, column."""
+    B, C, h, w = x.shape
+    cols = F.unfold(padded(x, k, pad), k)  # (B, C*k*k, h*w)
+    return cols.transpose(1, 2).reshape(B * h * w, C * k * k)
+
+
+def stage_rows(c: StageConfig, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """A stage's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
+    parts = [windows(x, c.window, c.pad)]
+    if c.extra_channels:
+        parts.append(windows(extra, c.extra_window, c.pad))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def to_blocks(y: torch.Tensor, r: int) -> torch.Tensor:
+    """(B, C, h*r, w*r) -> rows (B*h*w, C*r*r) in PixelShuffle's (c, a, b) order: a stage's targets."""
+    B = y.shape[0]
+    blocks = F.pixel_unshuffle(y, r)  # (B, C*r*r, h, w)
+    return blocks.permute(0, 2, 3, 1).reshape(B * blocks.shape[2] * blocks.shape[3], blocks.shape[1])
+
+
+def from_blocks(rows: torch.Tensor, B: int, h: int, w: int, r: int) -> torch.Tensor:
+    """rows (B*h*w, C*r*r) -> (B, C, h*r, w*r): the inverse of to_blocks."""
+    grid = rows.reshape(B, h, w, -1).permute(0, 3, 1, 2)  # (B, C*r*r, h, w)
+    return F.pixel_shuffle(grid, r)
+
+
+def repeat_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, H, W) with every cell repeated (H, W multiples of h, w): the extra map of a stage."""
+    H, W = size
+    h, w = x.shape[-2:]
+    if H % h or W % w:
+        raise ValueError(f"cannot repeat a {h}x{w} map up to {H}x{W}: not a whole multiple")
+    # nearest resizing by a whole factor repeats each cell exactly, and exports to ONNX as one Resize
+    return F.interpolate(x, size=(H, W), mode="nearest")
+
+
+class Stage(nn.Module):
+    """One stage around one OLA module: map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> (B, C_out, h*r, w*r)."""
+
+    def __init__(self, config: StageConfig, module: OLAModule):
+        super().__init__()
+        want, have = config.io_dims(), (module.in_dim, module.out_dim)
+        if want != have:
+            raise ValueError(f"stage {config} needs a module {want[0]} -> {want[1]}, got {have[0]} -> {have[1]}")
+        self.config, self.module = config, module
+
+    def _check(self, x: torch.Tensor, extra: torch.Tensor | None) -> None:
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.in_channels:
+            raise ValueError(f"stage input must have shape (B, {c.in_channels}, h, w), got {tuple(x.shape)}")
+        if c.extra_channels and (extra is None or extra.ndim != 4 or extra.shape[1] != c.extra_channels
+                                 or extra.shape[-2:] != x.shape[-2:] or extra.shape[0] != x.shape[0]):
+            got = None if extra is None else tuple(extra.shape)
+            raise ValueError(f"stage extra must have shape ({x.shape[0]}, {c.extra_channels}, "
+                             f"{x.shape[2]}, {x.shape[3]}), got {got}")
+        if not c.extra_channels and extra is not None:
+            raise ValueError("this stage takes no extra map, got one")
+
+    def rows(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
+        self._check(x, extra)
+        return stage_rows(self.config, x, extra)
+
+    def row_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The reference path: rows -> module -> blocks (what training fits), in chunks of MAX_ROWS rows."""
+        B, _, h, w = x.shape
+        rows = self.rows(x.to(self.module.readout.weight.dtype),
+                         None if extra is None else extra.to(self.module.readout.weight.dtype))
+        out = torch.cat([self.module(rows[i:i + MAX_ROWS]) for i in range(0, rows.shape[0], MAX_ROWS)])
+        return from_blocks(out, B, h, w, self.config.up)
+
+    def fast(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The same numbers as row_forward, as convolutions (no window matrix is ever built)."""
+        self._check(x, extra)
+        c, m = self.config, self.module
+        dt = m.readout.weight.dtype
+        xp = padded(x.to(dt), c.window, c.pad)  # (B, C_in, h+k-1, w+k-1)
+        ep = padded(extra.to(dt), c.extra_window, c.pad) if c.extra_channels else None
+        nx = c.in_channels * c.window ** 2
+
+        def windowed(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+            # W (O, in_dim): the window's columns in unfold order are a (O, C, k, k) kernel
+            O = W.shape[0]
+            y = F.conv2d(xp, W[:, :nx].reshape(O, c.in_channels, c.window, c.window), b)
+            if ep is not None:
+                y = y + F.conv2d(ep, W[:, nx:].reshape(O, c.extra_channels, c.extra_window, c.extra_window))
+            return y  # (B, O, h, w)
+
+        Wr = m.readout.weight  # (out, in_dim + sum(hidden)): the window's columns first, then each layer's
+        y = windowed(Wr[:, :m.in_dim], m.readout.bias)
+        h, start = None, m.in_dim
+        for i, layer in enumerate(m.hidden):
+            if i == 0:
+                h = torch.tanh(windowed(layer.weight, layer.bias))
+            else:
+                h = torch.tanh(F.conv2d(h, layer.weight[:, :, None, None], layer.bias))
+            width = layer.weight.shape[0]
+            y = y + F.conv2d(h, Wr[:, start:start + width, None, None])
+            start += width
+        y = m.config.out_scale * torch.tanh(y)  # (B, C_out*r*r, h, w)
+        return F.pixel_shuffle(y, c.up)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """map (B, C_in, h, w) [+ extra] -> (B, C_out, h*r, w*r), by the fast path."""
+        return self.fast(x, extra)
+
+    def describe(self) -> dict:
+        """JSON-able: the stage's config, its module's config and training summary."""
+        return {"stage": asdict(self.config), "ola": asdict(self.module.config),
+                "training": self.module.training_summary}
+
+
+class Stack(nn.Module):
+    """Stages in turn: input (B, C, h, w) -> (B, C_last, h*R, w*R), R the product of the stages' r.
+
+    Stage i reads stage i-1's output (stage 0 the input); a stage with extra channels also reads the
+    stack's input repeated up to its own input's resolution."""
+
+    def __init__(self, stages: list[Stage]):
+        super().__init__()
+        if not stages:
+            raise ValueError("a stack needs at least one stage")
+        for i, (a, b) in enumerate(zip(stages[:-1], stages[1:])):
+            if b.config.in_channels != a.config.out_channels:
+                raise ValueError(f"stage {i + 2} reads {b.config.in_channels} channels but stage {i + 1} "
+                                 f"writes {a.config.out_channels}")
+        first = stages[0].config.in_channels
+        for i, s in enumerate(stages):
+            if s.config.extra_channels not in (0, first):
+                raise ValueError(f"stage {i + 1}'s extra map is the stack's input ({first} channels), "
+                                 f"got extra_channels {s.config.extra_channels}")
+        self.stages = nn.ModuleList(stages)
+
+    @property
+    def in_channels(self) -> int:
+        return self.stages[0].config.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.stages[-1].config.out_channels
+
+    @property
+    def up(self) -> int:
+        """R: how much larger the output is than the input, along each side."""
+        r = 1
+        for s in self.stages:
+            r *= s.config.up
+        return r
+
+    def outputs(self, x: torch.Tensor, fast: bool = True) -> list[torch.Tensor]:
+        """Every stage's output map, coarse to fine; `fast=False` takes the row (reference) path."""
+        maps, cur = [], x
+        for s in self.stages:
+            extra = repeat_up(x, cur.shape[-2:]) if s.config.extra_channels else None
+            cur = s.fast(cur, extra) if fast else s.row_forward(cur, extra)
+            maps.append(cur)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> the last stage's map (B, C_last, h*R, w*R)."""
+        return self.outputs(x)[-1]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> list[dict]:
+        """Per stage its describe(): what a file stores beside the weights."""
+        return [s.describe() for s in self.stages]
+
+    @classmethod
+    def from_description(cls, described: list[dict], tensors: dict, where: str) -> "Stack":
+        """Rebuild a stack from describe()'s list and its state_dict's tensors; errors name `where`."""
+        stages = []
+        for i, d in enumerate(described):
+            own = {n[len(f"stages.{i}.module."):]: t for n, t in tensors.items()
+                   if n.startswith(f"stages.{i}.module.")}
+            module = load_weights(OLAModule(OLAConfig(**d["ola"]), d.get("training", {})), own, f"{where}: stage {i + 1}")
+            stages.append(Stage(StageConfig(**d["stage"]), module))
+        extra = {n for n in tensors if not any(n.startswith(f"stages.{i}.") for i in range(len(described)))}
+        if extra:
+            raise ValueError(f"{where}: tensors of no stage: {sorted(extra)}")
+        return cls(stages)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one .safetensors file (a folder gets model.safetensors inside), atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path / WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"format": FORMAT, "stages": json.dumps(self.describe())}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        return path
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Stack:
+    """Load a stack saved by Stack.save (file or folder)."""
+    file, tensors, meta = read_safetensors(path, "stage stack")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{file} holds format {meta.get('format')!r}, expected {FORMAT!r}: not a stage stack")
+    try:
+        described = json.loads(meta["stages"])
+    except (KeyError, json.JSONDecodeError):
+        raise ValueError(f"{file}: stage stack metadata is damaged") from None
+    return Stack.from_description(described, tensors, str(file)).to(device)

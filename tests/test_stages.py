@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from organic_sd import stages
+from organic_sd.ola.module import OLAConfig, OLAModule
+from organic_sd.stages import Stack, Stage, StageConfig
+
+
+def _stage(cfg: StageConfig, hidden=(5, 3), seed=0) -> Stage:
+    """A stage with random weights (big enough that tanh bends): what the fast path must reproduce."""
+    i, o = cfg.io_dims()
+    m = OLAModule(OLAConfig(i, o, hidden, out_scale=1.5))
+    g = torch.Generator().manual_seed(seed)
+    for p in m.parameters():
+        p.data = torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5
+    return Stage(cfg, m)
+
+
+def _stack(C=4, hidden=(5, 3)) -> Stack:
+    return Stack([_stage(StageConfig(C, 3, window=3, up=2), hidden, 0),
+                  _stage(StageConfig(3, 3, window=3, up=2, extra_channels=C, extra_window=1), hidden, 1),
+                  _stage(StageConfig(3, 3, window=5, up=2, extra_channels=C, extra_window=3, pad="reflect"), (), 2)])
+
+
+def test_shapes_and_rows():
+    cfg = StageConfig(4, 3, window=3, up=2, extra_channels=2, extra_window=1)
+    assert cfg.io_dims() == (4 * 9 + 2, 12)
+    s = _stage(cfg)
+    x, e = torch.randn(2, 4, 5, 7), torch.randn(2, 2, 5, 7)
+    assert s.rows(x, e).shape == (2 * 5 * 7, 38)
+    assert s(x, e).shape == (2, 3, 10, 14)
+    st = _stack()
+    z = torch.randn(2, 4, 3, 5)
+    assert [m.shape for m in st.outputs(z)] == [(2, 3, 6, 10), (2, 3, 12, 20), (2, 3, 24, 40)]
+    assert st.up == 8 and st(z).shape == (2, 3, 24, 40)
+
+
+def test_rows_are_windows_in_unfold_order():
+    x = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(1, 2, 3, 3)
+    rows = stages.windows(x, 3)  # (9, 18): centre row is position (1, 1), whose window is the whole map
+    assert torch.equal(rows[4], x.flatten())
+    blocks = torch.randn(2, 3, 8, 6)
+    assert torch.equal(stages.from_blocks(stages.to_blocks(blocks, 2), 2, 4, 3, 2), blocks)
+
+
+def test_fast_path_equals_row_path():
+    st = _stack().double()
+    z = torch.randn(2, 4, 4, 6, dtype=torch.float64)
+    for fast, ref in zip(st.outputs(z, fast=True), st.outputs(z, fast=False)):
+        assert torch.allclose(fast, ref, atol=1e-10), float((fast - ref).abs().max())
+    # and the row path is the module applied to each window (not two paths sharing one mistake)
+    s = st.stages[1]
+    x, e = st.outputs(z)[0], stages.repeat_up(z, (8, 12))
+    y = s.row_forward(x, e)
+    i, j = 3, 5  # position (3, 5) of stage 2's input writes output pixels (6..7, 10..11)
+    win = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")[0, :, i:i + 3, j:j + 3].flatten()
+    out = s.module(torch.cat([win, e[0, :, i, j]]))  # (3*2*2,) in (c, a, b) order
+    assert torch.allclose(y[0, :, 6:8, 10:12].flatten(), out, atol=1e-10)
+
+
+def test_save_load_round_trip(tmp_path):
+    st = _stack()
+    st.stages[0].module.training_summary = {"seconds": 1.5}
+    path = st.save(tmp_path / "stack")
+    back = stages.load(path)
+    z = torch.randn(1, 4, 3, 3)
+    assert torch.equal(back(z), st(z))
+    assert back.describe() == st.describe() and back.stages[2].config.pad == "reflect"
+    with pytest.raises(ValueError, match="not a stage stack"):
+        st.stages[0].module.save(tmp_path / "m.safetensors")
+        stages.load(tmp_path / "m.safetensors")
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="windows must be odd"):
+        StageConfig(4, 3, window=2)
+    with pytest.raises(ValueError, match="needs a module 36 -> 12"):
+        Stage(StageConfig(4, 3), OLAModule(OLAConfig(35, 12)))
+    a, b = _stage(StageConfig(4, 3)), _stage(StageConfig(5, 3))
+    with pytest.raises(ValueError, match="stage 2 reads 5 channels but stage 1 writes 3"):
+        Stack([a, b])
+    with pytest.raises(ValueError, match=r"extra must have shape \(1, 2, 3, 3\)"):
+        _stage(StageConfig(4, 3, extra_channels=2))(torch.randn(1, 4, 3, 3))
