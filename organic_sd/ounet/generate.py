@@ -10,12 +10,7 @@ import torch
 
 from organic_sd.metrics.pixels import pooled_psnr
 from organic_sd.ounet.model import OUNet
-from organic_sd.teachers.ddim import ddim_sample
-
-
-def seeded_noise(shape, n: int, seed: int) -> torch.Tensor:
-    """(n, C, H, W) standard normal noise drawn on the CPU from `seed` (same on every machine)."""
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+from organic_sd.teachers.ddim import ddim_sample, seeded_noise  # noqa: F401  (seeded_noise: generate's API)
 
 
 def to_unit(x: torch.Tensor, pixel_range) -> torch.Tensor:

@@ -173,8 +173,7 @@ class OUNet(nn.Module):
     def sample(self, n: int, steps: int = 8, seed: int = 0, cls=None, prompt: str | None = None) -> torch.Tensor:
         """n seeded DDIM samples (n, C, H, W) in the teacher's pixel range; a class-conditional O-UNet takes the
         class `cls` (an index, or one per sample) or a `prompt` read by its prompt adapter."""
-        from organic_sd.ounet.generate import seeded_noise
-        from organic_sd.teachers.ddim import ddim_sample
+        from organic_sd.teachers.ddim import ddim_sample, seeded_noise
 
         cond = None
         if prompt is not None:

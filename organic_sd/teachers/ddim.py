@@ -9,6 +9,11 @@ from typing import Callable
 import torch
 
 
+def seeded_noise(shape, n: int, seed: int) -> torch.Tensor:
+    """(n, C, H, W) standard normal noise drawn on the CPU from `seed` (same on every machine)."""
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
 def ddim_timesteps(num_steps: int, steps: int) -> list[int]:
     """`steps` integer steps from the top of a schedule of `num_steps` entries down (the last one > 0)."""
     if steps < 1:
