@@ -1,4 +1,4 @@
-"""The O-UNet: a gradient-free per-pixel clone of a denoiser teacher."""
+"""The O-UNet: a gradient-free clone of a denoiser teacher (a coarse stage and a per-pixel stack)."""
 
 __all__ = ["OUNet", "OUNetConfig"]
 
