@@ -57,8 +57,10 @@ def with_split(meta: dict, val_fraction: float, forced: list[str]) -> dict:
 def ensure_held_out(meta: dict) -> dict:
     """meta, holding out a few groups if its split holds out none (groups forced earlier stay held out)."""
     before = meta.get("held_out_groups", [])
+    if before:  # groups forced earlier still hold out: an append must not force more (a new one may hash lower)
+        return meta
     groups = [g for _, gs in _shard_groups(meta) for g in gs]
-    forced = sorted(set(before) | set(forced_groups(groups, meta["val_fraction"])))
+    forced = sorted(forced_groups(groups, meta["val_fraction"]))
     return meta if forced == before else with_split(meta, meta["val_fraction"], forced)
 
 
