@@ -50,3 +50,18 @@ def test_key_groups_split_videos_by_chunk_and_photos_whole():
     assert forced_groups(["a"], 0.5) == []  # one group: it must stay for training
     assert forced_groups(["a", "b", "c"], 0.0) == []  # 0 asks for no held-out set
     assert len(forced_groups([str(i) for i in range(40)], 1e-9)) == 1
+
+
+def test_an_append_keeps_the_forced_group_and_forces_no_other(monkeypatch):
+    from organic_sd.data import split
+
+    meta = {"shards": [{"name": "s0", "count": 2, "keys": ["/p/a.png#0", "/p/b.png#0"], "val": []}],
+            "val_fraction": 1e-9, "count": 2, "counts": {"train": 2, "val": 0}}
+    first = split.ensure_held_out(meta)
+    assert len(first["held_out_groups"]) == 1 and first["counts"] == {"train": 1, "val": 1}
+    # photos appended later hash lower than the forced one: before, one of them was forced too
+    monkeypatch.setattr(split, "_hash", lambda g: 0 if "new" in g else 1)
+    keys = [f"/p/new{i}.png#0" for i in range(3)]
+    grown = {**first, "shards": first["shards"] + [{"name": "s1", "count": 3, "keys": keys, "val": []}], "count": 5,
+             "counts": {"train": 4, "val": 1}}
+    assert split.ensure_held_out(grown)["held_out_groups"] == first["held_out_groups"]
