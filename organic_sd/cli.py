@@ -26,6 +26,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from organic_sd.ounet import model as ounet
     from organic_sd.ovae import model as ovae
 
+    if args.checkpoint in ounet.SHIPPED and not Path(args.checkpoint).exists():  # a shipped O-UNet by name
+        args.checkpoint = str(ounet.SHIPPED[args.checkpoint])
     # dispatch on the file's own format, so a broken O-VAE or O-UNet reports its own error
     _, _, meta = read_safetensors(args.checkpoint, "organic_sd checkpoint")
     from organic_sd.info import ounet_summary, ovae_summary

@@ -97,12 +97,21 @@ def ounet_summary(u) -> str:
     rng = f" in [{lo}, {hi}]" if lo is not None else ""
     cond = "unconditional" if not c.cond_dim else (
         f"conditional: text adapter to {c.cond_dim} values" if u.adapter is not None else f"cond ({c.cond_dim},)")
+    if getattr(c, "classes", ()):
+        cond = f"class-conditional: classes {', '.join(c.classes)}" + (
+            "; a prompt adapter reads text (the `text` extra)" if getattr(u, "prompts", None) is not None else "")
     lines.append(f"  shapes: x_t (B, {', '.join(map(str, shape))}){rng}, t in [0, {c.num_steps}) -> eps of the same "
                  f"shape; {cond}")
     ola = getattr(u.module, "config", None)
     arch = _arch(asdict(ola)) if ola is not None and hasattr(ola, "in_dim") else type(u.module).__name__
     lines.append(f"  module: {arch}, window {c.window}, grid {c.grid}"
                  + (f"; noise-level head, {c.head_buckets} t buckets" if c.head_buckets else ""))
+    stage = getattr(u, "stage", None)
+    if stage is not None:
+        lines.append(f"  coarse stage: {_arch(asdict(stage.config))} on the image pooled to {c.stage_grid}x{c.stage_grid}, "
+                     f"read by the per-pixel stack through a {c.stage_window}x{c.stage_window} window")
+    if getattr(c, "target", "eps") != "eps":
+        lines.append(f"  predicts {c.target} (returned as eps)")
     t = getattr(u.module, "training_summary", {}) or {}
     lines.append(f"  trained: {_trained(t)}")
     figs = _figures(u.meta)

