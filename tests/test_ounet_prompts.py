@@ -5,8 +5,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import T, schedule
+
 from organic_sd import cli, ola
 from organic_sd.ounet import OUNet, OUNetConfig
 from organic_sd.ounet.model import PromptNotUnderstood

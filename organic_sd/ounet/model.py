@@ -181,7 +181,7 @@ class OUNet(nn.Module):
                 raise ValueError("this O-UNet has no prompt adapter: pass cls (a class index) instead of a prompt")
             if cls is not None:
                 raise ValueError("pass a class or a prompt, not both")
-            cls, score, known = self.prompts.classify([prompt])[0]
+            cls, _, known = self.prompts.classify([prompt])[0]
             if not known:
                 warnings.warn(f"the prompt {prompt!r} asks for no class this O-UNet knows (it is far from every "
                               f"class's phrasings); drawing the nearest, {self.config.classes[cls]!r}",
