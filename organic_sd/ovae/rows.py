@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from organic_sd.data.store import Store
-from organic_sd.ola.population import Subspace
 from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
+from organic_sd.ola.population import Subspace
 from organic_sd.ovae import patches
 from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae.model import Part, PartConfig, part_rows, read_parts
@@ -88,16 +88,26 @@ class PartRows:
         for i in range(0, n, LOAD_CHUNK):
             x, y = self.pairs(idx[i:i + LOAD_CHUNK])
             for x_set, y_set, f in zip(x.chunk(len(shares)), y.chunk(len(shares)), shares):
-                if share * f < 1.0:
-                    m = x_set.shape[0]
-                    keep = torch.from_numpy(rng.permutation(m)[:math.ceil(share * f * m)]).to(x.device)
-                    x_set, y_set = x_set[keep], y_set[keep]
+                x_set, y_set = thin(x_set, y_set, share * f, rng)
                 xs.append(x_set), ys.append(y_set)
-        x, y = torch.cat(xs), torch.cat(ys)
-        if x.shape[0] > max_rows:
-            keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
-            x, y = x[keep], y[keep]
+        return capped(xs, ys, max_rows, rng)
+
+
+def thin(x: torch.Tensor, y: torch.Tensor, share: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ceil(share * N) of the rows (N, .) of x and y; all of them, drawing nothing, when share >= 1."""
+    if share >= 1.0:
         return x, y
+    keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * x.shape[0])]).to(x.device)
+    return x[keep], y[keep]
+
+
+def capped(xs: list, ys: list, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row blocks joined, then a random max_rows of them if there are more."""
+    x, y = torch.cat(xs), torch.cat(ys)
+    if x.shape[0] > max_rows:
+        keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
+        x, y = x[keep], y[keep]
+    return x, y
 
 
 class HeldOut:

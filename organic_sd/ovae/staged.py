@@ -31,9 +31,24 @@ from organic_sd.devices import resolve_device
 from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ovae.config import RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
-from organic_sd.ovae.rows import LOAD_CHUNK, SUBSPACE, PartRows, part_config, source_encoder
+from organic_sd.ovae.rows import (
+    LOAD_CHUNK,
+    SUBSPACE,
+    PartRows,
+    capped,
+    part_config,
+    source_encoder,
+    thin,
+)
 from organic_sd.runs import open_run, read_log, resume_state, run_ticks, write_record
-from organic_sd.stages import Stack, Stage, StageConfig, repeat_up, stage_rows, to_blocks
+from organic_sd.stages import (
+    Stack,
+    Stage,
+    StageConfig,
+    repeat_up,
+    stage_rows,
+    to_blocks,
+)
 
 MIN_IMAGES = 64  # a tick's rows come from at least this many images: fine stages have many positions per image
 DONE = ("done", "frozen")
@@ -100,17 +115,9 @@ class StageRows:
             images = torch.from_numpy(store.images[chunk]).to(self.rows.device)
             y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, 3*r*r)
             for (x_map, extra), f in zip(self.inputs(chunk, images), shares):
-                x = stage_rows(self.scfg, x_map, extra)  # (m, in_dim)
-                keep = slice(None)
-                if share * f < 1.0:
-                    keep = torch.from_numpy(rng.permutation(x.shape[0])[:math.ceil(share * f * x.shape[0])])
-                    keep = keep.to(x.device)
-                xs.append(x[keep]), ys.append(y[keep])
-        x, y = torch.cat(xs), torch.cat(ys)
-        if x.shape[0] > max_rows:
-            keep = torch.from_numpy(rng.permutation(x.shape[0])[:max_rows]).to(x.device)
-            x, y = x[keep], y[keep]
-        return x, y
+                x, y_set = thin(stage_rows(self.scfg, x_map, extra), y, share * f, rng)  # (m, in_dim), (m, 3*r*r)
+                xs.append(x), ys.append(y_set)
+        return capped(xs, ys, max_rows, rng)
 
 
 class StageHeldOut:
