@@ -12,9 +12,11 @@ from organic_sd.flags import flag
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
 RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records",
-              "stage_grid", "stage_buckets", "stage_window", "stage_hidden", "target")
+              "stage_grid", "stage_buckets", "stage_window", "stage_hidden", "target", "t_weight", "weight_steps")
 # fields newer than some runs, with the value those runs used before the field existed
-ADDED_FIELDS = {"stage_grid": 0, "stage_buckets": 0, "stage_window": 5, "stage_hidden": [128], "target": "eps"}
+ADDED_FIELDS = {"stage_grid": 0, "stage_buckets": 0, "stage_window": 5, "stage_hidden": [128], "target": "eps",
+                "t_weight": "uniform", "weight_steps": 8}
+T_WEIGHTS = ("uniform", "update")  # ounet/targets.py (kept here too: this file reads without torch)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class DenoiserTrainConfig:
                               "(ola.Refine)")
     target: str = flag("eps", "what the stacks predict: eps, x0 or v (v = sqrt(ab) eps - sqrt(1-ab) x0 keeps the "
                               "error reaching DDIM's x0 estimate small at high noise)", choices=("eps", "x0", "v"))
+    t_weight: str = flag("uniform", "how rows count by noise level: uniform, or update (each record drawn and scored "
+                                    "by how much its error moves a --weight-steps DDIM update: the low-noise steps "
+                                    "that draw the strokes count most)", choices=T_WEIGHTS)
+    weight_steps: int = flag(8, "DDIM steps whose update --t-weight update weighs by")
     cond_dim: int | None = flag(None, "text adapter size: the teacher's text embedding -> this many cond inputs "
                                       "(default 8 for a store with prompts; 0: ignore the prompts)")
     adapter_every: int = flag(2, "ticks between text adapter searches with the stack frozen (0: keep the PCA start)")
@@ -81,6 +87,8 @@ class DenoiserTrainConfig:
                              f"{self.stage_rows}")
         if (self.cond_dim is not None and self.cond_dim < 0) or self.adapter_every < 0:
             raise ValueError(f"--cond-dim and --adapter-every must be >= 0, got {self.cond_dim}, {self.adapter_every}")
+        if self.weight_steps < 1:
+            raise ValueError(f"--weight-steps must be positive, got {self.weight_steps}")
         for name in ("tick_seconds", "max_rows", "eval_records", "population"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

@@ -29,7 +29,7 @@ from organic_sd.ounet.config import ADDED_FIELDS, RUN_FIELDS, DenoiserTrainConfi
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
 from organic_sd.ounet.stage import stage_map
-from organic_sd.ounet.targets import from_eps
+from organic_sd.ounet.targets import from_eps, record_weights
 from organic_sd.ounet.train_stage import train_stage
 from organic_sd.runs import (
     open_run,
@@ -66,17 +66,28 @@ def record_rows(cfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserStore, 
 
 
 def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.random.Generator, dev, adapter=None,
-              stage=None):
-    """At most max_rows random pixel rows (x_t window features -> teacher target) from records of `pool`."""
-    return sample_rows(cfg, pool, max_rows, rng, lambda j: record_rows(cfg, schedule, store, j, dev, adapter, stage))
+              stage=None, p: np.ndarray | None = None):
+    """At most max_rows random pixel rows (x_t window features -> teacher target) from records of `pool`
+    (drawn with probabilities p, one per record of pool; None: uniformly)."""
+    return sample_rows(cfg, pool, max_rows, rng, lambda j: record_rows(cfg, schedule, store, j, dev, adapter, stage),
+                       p)
 
 
-def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, rows_of) -> tuple:
+def pool_weights(cfg: DenoiserTrainConfig, target: str, schedule: torch.Tensor, store: DenoiserStore,
+                 pool: np.ndarray) -> np.ndarray | None:
+    """Probabilities of drawing each record of `pool` under --t-weight (None: uniform)."""
+    w = record_weights(cfg.t_weight, target, schedule, torch.from_numpy(store.t[pool]), cfg.weight_steps)
+    return None if w is None else (w.double() / w.double().sum()).numpy()
+
+
+def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, rows_of,
+                p: np.ndarray | None = None) -> tuple:
     """At most max_rows of the pixel rows `rows_of(records) -> (x, y)` gives, spread over ~4x as many
-    records as whole images would need (more records, fewer pixels each: less correlated rows)."""
+    records as whole images would need (more records, fewer pixels each: less correlated rows);
+    records drawn with probabilities p (one per record of pool; None: uniformly)."""
     per = cfg.sample_shape[1] * cfg.sample_shape[2]
-    n = min(len(pool), max(1, math.ceil(4 * max_rows / per)))
-    idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
+    n = min(len(pool) if p is None else int(np.count_nonzero(p)), max(1, math.ceil(4 * max_rows / per)))
+    idx = np.sort(rng.choice(pool, n, replace=False, p=p))  # sorted: sequential shard reads
     share = min(1.0, max_rows / (n * per))
     xs, ys = [], []
     for i in range(0, n, LOAD_CHUNK):
@@ -86,28 +97,35 @@ def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, 
     return torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
 
 
-def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray) -> dict:
-    """On records idx: the MSE of what the stacks predict (cfg.target: eps, x0 or v) against the teacher's, which
-    decides what is kept, and the eps MSE relative to the teacher eps' power (rel_err)."""
-    se, ss, n, se_target = 0.0, 0.0, 0, 0.0
+def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray, w: np.ndarray | None = None) -> dict:
+    """On records idx: the MSE of what the stacks predict (cfg.target: eps, x0 or v) against the teacher's, each
+    record weighted by w (idx's --t-weight weights; None: equally), which decides what is kept; and the
+    unweighted eps MSE relative to the teacher eps' power (rel_err)."""
+    se, ss, n, se_target, w_sum = 0.0, 0.0, 0, 0.0, 0.0
     target = u.config.target
+    w = np.ones(len(idx)) if w is None else np.asarray(w, dtype=np.float64)
     for i in range(0, len(idx), LOAD_CHUNK):
-        j = idx[i:i + LOAD_CHUNK]
+        j, wj = idx[i:i + LOAD_CHUNK], torch.from_numpy(w[i:i + LOAD_CHUNK])
         x_t = torch.from_numpy(store.x_t[j])
         t = torch.from_numpy(store.t[j]).round().long()
         eps = torch.from_numpy(store.eps[j]).to(u.device)
         cond = torch.from_numpy(store.cond[j]) if u.config.cond_dim else None  # (n, L, D): u's adapter pools it
         pred = u(x_t, t, cond)
-        se += float((pred - eps).double().square().sum())
+        per = (pred - eps).double().square().flatten(1).sum(1).cpu()  # (n,) summed over pixels
+        se += float(per.sum())
         ss += float(eps.double().square().sum())
         n += eps.numel()
-        if target != "eps":
+        w_sum += float(wj.sum()) * eps[0].numel()
+        if target == "eps":
+            se_target += float((per * wj).sum())
+        else:
             x = x_t.to(u.device)
             ab = u.schedule.to(u.device)[t.to(u.device)].float()
-            se_target += float((from_eps(target, pred, x, ab) - from_eps(target, eps, x, ab)).double().square().sum())
+            d = (from_eps(target, pred, x, ab) - from_eps(target, eps, x, ab)).double().square().flatten(1).sum(1)
+            se_target += float((d.cpu() * wj).sum())
     if target == "eps":
-        return {"heldout_mse": se / n, "rel_err": se / max(ss, 1e-12)}
-    return {"heldout_mse": se_target / n, "eps_mse": se / n, "rel_err": se / max(ss, 1e-12)}
+        return {"heldout_mse": se_target / w_sum, "rel_err": se / max(ss, 1e-12)}
+    return {"heldout_mse": se_target / w_sum, "eps_mse": se / n, "rel_err": se / max(ss, 1e-12)}
 
 
 class DenoiserJob:
@@ -124,10 +142,13 @@ class DenoiserJob:
         self.fit_kwargs = {"units_per_round": DENOISER_UNITS_PER_ROUND, "subspace": ola.Subspace(deflate=cfg.deflate),
                            "refine": ola.Refine(share=cfg.refine)}
         self.adapter_tick = False
+        self.p_train = pool_weights(cfg, ucfg.target, schedule, store, train_idx)  # (N,) or None: uniform
+        p_eval = pool_weights(cfg, ucfg.target, schedule, store, eval_idx)
+        self.w_eval = None if p_eval is None else p_eval * len(eval_idx)  # mean 1: MSE keeps its scale
 
     def draw(self, rng):
         return draw_rows(self.ucfg, self.schedule, self.store, self.train_idx, self.cfg.max_rows, rng, self.device,
-                         self.adapter, self.stage)  # (N, in), (N, C)
+                         self.adapter, self.stage, self.p_train)  # (N, in), (N, C)
 
     def fit_share(self, tick: int) -> float:
         every = self.cfg.adapter_every
@@ -151,14 +172,15 @@ class DenoiserJob:
         return None if kept is None else kept.module
 
     def score(self, cand: OUNet) -> dict:
-        return heldout_score(cand, self.store, self.eval_idx)
+        return heldout_score(cand, self.store, self.eval_idx, self.w_eval)
 
     def keep(self, cand: OUNet) -> None:
         self.adapter = cand.adapter
 
     def describe(self, scores: dict) -> str:
         if "eps_mse" in scores:
-            return (f"held-out {self.ucfg.target} MSE {scores['heldout_mse']:.5g}, eps MSE {scores['eps_mse']:.5g}, "
+            weighted = " (update-weighted)" if self.w_eval is not None else ""
+            return (f"held-out {self.ucfg.target} MSE{weighted} {scores['heldout_mse']:.5g}, eps MSE {scores['eps_mse']:.5g}, "
                     f"relative {scores['rel_err']:.4f}")
         return f"held-out eps MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
 

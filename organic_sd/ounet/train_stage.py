@@ -22,7 +22,7 @@ from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.files import WEIGHTS_NAME
 from organic_sd.ounet.features import OUNetConfig
 from organic_sd.ounet.stage import pooled_target, stage_inputs
-from organic_sd.ounet.targets import from_eps
+from organic_sd.ounet.targets import from_eps, record_weights
 from organic_sd.runs import (
     open_run,
     out_scale_for,
@@ -34,7 +34,9 @@ from organic_sd.runs import (
 )
 
 STAGE_DIR = "coarse"
-STAGE_FIELDS = ("stage_grid", "stage_buckets", "stage_hidden", "target", "freqs", "teacher", "seed")
+STAGE_FIELDS = ("stage_grid", "stage_buckets", "stage_hidden", "target", "freqs", "teacher", "seed", "t_weight",
+                "weight_steps")
+STAGE_ADDED = {"t_weight": "uniform", "weight_steps": 8}  # what stage runs older than those fields used
 LOAD_CHUNK = 1024  # records turned into coarse rows at a time
 HELDOUT_RECORDS = 4096  # one row per record: far more records than the per-pixel score needs
 
@@ -65,9 +67,15 @@ class StageJob:
         self.run, self.device = run, device
         self.x_eval, self.y_eval = stage_rows(ucfg, schedule, store, eval_idx, device)
         self.fit_kwargs = {"refine": ola.Refine(share=cfg.stage_refine)}
+        w = record_weights(cfg.t_weight, ucfg.target, schedule, torch.from_numpy(store.t[train_idx]), cfg.weight_steps)
+        self.p_train = None if w is None else (w.double() / w.double().sum()).numpy()
+        w = record_weights(cfg.t_weight, ucfg.target, schedule, torch.from_numpy(store.t[eval_idx]), cfg.weight_steps)
+        self.w_eval = None if w is None else (w * len(eval_idx)).to(device)[:, None]  # (n, 1), mean 1
 
     def draw(self, rng):
-        idx = np.sort(rng.choice(self.train_idx, min(len(self.train_idx), self.cfg.stage_rows), replace=False))
+        n = min(len(self.train_idx) if self.p_train is None else int(np.count_nonzero(self.p_train)),
+                self.cfg.stage_rows)
+        idx = np.sort(rng.choice(self.train_idx, n, replace=False, p=self.p_train))
         return stage_rows(self.ucfg, self.schedule, self.store, idx, self.device)
 
     def fit_share(self, tick: int) -> float:
@@ -81,9 +89,12 @@ class StageJob:
 
     def score(self, cand) -> dict:
         with torch.no_grad():
-            se = float((cand(self.x_eval) - self.y_eval).double().square().sum())
-        return {"heldout_mse": se / self.y_eval.numel(),
-                "rel_err": se / max(float(self.y_eval.double().square().sum()), 1e-12)}
+            d = (cand(self.x_eval) - self.y_eval).double().square()  # (n, C g g)
+        se = float(d.sum())
+        rel = se / max(float(self.y_eval.double().square().sum()), 1e-12)
+        if self.w_eval is not None:  # --t-weight update: what is kept is judged as the rows were drawn
+            se = float((d * self.w_eval).sum())
+        return {"heldout_mse": se / self.y_eval.numel(), "rel_err": rel}
 
     def keep(self, cand) -> None:
         pass
@@ -103,8 +114,9 @@ def train_stage(cfg, ucfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserS
     sdir = run / STAGE_DIR
     record = {"kind": "denoiser-stage", "stage_grid": ucfg.stage_grid, "stage_buckets": ucfg.stage_buckets, "stage_hidden": list(cfg.stage_hidden),
               "target": ucfg.target, "freqs": ucfg.freqs, "teacher": ucfg.teacher, "seed": cfg.seed,
-              "stage_minutes": cfg.stage_minutes, "stage_rows": cfg.stage_rows, "stage_refine": cfg.stage_refine}
-    old = open_run(sdir, record, STAGE_FIELDS)
+              "stage_minutes": cfg.stage_minutes, "stage_rows": cfg.stage_rows, "stage_refine": cfg.stage_refine,
+              "t_weight": cfg.t_weight, "weight_steps": cfg.weight_steps}
+    old = open_run(sdir, record, STAGE_FIELDS, STAGE_ADDED)
     state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
     kept = None
     if old is not None and (sdir / WEIGHTS_NAME).is_file():
