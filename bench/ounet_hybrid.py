@@ -1,0 +1,85 @@
+"""Which DDIM steps break an O-UNet's samples: the clone for some steps of the path, the teacher for the rest.
+
+    python bench/ounet_hybrid.py --ounet mnist --teacher ddpm-mnist:PATH [--steps 8] [--n 64] [--seed 5000] \
+        [--png hybrid.png] [--json hybrid.json]
+
+From the same noise, for m = 0, 2, 4, 6 ... steps: the clone takes the first m steps and the teacher the rest
+("clone first m"), and the reverse ("teacher first m"). Each path's samples are compared with the teacher's
+own path by PSNR (pixel range -> [0, 1]). A clone whose samples turn good once the teacher finishes them
+chose the right digit and fails at low noise; one that ruins the teacher's start fails at the end.
+The PNG stacks one row of samples per path, the teacher's own on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import torch
+
+from organic_sd.ounet import generate as gen
+from organic_sd.ounet.model import OUNet
+from organic_sd.teachers.ddim import ddim_step, ddim_timesteps, seeded_noise
+
+
+def mixed_path(first, rest, m: int, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """(N, C, H, W) noise -> samples of a `steps`-step DDIM path whose first m steps `first` takes, the rest `rest`."""
+    ab = first.alphas_cumprod
+    ts = ddim_timesteps(len(ab), steps)
+    x = noise.clone()
+    with torch.no_grad():
+        for k, t in enumerate(ts):
+            model = first if k < m else rest
+            e = model.eps(x, torch.full((x.shape[0],), t, dtype=torch.int64)).to(x.device)
+            ab_next = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+            x = ddim_step(x, e, float(ab[t]), ab_next)
+    return x
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ounet", default="mnist", help="O-UNet file, run folder or shipped name (unconditional)")
+    p.add_argument("--teacher", required=True, help="its teacher, e.g. ddpm-mnist:PATH")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=5000, help="noise seed (a dev seed: this is a diagnosis)")
+    p.add_argument("--show", type=int, default=12, help="samples per row of the PNG")
+    p.add_argument("--png", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    from organic_sd.teachers import load_denoiser
+
+    u = OUNet.load(args.ounet)
+    if u.config.cond_dim:
+        raise SystemExit(f"{args.ounet} is conditional: this diagnosis runs unconditional O-UNets")
+    teacher = load_denoiser(args.teacher)
+    noise = seeded_noise(u.sample_shape, args.n, args.seed)
+    pr = u.config.pixel_range
+    ref = gen.to_unit(mixed_path(teacher, teacher, 0, noise, args.steps), pr)
+    rows, results = [("teacher", ref)], []
+    for who, first, rest in (("clone first", u, teacher), ("teacher first", teacher, u)):
+        for m in range(2, args.steps + 1, 2) if who == "clone first" else range(2, args.steps, 2):
+            x = gen.to_unit(mixed_path(first, rest, m, noise, args.steps), pr)
+            clone_steps = m if who == "clone first" else args.steps - m
+            name = f"{who} {m}" if 0 < m < args.steps else ("clone alone" if clone_steps else "teacher alone")
+            psnr = gen.psnr_unit(x, ref)
+            results.append({"path": name, "clone_steps": clone_steps, "psnr_db": psnr})
+            rows.append((name, x))
+            print(f"{name:>16}: clone takes {clone_steps} of {args.steps} steps, PSNR vs teacher {psnr:.2f} dB")
+    if args.png:
+        from PIL import Image
+
+        bands = [gen.grid_image(x[:args.show], args.show) for _, x in rows]
+        img = np.concatenate(bands, 0)
+        Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(args.png)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "paths": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
