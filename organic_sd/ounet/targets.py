@@ -16,6 +16,7 @@ angle; weighting rows by what reaches x_t' spends it where the strokes are drawn
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from organic_sd.ounet.config import T_WEIGHTS  # how rows are weighted by their noise level (update_weight)
@@ -74,11 +75,19 @@ def update_weight(target: str, schedule: torch.Tensor, t: torch.Tensor, steps: i
     raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
 
 
-def record_weights(t_weight: str, target: str, schedule: torch.Tensor, t, steps: int) -> torch.Tensor | None:
-    """Per-record weights (B,) summing to 1 for `t_weight` "update", None for "uniform"."""
+def record_weights(t_weight: str, target: str, schedule: torch.Tensor, t, steps: int) -> np.ndarray | None:
+    """Records' steps t (B,) -> their probabilities (B,) float64 summing to 1 under `t_weight` "update"; None
+    for "uniform"."""
     if t_weight == "uniform":
         return None
     if t_weight != "update":
         raise ValueError(f"t_weight must be one of {T_WEIGHTS}, got {t_weight!r}")
-    w = update_weight(target, schedule, torch.as_tensor(t).round().long(), steps).double()
-    return (w / w.sum()).float()
+    w = update_weight(target, schedule, torch.as_tensor(np.asarray(t)).round().long(), steps).double()
+    return (w / w.sum()).numpy()
+
+
+def draw_records(rng: np.random.Generator, pool: np.ndarray, n: int, p: np.ndarray | None) -> np.ndarray:
+    """At most n records of pool, without replacement, with probabilities p (None: uniformly), sorted (sequential
+    shard reads); records of probability 0 are never drawn."""
+    n = min(len(pool) if p is None else int(np.count_nonzero(p)), n)
+    return np.sort(rng.choice(pool, n, replace=False, p=p))

@@ -29,7 +29,7 @@ from organic_sd.ounet.config import ADDED_FIELDS, RUN_FIELDS, DenoiserTrainConfi
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.model import WEIGHTS_NAME, OUNet
 from organic_sd.ounet.stage import stage_map
-from organic_sd.ounet.targets import from_eps, record_weights
+from organic_sd.ounet.targets import draw_records, from_eps, record_weights
 from organic_sd.ounet.train_stage import train_stage
 from organic_sd.runs import (
     open_run,
@@ -76,8 +76,7 @@ def draw_rows(cfg, schedule, store, pool: np.ndarray, max_rows: int, rng: np.ran
 def pool_weights(cfg: DenoiserTrainConfig, target: str, schedule: torch.Tensor, store: DenoiserStore,
                  pool: np.ndarray) -> np.ndarray | None:
     """Probabilities of drawing each record of `pool` under --t-weight (None: uniform)."""
-    w = record_weights(cfg.t_weight, target, schedule, torch.from_numpy(store.t[pool]), cfg.weight_steps)
-    return None if w is None else (w.double() / w.double().sum()).numpy()
+    return record_weights(cfg.t_weight, target, schedule, store.t[pool], cfg.weight_steps)
 
 
 def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, rows_of,
@@ -86,8 +85,8 @@ def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, 
     records as whole images would need (more records, fewer pixels each: less correlated rows);
     records drawn with probabilities p (one per record of pool; None: uniformly)."""
     per = cfg.sample_shape[1] * cfg.sample_shape[2]
-    n = min(len(pool) if p is None else int(np.count_nonzero(p)), max(1, math.ceil(4 * max_rows / per)))
-    idx = np.sort(rng.choice(pool, n, replace=False, p=p))  # sorted: sequential shard reads
+    idx = draw_records(rng, pool, max(1, math.ceil(4 * max_rows / per)), p)
+    n = len(idx)
     share = min(1.0, max_rows / (n * per))
     xs, ys = [], []
     for i in range(0, n, LOAD_CHUNK):
@@ -180,8 +179,8 @@ class DenoiserJob:
     def describe(self, scores: dict) -> str:
         if "eps_mse" in scores:
             weighted = " (update-weighted)" if self.w_eval is not None else ""
-            return (f"held-out {self.ucfg.target} MSE{weighted} {scores['heldout_mse']:.5g}, eps MSE {scores['eps_mse']:.5g}, "
-                    f"relative {scores['rel_err']:.4f}")
+            return (f"held-out {self.ucfg.target} MSE{weighted} {scores['heldout_mse']:.5g}, "
+                    f"eps MSE {scores['eps_mse']:.5g}, relative {scores['rel_err']:.4f}")
         return f"held-out eps MSE {scores['heldout_mse']:.5g}, relative {scores['rel_err']:.4f}"
 
     def save(self, kept: OUNet, summary: dict) -> Path:

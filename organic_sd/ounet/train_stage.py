@@ -22,7 +22,7 @@ from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.files import WEIGHTS_NAME
 from organic_sd.ounet.features import OUNetConfig
 from organic_sd.ounet.stage import pooled_target, stage_inputs
-from organic_sd.ounet.targets import from_eps, record_weights
+from organic_sd.ounet.targets import draw_records, from_eps, record_weights
 from organic_sd.runs import (
     open_run,
     out_scale_for,
@@ -67,15 +67,12 @@ class StageJob:
         self.run, self.device = run, device
         self.x_eval, self.y_eval = stage_rows(ucfg, schedule, store, eval_idx, device)
         self.fit_kwargs = {"refine": ola.Refine(share=cfg.stage_refine)}
-        w = record_weights(cfg.t_weight, ucfg.target, schedule, torch.from_numpy(store.t[train_idx]), cfg.weight_steps)
-        self.p_train = None if w is None else (w.double() / w.double().sum()).numpy()
-        w = record_weights(cfg.t_weight, ucfg.target, schedule, torch.from_numpy(store.t[eval_idx]), cfg.weight_steps)
-        self.w_eval = None if w is None else (w * len(eval_idx)).to(device)[:, None]  # (n, 1), mean 1
+        self.p_train = record_weights(cfg.t_weight, ucfg.target, schedule, store.t[train_idx], cfg.weight_steps)
+        w = record_weights(cfg.t_weight, ucfg.target, schedule, store.t[eval_idx], cfg.weight_steps)
+        self.w_eval = None if w is None else torch.from_numpy(w * len(eval_idx)).to(device)[:, None]  # (n, 1), mean 1
 
     def draw(self, rng):
-        n = min(len(self.train_idx) if self.p_train is None else int(np.count_nonzero(self.p_train)),
-                self.cfg.stage_rows)
-        idx = np.sort(rng.choice(self.train_idx, n, replace=False, p=self.p_train))
+        idx = draw_records(rng, self.train_idx, self.cfg.stage_rows, self.p_train)
         return stage_rows(self.ucfg, self.schedule, self.store, idx, self.device)
 
     def fit_share(self, tick: int) -> float:
