@@ -130,12 +130,15 @@ def row(name: str, rep: dict) -> dict:
             "teacher_cpu_ms": rep["cpu"]["teacher_ms_per_step"], "speedup": rep["cpu"]["speedup"],
             "training": rep.get("training"),
             "distribution": d and {k: d[k] for k in ("reference", "ref_steps", "steps", "n", "seed", "ounet",
-                                                     "teacher")}}
+                                                     "teacher") if k in d}}
 
 
 def _dist(r: dict | None) -> str:
-    """KID x1000 / precision / recall cell, '-' for rows scored without distribution metrics."""
-    return "-" if not r else f"{r['kid_x1000']:,.1f} / {r['precision']:.3f} / {r['recall']:.3f}"
+    """KID x1000 / precision / recall / low-noise error cell, '-' for rows scored without distribution metrics."""
+    if not r:
+        return "-"
+    low = f" / {r['denoise_err']:.4f}" if "denoise_err" in r else ""
+    return f"{r['kid_x1000']:,.1f} / {r['precision']:.3f} / {r['recall']:.3f}{low}"
 
 
 def markdown(rows: list[dict], args, teacher_id: str, teacher_params) -> str:
@@ -149,7 +152,7 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_params) -> str:
              f"(seed {args.seed}); CPU time of one eps call on {args.time_batch} samples, {args.threads} thread(s)"
              + (f", teacher {t_ms:.2f} ms." if t_ms else "."), "",
              (f"| configuration | params | eps error t = {' / '.join(ts)} | DDIM PSNR vs teacher, "
-              f"{' / '.join(ks)} steps (dB) | KID x1000 / P / R | CPU ms / step | x faster than teacher |"),
+              f"{' / '.join(ks)} steps (dB) | KID x1000 / P / R / low-noise error | CPU ms / step | x faster than teacher |"),
              "| --- | ---: | --- | --- | --- | ---: | ---: |"]
     for r in rows:
         eps = " / ".join(f"{r['eps_error'][t]:.3f}" for t in ts)
@@ -161,7 +164,8 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_params) -> str:
     if d:
         lines += ["", (f"KID x1000 / P / R: {d['steps']}-step DDIM samples ({d['n']:,}, noise seed {d['seed']}) "
                        f"against the reference, {d['reference']} from the same noise (pooled 4x4 shape space, k = 3, "
-                       f"partners left out); the teacher's own {d['steps']}-step samples: {_dist(d['teacher'])}.")]
+                       f"partners left out); low-noise error: the teacher's eps error on the samples noised a little "
+                       f"(metrics/denoising.py); the teacher's own {d['steps']}-step samples: {_dist(d['teacher'])}.")]
     lines += ["", ("LS row: closed-form least squares (one linear map per t bucket), a reference, not evolution. "
                    "Speed ratios of different rows were measured at different moments of one process.")]
     return "\n".join(lines) + "\n"

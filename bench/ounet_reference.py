@@ -1,7 +1,8 @@
 """How far the evolved multi-scale O-UNet is from a gradient fit of the *same shapes* (a reference only).
 
     python bench/ounet_reference.py --ounet RUN_OR_FILE --store STORE --teacher ddpm-mnist:PATH \
-        [--seconds 120] [--seed 5000] [--samples 2000] [--device cuda] [--out bench/out/ounet-reference]
+        [--seconds 120] [--seed 5000] [--samples 2000] [--device cuda] [--out bench/out/ounet-reference] \
+        [--t-weight update] [--fine-only] [--fine-hidden 128]
 
 For a trained multi-scale O-UNet (coarse stage + per-pixel stack) this fits, with Adam on the same store
 rows the trainer draws, modules of exactly the evolved ones' OLA shapes (same inputs, hidden widths,
@@ -9,6 +10,9 @@ tanh readout over [x, h] and out_scale):
     coarse   the coarse stage, on every training record's pooled rows
     fine     the per-pixel stack, on pixel rows whose stage columns come from the *evolved* coarse stage
     both     a per-pixel stack fitted on rows from the Adam coarse stage, paired with it
+(`--fine-only`: the per-pixel stack on the evolved coarse stage only; `--fine-hidden`: that Adam stack wider or
+deeper than the evolved one, a reference of a bigger shape; `--t-weight update`: the rows drawn as
+`osd train denoiser --t-weight update` draws them, which the held-out errors then weigh the same way)
 and scores four O-UNets (evolved; Adam coarse + evolved fine; evolved coarse + Adam fine; Adam both)
 by their held-out target error on store records the evolution never trained on, and by `osd eval
 denoiser`'s numbers: eps error by t, same-noise DDIM PSNR, and KID / precision / recall of 8-step
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -36,6 +41,7 @@ from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ola.module import OLAModule
 from organic_sd.ounet.evaluate import evaluate_denoiser
 from organic_sd.ounet.model import OUNet
+from organic_sd.ounet.targets import record_weights
 from organic_sd.ounet.train import draw_rows
 from organic_sd.ounet.train_stage import stage_rows
 
@@ -90,6 +96,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=5000, help="evaluation noise seed (a dev seed unless reporting)")
     p.add_argument("--samples", type=int, default=2000, help="samples for KID / precision / recall (0: none)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--t-weight", default="uniform", choices=("uniform", "update"),
+                   help="how records are drawn by noise level (as osd train denoiser's --t-weight)")
+    p.add_argument("--fine-only", action="store_true", help="skip the coarse-stage references")
+    p.add_argument("--fine-hidden", type=int, nargs="+", default=None,
+                   help="hidden widths of the Adam per-pixel stack (default: the evolved stack's)")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "ounet-reference"))
     args = p.parse_args(argv)
 
@@ -107,25 +118,35 @@ def main(argv=None) -> int:
     val_idx = np.sort(rng.choice(val_idx, min(len(val_idx), args.val_records), replace=False))
     rows = {}
 
-    print("coarse rows ...", file=sys.stderr)
-    xs, ys = stage_rows(cfg, schedule, store, train_idx, dev)
-    xs_val, ys_val = stage_rows(cfg, schedule, store, val_idx, dev)
-    rows["coarse evolved"] = heldout(u.stage, xs_val, ys_val)
-    stage_adam, rows["coarse Adam"] = adam_fit(u.stage, xs, ys, xs_val, ys_val, args.seconds)
-    rows["coarse Adam"].update(heldout(stage_adam, xs_val, ys_val))
-    del xs, ys
+    stage_adam = None
+    if not args.fine_only:
+        print("coarse rows ...", file=sys.stderr)
+        xs, ys = stage_rows(cfg, schedule, store, train_idx, dev)
+        xs_val, ys_val = stage_rows(cfg, schedule, store, val_idx, dev)
+        rows["coarse evolved"] = heldout(u.stage, xs_val, ys_val)
+        stage_adam, rows["coarse Adam"] = adam_fit(u.stage, xs, ys, xs_val, ys_val, args.seconds)
+        rows["coarse Adam"].update(heldout(stage_adam, xs_val, ys_val))
+        del xs, ys
+    shape = u.module
+    if args.fine_hidden:
+        shape = OLAModule(dataclasses.replace(u.module.config, hidden=tuple(args.fine_hidden)))
 
     def fine_rows(stage, n, idx):
-        return draw_rows(cfg, u.schedule, store, idx, n, np.random.default_rng(1), dev, None, stage)
+        p = record_weights(args.t_weight, cfg.target, schedule, store.t[idx], 8)
+        return draw_rows(cfg, u.schedule, store, idx, n, np.random.default_rng(1), dev, None, stage, p)
 
-    models = {"evolved": u, "Adam coarse + evolved fine": OUNet(cfg, u.module, schedule, stage=stage_adam)}
+    models = {"evolved": u}
+    if stage_adam is not None:
+        models["Adam coarse + evolved fine"] = OUNet(cfg, u.module, schedule, stage=stage_adam)
     for name, stage in (("fine Adam (evolved coarse)", u.stage), ("fine Adam (Adam coarse)", stage_adam)):
+        if stage is None:
+            continue
         print(f"{name} rows ...", file=sys.stderr)
         x, y = fine_rows(stage, args.fine_rows, train_idx)
         x_val, y_val = fine_rows(stage, 200_000, val_idx)
         if stage is u.stage:
             rows["fine evolved"] = heldout(u.module, x_val, y_val)
-        fine, rows[name] = adam_fit(u.module, x, y, x_val, y_val, args.seconds)
+        fine, rows[name] = adam_fit(shape, x, y, x_val, y_val, args.seconds)
         rows[name].update(heldout(fine, x_val, y_val))
         label = "evolved coarse + Adam fine" if stage is u.stage else "Adam coarse + Adam fine"
         models[label] = OUNet(cfg, fine, schedule, stage=stage)
@@ -149,15 +170,18 @@ def markdown(res: dict) -> str:
     """Two tables: held-out fit errors per module, then each O-UNet's sampling numbers."""
     a = res["args"]
     lines = [f"Gradient references of `{a['ounet']}`'s shapes: Adam, {a['seconds']:g} s per module on {a['device']}, "
-             f"store `{a['store']}` (held-out: {a['val_records']} val records). Evaluation seed {a['seed']}.", "",
+             f"store `{a['store']}` (held-out: {a['val_records']} val records; rows drawn {a.get('t_weight', 'uniform')}"
+             f"{'; Adam per-pixel hidden ' + str(tuple(a['fine_hidden'])) if a.get('fine_hidden') else ''}). "
+             f"Evaluation seed {a['seed']}.", "",
              "| module | held-out MSE | relative to target power |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v['mse']:.5g} | {v['rel']:.4f} |" for k, v in res["fits"].items()]
-    lines += ["", "| O-UNet | eps error t = 50 / 250 / 500 | 8-step PSNR vs teacher | KID x1000 / P / R (8 steps) |",
+    lines += ["", "| O-UNet | eps error t = 50 / 250 / 500 | 8-step PSNR vs teacher | KID x1000 / P / R / low-noise error (8 steps) |",
               "| --- | --- | ---: | --- |"]
     for name, r in res["reports"].items():
         e = r["eps_error"]
         d = r.get("distribution", {}).get("ounet")
         dd = "-" if not d else f"{d['kid_x1000']:,.1f} / {d['precision']:.3f} / {d['recall']:.3f}"
+        dd += f" / {d['denoise_err']:.4f}" if d and "denoise_err" in d else ""
         lines.append(f"| {name} | {e.get('50', float('nan')):.4f} / {e.get('250', float('nan')):.4f} / "
                      f"{e.get('500', float('nan')):.4f} | {r['ddim']['8']['psnr']:.2f} dB | {dd} |")
     t = next((r["distribution"]["teacher"] for r in res["reports"].values() if r.get("distribution")), None)

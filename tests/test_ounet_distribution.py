@@ -30,11 +30,15 @@ def test_report_holds_both_sets_against_the_reference(tmp_path):
     assert d["ref_steps"] == T - 1 and d["steps"] == 4 and d["n"] == 24 and d["seed"] == 999 + 2
     assert d["reference"] == "the teacher's 21-step DDIM samples" and d["dims"] == 4  # 8x8 pooled 4x4
     for name in ("teacher", "ounet"):
-        assert set(d[name]) >= {"kid_x1000", "precision", "recall", "psnr_vs_reference"}
+        assert set(d[name]) >= {"kid_x1000", "precision", "recall", "psnr_vs_reference", "denoise_err"}
         assert 0 <= d[name]["precision"] <= 1 and 0 <= d[name]["recall"] <= 1
+        assert d[name]["denoise_err"] > 0
+    assert d["reference_denoise_err"] > 0
     assert d["ounet"]["kid_x1000"] != d["teacher"]["kid_x1000"]  # two different models
+    assert d["ounet"]["denoise_err"] != d["teacher"]["denoise_err"]
     md = (tmp_path / "ev" / "report.md").read_text()
     assert "the teacher's 21-step DDIM samples" in md and "| O-UNet, 4 steps |" in md
+    assert "low-noise error" in md and "| teacher, 21 steps (the reference) |" in md
     from PIL import Image
 
     w, h = Image.open(tmp_path / "ev" / "distribution.png").size
@@ -45,6 +49,7 @@ def test_clone_equal_to_teacher_scores_as_the_teacher():
     u = short()
     d = evaluate_denoiser(u, u, None, samples=16, sample_steps=4, **FAST)["distribution"]
     assert d["ounet"]["kid_x1000"] == d["teacher"]["kid_x1000"]
+    assert d["ounet"]["denoise_err"] == d["teacher"]["denoise_err"]
     assert d["ounet"]["psnr_vs_teacher"] >= 100  # identical samples: PSNR capped
     with pytest.raises(ValueError, match="samples"):
         evaluate_denoiser(u, u, None, samples=1, **FAST)

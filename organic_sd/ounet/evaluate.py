@@ -45,6 +45,8 @@ class _Bound:
         self.schedule = torch.as_tensor(model.alphas_cumprod, dtype=torch.float64)
         self.sample_shape = tuple(model.sample_shape)
         self.device = model.device
+        self.pixel_range = getattr(model, "pixel_range", None) or getattr(getattr(model, "config", None),
+                                                                          "pixel_range", None)
 
     def _cond(self, B: int):
         if self.cond is None:
@@ -260,6 +262,10 @@ def print_summary(rep: dict) -> None:
               "KID x1000 / precision / recall: " + ", ".join(
                   f"{name} {d[key]['kid_x1000']:,.1f} / {d[key]['precision']:.3f} / {d[key]['recall']:.3f}"
                   for name, key in (("teacher", "teacher"), ("O-UNet", "ounet"))))
+        if "denoise_err" in d["ounet"]:
+            print(f"low-noise error (the teacher's eps error on the samples noised a little; fine structure): "
+                  f"reference {d['reference_denoise_err']:.4f}, teacher {d['steps']} steps "
+                  f"{d['teacher']['denoise_err']:.4f}, O-UNet {d['ounet']['denoise_err']:.4f}")
     if rep.get("files"):
         f = rep["files"]
         print(f"wrote {', '.join(v for k, v in f.items() if k != 'samples.png')} and {f['samples.png']}")
