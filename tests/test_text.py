@@ -3,19 +3,23 @@
 import pytest
 import torch
 
-from organic_sd.text import CLASS_WORDS, held_out_phrasings, phrasing_set, train_phrasings
+from organic_sd.text import CLASS_WORDS, DEV_UNRELATED, dev_phrasings, held_out_phrasings, phrasing_set, train_phrasings
 
 
 def test_phrasings_per_class_and_held_out_are_disjoint():
     assert "a handwritten 7" in train_phrasings(7) and "seven" in train_phrasings(7) and "7" in train_phrasings(7)
     assert "number seven" in held_out_phrasings(7) and "a 7 written by hand" in held_out_phrasings(7)
     assert "an 8 written by hand" in held_out_phrasings(8) and "an eight, handwritten" in held_out_phrasings(8)
+    assert "show me a seven" in dev_phrasings(7) and "an 8 drawn by hand" in dev_phrasings(8)
     tp, tl = phrasing_set("train")
+    dp, dl = phrasing_set("dev")
     hp, hl = phrasing_set("held-out")
-    assert not set(tp) & set(hp)  # no held-out phrasing is ever trained on
-    assert len(set(tp)) == len(tp) and len(set(hp)) == len(hp)
-    assert sorted(set(tl)) == sorted(set(hl)) == list(range(10)) and len(tp) == len(tl)
-    for p, k in zip(tp + hp, tl + hl):  # every phrasing names its own digit, by numeral or word
+    # no held-out phrasing is trained or chosen on, no dev phrasing trained on
+    assert not set(tp) & set(hp) and not set(dp) & set(hp) and not set(tp) & set(dp)
+    assert len(set(tp)) == len(tp) and len(set(dp)) == len(dp) and len(set(hp)) == len(hp)
+    assert sorted(set(tl)) == sorted(set(dl)) == sorted(set(hl)) == list(range(10)) and len(tp) == len(tl)
+    assert not set(DEV_UNRELATED) & set(tp + dp + hp)
+    for p, k in zip(tp + dp + hp, tl + dl + hl):  # every phrasing names its own digit, by numeral or word
         assert str(k) in p.split() or CLASS_WORDS[k] in p.replace(",", "").split(), p
     with pytest.raises(ValueError, match="0..9"):
         train_phrasings(10)

@@ -27,8 +27,8 @@ from torch import nn
 from organic_sd import ola
 from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 
-# held-out digit phrasings lie >= 0.58 from their class centroid, unrelated prompts ("a cat") <= 0.27
-# (docs/BENCHMARKS.md, text side of the conditional O-UNet): the guard sits between
+# dev digit phrasings lie >= 0.55 from their nearest class centroid, dev unrelated prompts ("a cat") <= 0.26
+# (bench/prompt_choice.py chose 0.41 on them; held out: >= 0.58 and <= 0.30): the guard sits in that gap
 MIN_COSINE = 0.42
 READOUT_SHARE = 0.99
 
@@ -108,8 +108,10 @@ class PromptAdapter(nn.Module):
 
 
 def fit_prompt_adapter(classes, prompts: list[str], labels: list[int], encoder, *, generations: int = 300,
-                       seconds: float | None = None, seed: int = 0) -> PromptAdapter:
-    """Evolve a prompt adapter (ola.fit, linear + tanh) from phrasings and their classes."""
+                       seconds: float | None = None, seed: int = 0, share: float = READOUT_SHARE,
+                       min_cosine: float = MIN_COSINE) -> PromptAdapter:
+    """Evolve a prompt adapter (ola.fit, linear + tanh) from phrasings and their classes (`share`: of the
+    phrasings' embedding variance whose principal directions the readout searches; `min_cosine`: the guard)."""
     K = len(classes)
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if len(labels) != len(prompts) or len(prompts) == 0:
@@ -120,8 +122,8 @@ def fit_prompt_adapter(classes, prompts: list[str], labels: list[int], encoder, 
     x = encoder(prompts)  # (P, 384)
     y = 2 * torch.nn.functional.one_hot(labels, K).float() - 1  # (P, K): +1 for the class asked for, -1 elsewhere
     module = ola.fit(x, y, hidden=(), out_scale=1.2, max_seconds=seconds, generations=generations, seed=seed,
-                     x_val=x, y_val=y, subspace=ola.Subspace(readout=READOUT_SHARE))
+                     x_val=x, y_val=y, subspace=ola.Subspace(readout=share))
     # few rows: every phrasing trains; held-out phrasings judge it (callers)
     sums = torch.zeros(K, x.shape[1]).index_add_(0, labels, x)
-    return PromptAdapter(PromptAdapterConfig(tuple(classes), encoder.id), module,
+    return PromptAdapter(PromptAdapterConfig(tuple(classes), encoder.id, min_cosine), module,
                          torch.nn.functional.normalize(sums, dim=1))

@@ -1,7 +1,11 @@
-"""How people ask for a digit: phrasings per class, a training list and a held-out list with no phrasing in common.
+"""How people ask for a digit: phrasings per class in three lists with no phrasing in common.
 
-The held-out templates are worded differently from the training ones (other nouns, word order,
-spelling of the digit), so a model fitted on the training list and scored on the held-out list
+    train     what the prompt adapter is fitted on
+    dev       what its settings (search subspace, the unknown-prompt guard) are chosen on, with DEV_UNRELATED
+    held-out  what reports, once, after the choice (never fitted on, never chosen on)
+
+The dev and held-out templates are worded differently from the training ones (other nouns, word
+order, spelling of the digit), so a model fitted on the training list and scored on the others
 shows whether it learned the digit and not the sentence.
 """
 
@@ -22,6 +26,13 @@ TRAIN_TEMPLATES = (
     "write the number {d}",
     "an image of the digit {w}",
 )
+DEV_TEMPLATES = (
+    "digit {d}",
+    "show me {a_w} {w}",
+    "{a_d} {d} drawn by hand",
+    "the handwritten number {w}",
+    "please draw the digit {d}",
+)
 HELD_OUT_TEMPLATES = (
     "number {w}",
     "{a_d} {d} written by hand",
@@ -31,6 +42,13 @@ HELD_OUT_TEMPLATES = (
     "{a_w} {w}, handwritten",
     "the numeral {w}",
 )
+
+
+# text that asks for no digit: the unknown-prompt guard is set between these and the dev phrasings
+DEV_UNRELATED = ("a cat", "the weather in Paris", "a red car", "a bowl of soup", "a mountain at sunset",
+                 "my favourite song")
+HELD_OUT_UNRELATED = ("a photo of a dog", "how tall is Everest", "a blue sky", "an old wooden door",
+                      "a cup of coffee", "the rules of chess")
 
 
 def _article(word: str) -> str:
@@ -60,11 +78,20 @@ def held_out_phrasings(k: int) -> list[str]:
     return [_fill(t, k) for t in HELD_OUT_TEMPLATES]
 
 
+def dev_phrasings(k: int) -> list[str]:
+    """The dev phrasings of digit k ('digit 7', 'show me a seven', ...): for choosing settings, not for reports."""
+    _check(k)
+    return [_fill(t, k) for t in DEV_TEMPLATES]
+
+
+SPLITS = {"train": train_phrasings, "dev": dev_phrasings, "held-out": held_out_phrasings}
+
+
 def phrasing_set(split: str) -> tuple[list[str], list[int]]:
-    """'train' or 'held-out' -> every class's phrasings and their (parallel) classes."""
-    make = {"train": train_phrasings, "held-out": held_out_phrasings}.get(split)
+    """'train', 'dev' or 'held-out' -> every class's phrasings and their (parallel) classes."""
+    make = SPLITS.get(split)
     if make is None:
-        raise ValueError(f"split must be 'train' or 'held-out', got {split!r}")
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     prompts, labels = [], []
     for k in range(len(CLASS_WORDS)):
         ps = make(k)
