@@ -14,12 +14,12 @@ The default seed 5002 is the noise `osd eval denoiser --seed 5000` (the dev seed
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from organic_sd.files import atomic_json
 from organic_sd.metrics.denoising import denoising_error
 from organic_sd.metrics.samples import distribution_report
 from organic_sd.ounet import distribution as dist
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     print(markdown(res, args.pools))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        atomic_json(Path(args.json), res)
     return 0
 
 

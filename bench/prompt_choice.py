@@ -14,13 +14,13 @@ and the held-out unrelated prompts scored, with the chosen settings: that is the
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
+from organic_sd.files import atomic_json
 from organic_sd.ounet.prompts import READOUT_SHARE, fit_prompt_adapter
 from organic_sd.text.phrasings import CLASS_WORDS, DEV_UNRELATED, HELD_OUT_UNRELATED, phrasing_set
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
           f"(max cosine {res['held_out_unrelated_max_cosine']:.3f})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=1))
+        atomic_json(Path(args.json), res)
     return 0
 
 
