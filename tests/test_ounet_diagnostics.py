@@ -44,3 +44,26 @@ def test_adam_reference_fits_a_module_of_the_same_shape_better_than_zero():
     m, summary = adam_fit(u.module, x[:1500], y[:1500], x[1500:], y[1500:], seconds=0.5, batch=256)
     assert m.config == u.module.config and not any(p.requires_grad for p in m.parameters())
     assert heldout(m, x[1500:], y[1500:])["rel"] < 0.5 and summary["adam_steps"] > 0
+
+
+def test_mid_reference_assembles_the_ounet_and_reads_its_mid_stage():
+    from ounet_mid_reference import Assembled, fine_columns, mid_grid, mid_rows
+    from test_ounet_stage import staged
+
+    from organic_sd.ola.module import OLAConfig, OLAModule
+    from organic_sd.ounet.stage import stage_map
+
+    u = staged()  # 2 x 12 x 12, a 4 x 4 coarse stage
+    x_t = torch.randn(3, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1, 7, 15])
+    with torch.no_grad():
+        assert torch.allclose(Assembled(u, u.module).eps(x_t, t), u(x_t, t), atol=1e-5)  # no mid: the O-UNet itself
+        coarse = stage_map(u.config, u.stage, u._schedule, x_t, t)
+        rows = mid_rows(u, x_t, t, coarse)
+        assert mid_grid(u) == 6 and rows.shape == (3, 36, 3 * 2 * 25 + 3 * 2 * 9 + 2 + 2 * 2)
+        mid = OLAModule(OLAConfig(rows.shape[2], 2, (4,), 2.0))
+        assert fine_columns(u, mid(rows).reshape(3, -1), t).shape == (3, 144, 3 * 2 * 9)
+        fine = OLAModule(OLAConfig(u.config.in_dim + 3 * 2 * 9, 2, (5,), 2.0))
+        a = Assembled(u, fine, mid).eps(x_t, t)
+        mid.readout.bias.add_(0.5)  # the per-pixel stack reads the mid prediction: moving it moves eps
+        assert a.shape == x_t.shape and not torch.allclose(a, Assembled(u, fine, mid).eps(x_t, t))
