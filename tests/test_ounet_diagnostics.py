@@ -67,3 +67,23 @@ def test_mid_reference_assembles_the_ounet_and_reads_its_mid_stage():
         a = Assembled(u, fine, mid).eps(x_t, t)
         mid.readout.bias.add_(0.5)  # the per-pixel stack reads the mid prediction: moving it moves eps
         assert a.shape == x_t.shape and not torch.allclose(a, Assembled(u, fine, mid).eps(x_t, t))
+
+
+def test_conv_reference_reads_the_coarse_map_and_returns_eps_of_its_target():
+    from ounet_conv_reference import ConvReference
+    from test_ounet_stage import staged
+
+    from organic_sd.ounet.stage import stage_map
+    from organic_sd.ounet.targets import to_eps
+
+    u = staged()  # 2 x 12 x 12, v target
+    net = ConvReference(u, channels=4)
+    x_t = torch.randn(3, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([1, 7, 15])
+    z = net.inputs(x_t, t)
+    assert z.shape == (3, 2 * 2 + 2, 12, 12)
+    assert torch.allclose(z[:, 2:4], stage_map(u.config, u.stage, u._schedule, x_t, t))
+    with torch.no_grad():
+        net.readout.weight.zero_(), net.readout.bias.fill_(0.25)  # predicts v = 0.25 everywhere
+    ab = u._schedule[t].float()
+    assert torch.allclose(net.eps(x_t, t), to_eps("v", torch.full_like(x_t, 0.25), x_t, ab), atol=1e-6)
