@@ -92,7 +92,6 @@ def main(argv=None) -> int:
            "sets": score(teacher, ref, sets, pr, args.pools, paired)}
     print(markdown(res, args.pools))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_json(Path(args.json), res)
     return 0
 

@@ -152,7 +152,6 @@ def main(argv=None) -> int:
             img = gen.grid_image(gen.to_unit(x[:32], pr), 8)
             Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(args.png)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_json(Path(args.json), res)
     return 0
 

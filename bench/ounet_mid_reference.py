@@ -191,7 +191,6 @@ def main(argv=None) -> int:
     for name, f in res["fits"].items():
         print(f"{name}: held-out MSE {f.get('heldout_mse', f.get('mse')):.5f} after {f['adam_steps']} Adam steps")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_json(Path(args.json), res)
     return 0
 

@@ -89,7 +89,6 @@ def main(argv=None) -> int:
           f"unrelated prompts flagged {res['held_out_unrelated_flagged']:.3f} "
           f"(max cosine {res['held_out_unrelated_max_cosine']:.3f})")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         atomic_json(Path(args.json), res)
     return 0
 

@@ -45,7 +45,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_json(path: Path, obj) -> None:
-    """Write obj as indented JSON to path, atomically."""
+    """Write obj as indented JSON to path (its folder made if missing), atomically."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1)))
 
 
