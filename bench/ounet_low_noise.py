@@ -38,9 +38,10 @@ from ounet_reference import adam_fit  # noqa: E402
 class LowNoiseSplit(torch.nn.Module):
     """An O-UNet whose per-pixel stack is `low` for steps t < split: what ddim_sample needs of a denoiser."""
 
-    def __init__(self, u: OUNet, low: ola.OLAModule, split: int):
+    def __init__(self, u: OUNet, low: ola.OLAModule, split: int, config=None):
+        """`config`: the specialist's O-UNet config when it differs from u's (another target); default u's."""
         super().__init__()
-        self.u, self.low, self.split = u, OUNet(u.config, low, u.schedule, stage=u.stage), split
+        self.u, self.low, self.split = u, OUNet(config or u.config, low, u.schedule, stage=u.stage), split
         self.alphas_cumprod, self.sample_shape = u.alphas_cumprod, u.sample_shape
 
     @property

@@ -49,6 +49,19 @@ def test_hidden_units_stay_off_the_flat_tails_of_tanh():
     assert float(pre.std(dim=0).max()) <= 1.05 * cascade.UNIT_SPREAD  # whitening's ridge leaves a hair of slack
 
 
+def test_a_wider_spread_lets_units_sharpen_up_to_its_bound():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 6, generator=g) @ torch.randn(6, 6, generator=g)
+    y = torch.sign(x[:, :1] * x[:, 1:2]) * 0.8
+    m = ola.fit(x, y, hidden=(16,), generations=300, subspace=ola.Subspace(spread=3.0))
+    pre = (x @ m.hidden[0].weight.T + m.hidden[0].bias).std(dim=0)  # (16,) units' pre-activation spreads
+    assert float(pre.max()) <= 1.05 * 3.0
+    assert float(pre.max()) > 1.1 * cascade.UNIT_SPREAD  # the step target pulls some unit past the default bound
+    assert m.training_summary["subspace"]["spread"] == 3.0
+    with pytest.raises(ValueError, match="spread"):
+        ola.Subspace(spread=0.0)
+
+
 def test_bounded_scales_only_rows_past_the_bound():
     theta = torch.tensor([[[3.0, 4.0, 7.0], [0.3, 0.4, -1.0]]])  # (P=1, R=2, in+1): weight norms 5 and 0.5
     out = cascade.bounded(theta)
@@ -176,7 +189,8 @@ def test_by_default_every_direction_is_searched_so_a_faint_signal_is_learned():
     cut = ola.fit(x, y, generations=300, subspace=ola.Subspace(readout=0.999))
     assert full.training_summary["val_mse"] < 0.1 * float(y.var())
     assert cut.training_summary["val_mse"] > 0.9 * float(y.var())  # the faint direction was left out
-    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0, "hessian": 0, "deflate": False}
+    assert full.training_summary["subspace"] == {"units": 1.0, "readout": 1.0, "hessian": 0, "deflate": False,
+                                                    "spread": 1.0}
     with pytest.raises(ValueError, match="Subspace.units"):
         ola.Subspace(units=0.0)
     with pytest.raises(ValueError, match="Subspace.hessian"):

@@ -77,7 +77,7 @@ def grow(data, hidden, *, out_scale, make_strategy, budget, progress, subspace=S
                 resid_val=data.y_val - predict(feats_val, readout, out_scale), n_units=n_units,
                 make_strategy=make_strategy, budget=round_budget.share(UNIT_SHARE), progress=progress,
                 desc=f"units L{layer + 1} r{r + 1}", share=subspace.units, hessian=subspace.hessian,
-                deflate=subspace.deflate)
+                deflate=subspace.deflate, spread=subspace.spread)
             # The old readout widened with zero columns for the new units: consistent with them (an
             # interrupt from here on keeps both) and the warm start of the re-fit.
             units[layer].append(new_rows)
@@ -97,7 +97,7 @@ def grow(data, hidden, *, out_scale, make_strategy, budget, progress, subspace=S
 
 
 def _evolve_units(data, inp, inp_val, *, resid, resid_val, n_units, make_strategy, budget, progress, desc, share,
-                  hessian=0, deflate=False):
+                  hessian=0, deflate=False, spread=UNIT_SPREAD):
     """Evolve n_units tanh units on inputs (N, in) against the residual (N, out) -> (raw rows (U, in+1), generations)."""
     wh = Whitener.fit(inp)
     z, zv = wh(inp), wh(inp_val)
@@ -120,19 +120,19 @@ def _evolve_units(data, inp, inp_val, *, resid, resid_val, n_units, make_strateg
 
     def batch_loss(theta):
         i = data.batch_index(UNIT_BATCH_FACTOR * data.batch_size)
-        return explained_loss(bounded(rows(theta, local)), zs[i], resid[i], _basis(z[i]), deflate)
+        return explained_loss(bounded(rows(theta, local), spread), zs[i], resid[i], _basis(z[i]), deflate)
 
     def val_loss(theta):
-        return explained_loss(bounded(rows(theta, local)), zvs, resid_val, basis_val, deflate)
+        return explained_loss(bounded(rows(theta, local), spread), zvs, resid_val, basis_val, deflate)
 
     # Random starts (all-zero starts would make every unit chase the same feature), at twice the
     # bound: the search's mean moves freely past it, only the scored rows are scaled back.
-    mean0 = 2.0 * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
+    mean0 = 2.0 * spread * torch.randn(n_units, d, generator=data.generator, device=z.device) / math.sqrt(d)
     # No held-out fall-back here: a unit's explained energy is a small, noisy number and the
     # restarts stalled the unit searches (2-layer bench, 1600 generations: 8.26x with, 7.55x without).
-    found = run_search(strategy, batch_loss, val_loss, mean0, 1.0 / math.sqrt(d), budget,
+    found = run_search(strategy, batch_loss, val_loss, mean0, spread / math.sqrt(d), budget,
                        data.generator, progress=progress, desc=desc, shard=shard, fallback_tolerance=math.inf)
-    theta = bounded(rows(found.theta[None], dirs))[0]  # (U, k+1)
+    theta = bounded(rows(found.theta[None], dirs), spread)[0]  # (U, k+1)
     return wh.to_raw(wh.pad(theta)), found.generations  # zero weight on the dropped coordinates
 
 
@@ -162,10 +162,10 @@ def hessian_directions(z, resid, n_units, m, max_rows=HESSIAN_ROWS):
     return torch.stack(out)
 
 
-def bounded(theta: torch.Tensor) -> torch.Tensor:
-    """Unit rows (..., in+1) in whitened coordinates with their weights scaled down to norm <= UNIT_SPREAD."""
+def bounded(theta: torch.Tensor, spread: float = UNIT_SPREAD) -> torch.Tensor:
+    """Unit rows (..., in+1) in whitened coordinates with their weights scaled down to norm <= spread."""
     w = theta[..., :-1]
-    scale = (UNIT_SPREAD / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+    scale = (spread / w.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
     return torch.cat([w * scale, theta[..., -1:]], dim=-1)
 
 

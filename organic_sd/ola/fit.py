@@ -143,7 +143,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "refine": {"share": refine.share, "unit_generations": refine.unit_generations,
                    "readout_generations": refine.readout_generations, "damping": refine.damping, "step": refine.step},
         "subspace": {"units": subspace.units, "readout": subspace.readout, "hessian": subspace.hessian,
-                     "deflate": subspace.deflate},
+                     "deflate": subspace.deflate, "spread": subspace.spread},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],
     }
     if interrupted:

@@ -93,6 +93,9 @@ class Subspace:
     hessian: int = 0
     # True: unit r of a round counts only for what units 0..r-1 do not already make (explained_loss)
     deflate: bool = False
+    # a unit's weights, in whitened coordinates, have norm at most this: its pre-activation std over the
+    # training rows (cascade.UNIT_SPREAD, the default, says why a bound; a wider one lets units sharpen)
+    spread: float = 1.0
 
     def __post_init__(self):
         for name in ("units", "readout"):
@@ -100,6 +103,8 @@ class Subspace:
                 raise ValueError(f"Subspace.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.hessian < 0:
             raise ValueError(f"Subspace.hessian must be >= 0, got {self.hessian}")
+        if not self.spread > 0:
+            raise ValueError(f"Subspace.spread must be positive, got {self.spread}")
 
 
 def spread_rows(x: torch.Tensor, max_rows: int) -> torch.Tensor:
