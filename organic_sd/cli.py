@@ -197,7 +197,7 @@ def _cmd_export_or_onnx(args: argparse.Namespace) -> int:
 def _add_ovae_parsers(sub) -> None:
     """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
     tr = sub.add_parser("train", help="evolve an O-VAE part (encoder, decoder) or the O-UNet denoiser (denoiser, "
-                                      "denoiser-head) from a store (no gradients)")
+                                      "denoiser-head, denoiser-low) from a store (no gradients)")
     parts = tr.add_subparsers(dest="part", required=True)
     dec = parts.add_parser("decoder", help="O-Decoder: latent window -> pixel block")
     add_flags(dec, TrainConfig, skip=("kind",))
@@ -207,6 +207,7 @@ def _add_ovae_parsers(sub) -> None:
     _add_train_denoiser_parser(parts)
     _add_train_prompts_parser(parts)
     _add_train_head_parser(parts)
+    _add_train_low_parser(parts)
 
     ev = sub.add_parser("eval", help="evaluate an O-VAE (latents, pipeline) or an O-UNet (denoiser)")
     evs = ev.add_subparsers(dest="what", required=True)
@@ -347,6 +348,60 @@ def _cmd_train_head(args: argparse.Namespace) -> int:
     path = u2.to("cpu").save(Path(args.out))
     print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a head'})")
     return 0
+
+
+def _cmd_train_low(args: argparse.Namespace) -> int:
+    from organic_sd import ola
+    from organic_sd.data.denoiser_store import DenoiserStore
+    from organic_sd.ounet import OUNet
+    from organic_sd.ounet.low import fit_low
+
+    u = OUNet.load(args.ounet)
+    store = DenoiserStore.open(args.store)
+    out = Path(args.out)
+    partial = out.with_name(out.stem + ".low-partial.safetensors") if out.suffix == ".safetensors" \
+        else out / "low-partial.safetensors"
+    init = None
+    if partial.is_file():
+        init = ola.load(partial, args.device)
+        print(f"continuing the interrupted low-noise stack in {partial} ({init.config.hidden} units grown)")
+    try:
+        u2, rep = fit_low(u, store, split=args.split, target=args.target, hidden=args.hidden,
+                          max_seconds=60.0 * args.max_minutes, max_rows=args.max_rows, eval_records=args.eval_records,
+                          population=args.population, device=args.device, seed=args.seed, init=init,
+                          progress=_progress(args.progress))
+    except ola.FitInterrupted as e:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        e.module.save(partial)
+        print(f"interrupted: the units grown so far are in {partial}; the same command goes on from there",
+              file=sys.stderr)
+        return 130
+    path = u2.to("cpu").save(out)
+    partial.unlink(missing_ok=True)
+    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a low-noise stack'})")
+    return 0
+
+
+def _add_train_low_parser(parts) -> None:
+    """`osd train denoiser-low`: a second per-pixel stack for the last steps, evolved on a trained O-UNet."""
+    lo = parts.add_parser("denoiser-low", help="O-UNet: evolve a low-noise stack (steps t < --split, x0 by default)")
+    lo.add_argument("--ounet", required=True, help="trained O-UNet (file, `osd train denoiser` run or shipped name)")
+    lo.add_argument("--store", required=True, help="denoiser store of the same teacher")
+    lo.add_argument("--out", required=True, help="where the O-UNet with its low-noise stack is written "
+                                                 "(.safetensors or folder)")
+    lo.add_argument("--split", type=int, default=400, help="the stack takes the steps t < SPLIT")
+    lo.add_argument("--target", default="x0", choices=("eps", "x0", "v"), help="what it predicts")
+    lo.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default: the O-UNet's)")
+    lo.add_argument("--max-minutes", type=float, default=5.0)
+    lo.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
+    lo.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "
+                                                                  "whether it is kept")
+    lo.add_argument("--population", type=int, default=100)
+    lo.add_argument("--device", default="cpu")
+    lo.add_argument("--seed", type=int, default=0)
+    lo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bars (default: on when stderr is a terminal)")
+    lo.set_defaults(func=_cmd_train_low)
 
 
 def _add_train_head_parser(parts) -> None:

@@ -103,10 +103,10 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
 
 
 def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
-             stage: torch.Tensor | None = None) -> torch.Tensor:
+             stage: torch.Tensor | None = None, module: OLAModule | None = None) -> torch.Tensor:
     """(B, C, H, W) x_t, (B,) t, cond (B, cond_dim) or None, the upsampled coarse map or None -> (B, C, H, W):
-    u.module(features(...)), as convolutions (the stack's output: eps, x0 or v as u.config.target says)."""
-    cfg, m = u.config, u.module
+    module(features(...)), as convolutions; module: u's stack (default) or another on the same rows (u.low)."""
+    cfg, m = u.config, (u.module if module is None else module)
     if not isinstance(m, OLAModule):
         raise TypeError(f"the fast path needs an OLAModule stack, not {type(m).__name__}")
     C, H, W = cfg.sample_shape

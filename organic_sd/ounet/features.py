@@ -48,6 +48,10 @@ class OUNetConfig:
     cond_dim: int = 0
     classes: tuple[str, ...] = ()  # a class-conditional teacher's class names: cond is a (B, K) class-weight row
     head_buckets: int = 0  # K: t buckets of the noise-level head (ounet/head.py; 0: none)
+    # steps t < low_split use a second per-pixel stack of the same inputs, predicting low_target (ounet/low.py;
+    # 0: none): the last DDIM steps draw the strokes, and there a bounded x0 leaves a clean background
+    low_split: int = 0
+    low_target: str = "x0"
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
 
@@ -77,8 +81,10 @@ class OUNetConfig:
             raise ValueError(f"stage_buckets must be 0 or >= 2, got {self.stage_buckets}")
         if self.stage_window < 1 or self.stage_window % 2 == 0:
             raise ValueError(f"stage_window must be odd and positive, got {self.stage_window}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target not in TARGETS or self.low_target not in TARGETS:
+            raise ValueError(f"target and low_target must be among {TARGETS}, got {self.target!r}, {self.low_target!r}")
+        if not 0 <= self.low_split < self.num_steps:
+            raise ValueError(f"low_split must be in [0, {self.num_steps}), got {self.low_split}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 

@@ -45,11 +45,12 @@ class OUNet(nn.Module):
 
     def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
                  adapter: TextAdapter | None = None, head: OLAModule | None = None, stage: nn.Module | None = None,
-                 prompts: PromptAdapter | None = None):
+                 prompts: PromptAdapter | None = None, low: OLAModule | None = None):
         """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's);
         `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0;
         `stage`: the coarse stage (ounet/stage.py), stage_in_dim -> C g g, when config.stage_grid > 0;
-        `prompts`: a class-conditional O-UNet's prompt adapter (ounet/prompts.py), text -> class."""
+        `prompts`: a class-conditional O-UNet's prompt adapter (ounet/prompts.py), text -> class;
+        `low`: the low-noise stack (ounet/low.py), in_dim -> C, used for t < config.low_split when that is > 0."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
@@ -72,6 +73,12 @@ class OUNet(nn.Module):
             need = f"a coarse stage {want[0]} -> {want[1]}" if g else "no coarse stage"
             raise ValueError(f"stage_grid {g} needs {need}, got {'none' if got is None else got}")
         self.stage = stage
+        want = (config.in_dim, C) if config.low_split else None
+        got = None if low is None else (low.in_dim, low.out_dim)
+        if got != want:
+            need = f"a low-noise stack {want[0]} -> {want[1]}" if want else "no low-noise stack"
+            raise ValueError(f"low_split {config.low_split} needs {need}, got {'none' if got is None else got}")
+        self.low = low
         if prompts is not None and prompts.config.classes != config.classes:
             raise ValueError(f"the prompt adapter names classes {prompts.config.classes}, the O-UNet "
                              f"{config.classes or 'none (not class-conditional)'}")
@@ -143,15 +150,31 @@ class OUNet(nn.Module):
         x = x_t.to(self.device, torch.float32)
         tt = tt.to(x.device)
         coarse = None if self.stage is None else stage_map(cfg, self.stage, self._schedule, x, tt, cond)  # (B, C, H, W)
-        if isinstance(self.module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
-            out = fast_eps(self, x, tt, cond, coarse)
-        else:
-            rows = features(cfg, self._schedule, x, tt, cond, coarse)  # (B, HW, in)
-            out = self.module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
-        if cfg.target != "eps":
-            out = to_eps(cfg.target, out, x, self._schedule.to(x.device)[tt].float())
+        low = tt < cfg.low_split if self.low is not None else torch.zeros_like(tt, dtype=torch.bool)  # (B,)
+        if low.all():
+            out = self._stack_eps(self.low, cfg.low_target, x, tt, cond, coarse)
+        elif not low.any():
+            out = self._stack_eps(self.module, cfg.target, x, tt, cond, coarse)
+        else:  # a batch mixing noise levels: each row through its own stack
+            pick = lambda v, m: None if v is None else v[m]  # noqa: E731
+            out = torch.empty_like(x)
+            out[low] = self._stack_eps(self.low, cfg.low_target, x[low], tt[low], pick(cond, low), pick(coarse, low))
+            out[~low] = self._stack_eps(self.module, cfg.target, x[~low], tt[~low], pick(cond, ~low),
+                                        pick(coarse, ~low))
         if self.head is not None:
             out = out + head_conv(self, x, tt.to(x.device))
+        return out
+
+    def _stack_eps(self, module: nn.Module, target: str, x, tt, cond, coarse) -> torch.Tensor:
+        """One per-pixel stack on (B, C, H, W) x at steps tt (B,) -> (B, C, H, W) eps (the stack predicts `target`)."""
+        cfg = self.config
+        if isinstance(module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
+            out = fast_eps(self, x, tt, cond, coarse, module)
+        else:
+            rows = features(cfg, self._schedule, x, tt, cond, coarse)  # (B, HW, in)
+            out = module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+        if target != "eps":
+            out = to_eps(target, out, x, self._schedule.to(x.device)[tt].float())
         return out
 
     def class_cond(self, cond, batch: int) -> torch.Tensor:
@@ -227,6 +250,10 @@ class OUNet(nn.Module):
         if self.stage is not None:
             tensors.update({f"stage.{k}": v.detach().cpu().contiguous() for k, v in self.stage.state_dict().items()})
             md["stage_config"] = json.dumps(asdict(self.stage.config))
+        if self.low is not None:
+            tensors.update({f"low.{k}": v.detach().cpu().contiguous() for k, v in self.low.state_dict().items()})
+            md["low_config"] = json.dumps(asdict(self.low.config))
+            md["low_training"] = json.dumps(self.low.training_summary, default=str)
         if self.prompts is not None:
             pt, pmd = self.prompts.state()
             tensors.update(pt)
@@ -271,9 +298,18 @@ class OUNet(nn.Module):
             stage = load_weights(OLAModule(OLAConfig(**json.loads(md["stage_config"]))),
                                  {k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")},
                                  f"{file}: coarse stage")
+        low = None
+        if cfg.low_split:
+            if "low_config" not in md:
+                raise ValueError(f"{file}: its config names a low-noise stack but the file holds none")
+            low = load_weights(OLAModule(OLAConfig(**json.loads(md["low_config"])),
+                                         json.loads(md.get("low_training", "{}"))),
+                               {k[len("low."):]: v for k, v in tensors.items() if k.startswith("low.")},
+                               f"{file}: low-noise stack")
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
-                    _load_adapter(file, md, tensors), head, stage, PromptAdapter.from_state(md, tensors, str(file)))
+                    _load_adapter(file, md, tensors), head, stage, PromptAdapter.from_state(md, tensors, str(file)),
+                    low)
         except ValueError as e:
             raise ValueError(f"{file}: {e}") from None
         return u.to(device)

@@ -1,0 +1,111 @@
+"""The low-noise stack: a second per-pixel stack for the last DDIM steps, evolved on a frozen O-UNet.
+
+An O-UNet's first steps lead the teacher's path to a digit, and its last ones (t < ~400) break it into
+speckle (bench/ounet_hybrid.py): there the one stack shared by every noise level predicts v, and its
+error reaches the sample unbounded. The low-noise stack reads the same per-pixel rows (the frozen
+coarse stage feeding them) but only for steps t < split, and predicts x0 by default: its tanh readout
+bounds x0 just past the pixel range, so a background pixel can settle on black. It is evolved by one
+`ola.fit` (no gradients) on rows drawn with the update weight of its own target, and kept only if the
+O-UNet's update-weighted held-out error on records below the split falls. Inference costs nothing
+extra: each step runs one of the two stacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from organic_sd import ola
+from organic_sd.devices import resolve_device
+from organic_sd.ounet.model import OUNet
+from organic_sd.ounet.targets import TARGETS, update_weight
+from organic_sd.ounet.train import DENOISER_UNITS_PER_ROUND, draw_rows, heldout_score
+from organic_sd.runs import out_scale_for, typical_largest
+
+X0_HEADROOM = 1.05  # an x0 stack's out_scale: this times the pixel range's largest magnitude
+
+
+def below_split_weights(target: str, schedule: torch.Tensor, t: np.ndarray, split: int) -> np.ndarray:
+    """Records' steps t (N,) -> probabilities (N,) proportional to `target`'s 8-step update weight, 0 from split on."""
+    tt = torch.as_tensor(np.asarray(t)).round().long()
+    w = update_weight(target, schedule, tt, 8).double() * (tt < split)
+    if float(w.sum()) == 0.0:
+        raise ValueError(f"no record has t < {split}: the store holds nothing for a low-noise stack")
+    return (w / w.sum()).numpy()
+
+
+def low_out_scale(cfg, y: torch.Tensor) -> float:
+    """The low stack's tanh scale: just past the pixel range for x0 (saturated units draw clean black), else
+    from the targets' typical largest magnitude."""
+    if cfg.low_target == "x0":
+        return X0_HEADROOM * max(abs(v) for v in cfg.pixel_range)
+    return out_scale_for(typical_largest(y))
+
+
+def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, max_seconds: float = 300.0,
+            max_rows: int = 600_000, eval_records: int = 512, population: int = 100, device: str = "cpu",
+            seed: int = 0, init: ola.OLAModule | None = None, generations: int | None = None, progress=False,
+            log_to=None) -> tuple[OUNet, dict]:
+    """Evolve a low-noise stack for u's steps t < split; returns (u with it if it helps, else u; report dict).
+
+    `hidden`: its widths (default: u's stack's); `init`: a low stack of the same shape to continue (an
+    interrupted fit's: ola.FitInterrupted carries it). `generations` instead of max_seconds: reproducible.
+    """
+    log_to = log_to or sys.stdout
+    t0 = time.perf_counter()
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if u.adapter is not None:
+        raise ValueError("a low-noise stack for a text-adapted O-UNet is not supported (its adapter is searched "
+                         "on the main stack's rows)")
+    schedule = torch.from_numpy(store.alphas_cumprod)
+    if len(schedule) != u.config.num_steps or not torch.allclose(schedule, u.schedule.to(schedule.dtype), atol=1e-6):
+        raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
+    dev = resolve_device(device)
+    base = OUNet(replace(u.config, low_split=0), u.module, u.schedule, dict(u.meta), head=u.head, stage=u.stage,
+                 prompts=u.prompts).to(dev)  # an earlier low stack is replaced, not stacked on
+    cfg = replace(base.config, low_split=split, low_target=target)
+    train_idx, val_idx = store.indices("train"), store.indices("val")
+    if len(val_idx) == 0:
+        raise ValueError(f"store {store.path} has no held-out records: the low-noise stack could not be checked")
+    rng = np.random.default_rng(seed)
+    rows_cfg = replace(base.config, target=target)  # the rows' y: the low stack's own target
+    p_train = below_split_weights(target, schedule, store.t[train_idx], split)
+    p_val = below_split_weights(target, schedule, store.t[val_idx], split)
+    x, y = draw_rows(rows_cfg, schedule, store, train_idx, max_rows, rng, dev, None, base.stage, p_train)
+    xv, yv = draw_rows(rows_cfg, schedule, store, val_idx, max(10_000, max_rows // 10), rng, dev, None, base.stage,
+                       p_val)
+    out_scale = low_out_scale(cfg, y)
+    hidden = tuple(base.module.config.hidden) if hidden is None else tuple(hidden)
+    print(f"low-noise stack: t < {split}, target {target}, hidden {hidden}, {x.shape[0]:,} rows, out_scale "
+          f"{out_scale:g}", file=log_to, flush=True)
+    low = ola.fit(x, y, hidden=hidden, out_scale=out_scale, population=population,
+                  max_seconds=None if generations else max_seconds, generations=generations,
+                  x_val=xv, y_val=yv, device=dev, seed=seed, init=init, progress=progress,
+                  units_per_round=DENOISER_UNITS_PER_ROUND)
+    del x, y, xv, yv
+    # the keep decision: records below the split, each weighted by how far the main target's error moves its update
+    below = val_idx[np.asarray(store.t[val_idx]).round() < split]
+    eval_idx = np.sort(np.random.default_rng(seed + 1).choice(below, min(eval_records, len(below)), replace=False))
+    t_eval = torch.as_tensor(np.asarray(store.t[eval_idx])).round().long()
+    w = update_weight(base.config.target, schedule, t_eval, 8).double().numpy()
+    w = w / w.mean()
+    cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
+                 prompts=base.prompts, low=low).to(dev)
+    before, after = heldout_score(base, store, eval_idx, w), heldout_score(cand, store, eval_idx, w)
+    kept = after["heldout_mse"] < before["heldout_mse"]
+    rep = {"split": split, "target": target, "hidden": list(hidden), "seconds": round(time.perf_counter() - t0, 1),
+           "before": before, "after": after, "kept": kept, "low_parameters": low.num_parameters(),
+           "fit": {k: low.training_summary.get(k) for k in ("generations", "val_mse", "n_train", "device")}}
+    print(f"low-noise stack: held-out update-weighted {base.config.target} MSE below t = {split}: "
+          f"{before['heldout_mse']:.5g} -> {after['heldout_mse']:.5g} ({'kept' if kept else 'worse: not kept'})",
+          file=log_to, flush=True)
+    if not kept:
+        return base, rep
+    cand.meta["low"] = rep
+    return cand, rep
+

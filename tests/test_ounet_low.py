@@ -1,0 +1,112 @@
+"""The low-noise stack (ounet/low.py): steps below the split run their own stack, saved, loaded, trained, resumed."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import MNIST, needs_mnist
+from test_ounet_stage import staged
+
+from organic_sd import cli, ola
+from organic_sd.data.denoiser_store import DenoiserStore
+from organic_sd.ounet import OUNet
+from organic_sd.ounet.features import features
+from organic_sd.ounet.low import below_split_weights, fit_low
+from organic_sd.ounet.stage import stage_map
+from organic_sd.ounet.targets import to_eps
+
+
+def with_low(u: OUNet, split=20, target="x0", seed=3) -> OUNet:
+    """u with a random low-noise stack of its stack's shape for t < split."""
+    g = torch.Generator().manual_seed(seed)
+    low = ola.OLAModule(ola.OLAConfig(u.config.in_dim, u.config.sample_shape[0], (4,), out_scale=0.6))
+    for p in low.parameters():
+        p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return OUNet(replace(u.config, low_split=split, low_target=target), u.module, u._schedule, stage=u.stage, low=low)
+
+
+def rows_eps(u, module, target, x, t):
+    """The reference path: explicit feature rows through one stack, converted to eps."""
+    coarse = stage_map(u.config, u.stage, u._schedule, x, t)
+    pred = module(features(u.config, u._schedule, x, t, None, coarse)).transpose(1, 2).reshape(x.shape)
+    return to_eps(target, pred, x, u._schedule[t].float())
+
+
+def test_steps_below_the_split_take_the_low_stack_in_the_fast_path_and_mixed_batches():
+    u = with_low(staged("v"))
+    x, t = torch.randn(4, 2, 12, 12), torch.tensor([3, 40, 19, 20])  # two below the split, two from it on
+    out = u(x, t)
+    low, high = t < 20, t >= 20
+    torch.testing.assert_close(out[low], rows_eps(u, u.low, "x0", x[low], t[low]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[high], rows_eps(u, u.module, "v", x[high], t[high]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(u(x[low], t[low]), out[low])  # a batch all below the split: the same numbers
+    plain = OUNet(replace(u.config, low_split=0), u.module, u._schedule, stage=u.stage)
+    torch.testing.assert_close(plain(x[high], t[high]), out[high])  # above the split nothing changed
+    assert not torch.allclose(plain(x[low], t[low]), out[low])
+
+
+def test_round_trip_and_mismatches(tmp_path):
+    u = with_low(staged("v"))
+    path = u.save(tmp_path / "u.safetensors")
+    v = OUNet.load(path)
+    assert (v.config.low_split, v.config.low_target) == (20, "x0")
+    assert torch.equal(v.low.readout.weight, u.low.readout.weight)
+    x, t = torch.randn(2, 2, 12, 12), torch.tensor([5, 30])
+    torch.testing.assert_close(v(x, t), u(x, t))
+    assert v.num_parameters() == u.num_parameters() > OUNet(replace(u.config, low_split=0), u.module, u._schedule,
+                                                            stage=u.stage).num_parameters()
+    with pytest.raises(ValueError, match="needs a low-noise stack"):
+        OUNet(u.config, u.module, u._schedule, stage=u.stage)
+    with pytest.raises(ValueError, match="needs no low-noise stack"):
+        OUNet(replace(u.config, low_split=0), u.module, u._schedule, stage=u.stage, low=u.low)
+    with pytest.raises(ValueError, match="low_split"):
+        replace(u.config, low_split=u.config.num_steps)
+
+
+def test_weights_vanish_from_the_split_on():
+    t = [0, 10, 399, 400, 900]
+    sched = torch.linspace(0.9999, 0.01, 1000, dtype=torch.float64)
+    p = below_split_weights("x0", sched, t, 400)
+    assert p[3] == p[4] == 0 and (p[:3] > 0).all() and abs(p.sum() - 1) < 1e-9
+    with pytest.raises(ValueError, match="no record has t < 1"):
+        below_split_weights("x0", sched, [5, 9], 1)
+
+
+@needs_mnist
+def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(tmp_path, monkeypatch):
+    store, run = tmp_path / "store", tmp_path / "run"
+    assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
+                     "--samples", "16", "--steps", "4", "--renoise", "2", "--batch", "16", "--device", "cpu",
+                     "--val-fraction", "0.4"]) == 0
+    assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1", "--generations",
+                     "4", "--max-rows", "2000", "--hidden", "2", "--eval-records", "4", "--window", "3",
+                     "--modulate", "1", "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.2",
+                     "--target", "v", "--tick-seconds", "20"]) == 0
+    u, ds = OUNet.load(run), DenoiserStore.open(store)
+    u2, rep = fit_low(u, ds, split=500, hidden=(3,), generations=60, max_rows=3000, eval_records=16, population=8,
+                      log_to=open("/dev/null", "w"))
+    assert rep["before"]["heldout_mse"] > 0 and rep["fit"]["n_train"] > 0
+    if rep["kept"]:  # kept exactly when the held-out error below the split fell
+        assert rep["after"]["heldout_mse"] < rep["before"]["heldout_mse"] and u2.low is not None
+        assert u2.config.low_split == 500 and u2.low.config.out_scale == pytest.approx(1.05 * 0.5)
+    else:
+        assert rep["after"]["heldout_mse"] >= rep["before"]["heldout_mse"] and u2.low is None
+    # Ctrl-C while growing: the units so far are kept beside --out, and the same command goes on from them
+    out = tmp_path / "low.safetensors"
+    args = ["train", "denoiser-low", "--ounet", str(run), "--store", str(store), "--out", str(out), "--split", "500",
+            "--hidden", "4", "--max-rows", "3000", "--eval-records", "16", "--population", "8", "--max-minutes", "0.05"]
+    real, seen = ola.fit, []
+
+    def interrupted_fit(x, y, **kw):
+        seen.append(kw.get("init"))
+        m = real(x, y, **{**kw, "hidden": (2,), "max_seconds": 1.0})
+        raise ola.FitInterrupted(m)
+
+    monkeypatch.setattr(ola, "fit", interrupted_fit)
+    assert cli.main(args) == 130 and not out.exists()
+    partial = tmp_path / "low.low-partial.safetensors"
+    assert partial.is_file() and ola.load(partial).config.hidden == (2,)
+    monkeypatch.setattr(ola, "fit", lambda x, y, **kw: seen.append(kw.get("init")) or real(x, y, **kw))
+    assert cli.main(args) == 0 and out.is_file() and not partial.exists()
+    assert seen[0] is None and seen[1].config.hidden == (2,)  # the second run continued the grown units
+    OUNet.load(out)  # a loadable O-UNet, with or without the stack (kept only if it helped)
