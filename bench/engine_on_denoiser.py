@@ -150,8 +150,9 @@ def main(argv=None) -> int:
     else:  # the own stack predicts another quantity: no row-level comparison
         lo, hi = cfg.pixel_range
         out_scale, shipped = 1.05 * max(abs(lo), abs(hi)) if cfg.target == "x0" else float(y.abs().max()), None
-    print(f"{x.shape[0]:,} training rows, {xv.shape[0]:,} held out, t < {args.split}; the O-UNet's own stack: "
-          f"held-out {u.config.target} MSE {shipped}")
+    own = f"the O-UNet's own stack: held-out MSE {shipped:.5f}" if shipped is not None else \
+        f"the O-UNet's own stack predicts {u.config.target}, not {cfg.target}: no row-level comparison"
+    print(f"{x.shape[0]:,} training rows, {xv.shape[0]:,} held out, t < {args.split}, target {cfg.target}; {own}")
     judge = SampleJudge(args.teacher, u, args.samples, dev) if args.samples else None
     if judge is not None:
         print(json.dumps({"variant": "own stack", **judge(u)}))

@@ -18,7 +18,6 @@ from organic_sd.ovae.config import DECODER_ONLY, TrainConfig
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import json
-
     from dataclasses import asdict
 
     from organic_sd import ola

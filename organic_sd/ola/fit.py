@@ -7,13 +7,14 @@ import warnings
 
 import torch
 
-from organic_sd.ola import cascade
 from organic_sd.devices import resolve_device
+from organic_sd.ola import cascade
 from organic_sd.ola.checks import as_matrix, check_pair
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Subspace
 from organic_sd.ola.readout import Data, fit_readout
-from organic_sd.ola.refine import Refine, refine as refine_units
+from organic_sd.ola.refine import Refine
+from organic_sd.ola.refine import refine as refine_units
 from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
 
