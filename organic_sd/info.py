@@ -112,6 +112,13 @@ def ounet_summary(u) -> str:
                      f"read by the per-pixel stack through a {c.stage_window}x{c.stage_window} window")
     if getattr(c, "target", "eps") != "eps":
         lines.append(f"  predicts {c.target} (returned as eps)")
+    low = getattr(u, "low", None)
+    if low is not None:
+        rep = u.meta.get("low") or {}
+        moved = (f"; held-out update-weighted {c.target} MSE below the split {rep['before']['heldout_mse']:.4g} -> "
+                 f"{rep['after']['heldout_mse']:.4g}" if rep.get("before") and rep.get("after") else "")
+        lines.append(f"  low-noise stack: {_arch(asdict(low.config))} for t < {c.low_split}, predicts {c.low_target}"
+                     + moved)
     t = getattr(u.module, "training_summary", {}) or {}
     lines.append(f"  trained: {_trained(t)}")
     figs = _figures(u.meta)

@@ -55,6 +55,9 @@ def test_round_trip_and_mismatches(tmp_path):
     torch.testing.assert_close(v(x, t), u(x, t))
     assert v.num_parameters() == u.num_parameters() > OUNet(replace(u.config, low_split=0), u.module, u._schedule,
                                                             stage=u.stage).num_parameters()
+    from organic_sd.info import ounet_summary
+
+    assert "low-noise stack: " in ounet_summary(v) and "for t < 20, predicts x0" in ounet_summary(v)
     with pytest.raises(ValueError, match="needs a low-noise stack"):
         OUNet(u.config, u.module, u._schedule, stage=u.stage)
     with pytest.raises(ValueError, match="needs no low-noise stack"):
