@@ -52,6 +52,12 @@ def _inner_to_window(w: torch.Tensor, C: int, side: int, k: int) -> torch.Tensor
     return out
 
 
+def _pad_to(kern: torch.Tensor, side: int) -> torch.Tensor:
+    """(O, C, s, s) kernel -> (O, C, side, side), zero around it (side >= s, both odd)."""
+    cut = (side - kern.shape[-1]) // 2
+    return F.pad(kern, (cut, cut, cut, cut))
+
+
 def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glob, pos, stage=None) -> torch.Tensor:
     """(O, in) weights on feature rows -> (B, O, H, W) pre-activations, computed as a convolution."""
 
@@ -62,6 +68,11 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
     if cfg.modulate:
         bias = bias + ab.sqrt()[:, None] * (glob @ w[:, col["glob_s"]].T) \
             + (1 - ab).sqrt()[:, None] * (glob @ w[:, col["glob_n"]].T)
+    # The upsampled coarse prediction's window is a second input channel of the same convolution (its kernel
+    # zero-padded to the common side), not a convolution of its own added after: on a CPU the adds of these
+    # (B, O, H, W) maps cost as much as the convolutions (bench/ounet_speed.py).
+    side = max(k, cfg.stage_window) if cfg.stage_grid else k
+    inp = torch.cat([x_t, stage], 1) if cfg.stage_grid else x_t  # (B, C or 2C, H, W)
     levels = ab.unique()
     out = None if len(levels) == 1 else torch.empty(x_t.shape[0], w.shape[0], H, W, dtype=x_t.dtype,
                                                      device=x_t.device)
@@ -72,14 +83,19 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
                                            C, cfg.modulate, k)
         if cfg.gain:
             kern = kern + _inner_to_window(w[:, col["gain"]] / (1 - a + GAIN_FLOOR ** 2).sqrt(), C, cfg.gain, k)
+        kern = _pad_to(kern, side)
+        if cfg.stage_grid:
+            sk = lambda name: w[:, col[name]].reshape(-1, C, cfg.stage_window, cfg.stage_window)  # noqa: E731
+            kern = torch.cat([kern, _pad_to(sk("stage") + a.sqrt() * sk("stage_s") + (1 - a).sqrt() * sk("stage_n"),
+                                            side)], 1)  # (O, 2C, side, side)
         if out is None:
-            out = F.conv2d(x_t, kern, padding=k // 2)  # (B, O, H, W)
+            out = F.conv2d(inp, kern, padding=side // 2)  # (B, O, H, W)
         else:
             sel = ab == a
-            out[sel] = F.conv2d(x_t[sel], kern, padding=k // 2)
+            out[sel] = F.conv2d(inp[sel], kern, padding=side // 2)
     if cfg.coarse:
         # the coarse map is constant on each s x s cell and the kernel steps by s, so its convolution is
-        # one on the pooled grid, repeated over each cell
+        # one on the pooled grid, repeated over each cell; the per-image bias rides along on the small grid
         c, ck = cfg.coarse, lambda name: w[:, col[name]].reshape(-1, C, 3, 3)
         pooled = F.avg_pool2d(x_t, c)  # (B, C, H/s, W/s)
         small = pooled.new_empty(pooled.shape[0], w.shape[0], *pooled.shape[2:])  # (B, O, H/s, W/s)
@@ -87,19 +103,13 @@ def _first_layer(cfg, w: torch.Tensor, b: torch.Tensor, x_t, ab, image_cols, glo
             sel = ab == a
             small[sel] = F.conv2d(pooled[sel], ck("coarse") + a.sqrt() * ck("coarse_s") + (1 - a).sqrt() * ck("coarse_n"),
                                   padding=1)
+        small.add_(bias[:, :, None, None])
         B, n_out = small.shape[:2]
         out.view(B, n_out, H // c, c, W // c, c).add_(small[:, :, :, None, :, None])
-    if cfg.stage_grid:  # the upsampled coarse prediction's window: one more convolution per noise level
-        sw, sk = cfg.stage_window, lambda name: w[:, col[name]].reshape(-1, C, cfg.stage_window, cfg.stage_window)
-        for a in levels:
-            kern = sk("stage") + a.sqrt() * sk("stage_s") + (1 - a).sqrt() * sk("stage_n")
-            if len(levels) == 1:
-                out.add_(F.conv2d(stage, kern, padding=sw // 2))
-            else:
-                sel = ab == a
-                out[sel] += F.conv2d(stage[sel], kern, padding=sw // 2)
+    else:
+        out.add_(bias[:, :, None, None])
     # in place: these maps are the largest tensors of the whole step
-    return out.add_(bias[:, :, None, None]).add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
+    return out.add_((pos @ w[:, col["pos"]].T).T.reshape(1, -1, H, W))
 
 
 def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
@@ -118,23 +128,24 @@ def fast_eps(u, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
     n_in = cfg.in_dim
     layers = list(m.hidden)
     ro_w, ro_b = m.readout.weight, m.readout.bias  # (C, in + sum hidden), (C,)
-    # the first hidden layer and the readout's input part read the same rows: one convolution for both
-    first_w = torch.cat([layers[0].weight, ro_w[:, :n_in]]) if layers else ro_w[:, :n_in]
-    first_b = torch.cat([layers[0].bias, torch.zeros_like(ro_b)]) if layers else torch.zeros_like(ro_b)
+    # the first hidden layer and the readout's input part read the same rows: one convolution for both.
+    # tanh(z) = 2 sigmoid(2z) - 1 exactly, and the CPU's sigmoid is ~3x faster than its tanh: the first
+    # layer's rows are doubled here (z -> 2z inside the convolution) and the readout takes 2 W sigmoid - W 1
+    first_w = torch.cat([2 * layers[0].weight, ro_w[:, :n_in]]) if layers else ro_w[:, :n_in]
+    first_b = torch.cat([2 * layers[0].bias, torch.zeros_like(ro_b)]) if layers else torch.zeros_like(ro_b)
     pre = _first_layer(cfg, first_w.float(), first_b.float(), x_t, ab, image_cols, glob, pos, stage)  # (B, O, H, W)
     n_h = layers[0].out_features if layers else 0
     y = pre[:, n_h:] + ro_b[None, :, None, None]  # (B, C, H, W): readout so far
     start = n_in
     sig = None
     for layer in layers:
-        if sig is not None:  # deeper layers read the previous one's tanh
-            h = 2 * sig - 1
-            sig = torch.sigmoid(2 * (torch.einsum("oi,bihw->bohw", layer.weight, h) + layer.bias[None, :, None, None]))
+        if sig is not None:  # deeper layers read the previous one's tanh, 2 sig - 1, as a 1x1 convolution
+            z = torch.matmul(4 * layer.weight, sig.flatten(2)) + 2 * (layer.bias - layer.weight.sum(1))[:, None]
+            sig = torch.sigmoid(z).view(sig.shape[0], -1, *sig.shape[2:])
         else:
-            # tanh(z) = 2 sigmoid(2z) - 1 exactly, and the CPU's sigmoid is ~3x faster than its tanh: the
-            # readout takes 2 W sigmoid(2z) - W 1 instead
-            sig = torch.sigmoid(pre[:, :n_h].mul_(2))
+            sig = torch.sigmoid(pre[:, :n_h])
         wo = ro_w[:, start:start + sig.shape[1]]  # (C, width)
-        y = y + torch.einsum("oi,bihw->bohw", 2 * wo, sig) - wo.sum(1)[None, :, None, None]
+        # (C, width) @ (B, width, HW) reads the map where it lies; an einsum copied it to a matmul layout first
+        y = y + (torch.matmul(2 * wo, sig.flatten(2)) - wo.sum(1)[:, None]).view_as(y)
         start += sig.shape[1]
     return m.config.out_scale * torch.tanh(y)

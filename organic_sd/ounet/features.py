@@ -81,8 +81,9 @@ class OUNetConfig:
             raise ValueError(f"stage_buckets must be 0 or >= 2, got {self.stage_buckets}")
         if self.stage_window < 1 or self.stage_window % 2 == 0:
             raise ValueError(f"stage_window must be odd and positive, got {self.stage_window}")
-        if self.target not in TARGETS or self.low_target not in TARGETS:
-            raise ValueError(f"target and low_target must be among {TARGETS}, got {self.target!r}, {self.low_target!r}")
+        for name in ("target", "low_target"):
+            if getattr(self, name) not in TARGETS:
+                raise ValueError(f"{name} must be one of {TARGETS}, got {getattr(self, name)!r}")
         if not 0 <= self.low_split < self.num_steps:
             raise ValueError(f"low_split must be in [0, {self.num_steps}), got {self.low_split}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
