@@ -30,8 +30,8 @@ from organic_sd import ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.metrics.denoising import denoising_error
 from organic_sd.ounet import generate as gen
+from organic_sd.ounet.low import below_split_weights
 from organic_sd.ounet.model import OUNet
-from organic_sd.ounet.targets import update_weight
 from organic_sd.ounet.train import draw_rows
 from organic_sd.teachers.ddim import seeded_noise
 
@@ -71,9 +71,7 @@ def fit_kwargs(opts: dict, hidden: tuple[int, ...]) -> dict:
 def low_noise_rows(u: OUNet, cfg, store: DenoiserStore, split: int, n_rows: int, dev: torch.device):
     """Update-weighted training and held-out rows (cfg.target) of records with t < split: ((x, y), (x_val, y_val))."""
     def probs(pool):
-        t = torch.from_numpy(store.t[pool]).round().long()
-        w = update_weight(cfg.target, u.schedule, t, 8).double() * (t < split)
-        return (w / w.sum()).numpy()
+        return below_split_weights(cfg.target, u.schedule, store.t[pool], split)
 
     rng = np.random.default_rng(0)
     tr, va = store.indices("train"), store.indices("val")

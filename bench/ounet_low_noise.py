@@ -25,8 +25,8 @@ import torch
 from organic_sd import ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ounet import generate as gen
+from organic_sd.ounet.low import below_split_weights
 from organic_sd.ounet.model import OUNet
-from organic_sd.ounet.targets import update_weight
 from organic_sd.ounet.train import draw_rows
 from organic_sd.teachers.ddim import seeded_noise
 
@@ -78,10 +78,8 @@ def main(argv=None) -> int:
     store = DenoiserStore.open(args.store)
     cpu = torch.device("cpu")
 
-    def probs(pool):  # update-weighted (v, 8 steps), records below the split only
-        t = torch.from_numpy(store.t[pool]).round().long()
-        w = update_weight(u.config.target, u.schedule, t, 8).double() * (t < args.split)
-        return (w / w.sum()).numpy()
+    def probs(pool):  # update-weighted (the O-UNet's target, 8 steps), records below the split only
+        return below_split_weights(u.config.target, u.schedule, store.t[pool], args.split)
 
     rng = np.random.default_rng(0)
     tr, va = store.indices("train"), store.indices("val")
