@@ -62,6 +62,15 @@ def test_head_is_evolved_per_bucket_and_survives_a_round_trip(tmp_path, store):
     assert u3.config.head_buckets in (0, 2)
 
 
+def test_a_head_keeps_the_low_noise_stack_it_is_fitted_beside(store):
+    cfg = OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=3, grid=2, freqs=1, modulate=1, teacher="fake",
+                      low_split=T // 2)
+    u = OUNet(cfg, _stack(cfg), FakeTeacher.alphas_cumprod, low=_stack(cfg, seed=1))
+    u2, rep = fit_head(u, store, buckets=2, generations=40, max_rows=2000, eval_records=40,
+                       log_to=open("/dev/null", "w"))
+    assert u2.low is u.low and u2.config.low_split == T // 2
+
+
 def test_head_shape_must_match_its_buckets():
     cfg = OUNetConfig(sample_shape=(1, 6, 6), num_steps=T, window=3, grid=2, freqs=1, head_buckets=2)
     with pytest.raises(ValueError, match="needs a linear head"):

@@ -42,7 +42,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
     dev = resolve_device(device)
     # a head is fitted on the stack's residual alone: an earlier head is dropped, not stacked on
     u = OUNet(replace(u.config, head_buckets=0), u.module, u.schedule, dict(u.meta), adapter=u.adapter,
-              stage=u.stage, prompts=u.prompts).to(dev)
+              stage=u.stage, prompts=u.prompts, low=u.low).to(dev)
     cfg = replace(u.config, head_buckets=buckets)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = store.indices("train"), store.indices("val")
@@ -84,7 +84,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
                                                                replace=False))
     before = heldout_score(u, store, eval_idx)
     cand = OUNet(cfg, u.module, u.schedule, dict(u.meta), adapter=u.adapter, head=head, stage=u.stage,
-                 prompts=u.prompts)
+                 prompts=u.prompts, low=u.low)
     after = heldout_score(cand, store, eval_idx)
     kept = after["heldout_mse"] < before["heldout_mse"]
     rep = {"buckets": buckets, "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after,
