@@ -325,6 +325,39 @@ def _add_precompute_denoiser_parser(kinds) -> None:
     p.set_defaults(func=_cmd_precompute_denoiser)
 
 
+def _cmd_precompute_states(args: argparse.Namespace) -> int:
+    from organic_sd.data.student_states import add_student_states
+    from organic_sd.devices import resolve_device
+    from organic_sd.ounet import OUNet
+    from organic_sd.teachers import load_denoiser
+
+    device = str(resolve_device(args.device))
+    teacher = load_denoiser(args.teacher, device=device)
+    student = OUNet.load(args.ounet, device=device)
+    rep = add_student_states(teacher, student, args.store, args.samples, steps=args.steps, batch=args.batch,
+                             seed=args.seed, student_id=str(args.ounet))
+    print(rep.summary())
+    return 130 if rep.interrupted else 0
+
+
+def _add_precompute_states_parser(kinds) -> None:
+    """`osd precompute clone-states`: an O-UNet's own DDIM paths, labelled by its teacher, into its store."""
+    p = kinds.add_parser(
+        "clone-states", help="add the states an O-UNet visits on its own DDIM path, labelled by the teacher, to a "
+                             "denoiser store (so a refit learns to recover from its own errors)",
+        description="run an O-UNet's DDIM sampler from seeded noise and append every state it visits, with the "
+                    "teacher's eps there, to the teacher's denoiser store (resumable; keys SSSSSSSS/sKKKK)")
+    p.add_argument("--teacher", required=True, help="the teacher that wrote the store (ddpm-mnist[:PATH], ...)")
+    p.add_argument("--ounet", required=True, help="the O-UNet whose paths are recorded (file, run or shipped name)")
+    p.add_argument("--store", required=True, help="denoiser store written by `osd precompute denoiser`")
+    p.add_argument("--samples", type=int, default=4096, help="paths recorded (raise it to add more)")
+    p.add_argument("--steps", type=int, default=8, help="DDIM steps of each path (the step count users sample with)")
+    p.add_argument("--batch", type=int, default=256, help="paths per call")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (with the sample number)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.set_defaults(func=_cmd_precompute_states)
+
+
 # -- O-UNet: train denoiser, generate (organic_sd.ounet) ---------------------------------------
 
 def _cmd_train_denoiser(args: argparse.Namespace) -> int:
@@ -643,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "a few hundred photos need ~6 to become a training set")
     pre.set_defaults(func=_cmd_precompute)
     _add_precompute_denoiser_parser(kinds)
+    _add_precompute_states_parser(kinds)
     _add_store_parser(sub)
     _add_ovae_parsers(sub)
     _add_generate_parser(sub)
@@ -651,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def legacy_argv(argv: list[str]) -> list[str]:
     """The older spelling `osd precompute SOURCE ... --teacher ...` still means `osd precompute frames ...`."""
-    if argv[:1] == ["precompute"] and len(argv) > 1 and argv[1] not in ("frames", "denoiser", "-h", "--help"):
+    kinds = ("frames", "denoiser", "clone-states", "-h", "--help")
+    if argv[:1] == ["precompute"] and len(argv) > 1 and argv[1] not in kinds:
         return ["precompute", "frames", *argv[1:]]
     return argv
 

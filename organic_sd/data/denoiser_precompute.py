@@ -135,6 +135,40 @@ def _run_batch(teacher, chunk: list[int], steps: int, renoise: int, seed: int, t
     return (torch.stack(xs, 1).numpy(), torch.stack(ts, 1).numpy(), torch.stack(es, 1).numpy())
 
 
+def write_samples(writer, todo: list[int], keys_of: dict, run_batch, batch: int, rep: DenoiserPrecomputeReport,
+                  progress: bool, who: str) -> None:
+    """Run `run_batch(chunk) -> (x_t, t, eps)`, each (B, K, ...), over `todo` in chunks of `batch` samples and append
+    the records `keys_of[sample]` not yet in `writer`'s store; the first Ctrl-C commits after the current batch."""
+    stop, restore_sigint = catch_sigint()
+    bar = tqdm(total=rep.samples_already + len(todo), initial=rep.samples_already, unit="sample",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for b0 in range(0, len(todo), batch):
+            if stop["requested"]:
+                rep.interrupted = True
+                break
+            chunk = todo[b0:b0 + batch]
+            x, t, e = run_batch(chunk)
+            if not (np.isfinite(x.astype(np.float16)).all() and np.isfinite(e.astype(np.float16)).all()):
+                raise RuntimeError(f"{who} produced NaN/inf (or values beyond fp16) for sample {chunk[0]}...")
+            # a sample cut by a crash mid-shard has some records committed: add only the missing ones
+            keep = np.array([[k not in writer.done for k in keys_of[i]] for i in chunk])  # (B, K)
+            keys = [k for i in chunk for k in keys_of[i] if k not in writer.done]
+            groups = [sample_group(i) for i in chunk for k in keys_of[i] if k not in writer.done]
+            writer.add_arrays(keys, groups, {"x_t": x[keep], "t": t[keep], "eps": e[keep]})
+            rep.samples_written += len(chunk)
+            rep.records_written += len(keys)
+            bar.set_postfix(records=writer.count, refresh=False)
+            bar.update(len(chunk))
+        writer.close()  # commits the partial shard
+    except BaseException as exc:
+        writer.fail(exc)
+        raise
+    finally:
+        bar.close()
+        restore_sigint()
+
+
 def precompute_denoiser(
     teacher,
     out: str | Path,
@@ -186,35 +220,9 @@ def precompute_denoiser(
     keys_of = {i: [record_key(i, a, j) for a, j in kinds] for i in range(samples)}
     todo = [i for i in range(samples) if not all(k in writer.done for k in keys_of[i])]
     rep = DenoiserPrecomputeReport(store=out, samples_already=samples - len(todo))
-    stop, restore_sigint = catch_sigint()
     t0 = time.perf_counter()
-    bar = tqdm(total=samples, initial=rep.samples_already, unit="sample", disable=not progress, dynamic_ncols=True)
-    try:
-        for b0 in range(0, len(todo), batch):
-            if stop["requested"]:
-                rep.interrupted = True
-                break
-            chunk = todo[b0:b0 + batch]
-            x, t, e = _run_batch(teacher, chunk, steps, renoise, seed, table)
-            if not (np.isfinite(x.astype(np.float16)).all() and np.isfinite(e.astype(np.float16)).all()):
-                raise RuntimeError(f"teacher {teacher.id} produced NaN/inf (or values beyond fp16) for sample "
-                                   f"{chunk[0]}...")
-            # a sample cut by a crash mid-shard has some records committed: add only the missing ones
-            keep = np.array([[k not in writer.done for k in keys_of[i]] for i in chunk])  # (B, K+R)
-            keys = [k for i in chunk for k in keys_of[i] if k not in writer.done]
-            groups = [sample_group(i) for i in chunk for k in keys_of[i] if k not in writer.done]
-            writer.add_arrays(keys, groups, {"x_t": x[keep], "t": t[keep], "eps": e[keep]})
-            rep.samples_written += len(chunk)
-            rep.records_written += len(keys)
-            bar.set_postfix(records=writer.count, refresh=False)
-            bar.update(len(chunk))
-        writer.close()  # commits the partial shard
-    except BaseException as exc:
-        writer.fail(exc)
-        raise
-    finally:
-        bar.close()
-        restore_sigint()
+    write_samples(writer, todo, keys_of, lambda chunk: _run_batch(teacher, chunk, steps, renoise, seed, table),
+                  batch, rep, progress, f"teacher {teacher.id}")
     rep.seconds = time.perf_counter() - t0
     rep.total = writer.meta["count"]
     return rep
