@@ -72,6 +72,8 @@ def ovae_summary(v) -> str:
             for i, st in enumerate(d["stages"]):
                 c = st["stage"]
                 extra = f" + latent {c['extra_window']}x{c['extra_window']}" if c["extra_channels"] else ""
+                if c.get("carry_channels"):  # files written before the carry existed have no such key
+                    extra += f" + stage {i}'s {c['carry_channels']} hidden units {c['carry_window']}x{c['carry_window']}"
                 lines.append(f"    stage {i + 1}: {c['in_channels']}x{c['window']}x{c['window']}{extra} window, "
                              f"{_arch(st['ola'])}, x{c['up']} up; trained: {_trained(st.get('training') or {})}")
         else:

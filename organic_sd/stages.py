@@ -1,11 +1,17 @@
 """Stages: maps of OLA modules applied per position, coarse to fine (the staged O-Decoder's machinery).
 
 A stage reads a k x k window of the previous stage's map (plus, optionally, a ke x ke window of an extra map
-at the same resolution, e.g. the stack's input repeated up to it) and writes C_out * r * r values per position,
-which pixel-shuffle into an r-times larger map:
+at the same resolution, e.g. the stack's input repeated up to it, and a kc x kc window of the previous stage's
+hidden units repeated up to it, the carry) and writes C_out * r * r values per position, which pixel-shuffle into
+an r-times larger map:
 
-    map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> rows (B*h*w, C_in*k*k [+ C_e*ke*ke])
-        -> OLA module -> (B*h*w, C_out*r*r) -> (B, C_out, h*r, w*r)
+    map (B, C_in, h, w) [+ extra (B, C_e, h, w)] [+ carry (B, C_c, h, w)]
+        -> rows (B*h*w, C_in*k*k [+ C_e*ke*ke] [+ C_c*kc*kc]) -> OLA module -> (B*h*w, C_out*r*r)
+        -> (B, C_out, h*r, w*r)
+
+The carry is why a greedy stack can pass more than pixels down: a stage fitted toward RGB at its resolution
+keeps, in its hidden units, nonlinear features of its whole input window (for stage 1, of the latent), which
+the next stage may read beside the RGB (the feature channels a gradient-trained decoder passes between stages).
 
 Two paths give the same numbers. `rows` + the module is what training fits (ola.fit on rows); `fast`
 folds the module into convolutions: unfold's channel-major, row, column order is Conv2d's weight layout, so
@@ -45,22 +51,26 @@ class StageConfig:
     extra_channels: int = 0  # C_e: channels of the extra map (0: none)
     extra_window: int = 1  # ke, odd
     pad: str = "replicate"
+    carry_channels: int = 0  # C_c: hidden units of the previous stage read here (0: none)
+    carry_window: int = 1  # kc, odd
 
     def __post_init__(self):
-        for name in ("in_channels", "out_channels", "window", "up", "extra_window"):
+        for name in ("in_channels", "out_channels", "window", "up", "extra_window", "carry_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage {name} must be >= 1, got {getattr(self, name)}")
-        if self.extra_channels < 0:
-            raise ValueError(f"stage extra_channels must be >= 0, got {self.extra_channels}")
-        if self.window % 2 == 0 or self.extra_window % 2 == 0:
-            raise ValueError(f"stage windows must be odd, got window {self.window}, extra_window {self.extra_window}")
+        if self.extra_channels < 0 or self.carry_channels < 0:
+            raise ValueError(f"stage extra_channels and carry_channels must be >= 0, got {self.extra_channels}, "
+                             f"{self.carry_channels}")
+        if self.window % 2 == 0 or self.extra_window % 2 == 0 or self.carry_window % 2 == 0:
+            raise ValueError(f"stage windows must be odd, got window {self.window}, extra_window {self.extra_window}, "
+                             f"carry_window {self.carry_window}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"stage pad must be one of {PAD_MODES}, got {self.pad!r}")
 
     def io_dims(self) -> tuple[int, int]:
         """(in_dim, out_dim) of the OLA module this stage wraps."""
-        return (self.in_channels * self.window ** 2 + self.extra_channels * self.extra_window ** 2,
-                self.out_channels * self.up ** 2)
+        return (self.in_channels * self.window ** 2 + self.extra_channels * self.extra_window ** 2
+                + self.carry_channels * self.carry_window ** 2, self.out_channels * self.up ** 2)
 
 
 def padded(x: torch.Tensor, k: int, pad: str) -> torch.Tensor:
@@ -82,11 +92,15 @@ def windows(x: torch.Tensor, k: int, pad: str = "replicate") -> torch.Tensor:
     return cols.transpose(1, 2).reshape(B * h * w, C * k * k)
 
 
-def stage_rows(c: StageConfig, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-    """A stage's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
+def stage_rows(c: StageConfig, x: torch.Tensor, extra: torch.Tensor | None = None,
+               carry: torch.Tensor | None = None) -> torch.Tensor:
+    """A stage's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows, then the
+    carry's kc x kc windows."""
     parts = [windows(x, c.window, c.pad)]
     if c.extra_channels:
         parts.append(windows(extra, c.extra_window, c.pad))
+    if c.carry_channels:
+        parts.append(windows(carry, c.carry_window, c.pad))
     return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
@@ -123,51 +137,72 @@ class Stage(nn.Module):
             raise ValueError(f"stage {config} needs a module {want[0]} -> {want[1]}, got {have[0]} -> {have[1]}")
         self.config, self.module = config, module
 
-    def _check(self, x: torch.Tensor, extra: torch.Tensor | None) -> None:
+    @property
+    def hidden_width(self) -> int:
+        """How many hidden units a position has (all layers): the channels a next stage's carry reads."""
+        return sum(self.module.config.hidden)
+
+    def _check(self, x: torch.Tensor, extra: torch.Tensor | None, carry: torch.Tensor | None = None) -> None:
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"stage input must have shape (B, {c.in_channels}, h, w), got {tuple(x.shape)}")
-        if c.extra_channels and (extra is None or extra.ndim != 4 or extra.shape[1] != c.extra_channels
-                                 or extra.shape[-2:] != x.shape[-2:] or extra.shape[0] != x.shape[0]):
-            got = None if extra is None else tuple(extra.shape)
-            raise ValueError(f"stage extra must have shape ({x.shape[0]}, {c.extra_channels}, "
-                             f"{x.shape[2]}, {x.shape[3]}), got {got}")
-        if not c.extra_channels and extra is not None:
-            raise ValueError("this stage takes no extra map, got one")
+        for name, m, channels in (("extra", extra, c.extra_channels), ("carry", carry, c.carry_channels)):
+            if channels and (m is None or m.ndim != 4 or m.shape[1] != channels or m.shape[-2:] != x.shape[-2:]
+                             or m.shape[0] != x.shape[0]):
+                got = None if m is None else tuple(m.shape)
+                raise ValueError(f"stage {name} must have shape ({x.shape[0]}, {channels}, {x.shape[2]}, "
+                                 f"{x.shape[3]}), got {got}")
+            if not channels and m is not None:
+                raise ValueError(f"this stage takes no {name} map, got one")
 
-    def rows(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """The module's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows."""
-        self._check(x, extra)
-        return stage_rows(self.config, x, extra)
+    def rows(self, x: torch.Tensor, extra: torch.Tensor | None = None,
+             carry: torch.Tensor | None = None) -> torch.Tensor:
+        """The module's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's, then the carry's."""
+        self._check(x, extra, carry)
+        return stage_rows(self.config, x, extra, carry)
 
-    def row_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """The reference path: rows -> module -> blocks (what training fits), in chunks of MAX_ROWS rows."""
+    def row_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, carry: torch.Tensor | None = None,
+                    with_hidden: bool = False):
+        """The reference path: rows -> module -> blocks (what training fits), in chunks of MAX_ROWS rows.
+        `with_hidden`: also the hidden units per position (B, hidden_width, h, w), what a next stage carries."""
         B, _, h, w = x.shape
-        rows = self.rows(x.to(self.module.readout.weight.dtype),
-                         None if extra is None else extra.to(self.module.readout.weight.dtype))
-        out = torch.cat([self.module(rows[i:i + MAX_ROWS]) for i in range(0, rows.shape[0], MAX_ROWS)])
-        return from_blocks(out, B, h, w, self.config.up)
+        dt = self.module.readout.weight.dtype
+        rows = self.rows(*(None if m is None else m.to(dt) for m in (x, extra, carry)))
+        outs, hids = [], []
+        for i in range(0, rows.shape[0], MAX_ROWS):
+            feats = self.module.features(rows[i:i + MAX_ROWS])  # (n, in_dim + hidden_width)
+            outs.append(self.module.config.out_scale * torch.tanh(self.module.readout(feats)))
+            hids.append(feats[:, self.module.in_dim:])
+        y = from_blocks(torch.cat(outs), B, h, w, self.config.up)
+        if not with_hidden:
+            return y
+        return y, torch.cat(hids).reshape(B, h, w, -1).permute(0, 3, 1, 2)
 
-    def fast(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def fast(self, x: torch.Tensor, extra: torch.Tensor | None = None, carry: torch.Tensor | None = None,
+             with_hidden: bool = False):
         """The same numbers as row_forward, as convolutions (no window matrix is ever built)."""
-        self._check(x, extra)
+        self._check(x, extra, carry)
         c, m = self.config, self.module
         dt = m.readout.weight.dtype
-        xp = padded(x.to(dt), c.window, c.pad)  # (B, C_in, h+k-1, w+k-1)
-        ep = padded(extra.to(dt), c.extra_window, c.pad) if c.extra_channels else None
-        nx = c.in_channels * c.window ** 2
+        # each input map with its window side and channels, in the rows' column order
+        maps = [(padded(x.to(dt), c.window, c.pad), c.in_channels, c.window)]
+        if c.extra_channels:
+            maps.append((padded(extra.to(dt), c.extra_window, c.pad), c.extra_channels, c.extra_window))
+        if c.carry_channels:
+            maps.append((padded(carry.to(dt), c.carry_window, c.pad), c.carry_channels, c.carry_window))
 
         def windowed(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-            # W (O, in_dim): the window's columns in unfold order are a (O, C, k, k) kernel
-            O = W.shape[0]
-            y = F.conv2d(xp, W[:, :nx].reshape(O, c.in_channels, c.window, c.window), b)
-            if ep is not None:
-                y = y + F.conv2d(ep, W[:, nx:].reshape(O, c.extra_channels, c.extra_window, c.extra_window))
+            # W (O, in_dim): each map's columns in unfold order are a (O, C, k, k) kernel
+            O, start, y = W.shape[0], 0, None
+            for mp, C, k in maps:
+                part = F.conv2d(mp, W[:, start:start + C * k * k].reshape(O, C, k, k), b if y is None else None)
+                y = part if y is None else y + part
+                start += C * k * k
             return y  # (B, O, h, w)
 
         Wr = m.readout.weight  # (out, in_dim + sum(hidden)): the window's columns first, then each layer's
         y = windowed(Wr[:, :m.in_dim], m.readout.bias)
-        h, start = None, m.in_dim
+        h, start, hids = None, m.in_dim, []
         for i, layer in enumerate(m.hidden):
             if i == 0:
                 h = torch.tanh(windowed(layer.weight, layer.bias))
@@ -176,12 +211,18 @@ class Stage(nn.Module):
             width = layer.weight.shape[0]
             y = y + F.conv2d(h, Wr[:, start:start + width, None, None])
             start += width
-        y = m.config.out_scale * torch.tanh(y)  # (B, C_out*r*r, h, w)
-        return F.pixel_shuffle(y, c.up)
+            hids.append(h)
+        y = F.pixel_shuffle(m.config.out_scale * torch.tanh(y), c.up)  # (B, C_out, h*r, w*r)
+        if not with_hidden:
+            return y
+        hidden = (hids[0] if len(hids) == 1 else torch.cat(hids, 1)) if hids else x.new_zeros(x.shape[0], 0,
+                                                                                               *x.shape[-2:])
+        return y, hidden  # hidden (B, hidden_width, h, w)
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """map (B, C_in, h, w) [+ extra] -> (B, C_out, h*r, w*r), by the fast path."""
-        return self.fast(x, extra)
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None,
+                carry: torch.Tensor | None = None) -> torch.Tensor:
+        """map (B, C_in, h, w) [+ extra] [+ carry] -> (B, C_out, h*r, w*r), by the fast path."""
+        return self.fast(x, extra, carry)
 
     def describe(self) -> dict:
         """JSON-able: the stage's config, its module's config and training summary."""
@@ -193,7 +234,8 @@ class Stack(nn.Module):
     """Stages in turn: input (B, C, h, w) -> (B, C_last, h*R, w*R), R the product of the stages' r.
 
     Stage i reads stage i-1's output (stage 0 the input); a stage with extra channels also reads the
-    stack's input repeated up to its own input's resolution."""
+    stack's input repeated up to its own input's resolution, one with carry channels stage i-1's hidden units
+    repeated up likewise."""
 
     def __init__(self, stages: list[Stage]):
         super().__init__()
@@ -208,6 +250,10 @@ class Stack(nn.Module):
             if s.config.extra_channels not in (0, first):
                 raise ValueError(f"stage {i + 1}'s extra map is the stack's input ({first} channels), "
                                  f"got extra_channels {s.config.extra_channels}")
+            carried = 0 if i == 0 else stages[i - 1].hidden_width
+            if s.config.carry_channels not in (0, carried) or (i == 0 and s.config.carry_channels):
+                raise ValueError(f"stage {i + 1}'s carry is the previous stage's hidden units ({carried}), got "
+                                 f"carry_channels {s.config.carry_channels}")
         self.stages = nn.ModuleList(stages)
 
     @property
@@ -228,12 +274,18 @@ class Stack(nn.Module):
 
     def outputs(self, x: torch.Tensor, fast: bool = True) -> list[torch.Tensor]:
         """Every stage's output map, coarse to fine; `fast=False` takes the row (reference) path."""
-        maps, cur = [], x
+        return self.run(x, fast)[0]
+
+    def run(self, x: torch.Tensor, fast: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(every stage's output map, the last stage's hidden units (B, hidden_width, h, w) at its input's
+        resolution: what a stage appended after it would carry, repeated up to its own input)."""
+        maps, cur, hidden = [], x, None
         for s in self.stages:
             extra = repeat_up(x, cur.shape[-2:]) if s.config.extra_channels else None
-            cur = s.fast(cur, extra) if fast else s.row_forward(cur, extra)
+            carry = repeat_up(hidden, cur.shape[-2:]) if s.config.carry_channels else None
+            cur, hidden = (s.fast if fast else s.row_forward)(cur, extra, carry, with_hidden=True)
             maps.append(cur)
-        return maps
+        return maps, hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> the last stage's map (B, C_last, h*R, w*R)."""

@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import quick
 
 from organic_sd import cli
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
 from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae.train import train
-from conftest import quick
 
 STAGES = ("3:4", "3:3", "1:0:1")  # tiny: latent -> 1/4 -> 1/2 -> full on the 32x32 fake store
 
@@ -82,6 +82,19 @@ def test_init_from_a_staged_run(store, tmp_path, capsys):
         train(quick("decoder", store, tmp_path / "c", stages=("3:4", "3:3", "3:0:1"), ticks=1, init=str(first)))
 
 
+def test_a_carried_stack_trains_and_loads_with_the_carry(store, tmp_path, capsys):
+    run = tmp_path / "carry"
+    res = train(quick("decoder", store, run, stages=("3:4", "3:3:0:1", "1:0:1:3")))
+    assert res["status"] == "done" and "carried hidden 4x1x1" in capsys.readouterr().out
+    d = OVAE.load(run).decoder
+    assert [s.config.carry_channels for s in d.module.stages] == [0, 4, 3]
+    assert [s.config.carry_window for s in d.module.stages] == [1, 1, 3]
+    z = torch.randn(2, 4, 3, 5)
+    assert torch.allclose(OVAE.load(run).decode(z), d.module.outputs(z, fast=False)[-1].clamp(-1, 1), atol=1e-5)
+    for s in res["stages"]:
+        assert s["heldout_mse"] < 0.2, s
+
+
 def test_stages_flag_on_the_command_line(store, tmp_path):
     run = tmp_path / "cli"
     rc = cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--stages", *STAGES,
@@ -94,6 +107,8 @@ def test_stages_flag_on_the_command_line(store, tmp_path):
     ({"stages": ("3:4", "3")}, "WINDOW:HIDDEN"),
     ({"stages": ("2:4",)}, "must be odd"),
     ({"stages": ("3:4:1",)}, "stage 1 reads the latent"),
+    ({"stages": ("3:4", "3:4:0:2")}, "must be odd"),
+    ({"stages": ("3:0", "3:4:0:1")}, "CARRY reads the previous stage's hidden units, and it has none"),
     ({"stages": ("3:4", "3:4"), "hidden": (8,)}, "leave --window and --hidden out"),
     ({"stages": ("3:4", "3:4"), "stage_shares": (1.0,)}, "one positive share per stage"),
     ({"stage_shares": (1.0,)}, "only applies with --stages"),

@@ -81,3 +81,47 @@ def test_bad_shapes_are_refused():
         Stack([a, b])
     with pytest.raises(ValueError, match=r"extra must have shape \(1, 2, 3, 3\)"):
         _stage(StageConfig(4, 3, extra_channels=2))(torch.randn(1, 4, 3, 3))
+
+
+def _carry_stack(C=4) -> Stack:
+    """Stage 2 carries stage 1's 5 + 3 hidden units (3x3 window), stage 3 stage 2's 4 (1x1)."""
+    return Stack([_stage(StageConfig(C, 3, window=3, up=2), (5, 3), 0),
+                  _stage(StageConfig(3, 3, window=3, up=2, extra_channels=C, carry_channels=8, carry_window=3), (4,), 1),
+                  _stage(StageConfig(3, 3, window=3, up=2, carry_channels=4), (), 2)])
+
+
+def test_a_carried_stage_reads_the_previous_stages_hidden_units():
+    st = _carry_stack().double()
+    z = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    for fast, ref in zip(st.outputs(z, fast=True), st.outputs(z, fast=False)):
+        assert torch.allclose(fast, ref, atol=1e-10), float((fast - ref).abs().max())
+    # the carry is stage 1's hidden units at each of its positions, repeated over the 2x2 block it wrote
+    s1, s2 = st.stages[0], st.stages[1]
+    x1, h1 = s1.fast(z, with_hidden=True)  # (2, 3, 6, 10), (2, 8, 3, 5)
+    i, j = 1, 2
+    win = torch.nn.functional.pad(z, (1, 1, 1, 1), mode="replicate")[0, :, i:i + 3, j:j + 3].flatten()
+    assert torch.allclose(h1[0, :, i, j], s1.module.features(win)[s1.module.in_dim:], atol=1e-10)
+    carry = stages.repeat_up(h1, x1.shape[-2:])
+    assert torch.equal(carry[0, :, 2 * i + 1, 2 * j], h1[0, :, i, j])
+    y = s2.row_forward(x1, stages.repeat_up(z, x1.shape[-2:]), carry)
+    assert torch.allclose(y, st.outputs(z)[1], atol=1e-10)
+    # the carry changes what the stage writes (it is read, not ignored)
+    assert not torch.allclose(s2.row_forward(x1, stages.repeat_up(z, x1.shape[-2:]), 0 * carry), y)
+    _, last = st.run(z)
+    assert last.shape == (2, 0, 12, 20)  # stage 3 has no hidden units: nothing to carry on
+
+
+def test_carry_round_trip_and_mismatches(tmp_path):
+    st = _carry_stack()
+    back = stages.load(st.save(tmp_path / "carry"))
+    z = torch.randn(1, 4, 3, 3)
+    assert torch.equal(back(z), st(z)) and back.stages[1].config.carry_window == 3
+    a = _stage(StageConfig(4, 3, window=3, up=2), (5,), 0)
+    with pytest.raises(ValueError, match="carry is the previous stage's hidden units \\(5\\), got carry_channels 4"):
+        Stack([a, _stage(StageConfig(3, 3, carry_channels=4), ())])
+    with pytest.raises(ValueError, match="carry is the previous stage's hidden units \\(0\\)"):
+        Stack([_stage(StageConfig(4, 3, carry_channels=2), ())])
+    with pytest.raises(ValueError, match=r"carry must have shape \(1, 5, 3, 3\)"):
+        _stage(StageConfig(3, 3, carry_channels=5), ())(torch.randn(1, 3, 3, 3))
+    with pytest.raises(ValueError, match="takes no carry map"):
+        a(torch.randn(1, 4, 3, 3), None, torch.randn(1, 5, 3, 3))

@@ -70,11 +70,12 @@ class TrainConfig:
     global_size: int = flag(64, "global decoder: output side before upsampling")
     seed: int = flag(0, "seed of the rows drawn, the searches, the held-out images and a global encoder's retina")
     progress: bool | None = flag(None, "show the search's progress bars (default: on when stderr is a terminal)")
-    stages: tuple[str, ...] = flag((), "a staged decoder, coarse to fine, one WINDOW:HIDDEN[:LATENT] per stage, e.g. "
+    stages: tuple[str, ...] = flag((), "a staged decoder, coarse to fine, one WINDOW:HIDDEN[:LATENT[:CARRY]] per stage, e.g. "
                                        "--stages 3:64 3:48 3:32 (latent -> 1/4 -> 1/2 -> full resolution): stage 1 maps "
                                        "a WINDOW x WINDOW latent window to an RGB block, each later stage a WINDOW x "
                                        "WINDOW window of the previous stage's RGB plus a LATENT x LATENT window of the "
-                                       "latent (default 1; 0: none) to a 2x2 block; trained greedily, stage by stage, "
+                                       "latent (default 1; 0: none) and a CARRY x CARRY window of the previous "
+                                       "stage's hidden units (default 0: none) to a 2x2 block; trained greedily, stage by stage, "
                                        "each toward the teacher's decode area-downsampled to its resolution. --max-minutes "
                                        "and --ticks then count per whole run and per stage (not per call); --window and "
                                        "--hidden do not apply")
@@ -126,8 +127,9 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
 
 
-def stage_specs(specs: tuple[str, ...]) -> list[tuple[int, int, int]]:
-    """--stages 'WINDOW:HIDDEN[:LATENT]' strings -> (window, hidden, latent window) per stage (stage 1: latent 0)."""
+def stage_specs(specs: tuple[str, ...]) -> list[tuple[int, int, int, int]]:
+    """--stages 'WINDOW:HIDDEN[:LATENT[:CARRY]]' strings -> (window, hidden, latent window, carry window) per
+    stage (stage 1: latent 0 and carry 0; later stages: latent 1 and carry 0 unless given)."""
     out = []
     for i, spec in enumerate(specs):
         parts = spec.split(":")
@@ -135,13 +137,19 @@ def stage_specs(specs: tuple[str, ...]) -> list[tuple[int, int, int]]:
             nums = [int(p) for p in parts]
         except ValueError:
             nums = []
-        if len(nums) not in (2, 3):
-            raise ValueError(f"--stages: each stage is WINDOW:HIDDEN[:LATENT], e.g. 3:64 or 3:48:1; got {spec!r}")
+        if len(nums) not in (2, 3, 4):
+            raise ValueError(f"--stages: each stage is WINDOW:HIDDEN[:LATENT[:CARRY]], e.g. 3:64, 3:48:1 or 3:48:0:1; "
+                             f"got {spec!r}")
         k, h = nums[:2]
-        z = nums[2] if len(nums) == 3 else (0 if i == 0 else 1)
-        if k < 1 or k % 2 == 0 or h < 0 or z < 0 or (z and z % 2 == 0):
-            raise ValueError(f"--stages {spec!r}: WINDOW and LATENT must be odd (LATENT may be 0), HIDDEN >= 0")
-        if i == 0 and z:
-            raise ValueError(f"--stages {spec!r}: stage 1 reads the latent already (no LATENT part)")
-        out.append((k, h, z))
+        z = nums[2] if len(nums) >= 3 else (0 if i == 0 else 1)
+        c = nums[3] if len(nums) == 4 else 0
+        if k < 1 or k % 2 == 0 or h < 0 or z < 0 or (z and z % 2 == 0) or c < 0 or (c and c % 2 == 0):
+            raise ValueError(f"--stages {spec!r}: WINDOW, LATENT and CARRY must be odd (LATENT and CARRY may be 0), "
+                             "HIDDEN >= 0")
+        if i == 0 and (z or c):
+            raise ValueError(f"--stages {spec!r}: stage 1 reads the latent already and has no stage before it to "
+                             "carry from (no LATENT or CARRY part)")
+        if c and not out[-1][1]:
+            raise ValueError(f"--stages {spec!r}: CARRY reads the previous stage's hidden units, and it has none")
+        out.append((k, h, z, c))
     return out

@@ -61,19 +61,23 @@ def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
     if f % 2 ** (n - 1):
         raise ValueError(f"--stages: {n} stages need a downscale divisible by 2^{n - 1}, the store's is {f}")
     out = []
-    for i, (k, h, z) in enumerate(specs):
+    for i, (k, h, z, c) in enumerate(specs):
         if i == 0:
             out.append(StageConfig(C, 3, window=k, up=f // 2 ** (n - 1), pad=part.pad))
         else:
             out.append(StageConfig(3, 3, window=k, up=2, extra_channels=C if z else 0, extra_window=z or 1,
-                                   pad=part.pad))
+                                   pad=part.pad, carry_channels=specs[i - 1][1] if c else 0, carry_window=c or 1))
     return out
 
 
-def run_frozen(frozen: list[Stage], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next stage's inputs for latents z (B, C, h, w): the frozen stages' output map, and z repeated up to it."""
-    cur = Stack(frozen)(z) if frozen else z  # (B, 3 or C, h*R, w*R)
-    return cur, repeat_up(z, cur.shape[-2:])
+def run_frozen(frozen: list[Stage], z: torch.Tensor, carry: bool = False) -> tuple[torch.Tensor, ...]:
+    """The next stage's inputs for latents z (B, C, h, w): the frozen stages' output map, z repeated up to it,
+    and (`carry`) the last frozen stage's hidden units repeated up to it, else None."""
+    if not frozen:
+        return z, z, None
+    maps, hidden = Stack(frozen).run(z)
+    cur = maps[-1]  # (B, 3, h*R, w*R)
+    return cur, repeat_up(z, cur.shape[-2:]), (repeat_up(hidden, cur.shape[-2:]) if carry else None)
 
 
 class StageRows:
@@ -94,10 +98,11 @@ class StageRows:
         t = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.rows.device)
         return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
 
-    def inputs(self, idx: np.ndarray, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map)."""
+    def inputs(self, idx: np.ndarray, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map, carry)."""
         with torch.no_grad():
-            return [run_frozen(self.frozen, z) for z in self.rows.latent_sets(idx, images)]
+            return [run_frozen(self.frozen, z, bool(self.scfg.carry_channels))
+                    for z in self.rows.latent_sets(idx, images)]
 
     def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh random sample of at most max_rows rows, thinned evenly over at least MIN_IMAGES images."""
@@ -114,8 +119,9 @@ class StageRows:
             chunk = idx[i:i + LOAD_CHUNK]
             images = torch.from_numpy(store.images[chunk]).to(self.rows.device)
             y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, 3*r*r)
-            for (x_map, extra), f in zip(self.inputs(chunk, images), shares):
-                x, y_set = thin(stage_rows(self.scfg, x_map, extra), y, share * f, rng)  # (m, in_dim), (m, 3*r*r)
+            for (x_map, extra, carry), f in zip(self.inputs(chunk, images), shares):
+                rows = stage_rows(self.scfg, x_map, extra if self.scfg.extra_channels else None, carry)
+                x, y_set = thin(rows, y, share * f, rng)  # (m, in_dim), (m, 3*r*r)
                 xs.append(x), ys.append(y_set)
         return capped(xs, ys, max_rows, rng)
 
@@ -143,8 +149,8 @@ class StageHeldOut:
         se, n = [0.0, 0.0], 0
         with torch.no_grad():
             for target, sets in self.chunks:
-                for k, (x_map, extra) in enumerate(sets):
-                    pred = stage(x_map, extra if stage.config.extra_channels else None).clamp(-1, 1)
+                for k, (x_map, extra, carry) in enumerate(sets):
+                    pred = stage(x_map, extra if stage.config.extra_channels else None, carry).clamp(-1, 1)
                     se[k] += float((pred.double() - target.double()).square().sum())
                 n += target.numel()
         mse = se[0] / n
@@ -235,7 +241,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     store = Store.open(cfg.store)
     part_cfg = replace(part_config(cfg, store), mode="staged")
     configs = stage_configs(cfg, part_cfg)
-    hidden = [h for _, h, _ in stage_specs(cfg.stages)]
+    hidden = [spec[1] for spec in stage_specs(cfg.stages)]
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     record.update(teacher=store.meta["teacher"], image_size=part_cfg.image_size,
@@ -288,6 +294,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                                   "ticks": None if cfg.ticks is None else max(0, cfg.ticks - state["tick"])})
         print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels}x{scfg.window}x{scfg.window}"
               + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}" if scfg.extra_channels else "")
+              + (f" + carried hidden {scfg.carry_channels}x{scfg.carry_window}x{scfg.carry_window}"
+                 if scfg.carry_channels else "")
               + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution)", file=log_to)
         job = StageJob(cfg, part_cfg, i, frozen, scfg, rows, heldout, train_idx, run, stage_dir,
                        i == len(configs) - 1, dev, kept)
