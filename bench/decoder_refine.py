@@ -60,7 +60,7 @@ def draw_rows(store: Store, base: Stage, scfg: StageConfig, pool: np.ndarray, ma
     H, W = store.decodes.shape[-2:]
     n = min(len(pool), max(MIN_IMAGES, math.ceil(max_rows / (H * W))))
     idx = np.sort(rng.choice(pool, n, replace=False))
-    per = math.ceil(max_rows / n)
+    per = min(H * W, math.ceil(max_rows / n))  # pixels drawn per sample
     xs, ys = [], []
     for i in range(0, n, 16):
         chunk = idx[i:i + 16]
