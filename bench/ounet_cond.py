@@ -1,14 +1,16 @@
 """A class-conditional O-UNet against its teacher: class fidelity by class and by held-out prompt, PSNR, speed.
 
     python bench/ounet_cond.py --ounet RUN_OR_FILE --teacher dit-mnist-cond:PATH --per-class 50 --seed 7 \
-        --json runs/cond.json --grid runs/cond.png
+        --json runs/cond.json --grid runs/cond.png [--guidance 2]
 
 Samples: 8-step DDIM of the clone and of the teacher from the same seeded noise and the same class,
 `--per-class` of each class (noise seed --seed; use seeds that chose nothing). Class fidelity
 (organic_sd/metrics/class_fidelity.py): the teacher, used as a classifier, names the class of
 every sample; the share named as the class asked for. With a prompt adapter in the O-UNet and the
 text extra installed, the same is measured through the held-out phrasings (organic_sd/text/phrasings.py):
-each phrasing's class as the adapter reads it, then samples of that class. Speed: one eps call,
+each phrasing's class as the adapter reads it, then samples of that class. Distribution: pooled KID /
+precision / recall (metrics/samples.py) of the clone's and the teacher's samples against the teacher's
+--ref-steps-step samples from the same noise and class, over all classes and per class. Speed: one eps call,
 batch 64, one CPU thread, the clone's time against the teacher's in the same process (median of 7).
 """
 
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from organic_sd.metrics.class_fidelity import class_fidelity
+from organic_sd.metrics.class_fidelity import class_fidelity, per_class_distribution
+from organic_sd.metrics.samples import distribution_report
 from organic_sd.ounet import OUNet
 from organic_sd.ounet.evaluate import cpu_ms_per_step
 from organic_sd.ounet.generate import grid_image, psnr_unit, to_unit
@@ -29,15 +32,19 @@ from organic_sd.teachers import load_denoiser
 from organic_sd.teachers.ddim import ddim_sample
 
 
-def paired_samples(u, teacher, classes: torch.Tensor, steps: int, seed: int):
-    """(N,) class indices -> the clone's and the teacher's (N, C, H, W) samples from the same noise, clamped."""
+def paired_samples(u, teacher, classes: torch.Tensor, steps: int, seed: int, guidance: float = 1.0,
+                   ref_steps: int = 0):
+    """(N,) class indices -> the clone's and the teacher's (N, C, H, W) samples from the same noise, clamped
+    (the clone's class rows guided by `guidance`, the teacher's one-hot), and with ref_steps > 0 the teacher's
+    ref_steps-step samples from that noise too (else None)."""
     noise = torch.randn((len(classes), *u.sample_shape), generator=torch.Generator().manual_seed(seed))
     rows = torch.nn.functional.one_hot(classes, len(u.config.classes)).float()  # (N, K)
     lo, hi = u.config.pixel_range
     with torch.no_grad():
-        mine = ddim_sample(u, noise, steps, rows).cpu().clamp(lo, hi)
+        mine = ddim_sample(u, noise, steps, u.class_rows(classes, len(classes), guidance)).cpu().clamp(lo, hi)
         theirs = ddim_sample(teacher, noise, steps, rows).cpu().clamp(lo, hi)
-    return mine, theirs
+        ref = ddim_sample(teacher, noise, ref_steps, rows).cpu().clamp(lo, hi) if ref_steps else None
+    return mine, theirs, ref
 
 
 def main() -> None:
@@ -47,6 +54,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--seed", type=int, default=7, help="noise seed of the samples")
+    ap.add_argument("--guidance", type=float, default=1.0, help="the clone's class-row guidance (OUNet.class_rows)")
+    ap.add_argument("--ref-steps", type=int, default=50,
+                    help="the teacher's DDIM steps for the distribution reference (0: no distribution measures)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None, help="PNG: the clone's samples (one column per class) above the teacher's")
     a = ap.parse_args()
@@ -57,14 +67,24 @@ def main() -> None:
     K = len(u.config.classes)
     t0 = time.perf_counter()
     asked = torch.arange(K).repeat(a.per_class)  # (N,) 0..K-1, 0..K-1, ...
-    mine, theirs = paired_samples(u, te, asked, a.steps, a.seed)
+    mine, theirs, ref = paired_samples(u, te, asked, a.steps, a.seed, a.guidance, a.ref_steps)
     fid_u, fid_t = class_fidelity(te, mine, asked), class_fidelity(te, theirs, asked)
     pr = u.config.pixel_range
     report = {"ounet": str(a.ounet), "teacher": te.id, "steps": a.steps, "per_class": a.per_class, "seed": a.seed,
-              "parameters": u.num_parameters(), "clone": fid_u.to_dict(), "teacher_fidelity": fid_t.to_dict(),
-              "psnr_same_noise": psnr_unit(to_unit(mine, pr), to_unit(theirs, pr))}
-    print(f"class fidelity, {a.steps}-step DDIM, {len(asked)} samples (seed {a.seed}): clone {fid_u.summary()}")
+              "guidance": a.guidance, "parameters": u.num_parameters(), "clone": fid_u.to_dict(),
+              "teacher_fidelity": fid_t.to_dict(), "psnr_same_noise": psnr_unit(to_unit(mine, pr), to_unit(theirs, pr))}
+    print(f"class fidelity, {a.steps}-step DDIM, {len(asked)} samples (seed {a.seed}, guidance {a.guidance:g}): "
+          f"clone {fid_u.summary()}")
     print(f"  teacher {fid_t.summary()}")
+    if ref is not None:
+        # against the teacher's many-step samples from the same noise and class: pooled shape space (O-UNet issue)
+        report["distribution"] = dist = {"reference": f"teacher, {a.ref_steps} steps, same noise and class"}
+        for name, x in (("teacher", theirs), ("clone", mine)):
+            dist[name] = {"all": distribution_report(ref, x, pr, paired=True),
+                          "per_class": per_class_distribution(ref, asked, x, asked, u.config.classes, pr, paired=True)}
+            d = dist[name]["all"]
+            print(f"  {name}, {a.steps} steps, against the teacher's {a.ref_steps}-step samples: KID x1000 "
+                  f"{d['kid_x1000']:.1f}, precision {d['precision']:.3f}, recall {d['recall']:.3f}")
     print(f"same-noise PSNR clone vs teacher: {report['psnr_same_noise']:.2f} dB; {u.num_parameters():,} parameters")
     if u.prompts is not None:
         try:
@@ -75,7 +95,7 @@ def main() -> None:
             reps = max(1, a.per_class * K // len(held))
             want = torch.tensor(held_k).repeat(reps)
             got_cls = read.repeat(reps)
-            mine_p, _ = paired_samples(u, te, got_cls, a.steps, a.seed + 1)
+            mine_p, _, _ = paired_samples(u, te, got_cls, a.steps, a.seed + 1, a.guidance)
             fid_p = class_fidelity(te, mine_p, want)  # judged against the class the prompt meant
             report["prompts"] = {"held_out_read_right": float((read == torch.tensor(held_k)).float().mean()),
                                  "clone": fid_p.to_dict()}

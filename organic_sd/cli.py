@@ -499,8 +499,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     u = OUNet.load(args.ounet, device=args.device)
     if u.config.classes:
         return _generate_class(args, u)
-    if args.cls is not None:
-        raise ValueError("--class: this O-UNet is not class-conditional")
+    if args.cls is not None or args.guidance != 1.0:
+        raise ValueError("--class and --guidance: this O-UNet is not class-conditional")
     if args.prompt is not None and u.adapter is None:
         raise ValueError("this O-UNet is unconditional (no text adapter): leave PROMPT out, or train one on a store "
                          "with prompts (`osd precompute denoiser --prompts FILE`, then `osd train denoiser`)")
@@ -560,11 +560,13 @@ def _generate_class(args: argparse.Namespace, u) -> int:
         from organic_sd.teachers import load_denoiser
 
         teacher = load_denoiser(args.teacher, device=args.device)
-    cond = u.class_cond([k], 1)  # (1, K) one-hot: the teacher beside takes the same row
-    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher, cond=cond)
+    # the teacher beside draws the class's one-hot row: guidance is the clone's own knob
+    res = generate(u, args.out, steps=args.steps, seed=args.seed, n=args.n, teacher=teacher,
+                   cond=u.class_rows([k], 1, args.guidance), teacher_cond=u.class_cond([k], 1))
     print(f"wrote {args.out}: {args.n} samples of class {names[k]!r}"
           + (f" (prompt {args.prompt!r})" if args.prompt is not None else "")
           + f", {args.steps} DDIM steps of the O-UNet, seed {args.seed}"
+          + (f", guidance {args.guidance:g}" if args.guidance != 1.0 else "")
           + (" (left), the teacher's from the same noise (right)" if teacher is not None else ""))
     if teacher is not None:
         print(f"PSNR O-UNet vs teacher: {res['psnr']:.2f} dB")
@@ -600,6 +602,10 @@ def _add_generate_parser(sub) -> None:
                         "adapter, which needs the `text` extra)")
     g.add_argument("--class", dest="cls", default=None,
                    help="the class to draw, by name (a class-conditional O-UNet such as --ounet mnist-cond: 0..9)")
+    g.add_argument("--guidance", type=float, default=1.0,
+                   help="class-conditional O-UNets: move the class row this many times as far from the all-classes "
+                        "mean (1: as trained; 2: the class asked for far more often, bolder strokes, further from the "
+                        "teacher's shapes: docs/BENCHMARKS.md)")
     g.add_argument("--ounet", default=None, help="O-UNet file or `osd train denoiser` run (default: the shipped one)")
     g.add_argument("--steps", type=int, default=8, help="DDIM steps")
     g.add_argument("--seed", type=int, default=0, help="noise seed")

@@ -54,6 +54,33 @@ def test_sample_by_class_is_seeded_and_in_range():
         u.sample(2, prompt="a seven")
 
 
+def test_guidance_moves_the_class_row_away_from_the_mean_and_changes_only_the_clone():
+    u = class_ounet()
+    one_hot = torch.nn.functional.one_hot(torch.tensor([7, 2]), 10).float()
+    torch.testing.assert_close(u.class_rows([7, 2], 2), one_hot)  # 1: the row as trained
+    rows = u.class_rows([7, 2], 2, guidance=2.0)
+    torch.testing.assert_close(rows - 0.1, 2.0 * (one_hot - 0.1))  # twice as far from the all-classes mean
+    torch.testing.assert_close(rows.sum(1), torch.ones(2))  # still a row of class weights summing to 1
+    a = u.sample(3, steps=3, seed=1, cls=7)
+    assert torch.equal(a, u.sample(3, steps=3, seed=1, cls=7, guidance=1.0))
+    g = u.sample(3, steps=3, seed=1, cls=7, guidance=2.0)
+    assert not torch.allclose(a, g) and torch.equal(g, u.sample(3, steps=3, seed=1, cls=7, guidance=2.0))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="guidance must be positive"):
+            u.sample(1, steps=2, cls=7, guidance=bad)
+
+
+def test_guidance_on_the_command_line_and_only_for_class_conditional_o_unets(tmp_path, capsys):
+    f = class_ounet().save(tmp_path / "c.safetensors")
+    assert cli.main(["generate", "--ounet", str(f), "--class", "3", "--n", "2", "--steps", "2", "--guidance", "2",
+                     "--out", str(tmp_path / "g.png")]) == 0
+    assert "guidance 2" in capsys.readouterr().out and (tmp_path / "g.png").exists()
+    assert cli.main(["generate", "--guidance", "2", "--n", "1", "--steps", "1", "--out", str(tmp_path / "u.png")]) != 0
+    assert "not class-conditional" in capsys.readouterr().err and not (tmp_path / "u.png").exists()
+    with pytest.raises(ValueError, match="not class-conditional"):
+        OUNet.load().sample(1, steps=1, guidance=2.0)
+
+
 def test_generate_by_class_on_the_command_line(tmp_path, capsys):
     f = class_ounet().save(tmp_path / "c.safetensors")
     assert cli.main(["generate", "--ounet", str(f), "--class", "3", "--n", "2", "--steps", "2",

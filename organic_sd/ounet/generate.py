@@ -38,11 +38,13 @@ def grid_image(images: torch.Tensor, cols: int) -> np.ndarray:
 
 
 def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 16, teacher=None,
-             scale: int = 4, cond: torch.Tensor | None = None, decode=None, preview=None) -> dict:
+             scale: int = 4, cond: torch.Tensor | None = None, decode=None, preview=None,
+             teacher_cond: torch.Tensor | None = None) -> dict:
     """Sample n images in `steps` DDIM steps of u from seeded noise; write a grid PNG (clone | teacher).
 
     `cond`: the teacher's text embedding of the prompt, (1 or n, L, D), for an O-UNet with a text
-    adapter (the teacher, if shown, gets the same). `decode`: latents (n, C, h, w) -> images
+    adapter (the teacher, if shown, gets the same, or `teacher_cond` where given: a guided class row is the
+    clone's alone). `decode`: latents (n, C, h, w) -> images
     (n, 3, H, W) in [-1, 1] (a VAE decoder), for latent teachers; without it the samples are drawn as they are.
     `preview`: an `organic_sd.previews.Preview` shown the O-UNet's x0 estimate at every step.
     """
@@ -57,7 +59,7 @@ def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 
         raise ValueError("this O-UNet is unconditional: it takes no prompt")
     noise = seeded_noise(u.sample_shape, n, seed)  # (n, C, H, W)
 
-    def images(model, on_step=None) -> torch.Tensor:
+    def images(model, on_step=None, cond=cond) -> torch.Tensor:
         with torch.no_grad():
             x = ddim_sample(model, noise, steps, cond, on_step)  # (n, C, H, W) teacher units, on the model's device
             if decode is not None:  # an O-VAE decoder accepts only tensors on its own device
@@ -73,7 +75,7 @@ def generate(u: OUNet, out: str | Path, steps: int = 8, seed: int = 0, n: int = 
     if teacher is not None:
         if tuple(teacher.sample_shape) != tuple(u.sample_shape):
             raise ValueError(f"teacher samples {tuple(teacher.sample_shape)} but the O-UNet {u.sample_shape}")
-        xt = images(teacher)
+        xt = images(teacher, cond=cond if teacher_cond is None else teacher_cond)
         panels += [np.full((panels[0].shape[0], 8, 3), 255, np.uint8), grid_image(xt, cols)]
         res.update(teacher_samples=xt, psnr=psnr_unit(x, xt))
     img = np.concatenate(panels, 1)
