@@ -248,6 +248,9 @@ def _add_ovae_parsers(sub) -> None:
                          "(noise seed SEED+2; 0: skip; 2000 took 17 min on 2 busy CPU cores)")
     ed.add_argument("--samples-steps", dest="sample_steps", type=int, default=8,
                     help="DDIM steps of the teacher's and the O-UNet's sets scored by those metrics")
+    ed.add_argument("--last-t", dest="last_t", type=int, default=None,
+                    help="last step of every few-step DDIM schedule, clone's and teacher's alike (default: "
+                         "1000 / steps, e.g. 125 for 8 steps)")
     ed.add_argument("--device", default="cpu", help="where sampling runs (timing is always on the CPU)")
     ed.set_defaults(func=_cmd_eval_denoiser)
 

@@ -70,6 +70,12 @@ def test_ddim_timesteps():
     assert ddim_timesteps(1000, 1) == [999]
     with pytest.raises(ValueError, match="steps"):
         ddim_timesteps(1001, 0)
+    # a chosen last step: evenly spaced from the top down to it
+    assert ddim_timesteps(1001, 8, 30) == [1000, 861, 723, 584, 446, 307, 169, 30]
+    assert ddim_timesteps(1001, 8, 125) == ddim_timesteps(1001, 8) and ddim_timesteps(1001, 1, 7) == [1000]
+    for bad in (0, 994):  # t = 0 is the clean image; above 993 eight distinct steps do not fit
+        with pytest.raises(ValueError, match=r"last step must be in 1..993 for 8 steps"):
+            ddim_timesteps(1001, 8, bad)
 
 
 @needs_mnist

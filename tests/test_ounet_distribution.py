@@ -58,7 +58,8 @@ def test_clone_equal_to_teacher_scores_as_the_teacher():
 def test_teacher_sets_drawn_once_per_cache(monkeypatch):
     calls = []
     real = dist.draw
-    monkeypatch.setattr(dist, "draw", lambda model, noise, steps: calls.append(steps) or real(model, noise, steps))
+    monkeypatch.setattr(dist, "draw", lambda model, noise, steps, last=None: calls.append(steps) or
+                        real(model, noise, steps, last))
     teacher, cache = short(1), {}  # as bench/ounet.py scores several O-UNets against one teacher
     a = evaluate_denoiser(short(0), teacher, None, samples=12, sample_steps=3, sample_cache=cache, **FAST)
     b = evaluate_denoiser(short(2), teacher, None, samples=12, sample_steps=3, sample_cache=cache, **FAST)
@@ -66,6 +67,20 @@ def test_teacher_sets_drawn_once_per_cache(monkeypatch):
     assert calls == [T - 1, 3, 3, 3]  # reference and teacher once, each O-UNet once
     assert a["teacher"] == b["teacher"] and b["seconds"]["teacher_cached"] and not a["seconds"]["teacher_cached"]
     assert a["ounet"] != b["ounet"]
+    c = evaluate_denoiser(short(0), teacher, None, samples=12, sample_steps=3, sample_cache=cache, last_t=4, **FAST)
+    assert calls == [T - 1, 3, 3, 3, 3, 3]  # another schedule: the teacher's few-step set again, not the reference
+    assert c["distribution"]["timesteps"] == [21, 12, 4] and a["timesteps"] == [21, 14, 7]
+    assert c["distribution"]["teacher"] != a["teacher"] and c["last_t"] == 4
+
+
+def test_a_lower_last_step_changes_the_samples_and_stays_seeded():
+    u = short()
+    a, b = u.sample(4, steps=4, seed=1), u.sample(4, steps=4, seed=1, last_t=2)
+    assert a.shape == b.shape == (4, 1, 8, 8) and not torch.equal(a, b)
+    assert torch.equal(b, u.sample(4, steps=4, seed=1, last_t=2))
+    assert torch.equal(a, u.sample(4, steps=4, seed=1, last_t=5))  # the default schedule ends at 21 / 4 -> 5
+    with pytest.raises(ValueError, match="last step must be in 1..18"):
+        u.sample(1, steps=4, last_t=19)
 
 
 def test_chunked_sampling_matches_one_batch(monkeypatch):
@@ -85,3 +100,7 @@ def test_cli_reports_the_distribution(tmp_path, monkeypatch, capsys):
     assert rep["distribution"]["n"] == 10 and rep["distribution"]["steps"] == 3
     assert rep["files"]["distribution.png"] == str(out / "distribution.png")
     assert "KID x1000 / precision / recall" in capsys.readouterr().out
+    assert cli.main(["eval", "denoiser", "--ounet", str(f), "--teacher", "fake", "--out", str(out), "--n", "2",
+                     "--steps", "2", "--t", "5", "--samples", "10", "--samples-steps", "3", "--last-t", "3"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["last_t"] == 3 and rep["distribution"]["timesteps"] == [21, 12, 3]

@@ -27,51 +27,57 @@ import torch
 from organic_sd.metrics.denoising import denoising_error
 from organic_sd.metrics.samples import distribution_report
 from organic_sd.ounet import generate as gen
-from organic_sd.teachers.denoiser import ddim_sample
+from organic_sd.teachers.denoiser import ddim_sample, ddim_timesteps
 
 REF_STEPS, STEPS, SAMPLES, POOL, K = 50, 8, 2000, 4, 3
 CHUNK = 500  # samples per DDIM call: bounds the teacher's activations on the CPU
 
 
-def draw(model, noise: torch.Tensor, steps: int) -> torch.Tensor:
+def draw(model, noise: torch.Tensor, steps: int, last: int | None = None) -> torch.Tensor:
     """(N, C, H, W) noise -> (N, C, H, W) DDIM samples of `model` in teacher units, on the CPU, chunk by chunk."""
     with torch.no_grad():
-        return torch.cat([ddim_sample(model, noise[i:i + CHUNK], steps).cpu() for i in range(0, len(noise), CHUNK)])
+        return torch.cat([ddim_sample(model, noise[i:i + CHUNK], steps, last=last).cpu()
+                          for i in range(0, len(noise), CHUNK)])
 
 
-def _key(teacher, n: int, seed: int, steps: int, ref_steps: int, cond) -> tuple:
+def _key(teacher, n: int, seed: int, steps: int, ref_steps: int, cond, last) -> tuple:
     c = None if cond is None else hashlib.sha1(cond.detach().cpu().numpy().tobytes()).hexdigest()
     # evaluate wraps the teacher anew on every call (its conditioning bound): the wrapped model is the teacher
-    return id(getattr(teacher, "model", teacher)), n, seed, steps, ref_steps, c
+    return id(getattr(teacher, "model", teacher)), n, seed, steps, ref_steps, c, last
 
 
 def measure(u, teacher, n: int, seed: int, pixel_range, steps: int = STEPS, ref_steps: int = REF_STEPS,
-            pool: int = POOL, k: int = K, cond=None, cache: dict | None = None) -> tuple[dict, dict]:
+            pool: int = POOL, k: int = K, cond=None, cache: dict | None = None,
+            last_t: int | None = None) -> tuple[dict, dict]:
     """Score u's and the teacher's `steps`-step samples against the teacher's `ref_steps`-step ones.
 
+    `last_t`: the last step of the few-step schedule, the teacher's and u's alike (ddim_timesteps); the
+    reference keeps its own.
     u, teacher: anything ddim_sample runs (conditioning already bound). `cache`: a dict kept by the caller
     so the teacher's two sets are drawn once for several O-UNets. -> (report dict, {set name: images}).
     """
     T = len(teacher.alphas_cumprod)
     ref_steps = min(ref_steps, T - 1)  # a schedule shorter than 51 entries: every step is the many-step path
     noise = gen.seeded_noise(u.sample_shape, n, seed)  # (n, C, H, W)
-    key = _key(teacher, n, seed, steps, ref_steps, cond)
+    key = _key(teacher, n, seed, steps, ref_steps, cond, last_t)
+    ref_key = ("reference", *_key(teacher, n, seed, 0, ref_steps, cond, None))  # one reference for every schedule
     cached = cache is not None and key in cache
     if cached:
         ref, xt, t_sec = cache[key]  # t_sec: the seconds of the call that drew them
     else:
         t0 = time.perf_counter()
-        ref, xt = draw(teacher, noise, ref_steps), draw(teacher, noise, steps)
+        ref = cache[ref_key] if cache is not None and ref_key in cache else draw(teacher, noise, ref_steps)
+        xt = draw(teacher, noise, steps, last_t)
         t_sec = time.perf_counter() - t0
         if cache is not None:
-            cache[key] = ref, xt, t_sec
+            cache[key], cache[ref_key] = (ref, xt, t_sec), ref
     t0 = time.perf_counter()
-    xu = draw(u, noise, steps)
+    xu = draw(u, noise, steps, last_t)
     u_sec = time.perf_counter() - t0
     t0 = time.perf_counter()
     unit = {name: gen.to_unit(x, pixel_range) for name, x in (("reference", ref), ("teacher", xt), ("ounet", xu))}
     rep = {"reference": f"the teacher's {ref_steps}-step DDIM samples", "ref_steps": ref_steps, "steps": steps,
-           "n": n, "seed": seed, "pool": pool, "k": k, "paired": True}
+           "timesteps": ddim_timesteps(T, steps, last_t), "n": n, "seed": seed, "pool": pool, "k": k, "paired": True}
     for name, x in (("teacher", xt), ("ounet", xu)):
         r = distribution_report(ref, x, pixel_range, pool, k, paired=True)
         rep[name] = {m: r[m] for m in ("kid_x1000", "precision", "recall")}

@@ -119,9 +119,11 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
                       seed: int = 999, steps=STEPS, ts=TS, cond: torch.Tensor | None = None, threads: int = 1,
                       time_batch: int = 16, repeats: int = 7, cpu_teacher=None, show: int = 16,
                       scale: int = 4, samples: int = 0, sample_steps: int = dist.STEPS,
-                      sample_cache: dict | None = None) -> dict:
+                      sample_cache: dict | None = None, last_t: int | None = None) -> dict:
     """Score an O-UNet (or its file / run folder) against `teacher`; write report.json, report.md, samples.png.
 
+    `last_t`: the last step of every DDIM schedule drawn here, clone's and teacher's alike (ddim_timesteps;
+    None: top / steps), except the 50-step reference's.
     `samples` > 0: also the distribution metrics on that many samples of `sample_steps` DDIM steps
     (`sample_cache`: a dict the caller keeps, so the teacher's sets are drawn once for several O-UNets).
     """
@@ -159,13 +161,14 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
     ddim, rows = {}, []
     with torch.no_grad():
         for k in steps:
-            xu = gen.to_unit(ddim_sample(bu, noise, k).cpu(), pr)  # (n, C, H, W) on [0, 1]
-            xt = gen.to_unit(ddim_sample(bt, noise, k).cpu(), pr)
+            xu = gen.to_unit(ddim_sample(bu, noise, k, last=last_t).cpu(), pr)  # (n, C, H, W) on [0, 1]
+            xt = gen.to_unit(ddim_sample(bt, noise, k, last=last_t).cpu(), pr)
             ddim[k] = {"psnr": gen.psnr_unit(xu, xt), "mse": float((xu.double() - xt.double()).square().mean())}
             rows.append((xu[:show], xt[:show]))
     sets = None
     if samples:
-        distribution, sets = dist.measure(bu, bt, samples, seed + 2, pr, sample_steps, cond=cond, cache=sample_cache)
+        distribution, sets = dist.measure(bu, bt, samples, seed + 2, pr, sample_steps, cond=cond, cache=sample_cache,
+                                          last_t=last_t)
 
     cu, ct = _on_cpu(u), cpu_teacher or _on_cpu(teacher)
     if cond is not None:
@@ -178,7 +181,7 @@ def evaluate_denoiser(u: OUNet | str | os.PathLike, teacher, out_dir: str | os.P
         "sample_shape": list(u.sample_shape), "n": n, "seed": seed,
         "parameters": {"ounet": u.num_parameters(), "teacher": teacher_parameters(teacher)},
         "eps_error": {str(t): v for t, v in eps_err.items()},
-        "ddim": {str(k): v for k, v in ddim.items()},
+        "ddim": {str(k): v for k, v in ddim.items()}, "last_t": last_t,
         **({"distribution": distribution} if samples else {}),
         "cpu": {"threads": threads, "batch": time_batch, "repeats": repeats, "ounet_ms_per_step": u_ms,
                 "teacher_ms_per_step": t_ms, "speedup": None if t_ms is None else t_ms / u_ms},
@@ -273,7 +276,7 @@ def print_summary(rep: dict) -> None:
 
 def run_cli(args) -> int:
     """`osd eval denoiser` with parsed arguments (ounet, teacher, out, n, seed, steps, ts, threads, device, samples,
-    sample_steps)."""
+    sample_steps, last_t)."""
     from organic_sd.teachers import load_denoiser
 
     u = OUNet.load(args.ounet, device=args.device)  # first: a missing run fails before the teacher loads
@@ -284,6 +287,6 @@ def run_cli(args) -> int:
     cpu_teacher = teacher if torch.device(teacher.device).type == "cpu" else load_denoiser(args.teacher, device="cpu")
     rep = evaluate_denoiser(u, teacher, args.out, n=args.n, seed=args.seed, steps=args.steps, ts=args.ts,
                             threads=args.threads, cpu_teacher=cpu_teacher, samples=args.samples,
-                            sample_steps=args.sample_steps)
+                            sample_steps=args.sample_steps, last_t=args.last_t)
     print_summary(rep)
     return 0

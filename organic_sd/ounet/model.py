@@ -208,10 +208,10 @@ class OUNet(nn.Module):
         return self.class_cond(torch.as_tensor(cls).reshape(-1), n) * guidance + (1 - guidance) / K
 
     def sample(self, n: int, steps: int = 8, seed: int = 0, cls=None, prompt: str | None = None,
-               guidance: float = 1.0) -> torch.Tensor:
+               guidance: float = 1.0, last_t: int | None = None) -> torch.Tensor:
         """n seeded DDIM samples (n, C, H, W) in the teacher's pixel range; a class-conditional O-UNet takes the
         class `cls` (an index, or one per sample) or a `prompt` read by its prompt adapter, and `guidance`
-        (class_rows)."""
+        (class_rows); `last_t`: the schedule's last step (teachers/ddim.py; None: top / steps)."""
         from organic_sd.teachers.ddim import ddim_sample, seeded_noise
 
         cond = None
@@ -230,7 +230,7 @@ class OUNet(nn.Module):
         elif cls is not None or guidance != 1.0:
             raise ValueError("this O-UNet is not class-conditional: leave cls and guidance out")
         with torch.no_grad():
-            x = ddim_sample(self, seeded_noise(self.sample_shape, n, seed).to(self.device), steps, cond)
+            x = ddim_sample(self, seeded_noise(self.sample_shape, n, seed).to(self.device), steps, cond, last=last_t)
         lo, hi = self.config.pixel_range
         return x.clamp(lo, hi)
 
