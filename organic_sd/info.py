@@ -110,8 +110,10 @@ def ounet_summary(u) -> str:
                  + (f"; noise-level head, {c.head_buckets} t buckets" if c.head_buckets else ""))
     stage = getattr(u, "stage", None)
     if stage is not None:
-        lines.append(f"  coarse stage: {_arch(asdict(stage.config))} on the image pooled to {c.stage_grid}x{c.stage_grid}, "
-                     f"read by the per-pixel stack through a {c.stage_window}x{c.stage_window} window")
+        copies = getattr(c, "stage_copies", "both")
+        lines.append(f"  coarse stage: {_arch(asdict(stage.config))} on the image pooled to {c.stage_grid}x{c.stage_grid}"
+                     + ("" if copies == "both" else f" (noise-scaled copies: {copies})")
+                     + f", read by the per-pixel stack through a {c.stage_window}x{c.stage_window} window")
     if getattr(c, "target", "eps") != "eps":
         lines.append(f"  predicts {c.target} (returned as eps)")
     low = getattr(u, "low", None)

@@ -13,10 +13,11 @@ from organic_sd.ounet.stage import soft_buckets, stage_in_dim, stage_inputs, sta
 from organic_sd.ounet.targets import TARGETS, from_eps, to_eps
 
 
-def staged(target="v", buckets=0, cond_dim=0, seed=0):
+def staged(target="v", buckets=0, cond_dim=0, seed=0, copies="both"):
     """A multi-scale O-UNet with random weights: 2 channels, 12 x 12, a 4 x 4 coarse grid."""
     cfg = OUNetConfig(sample_shape=(2, 12, 12), num_steps=T, window=5, grid=2, freqs=2, modulate=3, gain=3, coarse=3,
-                      stage_grid=4, stage_window=3, stage_buckets=buckets, target=target, cond_dim=cond_dim)
+                      stage_grid=4, stage_window=3, stage_buckets=buckets, target=target, cond_dim=cond_dim,
+                      stage_copies=copies)
     g = torch.Generator().manual_seed(seed)
     stage = ola.OLAModule(ola.OLAConfig(stage_in_dim(cfg), 2 * 16, (6,), out_scale=2.0))
     stack = ola.OLAModule(ola.OLAConfig(cfg.in_dim, 2, (5,), out_scale=2.0))
@@ -36,9 +37,11 @@ def test_targets_convert_back_to_the_same_eps(target):
         from_eps("score", eps, x_t, ab)
 
 
-@pytest.mark.parametrize("target,buckets,cond_dim", [("v", 0, 0), ("eps", 3, 0), ("x0", 0, 2)])
-def test_fast_path_equals_the_rows_path(target, buckets, cond_dim):
-    u = staged(target, buckets, cond_dim)
+@pytest.mark.parametrize("target,buckets,cond_dim,copies", [("v", 0, 0, "both"), ("eps", 3, 0, "both"),
+                                                             ("x0", 0, 2, "both"), ("v", 0, 0, "noise"),
+                                                             ("v", 2, 2, "none")])
+def test_fast_path_equals_the_rows_path(target, buckets, cond_dim, copies):
+    u = staged(target, buckets, cond_dim, copies=copies)
     x, t = torch.randn(4, 2, 12, 12), torch.tensor([3, 40, 3, 10])  # several noise levels in one batch
     cond = torch.randn(4, cond_dim) if cond_dim else None
     cfg = u.config
@@ -47,7 +50,7 @@ def test_fast_path_equals_the_rows_path(target, buckets, cond_dim):
     ref = to_eps(target, pred, x, u._schedule[t].float())
     torch.testing.assert_close(u(x, t, cond), ref, atol=1e-4, rtol=1e-4)
     # the coarse stage matters: another coarse stage gives another eps
-    other = staged(target, buckets, cond_dim, seed=1)
+    other = staged(target, buckets, cond_dim, seed=1, copies=copies)
     u2 = OUNet(cfg, u.module, u._schedule, stage=other.stage)
     assert not torch.allclose(u2(x, t, cond), u(x, t, cond))
 
@@ -78,13 +81,25 @@ def test_the_coarse_stage_sees_the_pooled_image_and_time():
     y[:, :, 0, 0] += 1
     y[:, :, 0, 1] -= 1
     torch.testing.assert_close(stage_inputs(cfg, u._schedule, y, torch.tensor([0, 49])), rows)
+    # fewer noise-scaled copies: fewer columns, the same pooled image and time in the same places
+    t = torch.tensor([0, 49])
+    ab = u._schedule[t].float()[:, None]  # (B, 1)
+    pooled = rows[:, 6:6 + 32]  # (B, C g g) after the 2 + 2F time columns
+    for copies, scales in (("noise", [(1 - ab).sqrt()]), ("signal", [ab.sqrt()]), ("none", [])):
+        c = staged(buckets=3, copies=copies).config
+        r = stage_inputs(c, u._schedule, x, t)
+        assert r.shape == (2, stage_in_dim(c)) == (2, 6 + (1 + len(scales) + 3) * 32)
+        torch.testing.assert_close(r[:, :6 + 32], rows[:, :6 + 32])
+        for k, sc in enumerate(scales):
+            torch.testing.assert_close(r[:, 6 + 32 * (k + 1):6 + 32 * (k + 2)], pooled * sc)
     w = soft_buckets(torch.tensor([0, 10, 49]), 3, T)
     torch.testing.assert_close(w.sum(1), torch.ones(3))
     assert w[0, 0] == 1 and w[2, 2] == 1
 
 
-def test_save_load_round_trip_and_broken_files(tmp_path):
-    u = staged(buckets=3)
+@pytest.mark.parametrize("copies", ["both", "noise"])
+def test_save_load_round_trip_and_broken_files(tmp_path, copies):
+    u = staged(buckets=3, copies=copies)
     x, t = torch.randn(2, 2, 12, 12), torch.tensor([5, 30])
     f = u.save(tmp_path / "u.safetensors")
     u2 = OUNet.load(f)
@@ -116,10 +131,12 @@ def test_bad_stage_settings():
         OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, stage_grid=7, stage_window=4)
     with pytest.raises(ValueError, match="target must be one of"):
         OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, target="score")
+    with pytest.raises(ValueError, match="stage_copies must be one of"):
+        OUNetConfig(sample_shape=(1, 28, 28), num_steps=T, stage_grid=7, stage_copies="sqrt")
 
 
 @needs_mnist
-def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch):
+def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch, capsys):
     store, run = tmp_path / "store", tmp_path / "run"
     assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
                      "--samples", "8", "--steps", "4", "--renoise", "2", "--batch", "8", "--device", "cpu",
@@ -127,7 +144,7 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch)
     args = ["train", "denoiser", "--store", str(store), "--out", str(run), "--ticks", "1", "--generations", "4",
             "--max-rows", "2000", "--hidden", "2", "--eval-records", "4", "--window", "3", "--modulate", "1",
             "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.4", "--target", "v",
-            "--tick-seconds", "20"]  # ticks end after 4 generations: the time limits only bound a slow machine
+            "--stage-copies", "noise", "--tick-seconds", "20"]  # ticks end after 4 generations: the time limits only bound a slow machine
     # Ctrl-C in the coarse stage's second tick: its first tick is saved, nothing of the per-pixel stage exists
     real, calls = runs.fit_tick, []
 
@@ -149,6 +166,7 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch)
     assert json.loads((run / "coarse" / "state.json").read_text())["status"] == "done"
     u = OUNet.load(run)
     assert u.config.stage_grid == 7 and u.config.target == "v" and u.stage is not None
+    assert u.config.stage_copies == "noise" and u.stage.config.in_dim == stage_in_dim(u.config) == 2 + 8 + 2 * 49
     assert torch.equal(u.stage.readout.weight, ola.load(run / "coarse" / "model.safetensors").readout.weight)
     assert cli.main(args) == 0  # a later call trains the per-pixel stage on; the done coarse stage is left alone
     assert (run / "coarse" / "log.jsonl").read_text().splitlines() == stage_log
@@ -156,4 +174,7 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch)
     state = json.loads((run / "state.json").read_text())
     assert {"heldout_mse", "eps_mse", "rel_err"} <= set(state["best"])
     assert cli.main([*args, "--target", "eps"]) == 2  # other settings: refused, not mixed
+    assert cli.main([*args, "--stage-copies", "both"]) == 2
+    capsys.readouterr()
+    assert cli.main(["info", str(run)]) == 0 and "(noise-scaled copies: noise)" in capsys.readouterr().out
     assert u(torch.zeros(2, 1, 28, 28), torch.tensor([999, 3])).shape == (2, 1, 28, 28)

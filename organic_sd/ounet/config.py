@@ -12,11 +12,13 @@ from organic_sd.flags import flag
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
 RUN_FIELDS = ("window", "hidden", "grid", "freqs", "modulate", "gain", "coarse", "teacher", "seed", "eval_records",
-              "stage_grid", "stage_buckets", "stage_window", "stage_hidden", "target", "t_weight", "weight_steps")
+              "stage_grid", "stage_buckets", "stage_copies", "stage_window", "stage_hidden", "target", "t_weight",
+              "weight_steps")
 # fields newer than some runs, with the value those runs used before the field existed
 ADDED_FIELDS = {"stage_grid": 0, "stage_buckets": 0, "stage_window": 5, "stage_hidden": [128], "target": "eps",
-                "t_weight": "uniform", "weight_steps": 8}
+                "t_weight": "uniform", "weight_steps": 8, "stage_copies": "both"}
 T_WEIGHTS = ("uniform", "update")  # ounet/targets.py (kept here too: this file reads without torch)
+STAGE_COPY_CHOICES = ("both", "noise", "signal", "none")  # ounet/features.py STAGE_COPIES
 
 
 @dataclass
@@ -39,6 +41,10 @@ class DenoiserTrainConfig:
                               "first, in RUN_DIR/coarse, then frozen (G divides the sample's side; 0: single-scale)")
     stage_buckets: int = flag(0, "soft time buckets whose products with the pooled image are coarse-stage inputs: "
                                  "a linear map of its own per noise level (0: none)")
+    stage_copies: str = flag("both", "noise-scaled copies of the pooled image the coarse stage also reads: both "
+                                     "(times sqrt(alpha-bar) and times sqrt(1 - alpha-bar)), noise, signal or none; "
+                                     "each costs C G G readout columns per output (38 k parameters at 14x14)",
+                             choices=STAGE_COPY_CHOICES)
     stage_window: int = flag(5, "window of the upsampled coarse prediction in the per-pixel rows (odd)")
     stage_hidden: tuple[int, ...] = flag((128,), "hidden tanh widths of the coarse stage")
     stage_minutes: float = flag(2.0, "search minutes of the coarse stage (the whole run's, not per call)")

@@ -20,13 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from organic_sd.ounet.features import image_inputs
+from organic_sd.ounet.features import STAGE_COPIES, image_inputs
 
 
 def stage_in_dim(cfg) -> int:
     """Input columns of the coarse stage of an O-UNet config."""
     C, g = cfg.sample_shape[0], cfg.stage_grid
-    return 2 + 2 * cfg.freqs + (3 + cfg.stage_buckets) * C * g * g + cfg.cond_dim
+    maps = 1 + len(STAGE_COPIES[cfg.stage_copies]) + cfg.stage_buckets  # pooled image, its copies, bucket products
+    return 2 + 2 * cfg.freqs + maps * C * g * g + cfg.cond_dim
 
 
 def soft_buckets(t: torch.Tensor, buckets: int, num_steps: int) -> torch.Tensor:
@@ -42,7 +43,8 @@ def stage_inputs(cfg, schedule: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     B = x_t.shape[0]
     ab, tf, _, _ = image_inputs(cfg, schedule, x_t, t)
     pooled = F.adaptive_avg_pool2d(x_t, cfg.stage_grid).flatten(1)  # (B, C g g)
-    parts = [tf, pooled, pooled * ab.sqrt()[:, None], pooled * (1 - ab).sqrt()[:, None]]
+    scale = {"signal": ab.sqrt()[:, None], "noise": (1 - ab).sqrt()[:, None]}  # (B, 1) each
+    parts = [tf, pooled, *(pooled * scale[c] for c in STAGE_COPIES[cfg.stage_copies])]
     if cfg.stage_buckets > 1:
         w = soft_buckets(t, cfg.stage_buckets, cfg.num_steps)  # (B, K)
         parts.append((w[:, :, None] * pooled[:, None, :]).flatten(1))  # (B, K C g g)

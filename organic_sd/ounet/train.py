@@ -205,7 +205,8 @@ def train(cfg: DenoiserTrainConfig, log_to=None) -> dict:
     cond_dim = len(classes) if classes else (8 if cfg.cond_dim is None else cfg.cond_dim) if m["cond_shape"] else 0
     ucfg = OUNetConfig(sample_shape=tuple(m["shapes"]["x_t"]), num_steps=len(schedule), window=cfg.window,
                        grid=cfg.grid, freqs=cfg.freqs, modulate=cfg.modulate, gain=cfg.gain, coarse=cfg.coarse,
-                       stage_grid=cfg.stage_grid, stage_buckets=cfg.stage_buckets, stage_window=cfg.stage_window, target=cfg.target, cond_dim=cond_dim,
+                       stage_grid=cfg.stage_grid, stage_buckets=cfg.stage_buckets, stage_copies=cfg.stage_copies,
+                       stage_window=cfg.stage_window, target=cfg.target, cond_dim=cond_dim,
                        classes=classes, teacher=m["teacher"], pixel_range=store.pixel_range)
     if cfg.stage_grid and cond_dim and not classes:
         raise ValueError(f"--stage-grid with a text-conditioned store ({store.path}) is not supported yet: the text "

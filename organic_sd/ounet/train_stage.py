@@ -34,9 +34,10 @@ from organic_sd.runs import (
 )
 
 STAGE_DIR = "coarse"
-STAGE_FIELDS = ("stage_grid", "stage_buckets", "stage_hidden", "target", "freqs", "teacher", "seed", "t_weight",
-                "weight_steps")
-STAGE_ADDED = {"t_weight": "uniform", "weight_steps": 8}  # what stage runs older than those fields used
+STAGE_FIELDS = ("stage_grid", "stage_buckets", "stage_copies", "stage_hidden", "target", "freqs", "teacher", "seed",
+                "t_weight", "weight_steps")
+# what stage runs older than those fields used
+STAGE_ADDED = {"t_weight": "uniform", "weight_steps": 8, "stage_copies": "both"}
 LOAD_CHUNK = 1024  # records turned into coarse rows at a time
 HELDOUT_RECORDS = 4096  # one row per record: far more records than the per-pixel score needs
 
@@ -109,7 +110,8 @@ def train_stage(cfg, ucfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserS
     """Train (or resume, or load when done) the coarse stage in run/coarse -> (frozen OLAModule or None, status)."""
     log_to = log_to or sys.stdout
     sdir = run / STAGE_DIR
-    record = {"kind": "denoiser-stage", "stage_grid": ucfg.stage_grid, "stage_buckets": ucfg.stage_buckets, "stage_hidden": list(cfg.stage_hidden),
+    record = {"kind": "denoiser-stage", "stage_grid": ucfg.stage_grid, "stage_buckets": ucfg.stage_buckets,
+              "stage_copies": ucfg.stage_copies, "stage_hidden": list(cfg.stage_hidden),
               "target": ucfg.target, "freqs": ucfg.freqs, "teacher": ucfg.teacher, "seed": cfg.seed,
               "stage_minutes": cfg.stage_minutes, "stage_rows": cfg.stage_rows, "stage_refine": cfg.stage_refine,
               "t_weight": cfg.t_weight, "weight_steps": cfg.weight_steps}
