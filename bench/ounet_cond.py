@@ -29,7 +29,7 @@ from organic_sd.ounet import OUNet
 from organic_sd.ounet.evaluate import cpu_ms_per_step
 from organic_sd.ounet.generate import grid_image, psnr_unit, to_unit
 from organic_sd.teachers import load_denoiser
-from organic_sd.teachers.ddim import ddim_sample
+from organic_sd.teachers.ddim import ddim_sample, seeded_noise
 
 
 def paired_samples(u, teacher, classes: torch.Tensor, steps: int, seed: int, guidance: float = 1.0,
@@ -37,7 +37,7 @@ def paired_samples(u, teacher, classes: torch.Tensor, steps: int, seed: int, gui
     """(N,) class indices -> the clone's and the teacher's (N, C, H, W) samples from the same noise, clamped
     (the clone's class rows guided by `guidance`, the teacher's one-hot), and with ref_steps > 0 the teacher's
     ref_steps-step samples from that noise too (else None)."""
-    noise = torch.randn((len(classes), *u.sample_shape), generator=torch.Generator().manual_seed(seed))
+    noise = seeded_noise(u.sample_shape, len(classes), seed)  # (N, C, H, W)
     rows = torch.nn.functional.one_hot(classes, len(u.config.classes)).float()  # (N, K)
     lo, hi = u.config.pixel_range
     with torch.no_grad():
