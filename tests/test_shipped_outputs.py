@@ -14,10 +14,10 @@ LATENT_AT = {0: 0.18001525104045868, 1: 1.3717836141586304, 100: 0.4504931271076
              257: 1.3683974742889404, 511: 0.9148064851760864}
 DECODE_AT = {0: -0.47008565068244934, 1: -0.7050185203552246, 100: -0.557302713394165,
              257: -0.32316699624061584, 511: 0.0015606038505211473}
-# re-pinned 2026-12-04 when the shipped O-UNet gained its low-noise stack (`osd train denoiser-low`, x0 below
-# t = 400): row 0 (t = 10) moved, row 1 (t = 700, the main stack) kept its values
-EPS_AT = {0: -34.032188415527344, 400: 6.011404514312744, 783: -9.681591987609863,
-          784: -0.42089951038360596, 1200: 0.7849035263061523}
+# re-pinned 2026-12-04 19:00 UTC when the shipped O-UNet became a 14x14 coarse stage (noise copy only) + 64-unit
+# stack + 64-unit low-noise stack (docs/BENCHMARKS.md, "The 14x14 coarse stage with the noise copy")
+EPS_AT = {0: -34.03218460083008, 400: 6.007908821105957, 783: -9.61982536315918,
+          784: -0.41886967420578003, 1200: 0.7784422636032104}
 
 
 def _inputs():
