@@ -1,4 +1,4 @@
-"""The O-UNet diagnosis benches: mixed DDIM paths (bench/ounet_hybrid.py), the gradient reference's fit
+"""The O-UNet diagnosis benches: mixed DDIM paths (bench/ounet_hybrid.py, bench/ounet_split_paths.py), the gradient reference's fit
 (bench/ounet_reference.py) and the low-noise split (bench/ounet_low_noise.py), on tiny random models."""
 
 import sys
@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from ounet_hybrid import mixed_path  # noqa: E402
 from ounet_low_noise import LowNoiseSplit  # noqa: E402
 from ounet_reference import adam_fit, heldout  # noqa: E402
+from ounet_split_paths import SplitPath  # noqa: E402
 
 
 def test_mixed_path_is_each_model_alone_at_the_ends_and_differs_between():
@@ -34,6 +35,22 @@ def test_low_noise_split_uses_the_specialist_below_the_split_only():
     with torch.no_grad():
         got = split.eps(x, t)
         assert torch.allclose(got[0], other(x[:1], t[:1])[0]) and torch.allclose(got[1], u(x[1:], t[1:])[0])
+
+
+def test_split_path_runs_the_high_model_from_the_split_up_and_refuses_a_straddling_batch():
+    import pytest
+
+    hi, lo = tiny_ounet(seed=0), tiny_ounet(seed=1)
+    path = SplitPath(hi, lo, T // 2)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        for t, owner in ((T // 2, hi), (T - 1, hi), (T // 2 - 1, lo), (0, lo)):
+            tt = torch.full((2,), t)
+            assert torch.equal(path.eps(x, tt), owner.eps(x, tt)), t
+        with pytest.raises(ValueError, match="straddle"):
+            path.eps(x, torch.tensor([T // 2 - 1, T // 2]))
+        samples = ddim_sample(path, x, 4)
+        assert not torch.allclose(samples, ddim_sample(hi, x, 4)) and not torch.allclose(samples, ddim_sample(lo, x, 4))
 
 
 def test_adam_reference_fits_a_module_of_the_same_shape_better_than_zero():
