@@ -299,6 +299,7 @@ def _cmd_precompute_denoiser(args: argparse.Namespace) -> int:
     rep = precompute_denoiser(
         teacher, args.out, args.samples, steps=args.steps, renoise=args.renoise, prompts=prompts,
         batch=args.batch, seed=args.seed, val_fraction=args.val_fraction, shard_size=args.shard_size,
+        progress=_progress(args.progress),
     )
     print(rep.summary())
     return 130 if rep.interrupted else 0
@@ -325,6 +326,8 @@ def _add_precompute_denoiser_parser(kinds) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out share of samples, fixed at write time")
     p.add_argument("--shard-size", type=int, default=4096, help="records per shard file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on when stderr is a terminal)")
     p.set_defaults(func=_cmd_precompute_denoiser)
 
 

@@ -175,9 +175,12 @@ def test_real_mnist_teacher_tiny(tmp_path):
 def test_cli_precompute_denoiser(tmp_path, capsys):
     argv = ["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(tmp_path / "s"),
             "--samples", "2", "--steps", "3", "--renoise", "1", "--device", "cpu", "--val-fraction", "0.5"]
-    assert main(argv) == 0
-    assert "wrote 2 samples (8 records" in capsys.readouterr().out
-    assert main(argv) == 0 and "0 samples" in capsys.readouterr().out  # resumed: nothing left to do
+    assert main([*argv, "--no-progress"]) == 0
+    got = capsys.readouterr()
+    assert "wrote 2 samples (8 records" in got.out and "sample/s" not in got.err  # no bar when asked for none
+    assert main([*argv, "--progress"]) == 0  # resumed: nothing left to do; the bar is drawn even to a pipe
+    got = capsys.readouterr()
+    assert "0 samples" in got.out and "sample" in got.err
     assert main([*argv[:-6], "--steps", "4"]) == 2  # other settings: a clear error, not a traceback
     assert "other settings" in capsys.readouterr().err
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
