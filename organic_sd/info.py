@@ -124,7 +124,10 @@ def ounet_summary(u) -> str:
         lines.append(f"  low-noise stack: {_arch(asdict(low.config))} for t < {c.low_split}, predicts {c.low_target}"
                      + moved)
     t = getattr(u.module, "training_summary", {}) or {}
-    lines.append(f"  trained: {_trained(t)}")
+    # a run is many ticks, each a fit continued from the last: the summary is the kept tick's, not the run's
+    run = (f" (the kept tick's fit: tick {u.meta['tick']} of a run of {float(u.meta['minutes']):.1f} min)"
+           if t and u.meta.get("tick") and u.meta.get("minutes") is not None else "")
+    lines.append(f"  trained: {_trained(t)}{run}")
     figs = _figures(u.meta)
     if figs:
         lines.append(f"  measured: {figs}")

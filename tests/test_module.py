@@ -108,7 +108,8 @@ def test_osd_info_is_a_short_summary_and_json_gives_everything(capsys):
     from organic_sd.ovae.model import DEFAULT_PATH as OVAE
 
     for path, first, needed in ((OVAE, "O-VAE, ", ("encoder", "decoder", "latents (B, 32", "trained: snes", "psnr")),
-                                (OUNET, "O-UNet, ", ("samples (1, 28, 28)", "trained: snes", "heldout_mse"))):
+                                (OUNET, "O-UNet, ", ("samples (1, 28, 28)", "trained: snes", "heldout_mse",
+                                                     "(the kept tick's fit: tick "))):
         assert main(["info", str(path)]) == 0
         out = capsys.readouterr().out
         assert out.startswith(first) and "cloning " in out and "parameters" in out
