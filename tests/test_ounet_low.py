@@ -1,5 +1,6 @@
 """The low-noise stack (ounet/low.py): steps below the split run their own stack, saved, loaded, trained, resumed."""
 
+import io
 from dataclasses import replace
 
 import pytest
@@ -86,8 +87,10 @@ def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(
                      "--modulate", "1", "--stage-grid", "7", "--stage-hidden", "3", "--stage-minutes", "0.2",
                      "--target", "v", "--tick-seconds", "20"]) == 0
     u, ds = OUNet.load(run), DenoiserStore.open(store)
+    log = io.StringIO()
     u2, rep = fit_low(u, ds, split=500, hidden=(3,), generations=60, max_rows=3000, eval_records=16, population=8,
-                      log_to=open("/dev/null", "w"))
+                      log_to=log)
+    assert "evolving for 60 generations (--progress shows the search)" in log.getvalue()  # a silent wait says how long
     assert rep["before"]["heldout_mse"] > 0 and rep["fit"]["n_train"] > 0
     if rep["kept"]:  # kept exactly when the held-out error below the split fell
         assert rep["after"]["heldout_mse"] < rep["before"]["heldout_mse"] and u2.low is not None

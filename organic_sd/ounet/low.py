@@ -81,8 +81,10 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
                        p_val)
     out_scale = low_out_scale(cfg, y)
     hidden = tuple(base.module.config.hidden) if hidden is None else tuple(hidden)
+    budget = f"{generations:,} generations" if generations else f"up to {max_seconds / 60:.3g} minutes"
     print(f"low-noise stack: t < {split}, target {target}, hidden {hidden}, {x.shape[0]:,} rows, out_scale "
-          f"{out_scale:g}", file=log_to, flush=True)
+          f"{out_scale:g}; evolving for {budget}" + ("" if progress else " (--progress shows the search)"),
+          file=log_to, flush=True)
     low = ola.fit(x, y, hidden=hidden, out_scale=out_scale, population=population,
                   max_seconds=None if generations else max_seconds, generations=generations,
                   x_val=xv, y_val=yv, device=dev, seed=seed, init=init, progress=progress,
