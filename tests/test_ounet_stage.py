@@ -178,3 +178,10 @@ def test_two_stage_run_trains_resumes_and_survives_ctrl_c(tmp_path, monkeypatch,
     capsys.readouterr()
     assert cli.main(["info", str(run)]) == 0 and "(noise-scaled copies: noise)" in capsys.readouterr().out
     assert u(torch.zeros(2, 1, 28, 28), torch.tensor([999, 3])).shape == (2, 1, 28, 28)
+
+
+def test_the_train_flag_offers_exactly_the_copies_the_model_knows():
+    from organic_sd.ounet.config import STAGE_COPY_CHOICES
+    from organic_sd.ounet.features import STAGE_COPIES
+
+    assert STAGE_COPY_CHOICES == tuple(STAGE_COPIES)  # kept twice so config.py reads without torch
