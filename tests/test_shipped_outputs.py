@@ -14,10 +14,10 @@ LATENT_AT = {0: 0.18001525104045868, 1: 1.3717836141586304, 100: 0.4504931271076
              257: 1.3683974742889404, 511: 0.9148064851760864}
 DECODE_AT = {0: -0.47008565068244934, 1: -0.7050185203552246, 100: -0.557302713394165,
              257: -0.32316699624061584, 511: 0.0015606038505211473}
-# re-pinned 2026-12-04 19:00 UTC when the shipped O-UNet became a 14x14 coarse stage (noise copy only) + 64-unit
-# stack + 64-unit low-noise stack (docs/BENCHMARKS.md, "The 14x14 coarse stage with the noise copy")
-EPS_AT = {0: -34.03218460083008, 400: 6.007908821105957, 783: -9.61982536315918,
-          784: -0.41886967420578003, 1200: 0.7784422636032104}
+# re-pinned 2026-12-04 21:00 UTC when the shipped O-UNet became the 14x14 signal-copy coarse stage + 64-unit stack +
+# 64-unit low-noise stack for t < 550 (docs/BENCHMARKS.md, "The signal-copy O-UNet")
+EPS_AT = {0: -34.03234100341797, 400: 6.004629611968994, 783: -9.661179542541504,
+          784: -0.4032784104347229, 1200: 0.8004992008209229}
 
 
 def _inputs():
