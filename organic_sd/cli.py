@@ -196,7 +196,7 @@ def _cmd_export_or_onnx(args: argparse.Namespace) -> int:
 def _add_ovae_parsers(sub) -> None:
     """`osd train`, `osd eval`, `osd reconstruct`, `osd demo`, `osd export`."""
     tr = sub.add_parser("train", help="evolve an O-VAE part (encoder, decoder) or the O-UNet denoiser (denoiser, "
-                                      "denoiser-head, denoiser-low) from a store (no gradients)")
+                                      "denoiser-head, denoiser-low, denoiser-clean) from a store (no gradients)")
     parts = tr.add_subparsers(dest="part", required=True)
     dec = parts.add_parser("decoder", help="O-Decoder: latent window -> pixel block")
     add_flags(dec, TrainConfig, skip=("kind",))
@@ -207,6 +207,7 @@ def _add_ovae_parsers(sub) -> None:
     _add_train_prompts_parser(parts)
     _add_train_head_parser(parts)
     _add_train_low_parser(parts)
+    _add_train_clean_parser(parts)
 
     ev = sub.add_parser("eval", help="evaluate an O-VAE (latents, pipeline) or an O-UNet (denoiser)")
     evs = ev.add_subparsers(dest="what", required=True)
@@ -388,26 +389,24 @@ def _cmd_train_head(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_low(args: argparse.Namespace) -> int:
+def _fit_resumable(args: argparse.Namespace, what: str, tag: str, fit) -> int:
+    """Run fit(u, store, init) -> (u2, report) for one part evolved on a trained O-UNet: Ctrl-C keeps the units
+    grown so far beside --out (`tag`-partial), and the same command goes on from them."""
     from organic_sd import ola
     from organic_sd.data.denoiser_store import DenoiserStore
     from organic_sd.ounet import OUNet
-    from organic_sd.ounet.low import fit_low
 
     u = OUNet.load(args.ounet)
     store = DenoiserStore.open(args.store)
     out = Path(args.out)
-    partial = out.with_name(out.stem + ".low-partial.safetensors") if out.suffix == ".safetensors" \
-        else out / "low-partial.safetensors"
+    partial = out.with_name(f"{out.stem}.{tag}-partial.safetensors") if out.suffix == ".safetensors" \
+        else out / f"{tag}-partial.safetensors"
     init = None
     if partial.is_file():
         init = ola.load(partial, args.device)
-        print(f"continuing the interrupted low-noise stack in {partial} ({init.config.hidden} units grown)")
+        print(f"continuing the interrupted {what} in {partial} ({init.config.hidden} units grown)")
     try:
-        u2, rep = fit_low(u, store, split=args.split, target=args.target, hidden=args.hidden,
-                          max_seconds=60.0 * args.max_minutes, max_rows=args.max_rows, eval_records=args.eval_records,
-                          population=args.population, device=args.device, seed=args.seed, init=init,
-                          progress=_progress(args.progress))
+        u2, rep = fit(u, store, init)
     except ola.FitInterrupted as e:
         partial.parent.mkdir(parents=True, exist_ok=True)
         e.module.save(partial)
@@ -416,8 +415,48 @@ def _cmd_train_low(args: argparse.Namespace) -> int:
         return 130
     path = u2.to("cpu").save(out)
     partial.unlink(missing_ok=True)
-    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a low-noise stack'})")
+    print(f"wrote {path} ({u2.num_parameters():,} parameters{'' if rep['kept'] else ', without a ' + what})")
     return 0
+
+
+def _cmd_train_low(args: argparse.Namespace) -> int:
+    from organic_sd.ounet.low import fit_low
+
+    return _fit_resumable(args, "low-noise stack", "low", lambda u, store, init: fit_low(
+        u, store, split=args.split, target=args.target, hidden=args.hidden, max_seconds=60.0 * args.max_minutes,
+        max_rows=args.max_rows, eval_records=args.eval_records, population=args.population, device=args.device,
+        seed=args.seed, init=init, progress=_progress(args.progress)))
+
+
+def _cmd_train_clean(args: argparse.Namespace) -> int:
+    from organic_sd.ounet.train_clean import fit_clean
+
+    return _fit_resumable(args, "clean stage", "clean", lambda u, store, init: fit_clean(
+        u, store, window=args.window, hidden=args.hidden, max_seconds=60.0 * args.max_minutes,
+        max_rows=args.max_rows, eval_records=args.eval_records, population=args.population, device=args.device,
+        seed=args.seed, init=init, progress=_progress(args.progress)))
+
+
+def _add_train_clean_parser(parts) -> None:
+    """`osd train denoiser-clean`: a map over the low-noise stack's x0, evolved on a trained O-UNet."""
+    cl = parts.add_parser("denoiser-clean", help="O-UNet: evolve a clean stage that redraws the low-noise stack's x0 "
+                                                 "from a wider window of it")
+    cl.add_argument("--ounet", required=True, help="O-UNet with a low-noise stack (file, run or shipped name)")
+    cl.add_argument("--store", required=True, help="denoiser store of the same teacher")
+    cl.add_argument("--out", required=True, help="where the O-UNet with its clean stage is written "
+                                                 "(.safetensors or folder)")
+    cl.add_argument("--window", type=int, default=5, help="odd width of the window of the low stack's x0 it reads")
+    cl.add_argument("--hidden", type=int, nargs="+", default=[16], help="hidden widths")
+    cl.add_argument("--max-minutes", type=float, default=3.0)
+    cl.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
+    cl.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "
+                                                                  "whether it is kept")
+    cl.add_argument("--population", type=int, default=100)
+    cl.add_argument("--device", default="cpu")
+    cl.add_argument("--seed", type=int, default=0)
+    cl.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bars (default: on when stderr is a terminal)")
+    cl.set_defaults(func=_cmd_train_clean)
 
 
 def _add_train_low_parser(parts) -> None:

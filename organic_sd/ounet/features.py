@@ -60,6 +60,9 @@ class OUNetConfig:
     # 0: none): the last DDIM steps draw the strokes, and there a bounded x0 leaves a clean background
     low_split: int = 0
     low_target: str = "x0"
+    # k: the clean stage's window on the low stack's x0 (ounet/clean.py; 0: none): a second map over the low
+    # stack's output, which sees whether a stroke pixel has neighbours beyond the stack's own window
+    clean_window: int = 0
     teacher: str = ""
     pixel_range: tuple[float, float] = (-1.0, 1.0)  # the teacher's clean sample range (for images and PSNR)
 
@@ -96,6 +99,11 @@ class OUNetConfig:
                 raise ValueError(f"{name} must be one of {TARGETS}, got {getattr(self, name)!r}")
         if not 0 <= self.low_split < self.num_steps:
             raise ValueError(f"low_split must be in [0, {self.num_steps}), got {self.low_split}")
+        if self.clean_window < 0 or (self.clean_window and self.clean_window % 2 == 0):
+            raise ValueError(f"clean_window must be 0 or odd, got {self.clean_window}")
+        if self.clean_window and not (self.low_split and self.low_target == "x0"):
+            raise ValueError("a clean stage reads the low-noise stack's x0: it needs low_split > 0 and low_target "
+                             f"'x0', got {self.low_split} and {self.low_target!r}")
         if self.grid < 1 or self.freqs < 0 or self.cond_dim < 0 or self.num_steps < 2 or self.head_buckets < 0:
             raise ValueError(f"need grid >= 1, freqs >= 0, cond_dim >= 0, num_steps >= 2; got {self}")
 

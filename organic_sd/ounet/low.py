@@ -22,11 +22,9 @@ import torch
 from organic_sd import ola
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.model import OUNet
-from organic_sd.ounet.targets import TARGETS, update_weight
-from organic_sd.ounet.train import DENOISER_UNITS_PER_ROUND, draw_rows, heldout_score
+from organic_sd.ounet.targets import TARGETS, X0_HEADROOM, update_weight
+from organic_sd.ounet.train import DENOISER_UNITS_PER_ROUND, draw_rows, heldout_score, store_schedule
 from organic_sd.runs import out_scale_for, typical_largest
-
-X0_HEADROOM = 1.05  # an x0 stack's out_scale: this times the pixel range's largest magnitude
 
 
 def below_split_weights(target: str, schedule: torch.Tensor, t: np.ndarray, split: int) -> np.ndarray:
@@ -36,6 +34,17 @@ def below_split_weights(target: str, schedule: torch.Tensor, t: np.ndarray, spli
     if float(w.sum()) == 0.0:
         raise ValueError(f"no record has t < {split}: the store holds nothing for a low-noise stack")
     return (w / w.sum()).numpy()
+
+
+def below_split_eval(target: str, schedule: torch.Tensor, store, val_idx: np.ndarray, split: int, n: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The keep decision's records: up to n held-out records below the split (sorted), and each one's weight,
+    how far an error in `target` (the main stack's) moves its update (mean 1)."""
+    below = val_idx[np.asarray(store.t[val_idx]).round() < split]
+    eval_idx = np.sort(np.random.default_rng(seed).choice(below, min(n, len(below)), replace=False))
+    t_eval = torch.as_tensor(np.asarray(store.t[eval_idx])).round().long()
+    w = update_weight(target, schedule, t_eval, 8).double().numpy()
+    return eval_idx, w / w.mean()
 
 
 def low_out_scale(cfg, y: torch.Tensor) -> float:
@@ -62,12 +71,11 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     if u.adapter is not None:
         raise ValueError("a low-noise stack for a text-adapted O-UNet is not supported (its adapter is searched "
                          "on the main stack's rows)")
-    schedule = torch.from_numpy(store.alphas_cumprod)
-    if len(schedule) != u.config.num_steps or not torch.allclose(schedule, u.schedule.to(schedule.dtype), atol=1e-6):
-        raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
+    schedule = store_schedule(u, store)
     dev = resolve_device(device)
-    base = OUNet(replace(u.config, low_split=0), u.module, u.schedule, dict(u.meta), head=u.head, stage=u.stage,
-                 prompts=u.prompts).to(dev)  # an earlier low stack is replaced, not stacked on
+    # an earlier low stack (and the clean stage that read it) is replaced, not stacked on
+    base = OUNet(replace(u.config, low_split=0, clean_window=0), u.module, u.schedule, dict(u.meta), head=u.head,
+                 stage=u.stage, prompts=u.prompts).to(dev)
     cfg = replace(base.config, low_split=split, low_target=target)
     train_idx, val_idx = store.indices("train"), store.indices("val")
     if len(val_idx) == 0:
@@ -90,12 +98,7 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
                   x_val=xv, y_val=yv, device=dev, seed=seed, init=init, progress=progress,
                   units_per_round=DENOISER_UNITS_PER_ROUND)
     del x, y, xv, yv
-    # the keep decision: records below the split, each weighted by how far the main target's error moves its update
-    below = val_idx[np.asarray(store.t[val_idx]).round() < split]
-    eval_idx = np.sort(np.random.default_rng(seed + 1).choice(below, min(eval_records, len(below)), replace=False))
-    t_eval = torch.as_tensor(np.asarray(store.t[eval_idx])).round().long()
-    w = update_weight(base.config.target, schedule, t_eval, 8).double().numpy()
-    w = w / w.mean()
+    eval_idx, w = below_split_eval(base.config.target, schedule, store, val_idx, split, eval_records, seed + 1)
     cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
                  prompts=base.prompts, low=low).to(dev)
     before, after = heldout_score(base, store, eval_idx, w), heldout_score(cand, store, eval_idx, w)

@@ -23,6 +23,7 @@ from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
 from organic_sd.ola.module import FORMAT as OLA_FORMAT
 from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 from organic_sd.ounet.adapter import TextAdapter
+from organic_sd.ounet.clean import clean_in_dim, clean_x0
 from organic_sd.ounet.fast import fast_eps
 from organic_sd.ounet.features import OUNetConfig, features
 from organic_sd.ounet.head import head_conv
@@ -45,12 +46,15 @@ class OUNet(nn.Module):
 
     def __init__(self, config: OUNetConfig, module: nn.Module, schedule: torch.Tensor, meta: dict | None = None,
                  adapter: TextAdapter | None = None, head: OLAModule | None = None, stage: nn.Module | None = None,
-                 prompts: PromptAdapter | None = None, low: OLAModule | None = None):
+                 prompts: PromptAdapter | None = None, low: OLAModule | None = None,
+                 clean: OLAModule | None = None):
         """`adapter`: the text adapter from the teacher's embedding to cond (its cond_dim must be config's);
         `head`: the noise-level head (ounet/head.py), an OLAModule K (C k k + 1) -> C, when config.head_buckets > 0;
         `stage`: the coarse stage (ounet/stage.py), stage_in_dim -> C g g, when config.stage_grid > 0;
         `prompts`: a class-conditional O-UNet's prompt adapter (ounet/prompts.py), text -> class;
-        `low`: the low-noise stack (ounet/low.py), in_dim -> C, used for t < config.low_split when that is > 0."""
+        `low`: the low-noise stack (ounet/low.py), in_dim -> C, used for t < config.low_split when that is > 0;
+        `clean`: the clean stage (ounet/clean.py), clean_in_dim -> C, redrawing the low stack's x0 when
+        config.clean_window > 0."""
         super().__init__()
         schedule = torch.as_tensor(schedule, dtype=torch.float64).cpu()
         if schedule.ndim != 1 or schedule.numel() != config.num_steps:
@@ -79,6 +83,12 @@ class OUNet(nn.Module):
             need = f"a low-noise stack {want[0]} -> {want[1]}" if want else "no low-noise stack"
             raise ValueError(f"low_split {config.low_split} needs {need}, got {'none' if got is None else got}")
         self.low = low
+        want = (clean_in_dim(config), C) if config.clean_window else None
+        got = None if clean is None else (clean.in_dim, clean.out_dim)
+        if got != want:
+            need = f"a clean stage {want[0]} -> {want[1]}" if want else "no clean stage"
+            raise ValueError(f"clean_window {config.clean_window} needs {need}, got {'none' if got is None else got}")
+        self.clean = clean
         if prompts is not None and prompts.config.classes != config.classes:
             raise ValueError(f"the prompt adapter names classes {prompts.config.classes}, the O-UNet "
                              f"{config.classes or 'none (not class-conditional)'}")
@@ -152,13 +162,13 @@ class OUNet(nn.Module):
         coarse = None if self.stage is None else stage_map(cfg, self.stage, self._schedule, x, tt, cond)  # (B, C, H, W)
         low = tt < cfg.low_split if self.low is not None else torch.zeros_like(tt, dtype=torch.bool)  # (B,)
         if low.all():
-            out = self._stack_eps(self.low, cfg.low_target, x, tt, cond, coarse)
+            out = self._low_eps(x, tt, cond, coarse)
         elif not low.any():
             out = self._stack_eps(self.module, cfg.target, x, tt, cond, coarse)
         else:  # a batch mixing noise levels: each row through its own stack
             pick = lambda v, m: None if v is None else v[m]  # noqa: E731
             out = torch.empty_like(x)
-            out[low] = self._stack_eps(self.low, cfg.low_target, x[low], tt[low], pick(cond, low), pick(coarse, low))
+            out[low] = self._low_eps(x[low], tt[low], pick(cond, low), pick(coarse, low))
             out[~low] = self._stack_eps(self.module, cfg.target, x[~low], tt[~low], pick(cond, ~low),
                                         pick(coarse, ~low))
         if self.head is not None:
@@ -167,15 +177,38 @@ class OUNet(nn.Module):
 
     def _stack_eps(self, module: nn.Module, target: str, x, tt, cond, coarse) -> torch.Tensor:
         """One per-pixel stack on (B, C, H, W) x at steps tt (B,) -> (B, C, H, W) eps (the stack predicts `target`)."""
-        cfg = self.config
-        if isinstance(module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
-            out = fast_eps(self, x, tt, cond, coarse, module)
-        else:
-            rows = features(cfg, self._schedule, x, tt, cond, coarse)  # (B, HW, in)
-            out = module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+        out = self._stack_pred(module, x, tt, cond, coarse)
         if target != "eps":
             out = to_eps(target, out, x, self._schedule.to(x.device)[tt].float())
         return out
+
+    def _stack_pred(self, module: nn.Module, x, tt, cond, coarse) -> torch.Tensor:
+        """One per-pixel stack's own prediction (its target's units), (B, C, H, W)."""
+        if isinstance(module, OLAModule):  # the same function as below, as convolutions (ounet/fast.py)
+            return fast_eps(self, x, tt, cond, coarse, module)
+        rows = features(self.config, self._schedule, x, tt, cond, coarse)  # (B, HW, in)
+        return module(rows).transpose(1, 2).reshape(x.shape)  # (B, C, H, W)
+
+    def _low_eps(self, x, tt, cond, coarse) -> torch.Tensor:
+        """Steps below the split: the low-noise stack, then the clean stage on its x0 if there is one."""
+        cfg = self.config
+        if self.clean is None:
+            return self._stack_eps(self.low, cfg.low_target, x, tt, cond, coarse)
+        x0 = clean_x0(cfg, self.clean, self._schedule, x, tt, self._stack_pred(self.low, x, tt, cond, coarse))
+        return to_eps("x0", x0, x, self._schedule.to(x.device)[tt].float())
+
+    def low_x0(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) x_t at steps t (B,), all below the split -> the low-noise stack's own x0, before any clean
+        stage (what a clean stage reads); cond as the stacks read it (a store's cond rows)."""
+        cfg = self.config
+        if self.low is None or cfg.low_target != "x0":
+            raise ValueError("this O-UNet has no low-noise stack predicting x0 (train one with `osd train denoiser-low`)")
+        if (t >= cfg.low_split).any():
+            raise ValueError(f"low_x0 takes steps below the split {cfg.low_split}, got up to {int(t.max())}")
+        x = x_t.to(self.device, torch.float32)
+        tt = t.to(x.device)
+        coarse = None if self.stage is None else stage_map(cfg, self.stage, self._schedule, x, tt, cond)
+        return self._stack_pred(self.low, x, tt, cond, coarse)
 
     def class_cond(self, cond, batch: int) -> torch.Tensor:
         """A class-conditional O-UNet's cond: class indices (B,) or one int, or class-weight rows (B or 1, K),
@@ -270,6 +303,10 @@ class OUNet(nn.Module):
             tensors.update({f"low.{k}": v.detach().cpu().contiguous() for k, v in self.low.state_dict().items()})
             md["low_config"] = json.dumps(asdict(self.low.config))
             md["low_training"] = json.dumps(self.low.training_summary, default=str)
+        if self.clean is not None:
+            tensors.update({f"clean.{k}": v.detach().cpu().contiguous() for k, v in self.clean.state_dict().items()})
+            md["clean_config"] = json.dumps(asdict(self.clean.config))
+            md["clean_training"] = json.dumps(self.clean.training_summary, default=str)
         if self.prompts is not None:
             pt, pmd = self.prompts.state()
             tensors.update(pt)
@@ -322,10 +359,18 @@ class OUNet(nn.Module):
                                          json.loads(md.get("low_training", "{}"))),
                                {k[len("low."):]: v for k, v in tensors.items() if k.startswith("low.")},
                                f"{file}: low-noise stack")
+        clean = None
+        if cfg.clean_window:
+            if "clean_config" not in md:
+                raise ValueError(f"{file}: its config names a clean stage but the file holds none")
+            clean = load_weights(OLAModule(OLAConfig(**json.loads(md["clean_config"])),
+                                           json.loads(md.get("clean_training", "{}"))),
+                                 {k[len("clean."):]: v for k, v in tensors.items() if k.startswith("clean.")},
+                                 f"{file}: clean stage")
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
                     _load_adapter(file, md, tensors), head, stage, PromptAdapter.from_state(md, tensors, str(file)),
-                    low)
+                    low, clean)
         except ValueError as e:
             raise ValueError(f"{file}: {e}") from None
         return u.to(device)

@@ -21,6 +21,8 @@ import torch
 
 from organic_sd.ounet.config import T_WEIGHTS  # how rows are weighted by their noise level (update_weight)
 
+X0_HEADROOM = 1.05  # an x0 map's out_scale: this times the pixel range's largest magnitude
+
 TARGETS = ("eps", "x0", "v")
 
 

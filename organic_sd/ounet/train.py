@@ -96,6 +96,14 @@ def sample_rows(cfg, pool: np.ndarray, max_rows: int, rng: np.random.Generator, 
     return torch.cat(xs)[:max_rows], torch.cat(ys)[:max_rows]
 
 
+def store_schedule(u: OUNet, store: DenoiserStore) -> torch.Tensor:
+    """The store's (T,) alpha-bar, checked to be u's teacher's: a store of another teacher is an error."""
+    schedule = torch.from_numpy(store.alphas_cumprod)
+    if len(schedule) != u.config.num_steps or not torch.allclose(schedule, u.schedule.to(schedule.dtype), atol=1e-6):
+        raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
+    return schedule
+
+
 def heldout_score(u: OUNet, store: DenoiserStore, idx: np.ndarray, w: np.ndarray | None = None) -> dict:
     """On records idx: the MSE of what the stacks predict (cfg.target: eps, x0 or v) against the teacher's, each
     record weighted by w (idx's --t-weight weights; None: equally), which decides what is kept; and the

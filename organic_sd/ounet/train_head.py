@@ -18,7 +18,7 @@ from organic_sd import ola
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.head import head_rows
 from organic_sd.ounet.model import OUNet
-from organic_sd.ounet.train import heldout_score, sample_rows
+from organic_sd.ounet.train import heldout_score, sample_rows, store_schedule
 from organic_sd.runs import out_scale_for
 
 
@@ -36,13 +36,11 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     if u.config.cond_dim:
         raise ValueError("the noise-level head is for unconditional O-UNets")
-    schedule = torch.from_numpy(store.alphas_cumprod)
-    if len(schedule) != u.config.num_steps or not torch.allclose(schedule, u.schedule.to(schedule.dtype), atol=1e-6):
-        raise ValueError(f"store {store.path} was made by another teacher's schedule than this O-UNet's")
+    store_schedule(u, store)  # a store of another teacher is an error
     dev = resolve_device(device)
     # a head is fitted on the stack's residual alone: an earlier head is dropped, not stacked on
     u = OUNet(replace(u.config, head_buckets=0), u.module, u.schedule, dict(u.meta), adapter=u.adapter,
-              stage=u.stage, prompts=u.prompts, low=u.low).to(dev)
+              stage=u.stage, prompts=u.prompts, low=u.low, clean=u.clean).to(dev)
     cfg = replace(u.config, head_buckets=buckets)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = store.indices("train"), store.indices("val")
@@ -84,7 +82,7 @@ def fit_head(u, store, buckets: int = 8, max_seconds: float = 300.0, max_rows: i
                                                                replace=False))
     before = heldout_score(u, store, eval_idx)
     cand = OUNet(cfg, u.module, u.schedule, dict(u.meta), adapter=u.adapter, head=head, stage=u.stage,
-                 prompts=u.prompts, low=u.low)
+                 prompts=u.prompts, low=u.low, clean=u.clean)
     after = heldout_score(cand, store, eval_idx)
     kept = after["heldout_mse"] < before["heldout_mse"]
     rep = {"buckets": buckets, "seconds": round(time.perf_counter() - t0, 1), "before": before, "after": after,
