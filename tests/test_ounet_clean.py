@@ -127,6 +127,16 @@ def test_fit_clean_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_
         assert u2.clean.config.out_scale == pytest.approx(1.05 * max(map(abs, u.config.pixel_range)))
     else:
         assert rep["after"]["heldout_mse"] >= rep["before"]["heldout_mse"] and u2.clean is None
+    # a stage that does not beat the one the O-UNet already has leaves it as it was
+    held = with_clean(u, window=3)
+    u4, rep4 = fit_clean(held, ds, window=3, hidden=(1,), generations=2, max_rows=3000, eval_records=16,
+                         population=8, log_to=io.StringIO())
+    if not rep4["kept"]:
+        assert u4.clean is held.clean and rep4["before"]["heldout_mse"] <= rep4["after"]["heldout_mse"]
+    else:
+        assert u4.clean is not held.clean and rep4["after"]["heldout_mse"] < rep4["before"]["heldout_mse"]
+    with pytest.raises(ValueError, match="odd and >= 1"):
+        fit_clean(u, ds, window=0)
     # the same generations and seed: the same stage
     u3, rep3 = fit_clean(u, ds, window=3, hidden=(2,), generations=40, max_rows=3000, eval_records=16, population=8,
                          log_to=io.StringIO())

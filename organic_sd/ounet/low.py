@@ -74,6 +74,9 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     schedule = store_schedule(u, store)
     dev = resolve_device(device)
     # an earlier low stack (and the clean stage that read it) is replaced, not stacked on
+    if u.clean is not None:
+        print("low-noise stack: the O-UNet's clean stage read the stack being replaced; it is dropped (train a new "
+              "one with `osd train denoiser-clean`)", file=log_to, flush=True)
     base = OUNet(replace(u.config, low_split=0, clean_window=0), u.module, u.schedule, dict(u.meta), head=u.head,
                  stage=u.stage, prompts=u.prompts).to(dev)
     cfg = replace(base.config, low_split=split, low_target=target)
