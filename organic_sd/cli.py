@@ -425,7 +425,7 @@ def _cmd_train_low(args: argparse.Namespace) -> int:
     return _fit_resumable(args, "low-noise stack", "low", lambda u, store, init: fit_low(
         u, store, split=args.split, target=args.target, hidden=args.hidden, max_seconds=60.0 * args.max_minutes,
         max_rows=args.max_rows, eval_records=args.eval_records, population=args.population, device=args.device,
-        seed=args.seed, init=init, progress=_progress(args.progress)))
+        seed=args.seed, init=init, progress=_progress(args.progress), prune=args.prune))
 
 
 def _cmd_train_clean(args: argparse.Namespace) -> int:
@@ -469,6 +469,9 @@ def _add_train_low_parser(parts) -> None:
     lo.add_argument("--split", type=int, default=400, help="the stack takes the steps t < SPLIT")
     lo.add_argument("--target", default="x0", choices=("eps", "x0", "v"), help="what it predicts")
     lo.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden widths (default: the O-UNet's)")
+    lo.add_argument("--prune", type=int, default=None, metavar="N",
+                    help="instead of growing a new stack, cut the O-UNet's own low stack to its N most used units and "
+                         "re-evolve its readout (a cheaper step; pairs with `osd train denoiser-clean`)")
     lo.add_argument("--max-minutes", type=float, default=5.0)
     lo.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
     lo.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "

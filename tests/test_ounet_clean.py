@@ -160,4 +160,11 @@ def test_fit_clean_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_
     assert cli.main(args) == 0 and out.is_file() and not partial.exists()
     assert seen[0] is None and seen[1].config.hidden == (1,)  # the second run continued the grown units
     OUNet.load(out)  # a loadable O-UNet, with or without the stage (kept only if it helped)
+    # the low stack cut to its 2 most used units, readout re-evolved: what a clean stage pairs with to stay fast
+    cut = tmp_path / "cut.safetensors"
+    assert cli.main(["train", "denoiser-low", "--ounet", str(low), "--store", str(store), "--out", str(cut),
+                     "--split", "500", "--prune", "2", "--max-rows", "3000", "--eval-records", "16", "--population",
+                     "8", "--max-minutes", "0.02"]) == 0
+    v = OUNet.load(cut)
+    assert v.low is None or v.low.config.hidden == (2,)
 

@@ -12,7 +12,7 @@ from organic_sd import cli, ola
 from organic_sd.data.denoiser_store import DenoiserStore
 from organic_sd.ounet import OUNet
 from organic_sd.ounet.features import features
-from organic_sd.ounet.low import below_split_weights, fit_low
+from organic_sd.ounet.low import below_split_weights, fit_low, prune_units
 from organic_sd.ounet.stage import stage_map
 from organic_sd.ounet.targets import to_eps
 
@@ -116,3 +116,21 @@ def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(
     assert cli.main(args) == 0 and out.is_file() and not partial.exists()
     assert seen[0] is None and seen[1].config.hidden == (2,)  # the second run continued the grown units
     OUNet.load(out)  # a loadable O-UNet, with or without the stack (kept only if it helped)
+
+
+def test_prune_keeps_the_most_used_units_and_the_readouts_columns():
+    u = with_low(staged("v"))  # a 4-unit low stack for t < 20, predicting x0
+    low, col = u.low, u.config.in_dim
+    with torch.no_grad():
+        low.readout.weight[:, col + 1] = 0.0  # unit 1 reaches nothing: the first to go
+    x = torch.randn(500, col)
+    cut = prune_units(u, 20, "x0", x, 3, log_to=io.StringIO())
+    assert cut.config.hidden == (3,) and cut.config.out_scale == low.config.out_scale
+    torch.testing.assert_close(cut.hidden[0].weight, low.hidden[0].weight[[0, 2, 3]])
+    torch.testing.assert_close(cut.readout.weight[:, :col], low.readout.weight[:, :col])
+    torch.testing.assert_close(cut.readout.weight[:, col:], low.readout.weight[:, col + torch.tensor([0, 2, 3])])
+    torch.testing.assert_close(cut(x), low(x))  # the dropped unit added nothing, so nothing changed
+    with pytest.raises(ValueError, match="needs one for t < 30"):
+        prune_units(u, 30, "x0", x, 3)
+    with pytest.raises(ValueError, match="keeps 1 to 3 units"):
+        prune_units(u, 20, "x0", x, 4)

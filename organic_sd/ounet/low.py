@@ -47,6 +47,32 @@ def below_split_eval(target: str, schedule: torch.Tensor, store, val_idx: np.nda
     return eval_idx, w / w.mean()
 
 
+def prune_units(u: OUNet, split: int, target: str, x: torch.Tensor, keep: int, log_to=None,
+                rows: int = 200_000) -> ola.OLAModule:
+    """u's one-layer low stack cut to the `keep` units that move its output most on rows x (N, in):
+    |readout weight| times the spread of the unit's activation. The readout keeps its columns."""
+    low = u.low
+    if low is None or (u.config.low_split, u.config.low_target) != (split, target):
+        raise ValueError(f"--prune cuts the O-UNet's own low-noise stack: it needs one for t < {split} predicting "
+                         f"{target}, got {'none' if low is None else (u.config.low_split, u.config.low_target)}")
+    if len(low.config.hidden) != 1 or not 0 < keep < low.config.hidden[0]:
+        raise ValueError(f"--prune keeps 1 to {low.config.hidden[0] - 1 if low.config.hidden else 0} units of a "
+                         f"one-layer stack, got {keep} of {tuple(low.config.hidden)}")
+    col = low.config.in_dim  # the readout's first unit column
+    with torch.no_grad():
+        h = torch.tanh(low.hidden[0](x[:rows].to(low.readout.weight.device)))  # (N, H)
+        score = low.readout.weight[:, col:].abs().sum(0) * h.std(0)  # (H,)
+    kept = torch.sort(torch.argsort(score, descending=True)[:keep]).values
+    cut = ola.OLAModule(ola.OLAConfig(low.config.in_dim, low.config.out_dim, (keep,), low.config.out_scale))
+    with torch.no_grad():
+        cut.hidden[0].weight.copy_(low.hidden[0].weight[kept]), cut.hidden[0].bias.copy_(low.hidden[0].bias[kept])
+        cut.readout.weight.copy_(torch.cat([low.readout.weight[:, :col], low.readout.weight[:, col + kept]], 1))
+        cut.readout.bias.copy_(low.readout.bias)
+    print(f"low-noise stack: kept {keep} of {low.config.hidden[0]} units ({float(score[kept].sum() / score.sum()):.1%} "
+          "of their summed use); re-evolving the readout", file=log_to or sys.stdout, flush=True)
+    return cut.to(x.device)
+
+
 def low_out_scale(cfg, y: torch.Tensor) -> float:
     """The low stack's tanh scale: just past the pixel range for x0 (saturated units draw clean black), else
     from the targets' typical largest magnitude."""
@@ -58,11 +84,13 @@ def low_out_scale(cfg, y: torch.Tensor) -> float:
 def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, max_seconds: float = 300.0,
             max_rows: int = 600_000, eval_records: int = 512, population: int = 100, device: str = "cpu",
             seed: int = 0, init: ola.OLAModule | None = None, generations: int | None = None, progress=False,
-            log_to=None) -> tuple[OUNet, dict]:
+            log_to=None, prune: int | None = None) -> tuple[OUNet, dict]:
     """Evolve a low-noise stack for u's steps t < split; returns (u with it if it helps, else u; report dict).
 
     `hidden`: its widths (default: u's stack's); `init`: a low stack of the same shape to continue (an
     interrupted fit's: ola.FitInterrupted carries it). `generations` instead of max_seconds: reproducible.
+    `prune`: start from u's own low stack cut to its `prune` most used units (prune_units) and re-evolve
+    its readout: a cheaper stack per step, its units as evolution found them.
     """
     log_to = log_to or sys.stdout
     t0 = time.perf_counter()
@@ -91,6 +119,10 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     xv, yv = draw_rows(rows_cfg, schedule, store, val_idx, max(10_000, max_rows // 10), rng, dev, None, base.stage,
                        p_val)
     out_scale = low_out_scale(cfg, y)
+    if prune is not None:
+        if init is None:  # (a resumed run continues its own pruned stack)
+            init = prune_units(u, split, target, x, prune, log_to)
+        hidden, out_scale = tuple(init.config.hidden), init.config.out_scale  # the stack's own bound stays
     hidden = tuple(base.module.config.hidden) if hidden is None else tuple(hidden)
     budget = f"{generations:,} generations" if generations else f"up to {max_seconds / 60:.3g} minutes"
     print(f"low-noise stack: t < {split}, target {target}, hidden {hidden}, {x.shape[0]:,} rows, out_scale "
