@@ -14,9 +14,9 @@ LATENT_AT = {0: 0.18001525104045868, 1: 1.3717836141586304, 100: 0.4504931271076
              257: 1.3683974742889404, 511: 0.9148064851760864}
 DECODE_AT = {0: -0.47008565068244934, 1: -0.7050185203552246, 100: -0.557302713394165,
              257: -0.32316699624061584, 511: 0.0015606038505211473}
-# re-pinned 2026-12-04 21:00 UTC when the shipped O-UNet became the 14x14 signal-copy coarse stage + 64-unit stack +
-# 64-unit low-noise stack for t < 550 (docs/BENCHMARKS.md, "The signal-copy O-UNet")
-EPS_AT = {0: -34.03234100341797, 400: 6.004629611968994, 783: -9.661179542541504,
+# re-pinned 2026-12-04 22:25 UTC when the shipped O-UNet became C with its low stack cut to 48 units and a 5x5 clean
+# stage (docs/BENCHMARKS.md, "The clean stage")
+EPS_AT = {0: -34.83736038208008, 400: 12.72227668762207, 783: -10.49059772491455,
           784: -0.4032784104347229, 1200: 0.8004992008209229}
 
 
