@@ -116,20 +116,19 @@ def ounet_summary(u) -> str:
                      + f", read by the per-pixel stack through a {c.stage_window}x{c.stage_window} window")
     if getattr(c, "target", "eps") != "eps":
         lines.append(f"  predicts {c.target} (returned as eps)")
+    def moved(part: str) -> str:  # what the part's keep decision measured, when its report is in the file
+        rep = u.meta.get(part) or {}
+        return (f"; held-out update-weighted {c.target} MSE below the split {rep['before']['heldout_mse']:.4g} -> "
+                f"{rep['after']['heldout_mse']:.4g}" if rep.get("before") and rep.get("after") else "")
+
     low = getattr(u, "low", None)
     if low is not None:
-        rep = u.meta.get("low") or {}
-        moved = (f"; held-out update-weighted {c.target} MSE below the split {rep['before']['heldout_mse']:.4g} -> "
-                 f"{rep['after']['heldout_mse']:.4g}" if rep.get("before") and rep.get("after") else "")
         lines.append(f"  low-noise stack: {_arch(asdict(low.config))} for t < {c.low_split}, predicts {c.low_target}"
-                     + moved)
+                     + moved("low"))
     clean = getattr(u, "clean", None)
     if clean is not None:
-        rep = u.meta.get("clean") or {}
-        moved = (f"; held-out update-weighted {c.target} MSE below the split {rep['before']['heldout_mse']:.4g} -> "
-                 f"{rep['after']['heldout_mse']:.4g}" if rep.get("before") and rep.get("after") else "")
         lines.append(f"  clean stage: {_arch(asdict(clean.config))} on a {c.clean_window}x{c.clean_window} window of "
-                     "the low-noise stack's x0" + moved)
+                     "the low-noise stack's x0" + moved("clean"))
     t = getattr(u.module, "training_summary", {}) or {}
     # a run is many ticks, each a fit continued from the last: the summary is the kept tick's, not the run's
     run = (f" (the kept tick's fit: tick {u.meta['tick']} of a run of {float(u.meta['minutes']):.1f} min)"

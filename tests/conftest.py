@@ -206,3 +206,23 @@ def sd_pipe(folder, vae):
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def check_ctrl_c_then_resume(monkeypatch, args: list, out: Path, partial: Path, grown=(1,)):
+    """`osd ARGS` interrupted while its fit grows: exit 130, the units grown so far (`grown`) kept at `partial`,
+    nothing at `out`; the same command then continues them, writes `out` and removes `partial`."""
+    from organic_sd import cli
+
+    real, seen = ola.fit, []
+
+    def interrupted_fit(x, y, **kw):
+        seen.append(kw.get("init"))
+        raise ola.FitInterrupted(real(x, y, **{**kw, "hidden": grown, "max_seconds": 1.0}))
+
+    monkeypatch.setattr(ola, "fit", interrupted_fit)
+    assert cli.main(args) == 130 and not out.exists()
+    assert partial.is_file() and ola.load(partial).config.hidden == grown
+    monkeypatch.setattr(ola, "fit", lambda x, y, **kw: seen.append(kw.get("init")) or real(x, y, **kw))
+    assert cli.main(args) == 0 and out.is_file() and not partial.exists()
+    assert seen[0] is None and seen[1].config.hidden == grown  # the second run continued the grown units
+    OUNet.load(out)  # a loadable O-UNet, with or without the part (kept only if it helped)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import MNIST, needs_mnist
+from conftest import MNIST, check_ctrl_c_then_resume, needs_mnist
 from test_ounet_low import rows_eps, with_low
 from test_ounet_stage import staged
 
@@ -145,21 +145,7 @@ def test_fit_clean_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_
     out = tmp_path / "clean.safetensors"
     args = ["train", "denoiser-clean", "--ounet", str(low), "--store", str(store), "--out", str(out), "--window", "3",
             "--hidden", "3", "--max-rows", "3000", "--eval-records", "16", "--population", "8", "--max-minutes", "0.05"]
-    real, seen = ola.fit, []
-
-    def interrupted_fit(x, y, **kw):
-        seen.append(kw.get("init"))
-        m = real(x, y, **{**kw, "hidden": (1,), "max_seconds": 1.0})
-        raise ola.FitInterrupted(m)
-
-    monkeypatch.setattr(ola, "fit", interrupted_fit)
-    assert cli.main(args) == 130 and not out.exists()
-    partial = tmp_path / "clean.clean-partial.safetensors"
-    assert partial.is_file() and ola.load(partial).config.hidden == (1,)
-    monkeypatch.setattr(ola, "fit", lambda x, y, **kw: seen.append(kw.get("init")) or real(x, y, **kw))
-    assert cli.main(args) == 0 and out.is_file() and not partial.exists()
-    assert seen[0] is None and seen[1].config.hidden == (1,)  # the second run continued the grown units
-    OUNet.load(out)  # a loadable O-UNet, with or without the stage (kept only if it helped)
+    check_ctrl_c_then_resume(monkeypatch, args, out, tmp_path / "clean.clean-partial.safetensors", grown=(1,))
     # the low stack cut to its 2 most used units, readout re-evolved: what a clean stage pairs with to stay fast
     cut = tmp_path / "cut.safetensors"
     assert cli.main(["train", "denoiser-low", "--ounet", str(low), "--store", str(store), "--out", str(cut),

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import MNIST, needs_mnist
+from conftest import MNIST, check_ctrl_c_then_resume, needs_mnist
 from test_ounet_stage import staged
 
 from organic_sd import cli, ola
@@ -101,21 +101,7 @@ def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(
     out = tmp_path / "low.safetensors"
     args = ["train", "denoiser-low", "--ounet", str(run), "--store", str(store), "--out", str(out), "--split", "500",
             "--hidden", "4", "--max-rows", "3000", "--eval-records", "16", "--population", "8", "--max-minutes", "0.05"]
-    real, seen = ola.fit, []
-
-    def interrupted_fit(x, y, **kw):
-        seen.append(kw.get("init"))
-        m = real(x, y, **{**kw, "hidden": (2,), "max_seconds": 1.0})
-        raise ola.FitInterrupted(m)
-
-    monkeypatch.setattr(ola, "fit", interrupted_fit)
-    assert cli.main(args) == 130 and not out.exists()
-    partial = tmp_path / "low.low-partial.safetensors"
-    assert partial.is_file() and ola.load(partial).config.hidden == (2,)
-    monkeypatch.setattr(ola, "fit", lambda x, y, **kw: seen.append(kw.get("init")) or real(x, y, **kw))
-    assert cli.main(args) == 0 and out.is_file() and not partial.exists()
-    assert seen[0] is None and seen[1].config.hidden == (2,)  # the second run continued the grown units
-    OUNet.load(out)  # a loadable O-UNet, with or without the stack (kept only if it helped)
+    check_ctrl_c_then_resume(monkeypatch, args, out, tmp_path / "low.low-partial.safetensors", grown=(2,))
 
 
 def test_prune_keeps_the_most_used_units_and_the_readouts_columns():

@@ -136,16 +136,24 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     eval_idx, w = below_split_eval(base.config.target, schedule, store, val_idx, split, eval_records, seed + 1)
     cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
                  prompts=base.prompts, low=low).to(dev)
-    before, after = heldout_score(base, store, eval_idx, w), heldout_score(cand, store, eval_idx, w)
-    kept = after["heldout_mse"] < before["heldout_mse"]
-    rep = {"split": split, "target": target, "hidden": list(hidden), "seconds": round(time.perf_counter() - t0, 1),
-           "before": before, "after": after, "kept": kept, "low_parameters": low.num_parameters(),
-           "fit": {k: low.training_summary.get(k) for k in ("generations", "val_mse", "n_train", "device")}}
-    print(f"low-noise stack: held-out update-weighted {base.config.target} MSE below t = {split}: "
-          f"{before['heldout_mse']:.5g} -> {after['heldout_mse']:.5g} ({'kept' if kept else 'worse: not kept'})",
-          file=log_to, flush=True)
-    if not kept:
+    rep = keep_decision("low-noise stack", base, cand, low, store, eval_idx, w, split, log_to,
+                        {"split": split, "target": target, "hidden": list(hidden),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+    if not rep["kept"]:
         return base, rep
     cand.meta["low"] = rep
     return cand, rep
+
+
+def keep_decision(what: str, before_u: OUNet, cand: OUNet, part: ola.OLAModule, store, eval_idx: np.ndarray,
+                  w: np.ndarray, split: int, log_to, rep: dict) -> dict:
+    """Score before_u and cand on the keep decision's records, say so, and return `rep` with the verdict: a part
+    evolved below the split is kept only if the update-weighted held-out error falls."""
+    before, after = heldout_score(before_u, store, eval_idx, w), heldout_score(cand, store, eval_idx, w)
+    kept = after["heldout_mse"] < before["heldout_mse"]
+    print(f"{what}: held-out update-weighted {before_u.config.target} MSE below t = {split}: "
+          f"{before['heldout_mse']:.5g} -> {after['heldout_mse']:.5g} ({'kept' if kept else 'worse: not kept'})",
+          file=log_to, flush=True)
+    return {**rep, "before": before, "after": after, "kept": kept, "parameters": part.num_parameters(),
+            "fit": {k: part.training_summary.get(k) for k in ("generations", "val_mse", "n_train", "device")}}
 

@@ -18,10 +18,10 @@ import torch
 from organic_sd import ola
 from organic_sd.devices import resolve_device
 from organic_sd.ounet.clean import clean_rows, x0_bound
-from organic_sd.ounet.low import below_split_eval, below_split_weights
+from organic_sd.ounet.low import below_split_eval, below_split_weights, keep_decision
 from organic_sd.ounet.model import OUNet
 from organic_sd.ounet.targets import from_eps
-from organic_sd.ounet.train import heldout_score, sample_rows, store_schedule
+from organic_sd.ounet.train import sample_rows, store_schedule
 
 
 def _without_clean(u: OUNet, dev) -> OUNet:
@@ -83,15 +83,9 @@ def fit_clean(u: OUNet, store, window: int = 5, hidden=(16,), max_seconds: float
     cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
                  prompts=base.prompts, low=base.low, clean=clean).to(dev)
     u = u.to(dev)  # the bar is u as given: a clean stage it already has is replaced only by a better one
-    before, after = heldout_score(u, store, eval_idx, w), heldout_score(cand, store, eval_idx, w)
-    kept = after["heldout_mse"] < before["heldout_mse"]
-    rep = {"window": window, "hidden": list(hidden), "seconds": round(time.perf_counter() - t0, 1),
-           "before": before, "after": after, "kept": kept, "clean_parameters": clean.num_parameters(),
-           "fit": {k: clean.training_summary.get(k) for k in ("generations", "val_mse", "n_train", "device")}}
-    print(f"clean stage: held-out update-weighted {base.config.target} MSE below t = {split}: "
-          f"{before['heldout_mse']:.5g} -> {after['heldout_mse']:.5g} ({'kept' if kept else 'worse: not kept'})",
-          file=log_to, flush=True)
-    if not kept:
+    rep = keep_decision("clean stage", u, cand, clean, store, eval_idx, w, split, log_to,
+                        {"window": window, "hidden": list(hidden), "seconds": round(time.perf_counter() - t0, 1)})
+    if not rep["kept"]:
         return u, rep
     cand.meta["clean"] = rep
     return cand, rep
