@@ -437,6 +437,19 @@ def _cmd_train_clean(args: argparse.Namespace) -> int:
         seed=args.seed, init=init, progress=_progress(args.progress)))
 
 
+def _add_below_split_fit_args(p, max_minutes: float) -> None:
+    """The budget, keep-decision and run flags of a part evolved below the split on a trained O-UNet."""
+    p.add_argument("--max-minutes", type=float, default=max_minutes)
+    p.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
+    p.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "
+                                                                 "whether it is kept")
+    p.add_argument("--population", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: on when stderr is a terminal)")
+
+
 def _add_train_clean_parser(parts) -> None:
     """`osd train denoiser-clean`: a map over the low-noise stack's x0, evolved on a trained O-UNet."""
     cl = parts.add_parser("denoiser-clean", help="O-UNet: evolve a clean stage that redraws the low-noise stack's x0 "
@@ -447,15 +460,7 @@ def _add_train_clean_parser(parts) -> None:
                                                  "(.safetensors or folder)")
     cl.add_argument("--window", type=int, default=5, help="odd width of the window of the low stack's x0 it reads")
     cl.add_argument("--hidden", type=int, nargs="+", default=[16], help="hidden widths")
-    cl.add_argument("--max-minutes", type=float, default=3.0)
-    cl.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
-    cl.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "
-                                                                  "whether it is kept")
-    cl.add_argument("--population", type=int, default=100)
-    cl.add_argument("--device", default="cpu")
-    cl.add_argument("--seed", type=int, default=0)
-    cl.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress bars (default: on when stderr is a terminal)")
+    _add_below_split_fit_args(cl, max_minutes=3.0)
     cl.set_defaults(func=_cmd_train_clean)
 
 
@@ -472,15 +477,7 @@ def _add_train_low_parser(parts) -> None:
     lo.add_argument("--prune", type=int, default=None, metavar="N",
                     help="instead of growing a new stack, cut the O-UNet's own low stack to its N most used units and "
                          "re-evolve its readout (a cheaper step; pairs with `osd train denoiser-clean`)")
-    lo.add_argument("--max-minutes", type=float, default=5.0)
-    lo.add_argument("--max-rows", type=int, default=600_000, help="pixel rows it is evolved on")
-    lo.add_argument("--eval-records", type=int, default=512, help="held-out records below the split that decide "
-                                                                  "whether it is kept")
-    lo.add_argument("--population", type=int, default=100)
-    lo.add_argument("--device", default="cpu")
-    lo.add_argument("--seed", type=int, default=0)
-    lo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="progress bars (default: on when stderr is a terminal)")
+    _add_below_split_fit_args(lo, max_minutes=5.0)
     lo.set_defaults(func=_cmd_train_low)
 
 

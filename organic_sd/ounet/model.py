@@ -202,7 +202,8 @@ class OUNet(nn.Module):
         stage (what a clean stage reads); cond as the stacks read it (a store's cond rows)."""
         cfg = self.config
         if self.low is None or cfg.low_target != "x0":
-            raise ValueError("this O-UNet has no low-noise stack predicting x0 (train one with `osd train denoiser-low`)")
+            raise ValueError("this O-UNet has no low-noise stack predicting x0 (train one with "
+                             "`osd train denoiser-low`)")
         if (t >= cfg.low_split).any():
             raise ValueError(f"low_x0 takes steps below the split {cfg.low_split}, got up to {int(t.max())}")
         x = x_t.to(self.device, torch.float32)
@@ -293,20 +294,11 @@ class OUNet(nn.Module):
             tensors.update({f"adapter.{k}": v.detach().cpu().contiguous()
                             for k, v in self.adapter.module.state_dict().items()})
             md["adapter"] = json.dumps(self.adapter.config_dict(), default=str)
-        if self.head is not None:
-            tensors.update({f"head.{k}": v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()})
-            md["head_config"] = json.dumps(asdict(self.head.config))
-        if self.stage is not None:
-            tensors.update({f"stage.{k}": v.detach().cpu().contiguous() for k, v in self.stage.state_dict().items()})
-            md["stage_config"] = json.dumps(asdict(self.stage.config))
-        if self.low is not None:
-            tensors.update({f"low.{k}": v.detach().cpu().contiguous() for k, v in self.low.state_dict().items()})
-            md["low_config"] = json.dumps(asdict(self.low.config))
-            md["low_training"] = json.dumps(self.low.training_summary, default=str)
-        if self.clean is not None:
-            tensors.update({f"clean.{k}": v.detach().cpu().contiguous() for k, v in self.clean.state_dict().items()})
-            md["clean_config"] = json.dumps(asdict(self.clean.config))
-            md["clean_training"] = json.dumps(self.clean.training_summary, default=str)
+        for prefix, part in (("head", self.head), ("stage", self.stage), ("low", self.low), ("clean", self.clean)):
+            if part is not None:  # read back by _load_part
+                tensors.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in part.state_dict().items()})
+                md[f"{prefix}_config"] = json.dumps(asdict(part.config))
+                md[f"{prefix}_training"] = json.dumps(part.training_summary, default=str)
         if self.prompts is not None:
             pt, pmd = self.prompts.state()
             tensors.update(pt)
@@ -338,35 +330,12 @@ class OUNet(nn.Module):
         if module.in_dim != cfg.in_dim or module.out_dim != cfg.sample_shape[0]:
             raise ValueError(f"{file}: stack {module.in_dim} -> {module.out_dim} does not fit the config "
                              f"({cfg.in_dim} -> {cfg.sample_shape[0]})")
-        head = None
-        if cfg.head_buckets:
-            if "head_config" not in md:
-                raise ValueError(f"{file}: its config names a {cfg.head_buckets}-bucket head but the file holds none")
-            head = load_weights(OLAModule(OLAConfig(**json.loads(md["head_config"]))),
-                                {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}, f"{file}: head")
-        stage = None
-        if cfg.stage_grid:
-            if "stage_config" not in md:
-                raise ValueError(f"{file}: its config names a coarse stage but the file holds none")
-            stage = load_weights(OLAModule(OLAConfig(**json.loads(md["stage_config"]))),
-                                 {k[len("stage."):]: v for k, v in tensors.items() if k.startswith("stage.")},
-                                 f"{file}: coarse stage")
-        low = None
-        if cfg.low_split:
-            if "low_config" not in md:
-                raise ValueError(f"{file}: its config names a low-noise stack but the file holds none")
-            low = load_weights(OLAModule(OLAConfig(**json.loads(md["low_config"])),
-                                         json.loads(md.get("low_training", "{}"))),
-                               {k[len("low."):]: v for k, v in tensors.items() if k.startswith("low.")},
-                               f"{file}: low-noise stack")
-        clean = None
-        if cfg.clean_window:
-            if "clean_config" not in md:
-                raise ValueError(f"{file}: its config names a clean stage but the file holds none")
-            clean = load_weights(OLAModule(OLAConfig(**json.loads(md["clean_config"])),
-                                           json.loads(md.get("clean_training", "{}"))),
-                                 {k[len("clean."):]: v for k, v in tensors.items() if k.startswith("clean.")},
-                                 f"{file}: clean stage")
+        # the optional OLA parts, each needed exactly when the config names it
+        head = _load_part(file, md, tensors, "head", f"a {cfg.head_buckets}-bucket head", "head") \
+            if cfg.head_buckets else None
+        stage = _load_part(file, md, tensors, "stage", "a coarse stage", "coarse stage") if cfg.stage_grid else None
+        low = _load_part(file, md, tensors, "low", "a low-noise stack", "low-noise stack") if cfg.low_split else None
+        clean = _load_part(file, md, tensors, "clean", "a clean stage", "clean stage") if cfg.clean_window else None
         try:
             u = cls(cfg, module, tensors["schedule"], json.loads(md.get("meta", "{}")),
                     _load_adapter(file, md, tensors), head, stage, PromptAdapter.from_state(md, tensors, str(file)),
@@ -374,6 +343,16 @@ class OUNet(nn.Module):
         except ValueError as e:
             raise ValueError(f"{file}: {e}") from None
         return u.to(device)
+
+
+def _load_part(file: Path, md: dict, tensors: dict, prefix: str, named: str, label: str) -> OLAModule:
+    """The OLA part stored under `prefix` (tensors `prefix.*`, metadata `prefix_config` and `prefix_training`);
+    a ValueError when the config names it (`named`) but the file holds none."""
+    if f"{prefix}_config" not in md:
+        raise ValueError(f"{file}: its config names {named} but the file holds none")
+    module = OLAModule(OLAConfig(**json.loads(md[f"{prefix}_config"])), json.loads(md.get(f"{prefix}_training", "{}")))
+    return load_weights(module, {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")},
+                        f"{file}: {label}")
 
 
 def _load_adapter(file: Path, md: dict, tensors: dict) -> TextAdapter | None:
