@@ -1,13 +1,18 @@
 """Which DDIM steps break an O-UNet's samples: the clone for some steps of the path, the teacher for the rest.
 
     python bench/ounet_hybrid.py --ounet mnist --teacher ddpm-mnist:PATH [--steps 8] [--n 64] [--seed 5000] \
-        [--png hybrid.png] [--json hybrid.json]
+        [--png hybrid.png] [--json hybrid.json] [--x0-png x0.png]
 
 From the same noise, for m = 0, 2, 4, 6 ... steps: the clone takes the first m steps and the teacher the rest
 ("clone first m"), and the reverse ("teacher first m"). Each path's samples are compared with the teacher's
 own path by PSNR (pixel range -> [0, 1]). A clone whose samples turn good once the teacher finishes them
 chose the right digit and fails at low noise; one that ruins the teacher's start fails at the end.
 The PNG stacks one row of samples per path, the teacher's own on top.
+
+Along the clone's own path (--x0-png, and "clone_path" in the JSON), at every step: the teacher's x0 estimate
+from the clone's state, the clone's, and the teacher's finish from that state. Where the clone's x0 leaves the
+teacher's, and from which state the teacher can no longer finish the digit it would have drawn, is where the
+clone loses it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,30 @@ def mixed_path(first, rest, m: int, noise: torch.Tensor, steps: int) -> torch.Te
     return x
 
 
+def along_clone_path(u, teacher, noise: torch.Tensor, steps: int) -> list[dict]:
+    """At each step of u's own DDIM path: {t, teacher_x0, clone_x0, teacher_finish} (N, C, H, W) each, from
+    u's state at that step (the teacher finishes with the path's remaining steps)."""
+    ab = u.alphas_cumprod
+    ts = ddim_timesteps(len(ab), steps)
+    x, out = noise.clone(), []
+
+    def eps(model, x, t):
+        return model.eps(x, torch.full((x.shape[0],), t, dtype=torch.int64)).to(x.device)
+
+    with torch.no_grad():
+        for k, t in enumerate(ts):
+            a = float(ab[t])
+            e_u, e_t = eps(u, x, t), eps(teacher, x, t)
+            finish = ddim_step(x, e_t, a, float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0)
+            for j in range(k + 1, len(ts)):  # the teacher's own remaining steps
+                finish = ddim_step(finish, eps(teacher, finish, ts[j]), float(ab[ts[j]]),
+                                   float(ab[ts[j + 1]]) if j + 1 < len(ts) else 1.0)
+            out.append({"t": t, "teacher_x0": (x - (1 - a) ** 0.5 * e_t) / a ** 0.5,
+                        "clone_x0": (x - (1 - a) ** 0.5 * e_u) / a ** 0.5, "teacher_finish": finish})
+            x = ddim_step(x, e_u, a, float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ounet", default="mnist", help="O-UNet file, run folder or shipped name (unconditional)")
@@ -48,6 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--show", type=int, default=12, help="samples per row of the PNG")
     p.add_argument("--png", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--x0-png", default=None, help="along the clone's path: per step, the teacher's x0 estimate, the "
+                                                  "clone's, and the teacher's finish from the clone's state")
     args = p.parse_args(argv)
 
     from organic_sd.teachers import load_denoiser
@@ -69,6 +100,26 @@ def main(argv=None) -> int:
             results.append({"path": name, "clone_steps": clone_steps, "psnr_db": psnr})
             rows.append((name, x))
             print(f"{name:>16}: clone takes {clone_steps} of {args.steps} steps, PSNR vs teacher {psnr:.2f} dB")
+    path = along_clone_path(u, teacher, noise, args.steps)
+    lo, hi = pr
+    along = []
+    for k, st in enumerate(path):
+        # the clone's x0 against the teacher's from the same state, in the clean range, relative to its power
+        tx0, cx0 = st["teacher_x0"].clamp(lo, hi), st["clone_x0"].clamp(lo, hi)
+        rel = float((cx0 - tx0).square().mean() / (tx0 - tx0.mean()).square().mean().clamp_min(1e-12))
+        fin = gen.psnr_unit(gen.to_unit(st["teacher_finish"], pr), ref)
+        along.append({"step": k + 1, "t": st["t"], "clone_x0_rel_err": rel, "teacher_finish_psnr_db": fin})
+        print(f"clone's own path, step {k + 1} (t = {st['t']}): its x0 vs the teacher's from the same state, relative "
+              f"error {rel:.3f}; the teacher finishing from here: PSNR vs teacher {fin:.2f} dB", flush=True)
+    if args.x0_png:
+        from PIL import Image
+
+        bands = [gen.grid_image(torch.cat([gen.to_unit(st[k][:args.show], pr)
+                                           for k in ("teacher_x0", "clone_x0", "teacher_finish")]), args.show)
+                 for st in path]
+        gap = np.full((3, bands[0].shape[1], 3), 255, np.uint8)  # white between steps
+        img = np.concatenate([part for b in bands for part in (b, gap)][:-1])
+        Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(args.x0_png)
     if args.png:
         from PIL import Image
 
@@ -77,7 +128,7 @@ def main(argv=None) -> int:
         Image.fromarray(img).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(args.png)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "paths": results}, f, indent=1)
+            json.dump({"args": vars(args), "paths": results, "clone_path": along}, f, indent=1)
     return 0
 
 

@@ -141,6 +141,14 @@ def test_fit_clean_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_
     u3, rep3 = fit_clean(u, ds, window=3, hidden=(2,), generations=40, max_rows=3000, eval_records=16, population=8,
                          log_to=io.StringIO())
     assert rep3["after"] == rep["after"]
+    # `--refine` reaches the search
+    seen, real_fit = [], ola.fit
+    monkeypatch.setattr(ola, "fit", lambda *a, **kw: seen.append(kw["refine"].share) or real_fit(*a, **kw))
+    assert cli.main(["train", "denoiser-clean", "--ounet", str(low), "--store", str(store), "--out",
+                     str(tmp_path / "refined.safetensors"), "--window", "3", "--hidden", "2", "--max-rows", "3000",
+                     "--eval-records", "16", "--population", "8", "--max-minutes", "0.02", "--refine", "0.5"]) == 0
+    assert seen == [0.5]
+    monkeypatch.undo()
     # Ctrl-C while growing: the units so far are kept beside --out, and the same command goes on from them
     out = tmp_path / "clean.safetensors"
     args = ["train", "denoiser-clean", "--ounet", str(low), "--store", str(store), "--out", str(out), "--window", "3",

@@ -97,6 +97,19 @@ def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(
         assert u2.config.low_split == 500 and u2.low.config.out_scale == pytest.approx(1.05 * 0.5)
     else:
         assert rep["after"]["heldout_mse"] >= rep["before"]["heldout_mse"] and u2.low is None
+    # --refine reaches the search: the pruned stack's units move instead of keeping them and re-fitting the readout
+    seen = []
+
+    def fit_seeing_refine(*a, **kw):
+        seen.append((kw["init"] is not None, kw["refine"].share))
+        return real_fit(*a, **kw)
+
+    real_fit = ola.fit
+    monkeypatch.setattr(ola, "fit", fit_seeing_refine)
+    _, rep = fit_low(u, ds, split=500, hidden=(3,), generations=60, max_rows=3000, eval_records=16, population=8,
+                     log_to=io.StringIO(), refine=0.5)
+    assert seen == [(False, 0.5)] and rep["refine"] == 0.5
+    monkeypatch.undo()
     # Ctrl-C while growing: the units so far are kept beside --out, and the same command goes on from them
     out = tmp_path / "low.safetensors"
     args = ["train", "denoiser-low", "--ounet", str(run), "--store", str(store), "--out", str(out), "--split", "500",

@@ -173,3 +173,13 @@ def test_a_single_stage_run_from_before_stages_still_resumes(store, tmp_path):
     del cfg["stages"], cfg["stage_shares"]  # as written before --stages existed
     (run / "config.json").write_text(json.dumps(cfg))
     assert train(quick("decoder", store, run, ticks=1))["tick"] == 2
+
+
+def test_staged_decoder_stages_refine_as_told(store, tmp_path):
+    run = tmp_path / "staged"
+    assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--stages", "3:2", "3:2",
+                     "--refine", "0.5", "--ticks", "2", "--generations", "40", "--eval-images", "4",
+                     "--max-rows", "2000"]) == 0
+    stages = OVAE.load(run).decoder.module.stages
+    shares = [s.module.training_summary["refine"]["share"] for s in stages]
+    assert shares == [0.5, 0.5]

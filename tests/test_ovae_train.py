@@ -341,3 +341,18 @@ def test_teacher_latent_decoder_score_is_unchanged(store, tmp_path):
     res = train(cfg)
     assert "psnr_oenc" not in res
     assert res["psnr"] == pytest.approx(psnr_of_mse(res["heldout_mse"]))
+
+
+def test_refine_moves_the_kept_units_of_later_ticks_and_is_checked(store, tmp_path):
+    train(quick("decoder", store, tmp_path / "units", hidden=(4,), ticks=1))
+    grown = OVAE.load(tmp_path / "units").decoder.module
+    for share in (0.0, 0.5):  # a tick that continues a grown module: the readout alone, or the units together
+        run = tmp_path / f"refine{share}"
+        train(quick("decoder", store, run, hidden=(4,), ticks=1, generations=60, init=str(tmp_path / "units"),
+                    refine=share))
+        new = OVAE.load(run).decoder.module
+        assert torch.equal(new.hidden[0].weight, grown.hidden[0].weight) is (share == 0.0)
+        assert new.training_summary["refine"]["share"] == share
+        assert json.loads((run / "config.json").read_text())["refine"] == share
+    with pytest.raises(ValueError, match="--refine"):
+        quick("decoder", store, tmp_path / "bad", refine=1.0)

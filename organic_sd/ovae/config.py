@@ -40,6 +40,8 @@ class TrainConfig:
     units_per_round: int | None = flag(None, "hidden units grown side by side before the readout is re-fitted "
                                              "(default: 16 for the encoder, whose latents then decode better, 8 for "
                                              "the decoder; docs/BENCHMARKS.md)")
+    refine: float = flag(0.0, "share of a tick that grows units spent moving them together afterwards, and of every "
+                              "later tick instead of re-fitting the readout alone (ola.Refine; 0: off)")
     max_minutes: float | None = flag(None, "stop after this many minutes of this call")
     ticks: int | None = flag(None, "stop after this many ticks of this call")
     tick_seconds: float = flag(30.0, "search time per tick (one fresh sample)")
@@ -107,6 +109,8 @@ class TrainConfig:
             self.units_per_round = ENCODER_UNITS_PER_ROUND if self.kind == "encoder" else UNITS_PER_ROUND
         if self.hessian < 0:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
+        if not 0.0 <= self.refine < 1.0:
+            raise ValueError(f"--refine is a share of each tick in [0, 1), got {self.refine}")
         self.stages = tuple(str(s) for s in self.stages)
         self.stage_shares = tuple(float(s) for s in self.stage_shares)
         if self.stages:
