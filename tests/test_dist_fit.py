@@ -22,6 +22,9 @@ CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs
     "cascade": dict(hidden=(4,), strategy="snes", generations=60),
     "cascade-hessian": dict(hidden=(4,), strategy="snes", generations=60, subspace=ola.Subspace(hessian=3)),
     "cascade-deflate": dict(hidden=(4,), strategy="snes", generations=60, subspace=ola.Subspace(deflate=True)),
+    # the refinement's searches (units on their linearised loss, then the readout) split across ranks like the rest
+    "cascade-refine": dict(hidden=(4,), strategy="snes", generations=120,
+                           refine=ola.Refine(share=0.5, unit_generations=20, readout_generations=20)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 

@@ -25,6 +25,8 @@ def test_refining_beats_growing_alone_on_a_small_two_layer_teacher_at_equal_gene
     p = two_layer(6, 4, 3, 3000, 2000, noise=0.02, seed=1)
     grown, refined = _fit(p, 0.0), _fit(p, 0.5)
     assert refined.training_summary["generations"] == grown.training_summary["generations"] == 1500
+    at = [g for _, g, _ in refined.training_summary["curve"]]
+    assert at == sorted(at) and at[-1] <= 1500  # one count of generations, growth then refinement
     assert _ratio(refined, p) < 0.7 * _ratio(grown, p)
 
 

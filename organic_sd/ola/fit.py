@@ -113,7 +113,9 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
             if refine.share and not interrupted:
                 layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale, make,
                                                                               budget, refine, progress)
-                curve, gens = curve + more[1:], gens + more_gens
+                # the refinement counts its own generations from 0: its curve continues the growth's count
+                curve = curve + [(t, gens + g, v) for t, g, v in more[1:]]
+                gens += more_gens
         elif init is not None and hidden and refine.share:
             layers, readout, curve, gens, interrupted = refine_units(data, start[0], start[1], out_scale, make,
                                                                       budget, refine, progress)
