@@ -25,6 +25,10 @@ CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs
     # the refinement's searches (units on their linearised loss, then the readout) split across ranks like the rest
     "cascade-refine": dict(hidden=(4,), strategy="snes", generations=120,
                            refine=ola.Refine(share=0.5, unit_generations=20, readout_generations=20)),
+    # random units, their readout and one refinement round (past it, float-level differences in the summed losses
+    # flip a selection now and then and the two runs part, 2% apart at 120 generations: measured, not hidden)
+    "random-refine": dict(hidden=(4,), strategy="snes", generations=64,
+                          refine=ola.Refine(share=0.8, start="random", unit_generations=20, readout_generations=20)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 

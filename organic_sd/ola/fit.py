@@ -13,7 +13,7 @@ from organic_sd.ola.checks import as_matrix, check_pair
 from organic_sd.ola.module import OLAConfig, OLAModule
 from organic_sd.ola.population import Subspace
 from organic_sd.ola.readout import Data, fit_readout
-from organic_sd.ola.refine import Refine
+from organic_sd.ola.refine import Refine, random_units
 from organic_sd.ola.refine import refine as refine_units
 from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
@@ -63,7 +63,8 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
     `units_per_round`: hidden units grown side by side before the readout is re-fitted (cascade.py).
     `refine` (refine.Refine): the share of the budget, after growing, that moves the last hidden layer's
     units together (Jacobi Gauss-Newton rounds, refine.py); a continued fit of a grown module spends
-    that share there instead of on the readout alone. The default, share 0, grows units only.
+    that share there instead of on the readout alone. The default, share 0, grows units only;
+    `Refine(start="random")` starts one hidden layer from random units instead of growing it.
     """
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -106,10 +107,14 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         start = None if init is None else ([(l.weight.to(dev), l.bias.to(dev)) for l in init.hidden],
                                            torch.cat([init.readout.weight, init.readout.bias[:, None]], dim=1).to(dev))
         if hidden and (init is None or tuple(init.config.hidden) != hidden):  # grow, or go on growing
-            layers, readout, curve, gens, interrupted = cascade.grow(
-                data, hidden, out_scale=out_scale, make_strategy=make,
-                budget=budget.share(1.0 - refine.share) if refine.share else budget, progress=progress,
-                subspace=subspace, units_per_round=units_per_round, start=start)
+            first = budget.share(1.0 - refine.share) if refine.share else budget
+            if refine.start == "random" and init is None:
+                layers, readout, curve, gens, interrupted = random_units(
+                    data, hidden, out_scale, make, first, progress, subspace.spread, subspace.readout)
+            else:
+                layers, readout, curve, gens, interrupted = cascade.grow(
+                    data, hidden, out_scale=out_scale, make_strategy=make, budget=first, progress=progress,
+                    subspace=subspace, units_per_round=units_per_round, start=start)
             if refine.share and not interrupted:
                 layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale, make,
                                                                               budget, refine, progress)

@@ -35,15 +35,47 @@ class Refine:
     readout_generations: int = 200  # per round, for the readout's re-fit
     damping: float = 1.0  # scales each unit's linearised gain: < 1 when the Jacobi moves overshoot
     step: float = 0.5  # the units' search step (whitened weights, divided by sqrt(in + 1))
+    # where the units start: "cascade" grows them greedily first; "random" draws them (one hidden layer) and
+    # spends the rest of the budget on a readout over them. A greedy start can leave the units where no move of
+    # theirs helps (a 6-4-3 teacher, 16 units: cascade then refine 3.1x the noise floor, random then refine
+    # 1.2-1.6x, Adam 1.06x; docs/BENCHMARKS.md)
+    start: str = "cascade"
 
     def __post_init__(self):
         if not 0.0 <= self.share < 1.0:
             raise ValueError(f"Refine.share must be in [0, 1), got {self.share}")
+        if self.start not in ("cascade", "random"):
+            raise ValueError(f"Refine.start must be 'cascade' or 'random', got {self.start!r}")
+        if self.start == "random" and self.share == 0.0:
+            raise ValueError("Refine(start='random') needs a share > 0: random units that never move are not a fit")
         for name in ("unit_generations", "readout_generations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Refine.{name} must be at least 1, got {getattr(self, name)}")
         if self.damping <= 0 or self.step <= 0:
             raise ValueError(f"Refine.damping and Refine.step must be positive, got {self.damping}, {self.step}")
+
+
+def random_units(data: Data, hidden, out_scale, make_strategy, budget: Budget, progress=False, spread: float = 1.0,
+                 readout_share: float = 1.0):
+    """One hidden layer of random tanh units and the readout evolved over them: refinement's other starting point.
+
+    Units are drawn in whitened coordinates with pre-activation std `spread` over the rows (the cascade's bound),
+    from the fit's seeded generator, so every rank draws the same. Returns (layers, readout, curve, generations,
+    interrupted) like cascade.grow.
+    """
+    if len(hidden) != 1:
+        raise ValueError(f"Refine(start='random') starts one hidden layer (the one refinement moves), got {hidden}")
+    wh = Whitener.fit(data.x)
+    k = data.x.shape[1]
+    theta = torch.randn(hidden[0], k + 1, generator=data.generator, device=data.x.device)  # (H, k+1) whitened
+    theta[:, :-1] *= spread / math.sqrt(k)
+    theta[:, -1] *= 0.5 * spread
+    rows = wh.to_raw(theta)
+    layers = [(rows[:, :-1], rows[:, -1])]
+    # Ctrl-C here propagates, as before the cascade's first readout: random units with no readout are nothing to keep
+    readout, res = fit_readout(data, layer_features(data.x, layers), layer_features(data.x_val, layers), out_scale,
+                               make_strategy(), budget, None, progress, readout_share)
+    return layers, readout, list(res.curve), res.generations, False
 
 
 def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget, config: Refine,
@@ -72,6 +104,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
     curve, gens, interrupted = [(budget.elapsed(), 0, best["mse"] * out_dim)], 0, False
     try:
         while not budget.done(0):
+            if budget.generations is not None and budget.generations - budget.used < 2:
+                break  # a round is a unit search and a readout re-fit: not one generation over the budget
             h, c, q = _linearise(layer_features(data.x, with_rows(rows)), data.y, readout, out_scale, first, H)
             h_val, c_val, q_val = _linearise(layer_features(data.x_val, with_rows(rows)), data.y_val, readout,
                                              out_scale, first, H)
@@ -88,7 +122,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
                 return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
 
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows),
-                               config.step / math.sqrt(rows.shape[1]), _round(budget, config.unit_generations),
+                               config.step / math.sqrt(rows.shape[1]), _round(budget, config.unit_generations, keep=1),
                                data.generator, progress=progress, desc="refine units")
             rows = wh.to_raw(found.theta)
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
@@ -114,9 +148,9 @@ def _linearise(feats, y, readout, out_scale, first, H):
     return u[:, first:first + H], (e * g) @ v, (g * g) @ v.square()
 
 
-def _round(budget: Budget, generations: int) -> Budget:
-    """A round's budget: `generations`, or less where the parent budget has less left."""
+def _round(budget: Budget, generations: int, keep: int = 0) -> Budget:
+    """A round's budget: `generations`, or less where the parent budget has less left (`keep` of it for later)."""
     secs = None if budget.seconds is None else max(0.0, budget.seconds - budget.elapsed())
     if budget.generations is not None:
-        generations = max(1, min(generations, budget.generations - budget.used))
+        generations = max(1, min(generations, budget.generations - budget.used - keep))
     return Budget(secs, generations, parent=budget)
