@@ -7,6 +7,8 @@ Every method fits the same architecture, the student's (organic_sd.ola.OLAModule
     h_1 = tanh(W_1 x + b_1), ..., y = out_scale * tanh(W_o [x, h_1, ..., h_L] + b_o)
   ola     ola.fit(hidden=the problem's layers), the engine as it is in this checkout
   ola-refine  the same with ola.Refine(share=0.5): half the budget refines the grown units together
+  ola-random  ola.Refine(share=0.9, start="random", rounds of 100 / 100 generations): one hidden layer of random
+          units, a tenth of the budget on their readout, the rest refining them (no cascade)
   ola-h1  ola.fit(hidden=the first of the problem's layers): is a second hidden layer worth it
   ola1    ola.fit(hidden=()), the engine's single layer
   snes    EvoTorch SNES on the whole flat parameter vector
@@ -340,6 +342,7 @@ PEERS = {
     "adam": ("Adam (reference, gradient)", run_adam, None),
 }
 ENGINE = {"ola": "ola.fit (engine)", "ola-refine": "ola.fit refine share 0.5 (engine)",
+          "ola-random": "ola.fit random units, refine share 0.9 (engine)",
           "ola-h1": "ola.fit first hidden layer only (engine)", "ola1": "ola.fit hidden=() (engine)"}
 METHODS = [*ENGINE, *PEERS]
 
@@ -365,7 +368,9 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
            "device": str(dev), "budget_s": seconds, "batch": batch}
     if method in ENGINE:
         hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
-        refine = ola.Refine(share=0.5 if method == "ola-refine" else 0.0)
+        refine = {"ola-refine": ola.Refine(share=0.5),
+                  "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
+                  }.get(method, ola.Refine())
         t0 = time.perf_counter()
         try:
             m = ola.fit(case.x, case.y, hidden=hidden, max_seconds=None if generations else seconds,

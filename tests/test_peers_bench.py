@@ -37,7 +37,7 @@ def test_batched_net_is_the_ola_module():
         torch.testing.assert_close(m(case.x[:50]), out[p], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method,generations", [("ola", 60), ("adam", 150)])
+@pytest.mark.parametrize("method,generations", [("ola", 60), ("ola-random", 120), ("adam", 150)])
 def test_method_beats_predicting_zero(method, generations):
     case = tiny_case()
     row = peers.run_method(method, case, seconds=None, generations=generations, seed=0, batch=256)

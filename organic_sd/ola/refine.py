@@ -37,8 +37,8 @@ class Refine:
     step: float = 0.5  # the units' search step (whitened weights, divided by sqrt(in + 1))
     # where the units start: "cascade" grows them greedily first; "random" draws them (one hidden layer) and
     # spends the rest of the budget on a readout over them. A greedy start can leave the units where no move of
-    # theirs helps (a 6-4-3 teacher, 16 units: cascade then refine 3.1x the noise floor, random then refine
-    # 1.2-1.6x, Adam 1.06x; docs/BENCHMARKS.md)
+    # theirs helps (a 6-4-3 teacher, 16 units: cascade then refine 4.2-4.4x the noise floor, random then refine
+    # 1.4-2.1x, Adam 1.06x; docs/BENCHMARKS.md)
     start: str = "cascade"
 
     def __post_init__(self):
@@ -59,16 +59,19 @@ def random_units(data: Data, hidden, out_scale, make_strategy, budget: Budget, p
                  readout_share: float = 1.0):
     """One hidden layer of random tanh units and the readout evolved over them: refinement's other starting point.
 
-    Units are drawn in whitened coordinates with pre-activation std `spread` over the rows (the cascade's bound),
-    from the fit's seeded generator, so every rank draws the same. Returns (layers, readout, curve, generations,
-    interrupted) like cascade.grow.
+    Each unit is a random direction of the raw inputs, so it follows their principal directions as they vary
+    (drawn evenly in whitened coordinates instead, most units read the many faint directions: `two` of
+    bench/peers.py at 60 s, teacher seed 6, 191x the floor against 87.5x), scaled to pre-activation std `spread`
+    over the rows (the cascade's bound); drawn from the fit's seeded generator, so every rank draws the same.
+    Returns (layers, readout, curve, generations, interrupted) like cascade.grow.
     """
     if len(hidden) != 1:
         raise ValueError(f"Refine(start='random') starts one hidden layer (the one refinement moves), got {hidden}")
     wh = Whitener.fit(data.x)
     k = data.x.shape[1]
     theta = torch.randn(hidden[0], k + 1, generator=data.generator, device=data.x.device)  # (H, k+1) whitened
-    theta[:, :-1] *= spread / math.sqrt(k)
+    w = theta[:, :-1] * wh.variance.to(theta.device).sqrt()  # a raw random direction, in whitened coordinates
+    theta[:, :-1] = spread * w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # whitened norm = pre-activation std
     theta[:, -1] *= 0.5 * spread
     rows = wh.to_raw(theta)
     layers = [(rows[:, :-1], rows[:, -1])]
