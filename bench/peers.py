@@ -517,6 +517,8 @@ def main(argv=None) -> int:
                                                                                         "decoder")]
     if bad:
         raise SystemExit(f"unknown method or problem {bad}; methods: {METHODS}, problems: linear,two,three,decoder")
+    if "ola-random" in methods and "three" in names:
+        raise SystemExit("ola-random starts one hidden layer (ola.Refine(start='random')): leave out the problem three")
     machine = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
