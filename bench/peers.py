@@ -114,14 +114,15 @@ def make_case(name: str, args) -> Case:
 def decoder_case(args) -> Case:
     """O-Decoder rows (latent window (C*k*k) -> pixel block (3*8*8)) of the store's train / held-out photos."""
     from organic_sd.data import Store
-    from organic_sd.ovae.train import Rows, TrainConfig, _part_config
+    from organic_sd.ovae.config import TrainConfig
+    from organic_sd.ovae.rows import PartRows, part_config
 
     path = args.store or os.environ.get("OSD_PEERS_STORE")
     if not path:
         raise SystemExit("the decoder problem needs --store STORE (or $OSD_PEERS_STORE): a store of `osd precompute frames`")
     store = Store.open(path)
-    part = _part_config(TrainConfig("decoder", path, "-", window=args.decoder_window), store)
-    rows, rng = Rows(store, part, torch.device("cpu"), None), np.random.default_rng(args.seed)
+    part = part_config(TrainConfig("decoder", path, "-", window=args.decoder_window), store)
+    rows, rng = PartRows(store, part, torch.device("cpu"), None), np.random.default_rng(args.seed)
     x, y = rows.draw(store.indices("train"), args.rows, rng)
     x_test, y_test = rows.draw(store.indices("val"), args.rows // 4, rng)  # the store's held-out photos
     x, y, xv, yv = _split_val(x.float(), y.float(), args.seed)

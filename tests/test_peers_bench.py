@@ -59,3 +59,18 @@ def test_missing_peer_is_skipped(monkeypatch):
     monkeypatch.setitem(sys.modules, "nevergrad", None)  # import fails as if not installed
     row = peers.run_method("ngopt", tiny_case("linear"), seconds=None, generations=1)
     assert row["status"] == "skipped (pip install nevergrad)"
+
+
+def test_the_decoder_problem_draws_train_rows_and_held_out_test_rows_from_a_store(tmp_path):
+    from argparse import Namespace
+
+    from conftest import make_store
+
+    store = make_store(tmp_path)
+    case = peers.make_case("decoder", Namespace(store=str(store), decoder_window=3, decoder_hidden=4, rows=400, seed=0,
+                                                noise=0.02))
+    assert case.hidden == (4,) and case.x.shape[1] == case.x_test.shape[1] == case.x_val.shape[1]
+    assert case.y.shape[1] == case.y_test.shape[1] == 3 * 8 * 8 and len(case.x) + len(case.x_val) <= 400
+    assert case.scale == pytest.approx(float((case.y_test - case.y_test.mean(0)).square().mean()))
+    row = peers.run_method("ola", case, seconds=None, generations=40, seed=0)
+    assert row["status"] == "ok" and row["ratio"] < 1.0  # the engine beats predicting each pixel's mean
