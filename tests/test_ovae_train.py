@@ -356,3 +356,17 @@ def test_refine_moves_the_kept_units_of_later_ticks_and_is_checked(store, tmp_pa
         assert json.loads((run / "config.json").read_text())["refine"] == share
     with pytest.raises(ValueError, match="--refine"):
         quick("decoder", store, tmp_path / "bad", refine=1.0)
+
+
+def test_refine_start_random_draws_the_units_instead_of_growing_them_and_is_checked(store, tmp_path):
+    run = tmp_path / "random"
+    assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--hidden", "4", "--refine", "0.9",
+                     "--refine-start", "random", "--ticks", "2", "--generations", "60", "--eval-images", "4",
+                     "--max-rows", "2000"]) == 0
+    m = OVAE.load(run).decoder.module
+    assert m.config.hidden == (4,) and m.training_summary["refine"] == {**m.training_summary["refine"],
+                                                                      "share": 0.9, "start": "random"}
+    assert json.loads((run / "config.json").read_text())["refine_start"] == "random"
+    for kw in ({"refine": 0.0}, {"hidden": (4, 2)}, {"hidden": ()}):
+        with pytest.raises(ValueError, match="--refine-start random"):
+            quick("decoder", store, tmp_path / "bad", **{"hidden": (4,), "refine": 0.9, "refine_start": "random", **kw})

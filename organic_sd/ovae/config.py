@@ -42,6 +42,9 @@ class TrainConfig:
                                              "the decoder; docs/BENCHMARKS.md)")
     refine: float = flag(0.0, "share of a tick that grows units spent moving them together afterwards, and of every "
                               "later tick instead of re-fitting the readout alone (ola.Refine; 0: off)")
+    refine_start: str = flag("cascade", "where the units start: grown by the cascade, or random (one hidden layer; needs "
+                                        "--refine, e.g. 0.9; ola.Refine(start=...), docs/BENCHMARKS.md)",
+                             choices=("cascade", "random"))
     max_minutes: float | None = flag(None, "stop after this many minutes of this call")
     ticks: int | None = flag(None, "stop after this many ticks of this call")
     tick_seconds: float = flag(30.0, "search time per tick (one fresh sample)")
@@ -111,6 +114,12 @@ class TrainConfig:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
         if not 0.0 <= self.refine < 1.0:
             raise ValueError(f"--refine is a share of each tick in [0, 1), got {self.refine}")
+        if self.refine_start not in ("cascade", "random"):
+            raise ValueError(f"--refine-start must be 'cascade' or 'random', got {self.refine_start!r}")
+        if self.refine_start == "random" and (self.refine == 0.0 or len(self.hidden) != 1 or self.stages):
+            raise ValueError("--refine-start random starts one hidden layer of a single-stage part and needs --refine "
+                             f"> 0 to move it (got --hidden {' '.join(map(str, self.hidden)) or 'none'}, --refine "
+                             f"{self.refine}{', --stages' if self.stages else ''})")
         self.stages = tuple(str(s) for s in self.stages)
         self.stage_shares = tuple(float(s) for s in self.stage_shares)
         if self.stages:
