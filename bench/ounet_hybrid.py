@@ -29,18 +29,20 @@ from organic_sd.ounet.model import OUNet
 from organic_sd.teachers.ddim import ddim_step, ddim_timesteps, seeded_noise
 
 
+def run_steps(model, x: torch.Tensor, ab: torch.Tensor, ts: list[int], ks) -> torch.Tensor:
+    """x after the DDIM steps ts[k], k in ks, all taken by `model` (ab: the alpha-bar schedule)."""
+    with torch.no_grad():
+        for k in ks:
+            e = model.eps(x, torch.full((x.shape[0],), ts[k], dtype=torch.int64)).to(x.device)
+            x = ddim_step(x, e, float(ab[ts[k]]), float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0)
+    return x
+
+
 def mixed_path(first, rest, m: int, noise: torch.Tensor, steps: int) -> torch.Tensor:
     """(N, C, H, W) noise -> samples of a `steps`-step DDIM path whose first m steps `first` takes, the rest `rest`."""
     ab = first.alphas_cumprod
     ts = ddim_timesteps(len(ab), steps)
-    x = noise.clone()
-    with torch.no_grad():
-        for k, t in enumerate(ts):
-            model = first if k < m else rest
-            e = model.eps(x, torch.full((x.shape[0],), t, dtype=torch.int64)).to(x.device)
-            ab_next = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
-            x = ddim_step(x, e, float(ab[t]), ab_next)
-    return x
+    return run_steps(rest, run_steps(first, noise, ab, ts, range(m)), ab, ts, range(m, len(ts)))
 
 
 def along_clone_path(u, teacher, noise: torch.Tensor, steps: int) -> list[dict]:
@@ -48,22 +50,16 @@ def along_clone_path(u, teacher, noise: torch.Tensor, steps: int) -> list[dict]:
     u's state at that step (the teacher finishes with the path's remaining steps)."""
     ab = u.alphas_cumprod
     ts = ddim_timesteps(len(ab), steps)
-    x, out = noise.clone(), []
-
-    def eps(model, x, t):
-        return model.eps(x, torch.full((x.shape[0],), t, dtype=torch.int64)).to(x.device)
-
+    x, out = noise, []
     with torch.no_grad():
         for k, t in enumerate(ts):
-            a = float(ab[t])
-            e_u, e_t = eps(u, x, t), eps(teacher, x, t)
-            finish = ddim_step(x, e_t, a, float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0)
-            for j in range(k + 1, len(ts)):  # the teacher's own remaining steps
-                finish = ddim_step(finish, eps(teacher, finish, ts[j]), float(ab[ts[j]]),
-                                   float(ab[ts[j + 1]]) if j + 1 < len(ts) else 1.0)
+            a, a_next = float(ab[t]), float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+            tt = torch.full((x.shape[0],), t, dtype=torch.int64)
+            e_u, e_t = u.eps(x, tt).to(x.device), teacher.eps(x, tt).to(x.device)
+            finish = run_steps(teacher, ddim_step(x, e_t, a, a_next), ab, ts, range(k + 1, len(ts)))
             out.append({"t": t, "teacher_x0": (x - (1 - a) ** 0.5 * e_t) / a ** 0.5,
                         "clone_x0": (x - (1 - a) ** 0.5 * e_u) / a ** 0.5, "teacher_finish": finish})
-            x = ddim_step(x, e_u, a, float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0)
+            x = ddim_step(x, e_u, a, a_next)
     return out
 
 
@@ -90,17 +86,21 @@ def main(argv=None) -> int:
     noise = seeded_noise(u.sample_shape, args.n, args.seed)
     pr = u.config.pixel_range
     ref = gen.to_unit(mixed_path(teacher, teacher, 0, noise, args.steps), pr)
+    path = along_clone_path(u, teacher, noise, args.steps)
     rows, results = [("teacher", ref)], []
     for who, first, rest in (("clone first", u, teacher), ("teacher first", teacher, u)):
         for m in range(2, args.steps + 1, 2) if who == "clone first" else range(2, args.steps, 2):
-            x = gen.to_unit(mixed_path(first, rest, m, noise, args.steps), pr)
+            if who == "clone first":  # the clone's path, finished by the teacher from step m (its own sample at the end)
+                x = path[m]["teacher_finish"] if m < args.steps else path[-1]["clone_x0"]
+            else:
+                x = mixed_path(first, rest, m, noise, args.steps)
+            x = gen.to_unit(x, pr)
             clone_steps = m if who == "clone first" else args.steps - m
             name = f"{who} {m}" if 0 < m < args.steps else ("clone alone" if clone_steps else "teacher alone")
             psnr = gen.psnr_unit(x, ref)
             results.append({"path": name, "clone_steps": clone_steps, "psnr_db": psnr})
             rows.append((name, x))
             print(f"{name:>16}: clone takes {clone_steps} of {args.steps} steps, PSNR vs teacher {psnr:.2f} dB")
-    path = along_clone_path(u, teacher, noise, args.steps)
     lo, hi = pr
     along = []
     for k, st in enumerate(path):
