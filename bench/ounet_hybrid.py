@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     rows, results = [("teacher", ref)], []
     for who, first, rest in (("clone first", u, teacher), ("teacher first", teacher, u)):
         for m in range(2, args.steps + 1, 2) if who == "clone first" else range(2, args.steps, 2):
-            if who == "clone first":  # the clone's path, finished by the teacher from step m (its own sample at the end)
+            if who == "clone first":  # the clone's path, the teacher finishing from step m (at the end: its sample)
                 x = path[m]["teacher_finish"] if m < args.steps else path[-1]["clone_x0"]
             else:
                 x = mixed_path(first, rest, m, noise, args.steps)
