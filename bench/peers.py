@@ -9,6 +9,8 @@ Every method fits the same architecture, the student's (organic_sd.ola.OLAModule
   ola-refine  the same with ola.Refine(share=0.5): half the budget refines the grown units together
   ola-random  ola.Refine(share=0.9, start="random", rounds of 100 / 100 generations): one hidden layer of random
           units, a tenth of the budget on their readout, the rest refining them (no cascade)
+  ola-carry   the same in rounds of 20 / 20 generations whose searches resume from the last round's step sizes
+          (ola.Refine(carry_steps=True))
   ola-h1  ola.fit(hidden=the first of the problem's layers): is a second hidden layer worth it
   ola1    ola.fit(hidden=()), the engine's single layer
   snes    EvoTorch SNES on the whole flat parameter vector
@@ -344,6 +346,7 @@ PEERS = {
 }
 ENGINE = {"ola": "ola.fit (engine)", "ola-refine": "ola.fit refine share 0.5 (engine)",
           "ola-random": "ola.fit random units, refine share 0.9 (engine)",
+          "ola-carry": "ola.fit random units, refine share 0.9, rounds 20/20, steps carried (engine)",
           "ola-h1": "ola.fit first hidden layer only (engine)", "ola1": "ola.fit hidden=() (engine)"}
 METHODS = [*ENGINE, *PEERS]
 
@@ -371,6 +374,8 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
         refine = {"ola-refine": ola.Refine(share=0.5),
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
+                  "ola-carry": ola.Refine(share=0.9, start="random", unit_generations=20, readout_generations=20,
+                                          carry_steps=True),
                   }.get(method, ola.Refine())
         t0 = time.perf_counter()
         try:
@@ -518,8 +523,9 @@ def main(argv=None) -> int:
                                                                                         "decoder")]
     if bad:
         raise SystemExit(f"unknown method or problem {bad}; methods: {METHODS}, problems: linear,two,three,decoder")
-    if "ola-random" in methods and "three" in names:
-        raise SystemExit("ola-random starts one hidden layer (ola.Refine(start='random')): leave out the problem three")
+    if {"ola-random", "ola-carry"} & set(methods) and "three" in names:
+        raise SystemExit("ola-random and ola-carry start one hidden layer (ola.Refine(start='random')): leave out the "
+                         "problem three")
     machine = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

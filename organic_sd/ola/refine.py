@@ -40,6 +40,10 @@ class Refine:
     # theirs helps (a 6-4-3 teacher, 16 units: cascade then refine 4.2-4.4x the noise floor, random then refine
     # 1.4-2.1x, Adam 1.06x; docs/BENCHMARKS.md)
     start: str = "cascade"
+    # each round's searches resume from the step sizes the last round's ended with (capped at `step`) instead of
+    # starting over: short rounds then still move (`two`, 6,000 generations, start random: rounds of 20 / 20 with
+    # carried steps 38.8x the noise floor, 100 / 100 started over 71.6x, 20 / 20 started over ~200x; docs/BENCHMARKS.md)
+    carry_steps: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.share < 1.0:
@@ -103,6 +107,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
         return float((predict(layer_features(data.x_val, with_rows(r)), ro, out_scale) - data.y_val).square().mean())
 
     best = {"mse": val_mse(rows, readout), "rows": rows, "readout": readout}
+    unit_sigma = config.step / math.sqrt(rows.shape[1])
+    unit_step = readout_step = None  # carried between rounds with config.carry_steps
     out_dim = data.y.shape[1]  # the curve holds held-out MSE summed over outputs, like the searches' curves
     curve, gens, interrupted = [(budget.elapsed(), 0, best["mse"] * out_dim)], 0, False
     try:
@@ -124,13 +130,17 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             def val_loss(theta):
                 return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
 
-            found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows),
-                               config.step / math.sqrt(rows.shape[1]), _round(budget, config.unit_generations, keep=1),
-                               data.generator, progress=progress, desc="refine units")
+            sigma0 = unit_sigma if unit_step is None else unit_step.clamp(max=unit_sigma)
+            found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
+                               _round(budget, config.unit_generations, keep=1), data.generator, progress=progress,
+                               desc="refine units")
             rows = wh.to_raw(found.theta)
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
-                                       _round(budget, config.readout_generations), readout, progress)
+                                       _round(budget, config.readout_generations), readout, progress,
+                                       step=readout_step)
+            if config.carry_steps:
+                unit_step, readout_step = found.step, res.step
             gens += found.generations + res.generations
             mse = val_mse(rows, readout)
             curve.append((budget.elapsed(), gens, mse * out_dim))

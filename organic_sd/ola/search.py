@@ -57,6 +57,7 @@ class SearchResult:
     generations: int
     seconds: float
     curve: list[tuple[float, int, float]]  # (seconds, generation, summed held-out loss)
+    step: torch.Tensor | None = None  # (R, d) the strategy's last per-coordinate step sizes, where it has them
 
 
 def run_search(
@@ -64,7 +65,7 @@ def run_search(
     batch_loss: Callable[[torch.Tensor], torch.Tensor],
     val_loss: Callable[[torch.Tensor], torch.Tensor],
     mean0: torch.Tensor,
-    sigma0: float,
+    sigma0: float | torch.Tensor,
     budget: Budget,
     generator: torch.Generator,
     eval_every: int = 25,
@@ -73,7 +74,7 @@ def run_search(
     desc: str = "evolve",
     shard=None,
 ) -> SearchResult:
-    """Evolve rows starting at `mean0 (R, d)` until the budget is spent.
+    """Evolve rows starting at `mean0 (R, d)` with step `sigma0` (a number or (R, d)) until the budget is spent.
 
     `batch_loss(theta (P, R, d)) -> (P, R)` scores candidates on a fresh training batch;
     `val_loss(theta (K, R, d)) -> (K, R)` on held-out data. The result keeps, per row for
@@ -86,6 +87,8 @@ def run_search(
     """
     if shard is not None:
         mean0 = mean0[shard.rows]
+        if torch.is_tensor(sigma0):
+            sigma0 = sigma0[shard.rows]
         strategy.shard = shard
     best_theta = mean0.clone()
     best_val = val_loss(mean0[None])[0]  # (R,)
@@ -106,9 +109,12 @@ def run_search(
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{float(v):.3g}" for k, v in metrics.items()})
     bar.close()
     budget.spend(gen)
+    step = getattr(state, "sigma", None)
+    step = step if torch.is_tensor(step) and step.shape == best_theta.shape else None
     if shard is not None:
         best_theta, best_val, curve = shard.gather(best_theta), shard.gather(best_val), shard.gather_curve(curve)
-    return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve)
+        step = None if step is None else shard.gather(step)
+    return SearchResult(best_theta, best_val, gen, budget.elapsed(), curve, step)
 
 
 def drifted(cand_val: torch.Tensor, best_val: torch.Tensor, tolerance: float) -> torch.Tensor:

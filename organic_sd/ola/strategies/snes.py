@@ -38,9 +38,10 @@ class SNES:
         self.lr_mean = lr_mean
         self.lr_sigma = lr_sigma
 
-    def init(self, mean: torch.Tensor, sigma: float, generator: torch.Generator) -> SNESState:
-        """Start every row at `mean (R, d)` with step size `sigma`."""
-        return SNESState(mean.clone(), torch.full_like(mean, sigma), None, 0, generator)
+    def init(self, mean: torch.Tensor, sigma: float | torch.Tensor, generator: torch.Generator) -> SNESState:
+        """Start every row at `mean (R, d)` with step size `sigma` (a number, or (R, d) per coordinate)."""
+        step = torch.as_tensor(sigma, dtype=mean.dtype, device=mean.device).expand_as(mean).clone()
+        return SNESState(mean.clone(), step, None, 0, generator)
 
     def ask(self, state: SNESState) -> tuple[SNESState, torch.Tensor]:
         """Draw P antithetic candidates per row -> theta (P, R, d)."""
