@@ -47,7 +47,8 @@ def test_a_continued_fit_with_refine_moves_the_units_and_is_no_worse():
 
 
 @pytest.mark.parametrize("kwargs", [{"share": 1.0}, {"share": -0.1}, {"unit_generations": 0}, {"damping": 0.0},
-                                    {"start": "zeros"}, {"start": "random", "share": 0.0}])
+                                    {"start": "zeros"}, {"start": "random", "share": 0.0},
+                                    {"step_floor": -0.1}, {"step_floor": 1.5}])
 def test_bad_refine_settings_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="Refine"):
         ola.Refine(**kwargs)
@@ -73,3 +74,38 @@ def test_a_random_start_is_one_hidden_layer_drawn_from_the_seed():
         assert ka == kb and torch.equal(va, vb)
     with pytest.raises(ValueError, match="one hidden layer"):
         ola.fit(p.x, p.y, hidden=(4, 2), generations=50, refine=r)
+
+
+def test_carried_steps_resume_each_round_between_the_floor_and_the_start(monkeypatch):
+    from organic_sd.ola import refine as refine_module
+
+    starts = []
+    real = refine_module.run_search
+
+    def spy(strategy, batch_loss, val_loss, mean0, sigma0, *args, **kwargs):
+        starts.append(sigma0)
+        return real(strategy, batch_loss, val_loss, mean0, sigma0, *args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "run_search", spy)
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    r = ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10, carry_steps=True,
+                   step_floor=0.25)
+    ola.fit(p.x, p.y, hidden=(5,), generations=200, seed=0, refine=r)
+    first, later = starts[0], starts[1:]
+    assert isinstance(first, float) and len(later) >= 3
+    for s in later:  # (5, 7): every unit's per-coordinate step, carried and clamped
+        assert s.shape == (5, 7) and float(s.max()) <= first + 1e-9 and float(s.min()) >= 0.25 * first - 1e-9
+    assert any(float(s.min()) < first for s in later)  # the steps did adapt and were carried
+
+
+def test_without_carried_steps_every_round_starts_over(monkeypatch):
+    from organic_sd.ola import refine as refine_module
+
+    starts = []
+    real = refine_module.run_search
+    monkeypatch.setattr(refine_module, "run_search",
+                        lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0,
+            refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10))
+    assert len(starts) >= 2 and all(isinstance(s, float) and s == starts[0] for s in starts)

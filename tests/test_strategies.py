@@ -159,3 +159,18 @@ def test_cli_strategy_names_are_the_registry():
         build_parser().parse_args(["train", "denoiser", "--store", "s", "--out", "o", "--strategy", "nope"])
     a = build_parser().parse_args(["train", "denoiser", "--store", "s", "--out", "o", "--strategy", "trust-neuron"])
     assert a.strategy == "trust-neuron"
+
+
+def test_a_search_resumes_from_per_coordinate_steps_and_reports_where_they_ended():
+    loss = lambda th: th.square().sum(-1)  # noqa: E731  (P, R)
+    g = torch.Generator().manual_seed(0)
+    step0 = torch.tensor([[1.0, 1e-3], [1e-3, 1.0]])  # (R, d): each row starts wide on a different coordinate
+    state = SNES(10).init(torch.ones(2, 2), step0, g)
+    assert torch.equal(state.sigma, step0)
+    res = run_search(SNES(10), loss, loss, torch.ones(2, 2), step0, Budget(generations=5), g)
+    assert res.step.shape == (2, 2)
+    # the narrow coordinates barely moved from 1, the wide ones did: the per-coordinate start was used
+    assert float(res.theta[0, 1]) > 0.9 and float(res.theta[1, 0]) > 0.9
+    assert abs(float(res.theta[0, 0])) < 0.5 and abs(float(res.theta[1, 1])) < 0.5
+    trust = run_search(make_strategy("trust", 10), loss, loss, torch.ones(2, 2), 0.1, Budget(generations=5), g)
+    assert trust.step is None  # one scalar scale: nothing per coordinate to resume from

@@ -30,12 +30,12 @@ class Data:
 
 
 def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress, share: float = 1.0,
-                step: torch.Tensor | None = None):
+                step: torch.Tensor | None = None, step_floor: float = 0.0):
     """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result.
 
     `share`: search only the principal directions holding that share of the features' variance.
-    `step`: step sizes (out, d) a previous search of this readout ended with, to resume from (capped at the usual
-    start; ignored when the number of directions changed).
+    `step`: step sizes (out, d) a previous search of this readout ended with, to resume from (kept between
+    `step_floor` times the usual start and the start; ignored when the number of directions changed).
     """
     u = torch.cat(feats, dim=1)  # (N, F)
     wh = Whitener.fit(u)
@@ -51,7 +51,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
     else:
         mean0, sigma0 = wh.from_raw(init_raw)[:, -d:], 0.2 * spread  # its weights on the dropped directions go
     if step is not None and tuple(step.shape) == tuple(mean0.shape):
-        sigma0 = step.clamp(max=sigma0)
+        sigma0 = step.clamp(min=step_floor * sigma0, max=sigma0)
     y, yv = data.y, data.y_val
     shard = shard_rows(strategy, y.shape[1])
     if shard is not None:  # this rank scores only its output neurons

@@ -40,10 +40,13 @@ class Refine:
     # theirs helps (a 6-4-3 teacher, 16 units: cascade then refine 4.2-4.4x the noise floor, random then refine
     # 1.4-2.1x, Adam 1.06x; docs/BENCHMARKS.md)
     start: str = "cascade"
-    # each round's searches resume from the step sizes the last round's ended with (capped at `step`) instead of
-    # starting over: short rounds then still move (`two`, 6,000 generations, start random: rounds of 20 / 20 with
-    # carried steps 38.8x the noise floor, 100 / 100 started over 71.6x, 20 / 20 started over ~200x; docs/BENCHMARKS.md)
+    # each round's searches resume from the step sizes the last round's ended with (between `step_floor` x and 1 x
+    # the start) instead of starting over, so short rounds still move (docs/BENCHMARKS.md, "carried steps")
     carry_steps: bool = False
+    # carried steps never fall below this fraction of the start: on minibatch losses the searches' step sizes shrink
+    # round after round (start random, rounds of 20: 1/250 of the start after 40 rounds, and the refinement stalls;
+    # `two` at 5,000 generations, teacher seeds 3 and 6: floor 0.1 93x, 0.3 47x, 0.5 75x)
+    step_floor: float = 0.3
 
     def __post_init__(self):
         if not 0.0 <= self.share < 1.0:
@@ -55,6 +58,8 @@ class Refine:
         for name in ("unit_generations", "readout_generations"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Refine.{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.step_floor <= 1.0:
+            raise ValueError(f"Refine.step_floor must be in [0, 1], got {self.step_floor}")
         if self.damping <= 0 or self.step <= 0:
             raise ValueError(f"Refine.damping and Refine.step must be positive, got {self.damping}, {self.step}")
 
@@ -130,7 +135,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             def val_loss(theta):
                 return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
 
-            sigma0 = unit_sigma if unit_step is None else unit_step.clamp(max=unit_sigma)
+            sigma0 = unit_sigma if unit_step is None else unit_step.clamp(config.step_floor * unit_sigma, unit_sigma)
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
                                _round(budget, config.unit_generations, keep=1), data.generator, progress=progress,
                                desc="refine units")
@@ -138,7 +143,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
                                        _round(budget, config.readout_generations), readout, progress,
-                                       step=readout_step)
+                                       step=readout_step, step_floor=config.step_floor)
             if config.carry_steps:
                 unit_step, readout_step = found.step, res.step
             gens += found.generations + res.generations
