@@ -374,8 +374,7 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
         refine = {"ola-refine": ola.Refine(share=0.5),
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
-                  "ola-carry": ola.Refine(share=0.9, start="random", unit_generations=20, readout_generations=20,
-                                          carry_steps=True),
+                  "ola-carry": ola.Refine.measured(0.9, "random"),
                   }.get(method, ola.Refine())
         t0 = time.perf_counter()
         try:

@@ -29,6 +29,10 @@ CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs
     # flip a selection now and then and the two runs part, 2% apart at 120 generations: measured, not hidden)
     "random-refine": dict(hidden=(4,), strategy="snes", generations=64,
                           refine=ola.Refine(share=0.8, start="random", unit_generations=20, readout_generations=20)),
+    # the same with each round resuming from the last round's step sizes: the readout's, gathered over ranks
+    "random-carry": dict(hidden=(4,), strategy="snes", generations=40,
+                         refine=ola.Refine(share=0.8, start="random", unit_generations=8, readout_generations=8,
+                                           carry_steps=True)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 

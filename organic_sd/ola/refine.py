@@ -48,6 +48,17 @@ class Refine:
     # `two` at 5,000 generations, teacher seeds 3 and 6: floor 0.1 93x, 0.3 47x, 0.5 75x)
     step_floor: float = 0.3
 
+    @classmethod
+    def measured(cls, share: float, start: str = "cascade") -> "Refine":
+        """The rounds measured best for `start`: random units refine in short rounds with carried steps.
+
+        (`two` of bench/peers.py, 60 s, start random: rounds of 20 / 20 with carried steps 57x the noise floor on
+        2 CPU threads and 10x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
+        """
+        if start == "random":
+            return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True)
+        return cls(share=share, start=start)
+
     def __post_init__(self):
         if not 0.0 <= self.share < 1.0:
             raise ValueError(f"Refine.share must be in [0, 1), got {self.share}")

@@ -71,7 +71,7 @@ class PartJob:
         self.run, self.device = run, device
         self.fit_kwargs = {"subspace": replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
                            "units_per_round": cfg.units_per_round,
-                           "refine": ola.Refine(share=cfg.refine, start=cfg.refine_start)}
+                           "refine": ola.Refine.measured(cfg.refine, cfg.refine_start)}
         metrics = [("psnr", "PSNR (dB)")] if cfg.kind == "decoder" else [("cosine", "mean cosine")]
         if rows.mix:
             metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)"))
