@@ -8,8 +8,8 @@ fitted by Adam on the same rows makes 40% less error there than one evolved (ben
 This fits fresh stacks of the O-UNet's per-pixel shape on update-weighted rows of records with t < --split
 (the O-UNet's frozen coarse stage feeding them), one per --variant, each for --seconds, and prints their
 held-out v MSE. A variant is NAME or NAME:key=value,...; keys: spread (ola.Subspace.spread), hessian,
-units (Subspace.units share), deflate (0/1), refine (ola.Refine share), pop (population), upr (units per
-round), hidden (e.g. 64 or 64-32), strategy. NAME "adam" is the gradient reference (never a training path).
+units (Subspace.units share), deflate (0/1), refine (ola.Refine share), start (cascade or random: ola.Refine.measured),
+pop (population), upr (units per round), hidden (e.g. 64 or 64-32), strategy. NAME "adam" is the gradient reference (never a training path).
 Every module is saved in --out (NAME.safetensors) with a JSON line in --out/results.jsonl, so variants can
 run as parallel processes sharing --rows-cache, and bench/ounet_low_noise.py-style sampling can follow.
 """
@@ -41,7 +41,7 @@ from ounet_low_noise import LowNoiseSplit  # noqa: E402
 from ounet_reference import adam_fit  # noqa: E402
 
 KEYS = {"spread": float, "hessian": int, "units": float, "deflate": int, "refine": float, "pop": int, "upr": int,
-        "hidden": str, "strategy": str}
+        "hidden": str, "strategy": str, "start": str}
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -63,7 +63,8 @@ def fit_kwargs(opts: dict, hidden: tuple[int, ...]) -> dict:
     sub = ola.Subspace(units=opts.get("units", 1.0), hessian=opts.get("hessian", 0),
                        deflate=bool(opts.get("deflate", 0)), spread=opts.get("spread", 1.0))
     h = tuple(int(v) for v in opts["hidden"].split("-")) if "hidden" in opts else hidden
-    return {"hidden": h, "subspace": sub, "refine": ola.Refine(share=opts.get("refine", 0.0)),
+    refine = ola.Refine.measured(opts.get("refine", 0.0), opts.get("start", "cascade"))
+    return {"hidden": h, "subspace": sub, "refine": refine,
             "population": opts.get("pop", 40), "units_per_round": opts.get("upr", 16),
             "strategy": opts.get("strategy", "auto")}
 

@@ -18,6 +18,8 @@ def test_a_variant_names_its_settings_and_the_rest_stay_the_trainers():
     assert kw["hidden"] == (64, 32) and kw["population"] == 100 and kw["units_per_round"] == 16
     assert kw["subspace"] == ola.Subspace(spread=2.0, deflate=True) and kw["refine"] == ola.Refine()
     assert fit_kwargs(parse_variant("base")[1], (64,))["hidden"] == (64,)
+    carry = fit_kwargs(parse_variant("carry:start=random,refine=0.9")[1], (64,))["refine"]
+    assert carry == ola.Refine.measured(0.9, "random") and carry.carry_steps and carry.unit_generations == 20
 
 
 @pytest.mark.parametrize("bad", ["x:speed=2", "x:spread", ":pop=3"])
