@@ -425,7 +425,8 @@ def _cmd_train_low(args: argparse.Namespace) -> int:
     return _fit_resumable(args, "low-noise stack", "low", lambda u, store, init: fit_low(
         u, store, split=args.split, target=args.target, hidden=args.hidden, max_seconds=60.0 * args.max_minutes,
         max_rows=args.max_rows, eval_records=args.eval_records, population=args.population, device=args.device,
-        seed=args.seed, init=init, progress=_progress(args.progress), prune=args.prune, refine=args.refine))
+        seed=args.seed, init=init, progress=_progress(args.progress), prune=args.prune, refine=args.refine,
+        refine_start=args.refine_start))
 
 
 def _cmd_train_clean(args: argparse.Namespace) -> int:
@@ -434,7 +435,8 @@ def _cmd_train_clean(args: argparse.Namespace) -> int:
     return _fit_resumable(args, "clean stage", "clean", lambda u, store, init: fit_clean(
         u, store, window=args.window, hidden=args.hidden, max_seconds=60.0 * args.max_minutes,
         max_rows=args.max_rows, eval_records=args.eval_records, population=args.population, device=args.device,
-        seed=args.seed, init=init, progress=_progress(args.progress), refine=args.refine))
+        seed=args.seed, init=init, progress=_progress(args.progress), refine=args.refine,
+        refine_start=args.refine_start))
 
 
 def _add_below_split_fit_args(p, max_minutes: float) -> None:
@@ -446,6 +448,9 @@ def _add_below_split_fit_args(p, max_minutes: float) -> None:
     p.add_argument("--population", type=int, default=100)
     p.add_argument("--refine", type=float, default=0.0, help="share of the search spent moving the grown units "
                                                              "together afterwards (ola.Refine; 0: off)")
+    p.add_argument("--refine-start", choices=("cascade", "random"), default="cascade",
+                   help="where a fresh part's units start: grown by the cascade, or random (one hidden layer; needs "
+                        "--refine, e.g. 0.9; ola.Refine.measured, docs/BENCHMARKS.md)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -148,6 +148,13 @@ def test_fit_clean_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_
                      str(tmp_path / "refined.safetensors"), "--window", "3", "--hidden", "2", "--max-rows", "3000",
                      "--eval-records", "16", "--population", "8", "--max-minutes", "0.02", "--refine", "0.5"]) == 0
     assert seen == [0.5]
+    seen_refine = []
+    monkeypatch.setattr(ola, "fit", lambda *a, **kw: seen_refine.append(kw["refine"]) or real_fit(*a, **kw))
+    assert cli.main(["train", "denoiser-clean", "--ounet", str(low), "--store", str(store), "--out",
+                     str(tmp_path / "random.safetensors"), "--window", "3", "--hidden", "2", "--max-rows", "3000",
+                     "--eval-records", "16", "--population", "8", "--max-minutes", "0.02", "--refine", "0.9",
+                     "--refine-start", "random"]) == 0
+    assert seen_refine == [ola.Refine.measured(0.9, "random")]
     monkeypatch.undo()
     # Ctrl-C while growing: the units so far are kept beside --out, and the same command goes on from them
     out = tmp_path / "clean.safetensors"

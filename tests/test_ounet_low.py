@@ -98,17 +98,25 @@ def test_fit_low_learns_is_kept_only_if_better_and_the_cli_resumes_after_ctrl_c(
     else:
         assert rep["after"]["heldout_mse"] >= rep["before"]["heldout_mse"] and u2.low is None
     # --refine reaches the search: the pruned stack's units move instead of keeping them and re-fitting the readout
-    seen = []
+    seen, starts = [], []
 
     def fit_seeing_refine(*a, **kw):
         seen.append((kw["init"] is not None, kw["refine"].share))
+        starts.append(kw["refine"])
         return real_fit(*a, **kw)
 
     real_fit = ola.fit
     monkeypatch.setattr(ola, "fit", fit_seeing_refine)
     _, rep = fit_low(u, ds, split=500, hidden=(3,), generations=60, max_rows=3000, eval_records=16, population=8,
                      log_to=io.StringIO(), refine=0.5)
-    assert seen == [(False, 0.5)] and rep["refine"] == 0.5
+    assert seen == [(False, 0.5)] and rep["refine"] == 0.5 and starts[-1] == ola.Refine(share=0.5)
+    # --refine-start random: a fresh stack from random units, refined in the measured rounds
+    _, rep = fit_low(u, ds, split=500, hidden=(3,), generations=60, max_rows=3000, eval_records=16, population=8,
+                     log_to=io.StringIO(), refine=0.9, refine_start="random")
+    assert starts[-1] == ola.Refine.measured(0.9, "random") and rep["refine_start"] == "random"
+    with pytest.raises(ValueError, match="share > 0"):  # before any rows are drawn
+        fit_low(u, ds, split=500, refine=0.0, refine_start="random", log_to=io.StringIO())
+    assert len(starts) == 2
     monkeypatch.undo()
     # Ctrl-C while growing: the units so far are kept beside --out, and the same command goes on from them
     out = tmp_path / "low.safetensors"

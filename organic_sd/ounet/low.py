@@ -84,7 +84,8 @@ def low_out_scale(cfg, y: torch.Tensor) -> float:
 def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, max_seconds: float = 300.0,
             max_rows: int = 600_000, eval_records: int = 512, population: int = 100, device: str = "cpu",
             seed: int = 0, init: ola.OLAModule | None = None, generations: int | None = None, progress=False,
-            log_to=None, prune: int | None = None, refine: float = 0.0) -> tuple[OUNet, dict]:
+            log_to=None, prune: int | None = None, refine: float = 0.0,
+            refine_start: str = "cascade") -> tuple[OUNet, dict]:
     """Evolve a low-noise stack for u's steps t < split; returns (u with it if it helps, else u; report dict).
 
     `hidden`: its widths (default: u's stack's); `init`: a low stack of the same shape to continue (an
@@ -92,8 +93,10 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     `prune`: start from u's own low stack cut to its `prune` most used units (prune_units) and re-evolve
     its readout: a cheaper stack per step, its units as evolution found them. `refine`: the share of the search
     spent moving the grown units together (ola.Refine); with `init` or `prune`, all of it moves the given units.
+    `refine_start` "random": a fresh stack starts from random units instead of the cascade (ola.Refine.measured).
     """
     log_to = log_to or sys.stdout
+    refiner = ola.Refine.measured(refine, refine_start)  # a bad pair fails here, before any rows are drawn
     t0 = time.perf_counter()
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
@@ -132,13 +135,14 @@ def fit_low(u: OUNet, store, split: int = 400, target: str = "x0", hidden=None, 
     low = ola.fit(x, y, hidden=hidden, out_scale=out_scale, population=population,
                   max_seconds=None if generations else max_seconds, generations=generations,
                   x_val=xv, y_val=yv, device=dev, seed=seed, init=init, progress=progress,
-                  units_per_round=DENOISER_UNITS_PER_ROUND, refine=ola.Refine(share=refine))
+                  units_per_round=DENOISER_UNITS_PER_ROUND, refine=refiner)
     del x, y, xv, yv
     eval_idx, w = below_split_eval(base.config.target, schedule, store, val_idx, split, eval_records, seed + 1)
     cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
                  prompts=base.prompts, low=low).to(dev)
     rep = keep_decision("low-noise stack", base, cand, low, store, eval_idx, w, split, log_to,
                         {"split": split, "target": target, "hidden": list(hidden), "refine": refine,
+                         "refine_start": refine_start,
                          "seconds": round(time.perf_counter() - t0, 1)})
     if not rep["kept"]:
         return base, rep

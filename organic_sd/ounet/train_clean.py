@@ -32,12 +32,14 @@ def _without_clean(u: OUNet, dev) -> OUNet:
 def fit_clean(u: OUNet, store, window: int = 5, hidden=(16,), max_seconds: float = 180.0, max_rows: int = 600_000,
               eval_records: int = 512, population: int = 100, device: str = "cpu", seed: int = 0,
               init: ola.OLAModule | None = None, generations: int | None = None, progress=False,
-              log_to=None, refine: float = 0.0) -> tuple[OUNet, dict]:
+              log_to=None, refine: float = 0.0, refine_start: str = "cascade") -> tuple[OUNet, dict]:
     """Evolve a clean stage reading a `window` x `window` window of u's low-stack x0; returns (u with it if it
     beats u as given (with or without a clean stage), else u unchanged; report dict). `init`: a clean stage of
     the same shape to continue; `generations` instead of max_seconds: reproducible; `refine`: the share of the search
-    spent moving the grown units together (ola.Refine)."""
+    spent moving the grown units together (ola.Refine); `refine_start` "random": from random units
+    (ola.Refine.measured)."""
     log_to = log_to or sys.stdout
+    refiner = ola.Refine.measured(refine, refine_start)  # a bad pair fails here, before any rows are drawn
     t0 = time.perf_counter()
     if u.low is None or u.config.low_target != "x0":
         raise ValueError("a clean stage reads the low-noise stack's x0: this O-UNet has none predicting x0 "
@@ -79,14 +81,14 @@ def fit_clean(u: OUNet, store, window: int = 5, hidden=(16,), max_seconds: float
     clean = ola.fit(x, y, hidden=hidden, out_scale=x0_bound(cfg), population=population,
                     max_seconds=None if generations else max_seconds, generations=generations,
                     x_val=xv, y_val=yv, device=dev, seed=seed, init=init, progress=progress,
-                    refine=ola.Refine(share=refine))
+                    refine=refiner)
     del x, y, xv, yv
     eval_idx, w = below_split_eval(base.config.target, schedule, store, val_idx, split, eval_records, seed + 1)
     cand = OUNet(cfg, base.module, base.schedule, dict(base.meta), head=base.head, stage=base.stage,
                  prompts=base.prompts, low=base.low, clean=clean).to(dev)
     u = u.to(dev)  # the bar is u as given: a clean stage it already has is replaced only by a better one
     rep = keep_decision("clean stage", u, cand, clean, store, eval_idx, w, split, log_to,
-                        {"window": window, "hidden": list(hidden), "refine": refine,
+                        {"window": window, "hidden": list(hidden), "refine": refine, "refine_start": refine_start,
                          "seconds": round(time.perf_counter() - t0, 1)})
     if not rep["kept"]:
         return u, rep
