@@ -53,7 +53,7 @@ class Refine:
         """The rounds measured best for `start`: random units refine in short rounds with carried steps.
 
         (`two` of bench/peers.py, 60 s, start random: rounds of 20 / 20 with carried steps 57x the noise floor on
-        2 CPU threads and 10x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
+        2 CPU threads and 11-17x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
         """
         if start == "random":
             return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True)
