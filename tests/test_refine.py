@@ -48,7 +48,8 @@ def test_a_continued_fit_with_refine_moves_the_units_and_is_no_worse():
 
 @pytest.mark.parametrize("kwargs", [{"share": 1.0}, {"share": -0.1}, {"unit_generations": 0}, {"damping": 0.0},
                                     {"start": "zeros"}, {"start": "random", "share": 0.0},
-                                    {"step_floor": -0.1}, {"step_floor": 1.5}])
+                                    {"step_floor": -0.1}, {"step_floor": 1.5}, {"floor_decay": 0.0},
+                                    {"floor_decay": 1.5}])
 def test_bad_refine_settings_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="Refine"):
         ola.Refine(**kwargs)
@@ -113,3 +114,23 @@ def test_without_carried_steps_every_round_starts_over(monkeypatch):
     ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0,
             refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10))
     assert len(starts) >= 2 and all(isinstance(s, float) and s == starts[0] for s in starts)
+
+
+def test_a_round_that_gains_nothing_lowers_the_floor_of_the_carried_steps(monkeypatch):
+    from organic_sd.ola import refine as refine_module
+
+    starts, real = [], refine_module.run_search
+    monkeypatch.setattr(refine_module, "run_search",
+                        lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    fit = lambda decay: ola.fit(p.x, p.y, hidden=(5,), generations=600, seed=0,  # noqa: E731
+                                refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10,
+                                                  carry_steps=True, step_floor=0.9, floor_decay=decay))
+    m = fit(0.1)
+    curve = [v for _, _, v in m.training_summary["curve"]]
+    assert any(b >= min(curve[:i + 1]) for i, b in enumerate(curve[1:])), "no round failed to gain: nothing tested"
+    first = starts[0]
+    assert min(float(s.min()) for s in starts[1:] if torch.is_tensor(s)) < 0.9 * first - 1e-9  # the floor fell
+    starts.clear()
+    fit(1.0)  # a fixed floor never lets a carried step below it
+    assert min(float(s.min()) for s in starts[1:] if torch.is_tensor(s)) >= 0.9 * starts[0] - 1e-9

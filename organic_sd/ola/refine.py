@@ -47,6 +47,7 @@ class Refine:
     # round after round (start random, rounds of 20: 1/250 of the start after 40 rounds, and the refinement stalls;
     # `two` at 5,000 generations, teacher seeds 3 and 6: floor 0.1 93x, 0.3 47x, 0.5 75x)
     step_floor: float = 0.3
+    floor_decay: float = 1.0  # a round that beats no earlier one multiplies the floor by this (1: a fixed floor)
 
     @classmethod
     def measured(cls, share: float, start: str = "cascade") -> "Refine":
@@ -71,6 +72,8 @@ class Refine:
                 raise ValueError(f"Refine.{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.step_floor <= 1.0:
             raise ValueError(f"Refine.step_floor must be in [0, 1], got {self.step_floor}")
+        if not 0.0 < self.floor_decay <= 1.0:
+            raise ValueError(f"Refine.floor_decay must be in (0, 1], got {self.floor_decay}")
         if self.damping <= 0 or self.step <= 0:
             raise ValueError(f"Refine.damping and Refine.step must be positive, got {self.damping}, {self.step}")
 
@@ -125,6 +128,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
     best = {"mse": val_mse(rows, readout), "rows": rows, "readout": readout}
     unit_sigma = config.step / math.sqrt(rows.shape[1])
     unit_step = readout_step = None  # carried between rounds with config.carry_steps
+    floor = config.step_floor
     out_dim = data.y.shape[1]  # the curve holds held-out MSE summed over outputs, like the searches' curves
     curve, gens, interrupted = [(budget.elapsed(), 0, best["mse"] * out_dim)], 0, False
     try:
@@ -146,7 +150,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             def val_loss(theta):
                 return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
 
-            sigma0 = unit_sigma if unit_step is None else unit_step.clamp(config.step_floor * unit_sigma, unit_sigma)
+            sigma0 = unit_sigma if unit_step is None else unit_step.clamp(floor * unit_sigma, unit_sigma)
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
                                _round(budget, config.unit_generations, keep=1), data.generator, progress=progress,
                                desc="refine units")
@@ -154,7 +158,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
                                        _round(budget, config.readout_generations), readout, progress,
-                                       step=readout_step, step_floor=config.step_floor)
+                                       step=readout_step, step_floor=floor)
             if config.carry_steps:
                 unit_step, readout_step = found.step, res.step
             gens += found.generations + res.generations
@@ -162,6 +166,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             curve.append((budget.elapsed(), gens, mse * out_dim))
             if mse < best["mse"]:
                 best = {"mse": mse, "rows": rows, "readout": readout}
+            else:
+                floor *= config.floor_decay
     except KeyboardInterrupt:
         interrupted = True
     return with_rows(best["rows"]), best["readout"], curve, gens, interrupted
