@@ -123,9 +123,9 @@ def test_a_round_that_gains_nothing_lowers_the_floor_of_the_carried_steps(monkey
     monkeypatch.setattr(refine_module, "run_search",
                         lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
     p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
-    fit = lambda decay: ola.fit(p.x, p.y, hidden=(5,), generations=600, seed=0,  # noqa: E731
-                                refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10,
-                                                  carry_steps=True, step_floor=0.9, floor_decay=decay))
+    fit = lambda decay: ola.fit(p.x, p.y, hidden=(5,), generations=600, seed=0, refine=ola.Refine(  # noqa: E731
+        share=0.9, start="random", unit_generations=10, readout_generations=10, carry_steps=True, step_floor=0.9,
+        floor_decay=decay))
     m = fit(0.1)
     curve = [v for _, _, v in m.training_summary["curve"]]
     assert any(b >= min(curve[:i + 1]) for i, b in enumerate(curve[1:])), "no round failed to gain: nothing tested"
