@@ -10,7 +10,7 @@ Every method fits the same architecture, the student's (organic_sd.ola.OLAModule
   ola-random  ola.Refine(share=0.9, start="random", rounds of 100 / 100 generations): one hidden layer of random
           units, a tenth of the budget on their readout, the rest refining them (no cascade)
   ola-carry   the same in rounds of 20 / 20 generations whose searches resume from the last round's step sizes
-          (ola.Refine(carry_steps=True), kept above 0.3 of the start)
+          (ola.Refine.measured: kept above a floor of 0.3 of the start, halved after a round that gains nothing)
   ola-h1  ola.fit(hidden=the first of the problem's layers): is a second hidden layer worth it
   ola1    ola.fit(hidden=()), the engine's single layer
   snes    EvoTorch SNES on the whole flat parameter vector
