@@ -8,8 +8,9 @@ fitted by Adam on the same rows makes 40% less error there than one evolved (ben
 This fits fresh stacks of the O-UNet's per-pixel shape on update-weighted rows of records with t < --split
 (the O-UNet's frozen coarse stage feeding them), one per --variant, each for --seconds, and prints their
 held-out v MSE. A variant is NAME or NAME:key=value,...; keys: spread (ola.Subspace.spread), hessian,
-units (Subspace.units share), deflate (0/1), refine (ola.Refine share), start (cascade or random: ola.Refine.measured),
-pop (population), upr (units per round), hidden (e.g. 64 or 64-32), strategy. NAME "adam" is the gradient reference (never a training path).
+units (Subspace.units share), deflate (0/1), refine (ola.Refine share), start (cascade or random:
+ola.Refine.measured), pop (population), upr (units per round), hidden (e.g. 64 or 64-32), strategy.
+NAME "adam" is the gradient reference (never a training path).
 Every module is saved in --out (NAME.safetensors) with a JSON line in --out/results.jsonl, so variants can
 run as parallel processes sharing --rows-cache, and bench/ounet_low_noise.py-style sampling can follow.
 """

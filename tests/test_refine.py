@@ -81,17 +81,18 @@ def test_a_random_start_is_one_hidden_layer_drawn_from_the_seed():
         ola.fit(p.x, p.y, hidden=(4, 2), generations=50, refine=r)
 
 
-def test_carried_steps_resume_each_round_between_the_floor_and_the_start(monkeypatch):
+def _unit_search_starts(monkeypatch) -> list:
+    """The step each refinement round's unit search starts from, recorded as the fits run."""
     from organic_sd.ola import refine as refine_module
 
-    starts = []
-    real = refine_module.run_search
+    starts, real = [], refine_module.run_search
+    monkeypatch.setattr(refine_module, "run_search",
+                        lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
+    return starts
 
-    def spy(strategy, batch_loss, val_loss, mean0, sigma0, *args, **kwargs):
-        starts.append(sigma0)
-        return real(strategy, batch_loss, val_loss, mean0, sigma0, *args, **kwargs)
 
-    monkeypatch.setattr(refine_module, "run_search", spy)
+def test_carried_steps_resume_each_round_between_the_floor_and_the_start(monkeypatch):
+    starts = _unit_search_starts(monkeypatch)
     p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
     r = ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10, carry_steps=True,
                    step_floor=0.25)
@@ -104,12 +105,7 @@ def test_carried_steps_resume_each_round_between_the_floor_and_the_start(monkeyp
 
 
 def test_without_carried_steps_every_round_starts_over(monkeypatch):
-    from organic_sd.ola import refine as refine_module
-
-    starts = []
-    real = refine_module.run_search
-    monkeypatch.setattr(refine_module, "run_search",
-                        lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
+    starts = _unit_search_starts(monkeypatch)
     p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
     ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0,
             refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10))
@@ -117,11 +113,7 @@ def test_without_carried_steps_every_round_starts_over(monkeypatch):
 
 
 def test_a_round_that_gains_nothing_lowers_the_floor_of_the_carried_steps(monkeypatch):
-    from organic_sd.ola import refine as refine_module
-
-    starts, real = [], refine_module.run_search
-    monkeypatch.setattr(refine_module, "run_search",
-                        lambda s, b, v, m, sigma0, *a, **k: starts.append(sigma0) or real(s, b, v, m, sigma0, *a, **k))
+    starts = _unit_search_starts(monkeypatch)
     p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
     fit = lambda decay: ola.fit(p.x, p.y, hidden=(5,), generations=600, seed=0, refine=ola.Refine(  # noqa: E731
         share=0.9, start="random", unit_generations=10, readout_generations=10, carry_steps=True, step_floor=0.9,

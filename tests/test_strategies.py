@@ -167,10 +167,11 @@ def test_a_search_resumes_from_per_coordinate_steps_and_reports_where_they_ended
     step0 = torch.tensor([[1.0, 1e-3], [1e-3, 1.0]])  # (R, d): each row starts wide on a different coordinate
     state = SNES(10).init(torch.ones(2, 2), step0, g)
     assert torch.equal(state.sigma, step0)
-    res = run_search(SNES(10), loss, loss, torch.ones(2, 2), step0, Budget(generations=5), g)
+    res = run_search(SNES(10), loss, loss, torch.ones(2, 2), step0, Budget(generations=5), g, keep_step=True)
     assert res.step.shape == (2, 2)
     # the narrow coordinates barely moved from 1, the wide ones did: the per-coordinate start was used
     assert float(res.theta[0, 1]) > 0.9 and float(res.theta[1, 0]) > 0.9
     assert abs(float(res.theta[0, 0])) < 0.5 and abs(float(res.theta[1, 1])) < 0.5
-    trust = run_search(make_strategy("trust", 10), loss, loss, torch.ones(2, 2), 0.1, Budget(generations=5), g)
+    trust = run_search(make_strategy("trust", 10), loss, loss, torch.ones(2, 2), 0.1, Budget(generations=5), g,
+                       keep_step=True)
     assert trust.step is None  # one scalar scale: nothing per coordinate to resume from

@@ -30,12 +30,13 @@ class Data:
 
 
 def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress, share: float = 1.0,
-                step: torch.Tensor | None = None, step_floor: float = 0.0):
+                step: torch.Tensor | None = None, step_floor: float = 0.0, keep_step: bool = False):
     """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result.
 
     `share`: search only the principal directions holding that share of the features' variance.
     `step`: step sizes (out, d) a previous search of this readout ended with, to resume from (kept between
-    `step_floor` times the usual start and the start; ignored when the number of directions changed).
+    `step_floor` times the usual start and the start; ignored when the number of directions changed);
+    `keep_step`: the result carries the step sizes this search ended with.
     """
     u = torch.cat(feats, dim=1)  # (N, F)
     wh = Whitener.fit(u)
@@ -65,7 +66,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
         return chunked(lambda t: mse_loss(t, zv, yv, out_scale), theta, zv.shape[0])
 
     res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
-                     progress=progress, desc="readout", shard=shard)
+                     progress=progress, desc="readout", shard=shard, keep_step=keep_step)
     return wh.to_raw(wh.pad(res.theta)), res
 
 

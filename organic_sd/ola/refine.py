@@ -155,12 +155,12 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             sigma0 = unit_sigma if unit_step is None else unit_step.clamp(floor * unit_sigma, unit_sigma)
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
                                _round(budget, config.unit_generations, keep=1), data.generator, progress=progress,
-                               desc="refine units")
+                               desc="refine units", keep_step=config.carry_steps)
             rows = wh.to_raw(found.theta)
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
                                        _round(budget, config.readout_generations), readout, progress,
-                                       step=readout_step, step_floor=floor)
+                                       step=readout_step, step_floor=floor, keep_step=config.carry_steps)
             if config.carry_steps:
                 unit_step, readout_step = found.step, res.step
             gens += found.generations + res.generations

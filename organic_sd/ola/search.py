@@ -73,6 +73,7 @@ def run_search(
     progress: bool = False,
     desc: str = "evolve",
     shard=None,
+    keep_step: bool = False,
 ) -> SearchResult:
     """Evolve rows starting at `mean0 (R, d)` with step `sigma0` (a number or (R, d)) until the budget is spent.
 
@@ -83,7 +84,8 @@ def run_search(
 
     With a `shard` (organic_sd.ola.distributed.RowShard) this rank evolves only the rows
     `shard.rows` of `mean0`, the losses score those rows alone, and every rank returns all
-    rows gathered.
+    rows gathered. `keep_step`: also return the strategy's last step sizes (SearchResult.step) for a later
+    search to resume from (gathered over ranks only then).
     """
     if shard is not None:
         mean0 = mean0[shard.rows]
@@ -109,7 +111,7 @@ def run_search(
             bar.set_postfix(val=f"{curve[-1][2]:.4g}", **{k: f"{float(v):.3g}" for k, v in metrics.items()})
     bar.close()
     budget.spend(gen)
-    step = getattr(state, "sigma", None)
+    step = getattr(state, "sigma", None) if keep_step else None
     step = step if torch.is_tensor(step) and step.shape == best_theta.shape else None
     if shard is not None:
         best_theta, best_val, curve = shard.gather(best_theta), shard.gather(best_val), shard.gather_curve(curve)
