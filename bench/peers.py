@@ -358,7 +358,7 @@ def _thin(curve, n=CURVE_POINTS):
 
 
 def run_method(method: str, case: Case, seconds: float | None, device: str = "cpu", seed: int = 0,
-               batch: int | None = None, generations: int | None = None) -> dict:
+               batch: int | None = None, generations: int | None = None, population: int | None = None) -> dict:
     """Fit `case` with `method` for `seconds` (or `generations`); returns a row with test MSE / scale and the curve."""
     dev = torch.device(device)
     case.to(dev)
@@ -380,7 +380,8 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         try:
             m = ola.fit(case.x, case.y, hidden=hidden, max_seconds=None if generations else seconds,
                         generations=generations, batch_size=batch, x_val=case.x_val, y_val=case.y_val, device=dev,
-                        out_scale=case.out_scale, seed=seed, refine=refine)
+                        out_scale=case.out_scale, seed=seed, refine=refine,
+                        **({} if population is None else {"population": population}))
         except ola.FitDidNotLearn as err:  # reported as what it is: the starting point
             print(f"  {method}: {err}", flush=True)
             m = err.module
@@ -388,7 +389,7 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         # the engine's curve is (seconds, generation, held-out MSE summed over output units)
         curve = [[t, v / n_out / case.scale] for t, _, v in s["curve"]]
         row.update(wall_s=round(time.perf_counter() - t0, 1), generations=s["generations"], hidden=list(hidden),
-                   batch=s["batch_size"], params=m.num_parameters(), val_ratio=s["val_mse"] / case.scale, curve=curve)
+                   batch=s["batch_size"], population=s["population"], params=m.num_parameters(), val_ratio=s["val_mse"] / case.scale, curve=curve)
     else:
         _, runner, package = PEERS[method]
         try:
@@ -499,6 +500,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="the one device of every method: cpu, cuda, cuda:1 ...")
     ap.add_argument("--batch", type=int, default=None, help="rows per generation of every method (default: ola.fit's "
                                                             "own for the engine, 256 CPU / 1024 CUDA for the rest)")
+    ap.add_argument("--population", type=int, default=None, help="the engine's candidates per row (default: "
+                                                                 "ola.fit's own); the peers keep theirs")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
     ap.add_argument("--store", default=None, help="store of `osd precompute frames` for the decoder problem "
@@ -540,7 +543,8 @@ def main(argv=None) -> int:
         for method in methods:
             if method == "ola1" and not case.hidden:
                 continue  # the same fit as ola
-            r = run_method(method, case, args.seconds, args.device, args.seed, args.batch)
+            r = run_method(method, case, args.seconds, args.device, args.seed, args.batch,
+                           population=args.population)
             rows.append(r)
             if r["status"] == "ok":
                 print(f"  {method:7s} test/{case.scale_name} {r['ratio']:9.3f}  val {r['val_ratio']:9.3f}  "

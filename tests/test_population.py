@@ -2,7 +2,7 @@
 
 import torch
 
-from organic_sd.ola.population import Whitener, affine, explained_loss, mse_loss
+from organic_sd.ola.population import Whitener, affine, explained_loss, mse_loss, squash
 
 
 def test_affine_matches_a_loop_over_genomes():
@@ -19,6 +19,23 @@ def test_mse_loss_is_per_row():
     loss = mse_loss(theta, z, y, 2.0)
     ref = (2.0 * torch.tanh(affine(theta, z)) - y).square().mean(1)
     assert loss.shape == (4, 3) and torch.allclose(loss, ref, atol=1e-6)
+
+
+def test_squash_is_the_logistic_form_of_tanh():
+    g = torch.Generator().manual_seed(5)
+    theta, z = 3 * torch.randn(4, 3, 6, generator=g), torch.randn(9, 5, generator=g)
+    assert torch.allclose(squash(theta, z), (1 + torch.tanh(affine(theta, z))) / 2, atol=1e-6)
+
+
+def test_explained_loss_is_cascade_correlation_of_tanh_units():
+    g = torch.Generator().manual_seed(6)
+    theta, z, resid = torch.randn(5, 4, 4, generator=g), torch.randn(300, 3, generator=g), torch.randn(300, 2)
+    basis, _ = torch.linalg.qr(torch.cat([z, torch.ones(300, 1)], 1))
+    h = torch.tanh(affine(theta, z))  # (P, B, R)
+    h = h - torch.einsum("bk,pcr,ck->pbr", basis, h, basis)  # beyond what the inputs and the constant span
+    cov = torch.einsum("bo,pbr->por", resid - resid.mean(0), h) / 300
+    ref = -cov.square().sum(1) / h.square().mean(1)
+    assert torch.allclose(explained_loss(theta, z, resid, basis), ref, rtol=1e-4)
 
 
 def test_explained_loss_prefers_the_true_nonlinear_feature():

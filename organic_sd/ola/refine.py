@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from organic_sd.ola.cascade import layer_features, predict
-from organic_sd.ola.population import Whitener, affine
+from organic_sd.ola.population import Whitener, squash
 from organic_sd.ola.readout import Data, chunked, fit_readout
 from organic_sd.ola.search import Budget, run_search
 
@@ -141,16 +141,19 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             h_val, c_val, q_val = _linearise(layer_features(data.x_val, with_rows(rows)), data.y_val, readout,
                                              out_scale, first, H)
 
-            def gain(theta, zz, hh, cc, qq):
-                d = affine(theta, zz).tanh_().sub_(hh)  # (P, B, H): each unit's move
-                return ((qq * d).sub_(2 * config.damping * cc) * d).mean(1)  # (P, H): its linearised loss change
+            # a unit's move d = tanh(a) - h = 2 v with v = sigmoid(2a) - (1 + h) / 2 (`squash`, faster than tanh)
+            mid, mid_val = (1 + h) / 2, (1 + h_val) / 2
+
+            def gain(theta, zz, mm, cc, qq):
+                v = squash(theta, zz).sub_(mm)  # (P, B, H): half of each unit's move
+                return ((qq * v).sub_(config.damping * cc) * v).mean(1).mul_(4)  # (P, H): q d^2 - 2 damping c d
 
             def batch_loss(theta):
                 i = data.batch_index()
-                return gain(theta, z[i], h[i], c[i], q[i])
+                return gain(theta, z[i], mid[i], c[i], q[i])
 
             def val_loss(theta):
-                return chunked(lambda t: gain(t, z_val, h_val, c_val, q_val), theta, z_val.shape[0])
+                return chunked(lambda t: gain(t, z_val, mid_val, c_val, q_val), theta, z_val.shape[0])
 
             sigma0 = unit_sigma if unit_step is None else unit_step.clamp(floor * unit_sigma, unit_sigma)
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
