@@ -38,6 +38,7 @@ Peers are optional (`pip install organic-sd[bench]`): a missing library is skipp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -376,6 +377,8 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
                   "ola-carry": ola.Refine.measured(0.9, "random"),
                   }.get(method, ola.Refine())
+        if population is not None and refine.population is not None:  # --population sets every search's
+            refine = dataclasses.replace(refine, population=population)
         t0 = time.perf_counter()
         try:
             m = ola.fit(case.x, case.y, hidden=hidden, max_seconds=None if generations else seconds,
@@ -500,8 +503,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="the one device of every method: cpu, cuda, cuda:1 ...")
     ap.add_argument("--batch", type=int, default=None, help="rows per generation of every method (default: ola.fit's "
                                                             "own for the engine, 256 CPU / 1024 CUDA for the rest)")
-    ap.add_argument("--population", type=int, default=None, help="the engine's candidates per row (default: "
-                                                                 "ola.fit's own); the peers keep theirs")
+    ap.add_argument("--population", type=int, default=None, help="the engine's candidates per row in every search "
+                                                                 "(default: ola.fit's and ola.Refine.measured's "
+                                                                 "own); the peers keep theirs")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
     ap.add_argument("--store", default=None, help="store of `osd precompute frames` for the decoder problem "

@@ -1,5 +1,6 @@
 """ola.refine: moving grown hidden units together (Jacobi Gauss-Newton rounds), gradient-free."""
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_a_continued_fit_with_refine_moves_the_units_and_is_no_worse():
 @pytest.mark.parametrize("kwargs", [{"share": 1.0}, {"share": -0.1}, {"unit_generations": 0}, {"damping": 0.0},
                                     {"start": "zeros"}, {"start": "random", "share": 0.0},
                                     {"step_floor": -0.1}, {"step_floor": 1.5}, {"floor_decay": 0.0},
-                                    {"floor_decay": 1.5}])
+                                    {"floor_decay": 1.5}, {"population": 1}])
 def test_bad_refine_settings_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="Refine"):
         ola.Refine(**kwargs)
@@ -68,7 +69,9 @@ def test_refining_random_units_reaches_a_small_two_layer_teachers_floor_where_th
     # short rounds resuming from the last round's steps: at the floor, where Adam from a random start is (1.06x)
     carried = ola.fit(p.x, p.y, hidden=(16,), generations=3000, seed=0, refine=ola.Refine.measured(0.9, "random"))
     assert carried.training_summary["generations"] == 3000
-    assert _ratio(carried, p) < 1.15  # measured: 1.07 (teacher seed 2: 1.16 at 3,000, 1.08 at 6,000 generations)
+    # measured (population 64, since 2026-12-05): fit seed 0 1.22, seeds 1-3 1.09-1.13; 6,000 generations 1.09-1.18;
+    # one fit lands anywhere in that spread (the losses' rounding alone moved seed 0 from 1.07 to 1.73 at population 40)
+    assert _ratio(carried, p) < 1.3
 
 
 def test_a_random_start_is_one_hidden_layer_drawn_from_the_seed():
@@ -126,3 +129,15 @@ def test_a_round_that_gains_nothing_lowers_the_floor_of_the_carried_steps(monkey
     starts.clear()
     fit(1.0)  # a fixed floor never lets a carried step below it
     assert min(float(s.min()) for s in starts[1:] if torch.is_tensor(s)) >= 0.9 * starts[0] - 1e-9
+
+
+def test_the_refinement_searches_with_its_own_population(monkeypatch):
+    fit_module = importlib.import_module("organic_sd.ola.fit")  # `ola.fit` is the function
+    sizes, real = [], fit_module.make_strategy
+    monkeypatch.setattr(fit_module, "make_strategy", lambda name, pop: sizes.append(pop) or real(name, pop))
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    m = ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0, population=12,
+                refine=ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10, population=6))
+    # the fit's own check, then the random start's readout and every round's unit search and readout: all 6
+    assert sizes[0] == 12 and len(sizes) > 3 and set(sizes[1:]) == {6}
+    assert m.training_summary["refine"]["population"] == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -101,6 +102,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
     name = AUTO if strategy == "auto" else strategy
     make = lambda: make_strategy(name, population)  # noqa: E731  (fresh strategy per search)
     make()  # fail fast on a bad name
+    make_refine = make if refine.population is None else lambda: make_strategy(name, refine.population)  # noqa: E731
 
     interrupted = False
     with torch.no_grad():
@@ -110,20 +112,20 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
             first = budget.share(1.0 - refine.share) if refine.share else budget
             if refine.start == "random" and init is None:
                 layers, readout, curve, gens, interrupted = random_units(
-                    data, hidden, out_scale, make, first, progress, subspace.spread, subspace.readout)
+                    data, hidden, out_scale, make_refine, first, progress, subspace.spread, subspace.readout)
             else:
                 layers, readout, curve, gens, interrupted = cascade.grow(
                     data, hidden, out_scale=out_scale, make_strategy=make, budget=first, progress=progress,
                     subspace=subspace, units_per_round=units_per_round, start=start)
             if refine.share and not interrupted:
-                layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale, make,
-                                                                              budget, refine, progress)
+                layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale,
+                                                                              make_refine, budget, refine, progress)
                 # the refinement counts its own generations from 0: its curve continues the growth's count
                 curve = curve + [(t, gens + g, v) for t, g, v in more[1:]]
                 gens += more_gens
         elif init is not None and hidden and refine.share:
-            layers, readout, curve, gens, interrupted = refine_units(data, start[0], start[1], out_scale, make,
-                                                                      budget, refine, progress)
+            layers, readout, curve, gens, interrupted = refine_units(data, start[0], start[1], out_scale,
+                                                                      make_refine, budget, refine, progress)
         elif init is not None:
             layers = start[0]
             feats, feats_val = cascade.layer_features(x, layers), cascade.layer_features(x_val, layers)
@@ -148,9 +150,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         "generations": gens,
         "seconds": round(time.perf_counter() - t0, 3), "batch_size": data.batch_size, "device": str(dev),
         "seed": seed, "n_train": x.shape[0], "n_val": x_val.shape[0], "val_mse": val_mse,
-        "refine": {"share": refine.share, "unit_generations": refine.unit_generations,
-                   "readout_generations": refine.readout_generations, "damping": refine.damping, "step": refine.step,
-                   "start": refine.start},
+        "refine": dataclasses.asdict(refine),
         "subspace": {"units": subspace.units, "readout": subspace.readout, "hessian": subspace.hessian,
                      "deflate": subspace.deflate, "spread": subspace.spread},
         "curve": [[round(s, 3), g, v] for s, g, v in _thin(curve, 200)],

@@ -48,6 +48,8 @@ class Refine:
     # `two` at 5,000 generations, teacher seeds 3 and 6: floor 0.1 93x, 0.3 47x, 0.5 75x)
     step_floor: float = 0.3
     floor_decay: float = 1.0  # a round that beats no earlier one multiplies the floor by this (1: a fixed floor)
+    # candidates per row of the refinement's searches (and of a random start's readout); None: the fit's own
+    population: int | None = None
 
     @classmethod
     def measured(cls, share: float, start: str = "cascade") -> "Refine":
@@ -58,8 +60,10 @@ class Refine:
         2 CPU threads and 11-17x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
         """
         if start == "random":
+            # 64 candidates per row, not the fit's 40 (`two`, 60 s, 2 CPU threads, teacher seeds 3 + 6: 20 -> 144x,
+            # 40 -> 41.7x, 64 -> 34.0x, 96 -> 49.2x, 128 -> 73.5x; the cascade does not gain from 64)
             return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True,
-                       floor_decay=0.5)
+                       floor_decay=0.5, population=64)
         return cls(share=share, start=start)
 
     def __post_init__(self):
@@ -76,6 +80,8 @@ class Refine:
             raise ValueError(f"Refine.step_floor must be in [0, 1], got {self.step_floor}")
         if not 0.0 < self.floor_decay <= 1.0:
             raise ValueError(f"Refine.floor_decay must be in (0, 1], got {self.floor_decay}")
+        if self.population is not None and self.population < 2:
+            raise ValueError(f"Refine.population must be at least 2 (or None: the fit's), got {self.population}")
         if self.damping <= 0 or self.step <= 0:
             raise ValueError(f"Refine.damping and Refine.step must be positive, got {self.damping}, {self.step}")
 
