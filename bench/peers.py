@@ -392,7 +392,8 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         # the engine's curve is (seconds, generation, held-out MSE summed over output units)
         curve = [[t, v / n_out / case.scale] for t, _, v in s["curve"]]
         row.update(wall_s=round(time.perf_counter() - t0, 1), generations=s["generations"], hidden=list(hidden),
-                   batch=s["batch_size"], population=s["population"], params=m.num_parameters(), val_ratio=s["val_mse"] / case.scale, curve=curve)
+                   batch=s["batch_size"], population=s["population"], params=m.num_parameters(),
+                   val_ratio=s["val_mse"] / case.scale, curve=curve)
     else:
         _, runner, package = PEERS[method]
         try:
