@@ -24,7 +24,8 @@ def test_mse_loss_is_per_row():
 def test_squash_is_the_logistic_form_of_tanh():
     g = torch.Generator().manual_seed(5)
     theta, z = 3 * torch.randn(4, 3, 6, generator=g), torch.randn(9, 5, generator=g)
-    assert torch.allclose(squash(theta, z), (1 + torch.tanh(affine(theta, z))) / 2, atol=1e-6)
+    for wide in (False, True):  # the CPU's batched GEMMs and the GPU's one wide GEMM
+        assert torch.allclose(squash(theta, z, wide), (1 + torch.tanh(affine(theta, z))) / 2, atol=1e-6)
 
 
 def test_explained_loss_is_cascade_correlation_of_tanh_units():

@@ -36,16 +36,16 @@ def wide_affine(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b, z, w.T).view(z.shape[0], P, R)
 
 
-def squash(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def squash(theta: torch.Tensor, z: torch.Tensor, wide: bool | None = None) -> torch.Tensor:
     """theta (P, R, in+1), z (B, in) -> sigmoid(2 * pre-activations) = (1 + tanh) / 2, (P, B, R), for the losses.
 
     The searches' losses are a few memory-bound passes over this tensor, the largest in training, and on the CPU
-    torch's tanh measured 3-9x slower than its logistic (AMD EPYC, 2 threads); the 2 and the bias ride in the GEMM.
-    Units of `two` (P 40, B 1024, R 64, in 96): 14.8 -> 5.5 ms per batch (bench/loss_kernels.py). A (B, P, R)
-    memory layout on CUDA, as `affine`.
+    torch's tanh is several times slower than its logistic (AMD EPYC, 2 threads); the 2 and the bias ride in the
+    GEMM: 1.1-1.55x faster losses (bench/loss_kernels.py). `wide` (default: on CUDA) computes it as one wide GEMM
+    in a (B, P, R) memory layout, as `affine` does.
     """
     theta2 = 2 * theta
-    if z.is_cuda:
+    if z.is_cuda if wide is None else wide:
         return wide_affine(theta2, z).sigmoid_().permute(1, 0, 2)
     P, d = theta.shape[0], theta.shape[-1]
     w, b = theta2[..., :-1], theta2[..., -1]  # (P, R, in), (P, R)
