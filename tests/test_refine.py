@@ -1,5 +1,6 @@
 """ola.refine: moving grown hidden units together (Jacobi Gauss-Newton rounds), gradient-free."""
 
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -141,3 +142,20 @@ def test_the_refinement_searches_with_its_own_population(monkeypatch):
     # the fit's own check, then the random start's readout and every round's unit search and readout: all 6
     assert sizes[0] == 12 and len(sizes) > 3 and set(sizes[1:]) == {6}
     assert m.training_summary["refine"]["population"] == 6
+
+
+def test_a_continued_fit_starts_its_carried_rounds_at_the_floor(monkeypatch):
+    starts = _unit_search_starts(monkeypatch)
+    p = two_layer(6, 4, 3, 1000, 500, noise=0.02, seed=1)
+    r = ola.Refine(share=0.9, start="random", unit_generations=10, readout_generations=10, carry_steps=True,
+                   step_floor=0.25)
+    m = ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0, refine=r)
+    fresh = starts[0]  # a fresh layer's first round: the full step
+    starts.clear()
+    ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0, refine=r, init=m)
+    # a fitted layer's: the floor (from the full step a fitted decoder's later ticks never beat their start)
+    assert isinstance(fresh, float) and torch.is_tensor(starts[0]) and starts[0].shape == (5, 7)
+    assert torch.allclose(starts[0], torch.full_like(starts[0], 0.25 * fresh))
+    starts.clear()
+    ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0, refine=dataclasses.replace(r, carry_steps=False), init=m)
+    assert starts[0] == fresh  # rounds that start over start at the full step, continued or not

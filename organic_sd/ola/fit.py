@@ -125,7 +125,8 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
                 gens += more_gens
         elif init is not None and hidden and refine.share:
             layers, readout, curve, gens, interrupted = refine_units(data, start[0], start[1], out_scale,
-                                                                      make_refine, budget, refine, progress)
+                                                                      make_refine, budget, refine, progress,
+                                                                      warm=True)
         elif init is not None:
             layers = start[0]
             feats, feats_val = cascade.layer_features(x, layers), cascade.layer_features(x_val, layers)

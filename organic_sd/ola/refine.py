@@ -113,8 +113,12 @@ def random_units(data: Data, hidden, out_scale, make_strategy, budget: Budget, p
 
 
 def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget, config: Refine,
-           progress=False):
+           progress=False, warm: bool = False):
     """Refine the last hidden layer of `layers` [(W, b)] and `readout` (out, F+1) until `budget` is spent.
+
+    `warm`: the layer is already fitted (a continued fit), so with carried steps the first round's unit searches
+    start at the floor, not the full step: from the full step a fitted decoder's later ticks never beat their start
+    (O-Decoder trainer, held-out split: 20.70 dB against 20.48; docs/BENCHMARKS.md).
 
     Returns (layers, readout, curve, generations, interrupted): the round with the lowest held-out
     MSE; Ctrl-C ends the refinement at the best round so far.
@@ -137,6 +141,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
     unit_sigma = config.step / math.sqrt(rows.shape[1])
     unit_step = readout_step = None  # carried between rounds with config.carry_steps
     floor = config.step_floor
+    if warm and config.carry_steps:
+        unit_step = torch.full_like(rows, floor * unit_sigma)  # (H, in+1)
     out_dim = data.y.shape[1]  # the curve holds held-out MSE summed over outputs, like the searches' curves
     curve, gens, interrupted = [(budget.elapsed(), 0, best["mse"] * out_dim)], 0, False
     try:
