@@ -5,7 +5,8 @@
 
 Per decoder, over every held-out sample of the store (the split fixed at precompute time, never trained on):
 PSNR / SSIM / MS-SSIM of the decoder on the teacher's latents against the teacher's decode (mean over images),
-and with --encoder the full O-VAE (that encoder, this decoder) against the original; plus parameters and the
+and with --encoder the full O-VAE (that encoder, this decoder) against the original and the encoder's mean latent
+cosine against the teacher's latents (per latent cell, as `osd train encoder` scores it); plus parameters and the
 seconds per decode of the held-out batch on this machine's CPU threads. Each argument is NAME=PATH (an O-VAE
 file or an `osd train` run folder).
 """
@@ -21,13 +22,14 @@ import numpy as np
 import torch
 
 from organic_sd.data.store import Store
-from organic_sd.metrics.pixels import image_metrics
+from organic_sd.metrics.pixels import cosine_rows, image_metrics
 from organic_sd.ovae.model import read_parts
+from organic_sd.ovae.patches import grid_to_rows
 
 
 def score(decoder, store: Store, idx: np.ndarray, encoder=None) -> dict:
     """Mean per-image metrics of `decoder` over store samples idx (teacher latents; with encoder, the O-VAE too)."""
-    rows, full, seconds = [], [], 0.0
+    rows, full, cos, seconds = [], [], [], 0.0
     for i in range(0, len(idx), 16):
         chunk = idx[i:i + 16]
         z = torch.from_numpy(store.latents[chunk])  # (n, C, h, w)
@@ -38,13 +40,16 @@ def score(decoder, store: Store, idx: np.ndarray, encoder=None) -> dict:
         rows += [image_metrics(a[None], b[None]) for a, b in zip(y, ref)]
         if encoder is not None:
             x = torch.from_numpy(store.images[chunk])
-            yo = decoder(encoder(x)).clamp(-1, 1)
+            zo = encoder(x)
+            cos.append(cosine_rows(grid_to_rows(zo), grid_to_rows(z)))  # per latent cell, as `osd train encoder`'s
+            yo = decoder(zo).clamp(-1, 1)
             full += [image_metrics(a[None], b[None]) for a, b in zip(yo, x)]
     mean = lambda rs: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]}  # noqa: E731
     out = {"images": len(idx), "odec_vs_teacher": mean(rows), "decode_seconds": seconds,
            "parameters": decoder.num_parameters()}
     if full:
         out["ovae_vs_orig"] = mean(full)
+        out["encoder_cosine"] = float(torch.cat(cos).mean())
     return out
 
 
@@ -69,7 +74,8 @@ def main(argv=None) -> int:
                 f"SSIM {m['ssim']:.4f} MS-SSIM {m['ms_ssim']:.4f}")
         if "ovae_vs_orig" in r:
             o = r["ovae_vs_orig"]
-            line += f" | O-VAE vs original: PSNR {o['psnr']:.2f} dB MS-SSIM {o['ms_ssim']:.4f}"
+            line += (f" | O-VAE vs original: PSNR {o['psnr']:.2f} dB MS-SSIM {o['ms_ssim']:.4f}, encoder latent cosine "
+                     f"{r['encoder_cosine']:.4f}")
         print(line + f" | {r['decode_seconds']:.2f} s for {r['images']} images")
     if a.out:
         Path(a.out).write_text(json.dumps(report, indent=1))
