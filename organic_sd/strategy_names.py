@@ -4,7 +4,7 @@ organic_sd/ola/strategies/__init__.py registers one strategy under each name and
 that its registry and this list agree.
 """
 
-STRATEGY_NAMES = ("trust", "trust-neuron", "snes")
+STRATEGY_NAMES = ("trust", "trust-neuron", "snes", "snes-shared")
 # `auto` is the strategy that won bench/ola_core.py (docs/BENCHMARKS.md).
 AUTO = "snes"
 CHOICES = ("auto", *STRATEGY_NAMES)  # what --strategy accepts

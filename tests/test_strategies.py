@@ -6,6 +6,7 @@ import torch
 from organic_sd.ola.search import Budget, _keep_best, run_search
 from organic_sd.ola.strategies import SNES, STRATEGIES, Trust, make_strategy
 from organic_sd.ola.strategies.shaping import nes_utilities
+from organic_sd.ola.strategies.shared import dense
 
 
 def _state(strategy, P=3, R=1, d=2):
@@ -130,7 +131,7 @@ def test_every_registered_strategy_keeps_the_contract(name):
     state = s.init(torch.zeros(R, d), 1.0, torch.Generator().manual_seed(0))
     state, theta = s.ask(state)
     assert theta.shape == (s.population, R, d)
-    state, metrics = s.tell(state, theta, theta.square().sum(-1))  # (P, R)
+    state, metrics = s.tell(state, theta, dense(theta).square().sum(-1))  # (P, R)
     assert isinstance(metrics, dict)
     cand = s.candidates(state)
     assert cand.ndim == 3 and cand.shape[1:] == (R, d)

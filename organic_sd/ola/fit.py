@@ -102,7 +102,8 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
     name = AUTO if strategy == "auto" else strategy
     make = lambda: make_strategy(name, population)  # noqa: E731  (fresh strategy per search)
     make()  # fail fast on a bad name
-    make_refine = make if refine.population is None else lambda: make_strategy(name, refine.population)  # noqa: E731
+    refine_name = name if refine.strategy is None else refine.strategy
+    make_refine = lambda: make_strategy(refine_name, refine.population or population)  # noqa: E731
 
     interrupted = False
     with torch.no_grad():

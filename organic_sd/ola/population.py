@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from organic_sd.ola.strategies.shared import SharedCandidates
+
 
 def affine(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """theta (P, R, in+1), z (B, in) -> pre-activations (P, B, R)."""
@@ -44,6 +46,11 @@ def squash(theta: torch.Tensor, z: torch.Tensor, wide: bool | None = None) -> to
     GEMM: 1.1-1.55x faster losses (bench/loss_kernels.py). `wide` (default: on CUDA) computes it as one wide GEMM
     in a (B, P, R) memory layout, as `affine` does.
     """
+    if isinstance(theta, SharedCandidates):  # one set of directions for every row: two thin products, not P x R
+        mean2, dirs2 = 2 * theta.mean, 2 * theta.dirs
+        base = torch.addmm(mean2[:, -1], z, mean2[:, :-1].T)  # (B, R)
+        move = torch.addmm(dirs2[:, -1], z, dirs2[:, :-1].T)  # (B, P)
+        return torch.addcmul(base[None], move.T[:, :, None], theta.step[None, None, :]).sigmoid_()  # (P, B, R)
     theta2 = 2 * theta
     if z.is_cuda if wide is None else wide:
         return wide_affine(theta2, z).sigmoid_().permute(1, 0, 2)

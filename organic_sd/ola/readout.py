@@ -66,7 +66,7 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
         return chunked(lambda t: mse_loss(t, zv, yv, out_scale), theta, zv.shape[0])
 
     res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
-                     progress=progress, desc="readout", shard=shard, keep_step=keep_step)
+                     progress=progress, desc="readout", shard=shard, keep_step=keep_step, shared_loss=True)
     return wh.to_raw(wh.pad(res.theta)), res
 
 

@@ -24,6 +24,7 @@ from organic_sd.ola.cascade import layer_features, predict
 from organic_sd.ola.population import Whitener, squash
 from organic_sd.ola.readout import Data, chunked, fit_readout
 from organic_sd.ola.search import Budget, run_search
+from organic_sd.strategy_names import STRATEGY_NAMES
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Refine:
     floor_decay: float = 1.0  # a round that beats no earlier one multiplies the floor by this (1: a fixed floor)
     # candidates per row of the refinement's searches (and of a random start's readout); None: the fit's own
     population: int | None = None
+    # the refinement's search strategy (and a random start's readout's); None: the fit's own
+    strategy: str | None = None
 
     @classmethod
     def measured(cls, share: float, start: str = "cascade") -> "Refine":
@@ -61,9 +64,10 @@ class Refine:
         """
         if start == "random":
             # 64 candidates per row, not the fit's 40 (`two`, 60 s, 2 CPU threads, teacher seeds 3 + 6: 20 -> 144x,
-            # 40 -> 41.7x, 64 -> 34.0x, 96 -> 49.2x, 128 -> 73.5x; the cascade does not gain from 64)
+            # 40 -> 41.7x, 64 -> 34.0x, 96 -> 49.2x, 128 -> 73.5x; the cascade does not gain from 64), drawn along
+            # directions every row shares (SharedSNES: seeds 3 + 6, 127.1x -> 73.9x on a slow day; docs/BENCHMARKS.md)
             return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True,
-                       floor_decay=0.5, population=64)
+                       floor_decay=0.5, population=64, strategy="snes-shared")
         return cls(share=share, start=start)
 
     def __post_init__(self):
@@ -80,6 +84,9 @@ class Refine:
             raise ValueError(f"Refine.step_floor must be in [0, 1], got {self.step_floor}")
         if not 0.0 < self.floor_decay <= 1.0:
             raise ValueError(f"Refine.floor_decay must be in (0, 1], got {self.floor_decay}")
+        if self.strategy is not None and self.strategy not in ("auto", *STRATEGY_NAMES):
+            raise ValueError(f"Refine.strategy must be one of {('auto', *STRATEGY_NAMES)} or None, "
+                             f"got {self.strategy!r}")
         if self.population is not None and self.population < 2:
             raise ValueError(f"Refine.population must be at least 2 (or None: the fit's), got {self.population}")
         if self.damping <= 0 or self.step <= 0:
@@ -170,7 +177,7 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             sigma0 = unit_sigma if unit_step is None else unit_step.clamp(floor * unit_sigma, unit_sigma)
             found = run_search(make_strategy(), batch_loss, val_loss, wh.from_raw(rows), sigma0,
                                _round(budget, config.unit_generations, keep=1), data.generator, progress=progress,
-                               desc="refine units", keep_step=config.carry_steps)
+                               desc="refine units", keep_step=config.carry_steps, shared_loss=True)
             rows = wh.to_raw(found.theta)
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),

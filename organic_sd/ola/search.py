@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from organic_sd import dist
 from organic_sd.ola.strategies.base import Strategy
+from organic_sd.ola.strategies.shared import dense
 
 
 @dataclass
@@ -74,6 +75,7 @@ def run_search(
     desc: str = "evolve",
     shard=None,
     keep_step: bool = False,
+    shared_loss: bool = False,
 ) -> SearchResult:
     """Evolve rows starting at `mean0 (R, d)` with step `sigma0` (a number or (R, d)) until the budget is spent.
 
@@ -85,7 +87,9 @@ def run_search(
     With a `shard` (organic_sd.ola.distributed.RowShard) this rank evolves only the rows
     `shard.rows` of `mean0`, the losses score those rows alone, and every rank returns all
     rows gathered. `keep_step`: also return the strategy's last step sizes (SearchResult.step) for a later
-    search to resume from (gathered over ranks only then).
+    search to resume from (gathered over ranks only then). `shared_loss`: `batch_loss` takes a strategy's
+    SharedCandidates as they are (losses through population.squash do, in two thin products); otherwise it gets
+    them as a (P, R, d) tensor.
     """
     if shard is not None:
         mean0 = mean0[shard.rows]
@@ -100,7 +104,7 @@ def run_search(
     bar = tqdm(desc=desc, disable=not progress or not dist.is_main(), unit="gen", leave=False)
     while not budget.done(gen):
         state, theta = strategy.ask(state)
-        state, metrics = strategy.tell(state, theta, batch_loss(theta))
+        state, metrics = strategy.tell(state, theta, batch_loss(theta if shared_loss else dense(theta)))
         gen += 1
         bar.update(1)
         if gen % eval_every == 0 or budget.done(gen):

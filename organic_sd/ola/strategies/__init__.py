@@ -10,6 +10,7 @@ on held-out data to pick the module it exports.
 from __future__ import annotations
 
 from organic_sd.ola.strategies.base import Strategy
+from organic_sd.ola.strategies.shared import SharedSNES
 from organic_sd.ola.strategies.snes import SNES
 from organic_sd.ola.strategies.trust import Trust
 from organic_sd.strategy_names import AUTO, STRATEGY_NAMES
@@ -18,6 +19,7 @@ STRATEGIES = {
     "trust": lambda population: Trust(population, per_row=False),
     "trust-neuron": lambda population: Trust(population, per_row=True),
     "snes": lambda population: SNES(population),
+    "snes-shared": lambda population: SharedSNES(population),
 }
 if tuple(STRATEGIES) != STRATEGY_NAMES:  # the command line offers the names of organic_sd/strategy_names.py
     raise ImportError(f"strategy registry {list(STRATEGIES)} and organic_sd/strategy_names.py "
@@ -35,4 +37,4 @@ def make_strategy(name: str, population: int):
     return STRATEGIES[name](population)
 
 
-__all__ = ["STRATEGIES", "AUTO", "make_strategy", "Strategy", "SNES", "Trust"]
+__all__ = ["STRATEGIES", "AUTO", "make_strategy", "Strategy", "SNES", "SharedSNES", "Trust"]

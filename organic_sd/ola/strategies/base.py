@@ -32,7 +32,8 @@ class Strategy(Protocol):
         ...
 
     def ask(self, state: Any) -> tuple[Any, torch.Tensor]:
-        """-> (state, candidates theta (P, R, d)) to be scored."""
+        """-> (state, candidates theta (P, R, d)) to be scored: a tensor, or strategies.shared.SharedCandidates standing
+        for one (the search loop hands a loss the tensor unless the loss scores the shared form itself)."""
         ...
 
     def tell(self, state: Any, theta: torch.Tensor, loss: torch.Tensor) -> tuple[Any, dict]:
