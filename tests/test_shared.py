@@ -73,3 +73,11 @@ def test_the_carried_rounds_search_along_shared_directions_and_a_bad_name_is_ref
     assert ola.Refine.measured(0.5).strategy is None
     with pytest.raises(ValueError, match="Refine.strategy"):
         ola.Refine(share=0.5, strategy="nope")
+
+
+def test_a_whole_fit_can_search_this_way_the_cascade_scoring_it_densely():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g)
+    y = torch.tanh(0.5 * torch.tanh(x @ torch.randn(6, 4, generator=g)) @ torch.randn(4, 3, generator=g))
+    m = ola.fit(x, y, hidden=(4,), strategy="snes-shared", generations=200)
+    assert m.training_summary["val_mse"] < 0.2 * float(y.var(0).mean())
