@@ -359,7 +359,8 @@ def _thin(curve, n=CURVE_POINTS):
 
 
 def run_method(method: str, case: Case, seconds: float | None, device: str = "cpu", seed: int = 0,
-               batch: int | None = None, generations: int | None = None, population: int | None = None) -> dict:
+               batch: int | None = None, generations: int | None = None, population: int | None = None,
+               refine_strategy: str | None = None) -> dict:
     """Fit `case` with `method` for `seconds` (or `generations`); returns a row with test MSE / scale and the curve."""
     dev = torch.device(device)
     case.to(dev)
@@ -377,6 +378,8 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
                   "ola-carry": ola.Refine.measured(0.9, "random"),
                   }.get(method, ola.Refine())
+        if refine_strategy is not None and refine.share:  # --refine-strategy: the refinement's own searches
+            refine = dataclasses.replace(refine, strategy=None if refine_strategy == "fit" else refine_strategy)
         if population is not None and refine.population is not None:  # --population sets every search's
             refine = dataclasses.replace(refine, population=population)
         t0 = time.perf_counter()
@@ -393,7 +396,7 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         curve = [[t, v / n_out / case.scale] for t, _, v in s["curve"]]
         row.update(wall_s=round(time.perf_counter() - t0, 1), generations=s["generations"], hidden=list(hidden),
                    batch=s["batch_size"], population=s["population"], params=m.num_parameters(),
-                   val_ratio=s["val_mse"] / case.scale, curve=curve)
+                   val_ratio=s["val_mse"] / case.scale, curve=curve, refine=s["refine"])
     else:
         _, runner, package = PEERS[method]
         try:
@@ -507,6 +510,9 @@ def main(argv=None) -> int:
     ap.add_argument("--population", type=int, default=None, help="the engine's candidates per row in every search "
                                                                  "(default: ola.fit's and ola.Refine.measured's "
                                                                  "own); the peers keep theirs")
+    ap.add_argument("--refine-strategy", default=None, help="strategy of the refinements' searches (ola-refine, "
+                                                             "ola-random, ola-carry); 'fit' = the fit's own (default: "
+                                                             "ola.Refine's)")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
     ap.add_argument("--store", default=None, help="store of `osd precompute frames` for the decoder problem "
@@ -549,7 +555,7 @@ def main(argv=None) -> int:
             if method == "ola1" and not case.hidden:
                 continue  # the same fit as ola
             r = run_method(method, case, args.seconds, args.device, args.seed, args.batch,
-                           population=args.population)
+                           population=args.population, refine_strategy=args.refine_strategy)
             rows.append(r)
             if r["status"] == "ok":
                 print(f"  {method:7s} test/{case.scale_name} {r['ratio']:9.3f}  val {r['val_ratio']:9.3f}  "

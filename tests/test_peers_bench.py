@@ -74,3 +74,10 @@ def test_the_decoder_problem_draws_train_rows_and_held_out_test_rows_from_a_stor
     assert case.scale == pytest.approx(float((case.y_test - case.y_test.mean(0)).square().mean()))
     row = peers.run_method("ola", case, seconds=None, generations=40, seed=0)
     assert row["status"] == "ok" and row["ratio"] < 1.0  # the engine beats predicting each pixel's mean
+
+
+@pytest.mark.parametrize("choice,expected", [(None, "snes-shared"), ("fit", None), ("trust-neuron", "trust-neuron")])
+def test_the_refinements_strategy_is_chosen_and_recorded(choice, expected):
+    row = peers.run_method("ola-carry", tiny_case(), seconds=None, generations=60, seed=0, batch=256,
+                           refine_strategy=choice)
+    assert row["status"] == "ok" and row["refine"]["strategy"] == expected
