@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from organic_sd import ola
-from organic_sd.ola.population import mse_loss, squash
+from organic_sd.ola.population import SharedCandidates, dense, mse_loss, squash
 from organic_sd.ola.search import Budget, run_search
-from organic_sd.ola.strategies.shared import SharedCandidates, SharedSNES, dense
+from organic_sd.ola.strategies.shared import SharedSNES
 
 
 def asked(R=5, d=4, P=8, seed=0):

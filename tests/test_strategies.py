@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from organic_sd.ola.population import dense
 from organic_sd.ola.search import Budget, _keep_best, run_search
 from organic_sd.ola.strategies import SNES, STRATEGIES, Trust, make_strategy
 from organic_sd.ola.strategies.shaping import nes_utilities
-from organic_sd.ola.strategies.shared import dense
 
 
 def _state(strategy, P=3, R=1, d=2):

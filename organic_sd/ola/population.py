@@ -13,7 +13,27 @@ from dataclasses import dataclass
 
 import torch
 
-from organic_sd.ola.strategies.shared import SharedCandidates
+
+@dataclass(frozen=True)
+class SharedCandidates:
+    """P candidates for each of R rows, mean (R, d) + step (R,) x dirs (P, d), never materialised for the losses."""
+
+    mean: torch.Tensor  # (R, d)
+    step: torch.Tensor  # (R,)
+    dirs: torch.Tensor  # (P, d): the shared directions, already times the shared scale
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.dirs.shape[0], *self.mean.shape))
+
+    def dense(self) -> torch.Tensor:
+        """theta (P, R, d), for a loss without a shared fast path."""
+        return self.mean[None] + self.step[None, :, None] * self.dirs[:, None, :]
+
+
+def dense(theta) -> torch.Tensor:
+    """Candidates as a (P, R, d) tensor, whichever form the strategy asked them in."""
+    return theta.dense() if isinstance(theta, SharedCandidates) else theta
 
 
 def affine(theta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

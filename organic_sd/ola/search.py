@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from organic_sd import dist
+from organic_sd.ola.population import dense
 from organic_sd.ola.strategies.base import Strategy
-from organic_sd.ola.strategies.shared import dense
 
 
 @dataclass

@@ -32,7 +32,7 @@ class Strategy(Protocol):
         ...
 
     def ask(self, state: Any) -> tuple[Any, torch.Tensor]:
-        """-> (state, candidates theta (P, R, d)) to be scored: a tensor, or strategies.shared.SharedCandidates standing
+        """-> (state, candidates theta (P, R, d)) to be scored: a tensor, or population.SharedCandidates standing
         for one (the search loop hands a loss the tensor unless the loss scores the shared form itself)."""
         ...
 
