@@ -32,6 +32,12 @@ def test_the_shared_losses_equal_the_dense_ones(wide):
     torch.testing.assert_close(mse_loss(theta, z, y, 1.5), mse_loss(theta.dense(), z, y, 1.5))
 
 
+def test_the_shared_pre_activations_are_laid_out_candidate_major():
+    # the losses reduce along B: over a (B, P, R) memory layout that ran 7x slower on the CPU
+    _, _, theta = asked()
+    assert squash(theta, torch.randn(7, 3)).is_contiguous()
+
+
 def test_a_per_coordinate_start_splits_into_row_steps_and_a_shared_scale():
     sigma = torch.tensor([[1.0, 4.0], [0.5, 2.0]])  # rank one: rows 2x apart, coordinates 4x apart
     state = SharedSNES(4).init(torch.zeros(2, 2), sigma, torch.Generator())

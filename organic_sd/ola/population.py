@@ -69,8 +69,10 @@ def squash(theta: torch.Tensor, z: torch.Tensor, wide: bool | None = None) -> to
     if isinstance(theta, SharedCandidates):  # one set of directions for every row: two thin products, not P x R
         mean2, dirs2 = 2 * theta.mean, 2 * theta.dirs
         base = torch.addmm(mean2[:, -1], z, mean2[:, :-1].T)  # (B, R)
-        move = torch.addmm(dirs2[:, -1], z, dirs2[:, :-1].T)  # (B, P)
-        return torch.addcmul(base[None], move.T[:, :, None], theta.step[None, None, :]).sigmoid_()  # (P, B, R)
+        # (P, B) in memory: from a transposed (B, P) the output took a (B, P, R) layout, over which the losses'
+        # reductions along B ran 7x slower on the CPU (vector_norm, 2 threads: 31.6 against 4.2 ms)
+        move = torch.addmm(dirs2[:, -1:], dirs2[:, :-1], z.T)  # (P, B)
+        return torch.addcmul(base[None], move[:, :, None], theta.step[None, None, :]).sigmoid_()  # (P, B, R)
     theta2 = 2 * theta
     if z.is_cuda if wide is None else wide:
         return wide_affine(theta2, z).sigmoid_().permute(1, 0, 2)

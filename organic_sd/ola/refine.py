@@ -165,7 +165,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
 
             def gain(theta, zz, mm, cc, qq):
                 v = squash(theta, zz).sub_(mm)  # (P, B, H): half of each unit's move
-                return ((qq * v).sub_(config.damping * cc) * v).mean(1).mul_(4)  # (P, H): q d^2 - 2 damping c d
+                # (q v - damping c) v in one new (P, B, H) tensor, the rest in place: q d^2 - 2 damping c d, (P, H)
+                return torch.addcmul(cc * -config.damping, qq, v).mul_(v).mean(1).mul_(4)
 
             def batch_loss(theta):
                 i = data.batch_index()
