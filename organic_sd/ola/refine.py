@@ -59,7 +59,7 @@ class Refine:
         """The rounds measured best for `start`: random units refine in short rounds with carried steps whose floor
         halves after a round that gains nothing (`two`, 15,000 generations: 21.4x against 23.0x with a fixed floor).
 
-        (`two` of bench/peers.py, 60 s, start random: rounds of 20 / 20 with carried steps 38-53x the noise floor on
+        (`two` of bench/peers.py, 60 s, start random: rounds of 20 / 20 with carried steps 35-53x the noise floor on
         2 CPU threads and 11-17x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
         """
         if start == "random":
