@@ -10,13 +10,13 @@ per-row, per-coordinate step (SNES's), kept here as one step per row times the s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 
 from organic_sd.ola.population import SharedCandidates
 from organic_sd.ola.strategies.shaping import nes_utilities
+from organic_sd.ola.strategies.snes import textbook_lr_sigma
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class SharedSNES:
     def tell(self, state: SharedState, theta: SharedCandidates, loss: torch.Tensor) -> tuple[SharedState, dict]:
         """Move each row's mean and step towards its better-ranked candidates; the scale towards all rows' better."""
         R, d = state.mean.shape
-        lr_sigma = self.lr_sigma if self.lr_sigma is not None else (3 + math.log(d)) / (5 * math.sqrt(d))
+        lr_sigma = self.lr_sigma if self.lr_sigma is not None else textbook_lr_sigma(d)
         u = nes_utilities(loss)  # (P, R)
         eps = state.eps
         mean = state.mean + self.lr_mean * state.sigma * (u.T @ eps)

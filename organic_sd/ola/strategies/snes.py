@@ -15,6 +15,11 @@ import torch
 from organic_sd.ola.strategies.shaping import nes_utilities
 
 
+def textbook_lr_sigma(d: int) -> float:
+    """SNES's step-size learning rate for d coordinates, (3 + ln d) / (5 sqrt d)."""
+    return (3 + math.log(d)) / (5 * math.sqrt(d))
+
+
 @dataclass(frozen=True)
 class SNESState:
     mean: torch.Tensor  # (R, d)
@@ -59,7 +64,7 @@ class SNES:
     def tell(self, state: SNESState, theta: torch.Tensor, loss: torch.Tensor) -> tuple[SNESState, dict]:
         """Move each row's mean and step sizes towards its better-ranked candidates."""
         d = state.mean.shape[1]
-        lr_sigma = self.lr_sigma if self.lr_sigma is not None else (3 + math.log(d)) / (5 * math.sqrt(d))
+        lr_sigma = self.lr_sigma if self.lr_sigma is not None else textbook_lr_sigma(d)
         u = nes_utilities(loss)[..., None]  # (P, R, 1)
         eps = state.eps
         mean = state.mean + self.lr_mean * state.sigma * (u * eps).sum(0)
