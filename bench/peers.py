@@ -5,6 +5,8 @@
 
 Every method fits the same architecture, the student's (organic_sd.ola.OLAModule):
     h_1 = tanh(W_1 x + b_1), ..., y = out_scale * tanh(W_o [x, h_1, ..., h_L] + b_o)
+or with --no-skip the plain net y = out_scale * tanh(W_o [h_1, ..., h_L] + b_o), the engine's random starts with
+ola.Refine(readout_inputs=False)
   ola     ola.fit(hidden=the problem's layers), the engine as it is in this checkout
   ola-refine  the same with ola.Refine(share=0.5): half the budget refines the grown units together
   ola-random  ola.Refine(share=0.9, start="random", rounds of 100 / 100 generations): one hidden layer of random
@@ -139,10 +141,11 @@ def decoder_case(args) -> Case:
 class Net:
     """The OLAModule architecture over flat parameter vectors theta (P, D), evaluated for all P at once."""
 
-    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, out_scale: float):
-        self.n_in, self.hidden, self.n_out, self.out_scale = n_in, tuple(hidden), n_out, out_scale
+    def __init__(self, n_in: int, hidden: tuple[int, ...], n_out: int, out_scale: float, skip: bool = True):
+        self.n_in, self.hidden, self.n_out, self.out_scale, self.skip = n_in, tuple(hidden), n_out, out_scale, skip
         widths = (n_in, *hidden)
-        self.shapes = [(b, a) for a, b in zip(widths[:-1], widths[1:])] + [(n_out, n_in + sum(hidden))]  # (out, in)
+        reads = (n_in if skip else 0) + sum(hidden)  # skip=False: the readout reads the hidden units only
+        self.shapes = [(b, a) for a, b in zip(widths[:-1], widths[1:])] + [(n_out, reads)]  # (out, in)
         self.dim = sum(o * (i + 1) for o, i in self.shapes)
 
     def layers(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -157,8 +160,11 @@ class Net:
         """theta (P, D), x (B, in) -> (P, B, out)."""
         *hid, (wo, bo) = self.layers(theta)
         # in-place ops on fresh matmul outputs only (autograd-safe, for Adam): the elementwise passes dominate
-        z = (x @ wo[:, :, :self.n_in].transpose(1, 2)).add_(bo[:, None, :])  # (P, B, out): readout's x columns
-        h, col = x, self.n_in
+        if self.skip:
+            z = (x @ wo[:, :, :self.n_in].transpose(1, 2)).add_(bo[:, None, :])  # (P, B, out): readout's x columns
+        else:
+            z = bo[:, None, :].expand(-1, x.shape[0], -1).clone()
+        h, col = x, self.n_in if self.skip else 0
         for w, b in hid:
             h = (h @ w.transpose(1, 2)).add_(b[:, None, :]).tanh_()  # (P, B, width)
             z = z.baddbmm_(h, wo[:, :, col:col + w.shape[1]].transpose(1, 2))  # this layer's readout columns
@@ -184,7 +190,8 @@ class Net:
         m = OLAModule(OLAConfig(self.n_in, self.n_out, self.hidden, self.out_scale)).to(theta.device)
         with torch.no_grad():
             for layer, (w, b) in zip([*m.hidden, m.readout], self.layers(theta[None])):
-                layer.weight.copy_(w[0]), layer.bias.copy_(b[0])
+                layer.weight.zero_()  # without the skip, the readout's x columns stay zero
+                layer.weight[:, layer.weight.shape[1] - w.shape[2]:].copy_(w[0]), layer.bias.copy_(b[0])
             for layer in [*m.hidden[:1], m.readout]:  # the layers that read x
                 w_x = layer.weight[:, :self.n_in]
                 layer.bias -= (w_x * (mean / std)).sum(1)
@@ -360,8 +367,11 @@ def _thin(curve, n=CURVE_POINTS):
 
 def run_method(method: str, case: Case, seconds: float | None, device: str = "cpu", seed: int = 0,
                batch: int | None = None, generations: int | None = None, population: int | None = None,
-               refine_strategy: str | None = None) -> dict:
-    """Fit `case` with `method` for `seconds` (or `generations`); returns a row with test MSE / scale and the curve."""
+               refine_strategy: str | None = None, skip: bool = True) -> dict:
+    """Fit `case` with `method` for `seconds` (or `generations`); returns a row with test MSE / scale and the curve.
+
+    `skip=False`: every method fits the net whose readout reads the hidden units only (the engine's random starts
+    with ola.Refine(readout_inputs=False); the cascade methods need the inputs in the readout and refuse)."""
     dev = torch.device(device)
     case.to(dev)
     cuda = dev.type == "cuda"
@@ -369,15 +379,20 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
     # which gave them more generations and a better fit in the same time (2-layer teacher, 30 s, SNES and sep-CMA)
     batch = batch or (None if method in ENGINE else 1024 if cuda else 256)
     n_in, n_out = case.x.shape[1], case.y.shape[1]
-    net = Net(n_in, case.hidden, n_out, case.out_scale)
+    net = Net(n_in, case.hidden, n_out, case.out_scale, skip)
     row = {"problem": case.name, "method": method, "label": ENGINE.get(method) or PEERS[method][0],
-           "device": str(dev), "budget_s": seconds, "batch": batch}
+           "device": str(dev), "budget_s": seconds, "batch": batch, "skip": skip}
     if method in ENGINE:
         hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
         refine = {"ola-refine": ola.Refine(share=0.5),
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
                   "ola-carry": ola.Refine.measured(0.9, "random"),
                   }.get(method, ola.Refine())
+        if not skip:
+            if refine.start != "random":
+                raise ValueError(f"{method} grows its units as corrections to a readout over the inputs: without the "
+                                 "skip only ola-random and ola-carry run")
+            refine = dataclasses.replace(refine, readout_inputs=False)
         if refine_strategy is not None and refine.share:  # --refine-strategy: the refinement's own searches
             refine = dataclasses.replace(refine, strategy=None if refine_strategy == "fit" else refine_strategy)
         if population is not None and refine.population is not None:  # --population sets every search's
@@ -394,8 +409,9 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         s = m.training_summary
         # the engine's curve is (seconds, generation, held-out MSE summed over output units)
         curve = [[t, v / n_out / case.scale] for t, _, v in s["curve"]]
+        searched = m.num_parameters() - (0 if skip else n_out * n_in)  # without the skip its x columns stay zero
         row.update(wall_s=round(time.perf_counter() - t0, 1), generations=s["generations"], hidden=list(hidden),
-                   batch=s["batch_size"], population=s["population"], params=m.num_parameters(),
+                   batch=s["batch_size"], population=s["population"], params=searched,
                    val_ratio=s["val_mse"] / case.scale, curve=curve, refine=s["refine"])
     else:
         _, runner, package = PEERS[method]
@@ -513,6 +529,9 @@ def main(argv=None) -> int:
     ap.add_argument("--refine-strategy", default=None, help="strategy of the refinements' searches (ola-refine, "
                                                              "ola-random, ola-carry); 'fit' = the fit's own (default: "
                                                              "ola.Refine's)")
+    ap.add_argument("--no-skip", action="store_true", help="every method fits the net whose readout reads the hidden "
+                                                           "units only (the plain 2-layer net: 9,328 numbers on "
+                                                           "two); engine: ola-random and ola-carry only")
     ap.add_argument("--rows", type=int, default=20_000, help="training rows, validation split included")
     ap.add_argument("--noise", type=float, default=0.02, help="teacher noise of the synthetic problems")
     ap.add_argument("--store", default=None, help="store of `osd precompute frames` for the decoder problem "
@@ -536,6 +555,9 @@ def main(argv=None) -> int:
                                                                                         "decoder")]
     if bad:
         raise SystemExit(f"unknown method or problem {bad}; methods: {METHODS}, problems: linear,two,three,decoder")
+    if args.no_skip and set(methods) & (set(ENGINE) - {"ola-random", "ola-carry"}):
+        raise SystemExit("--no-skip: of the engine's methods only ola-random and ola-carry (random starts) fit the net "
+                         "without the readout's input columns; the cascade grows units as corrections to them")
     if {"ola-random", "ola-carry"} & set(methods) and "three" in names:
         raise SystemExit("ola-random and ola-carry start one hidden layer (ola.Refine(start='random')): leave out the "
                          "problem three")
@@ -555,7 +577,7 @@ def main(argv=None) -> int:
             if method == "ola1" and not case.hidden:
                 continue  # the same fit as ola
             r = run_method(method, case, args.seconds, args.device, args.seed, args.batch,
-                           population=args.population, refine_strategy=args.refine_strategy)
+                           population=args.population, refine_strategy=args.refine_strategy, skip=not args.no_skip)
             rows.append(r)
             if r["status"] == "ok":
                 print(f"  {method:7s} test/{case.scale_name} {r['ratio']:9.3f}  val {r['val_ratio']:9.3f}  "

@@ -37,6 +37,33 @@ def test_batched_net_is_the_ola_module():
         torch.testing.assert_close(m(case.x[:50]), out[p], rtol=1e-4, atol=1e-5)
 
 
+def test_the_net_without_the_skip_is_the_ola_module_with_zero_input_columns():
+    case = tiny_case()
+    net = peers.Net(case.x.shape[1], (8,), case.y.shape[1], 1.5, skip=False)
+    assert net.dim == 8 * 17 + case.y.shape[1] * 9  # the hidden layer, then a readout over the 8 units only
+    theta = torch.randn(2, net.dim) * 0.3
+    mean, std, (xs, _, _) = case.standardised()
+    out = net.forward(theta, xs[:50])
+    for p in range(2):
+        m = net.to_module(theta[p], mean, std)
+        assert not m.readout.weight[:, :case.x.shape[1]].any()
+        torch.testing.assert_close(m(case.x[:50]), out[p], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["ola-carry", "adam"])
+def test_without_the_skip_the_engine_and_adam_fit_the_plain_net(method):
+    row = peers.run_method(method, tiny_case(), seconds=None, generations=120, seed=0, batch=256, skip=False)
+    assert row["status"] == "ok" and row["skip"] is False and row["ratio"] < 0.5 * row["zero_ratio"]
+    assert row["params"] == 8 * 17 + 8 * 9
+    if method == "ola-carry":
+        assert row["refine"]["readout_inputs"] is False
+
+
+def test_without_the_skip_the_cascade_methods_refuse():
+    with pytest.raises(ValueError, match="readout over the inputs"):
+        peers.run_method("ola", tiny_case(), seconds=None, generations=10, seed=0, skip=False)
+
+
 @pytest.mark.parametrize("method,generations", [("ola", 60), ("ola-random", 120), ("adam", 150)])
 def test_method_beats_predicting_zero(method, generations):
     case = tiny_case()

@@ -51,7 +51,7 @@ def test_a_continued_fit_with_refine_moves_the_units_and_is_no_worse():
 @pytest.mark.parametrize("kwargs", [{"share": 1.0}, {"share": -0.1}, {"unit_generations": 0}, {"damping": 0.0},
                                     {"start": "zeros"}, {"start": "random", "share": 0.0},
                                     {"step_floor": -0.1}, {"step_floor": 1.5}, {"floor_decay": 0.0},
-                                    {"floor_decay": 1.5}, {"population": 1}])
+                                    {"floor_decay": 1.5}, {"population": 1}, {"share": 0.5, "readout_inputs": False}])
 def test_bad_refine_settings_are_clear_errors(kwargs):
     with pytest.raises(ValueError, match="Refine"):
         ola.Refine(**kwargs)
@@ -160,3 +160,17 @@ def test_a_continued_fit_starts_its_carried_rounds_at_the_floor(monkeypatch):
     starts.clear()
     ola.fit(p.x, p.y, hidden=(5,), generations=100, seed=0, refine=dataclasses.replace(r, carry_steps=False), init=m)
     assert starts[0] == fresh  # rounds that start over start at the full step, continued or not
+
+
+def test_a_readout_over_the_units_only_keeps_the_inputs_columns_zero_and_learns():
+    p = two_layer(6, 4, 3, 3000, 2000, noise=0.02, seed=1)
+    refine = dataclasses.replace(ola.Refine.measured(0.9, "random"), readout_inputs=False)
+    m = ola.fit(p.x, p.y, hidden=(16,), generations=3000, seed=0, refine=refine)
+    assert m.readout.weight.shape == (3, 6 + 16)  # the module's format is unchanged
+    assert not m.readout.weight[:, :6].any() and m.readout.weight[:, 6:].abs().min() > 0
+    assert m.training_summary["refine"]["readout_inputs"] is False
+    # the teacher has no skip either: at its floor like the readout over [x, h] (measured 1.13x and 1.09x; zero 937x)
+    assert _ratio(m, p) < 1.3
+    with pytest.raises(ValueError, match="readout_inputs"):  # a module whose readout reads x cannot drop it silently
+        grown = ola.fit(p.x, p.y, hidden=(4,), generations=100, seed=0)
+        ola.fit(p.x, p.y, hidden=(4,), generations=100, init=grown, refine=refine)

@@ -89,6 +89,9 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
 
     if init is not None:
         _check_init(init, x.shape[1], y.shape[1], hidden, out_scale)
+        if not refine.readout_inputs and bool(init.readout.weight[:, :init.config.in_dim].any()):
+            raise ValueError("init's readout reads the inputs; Refine(readout_inputs=False) would drop those columns: "
+                             "continue it with readout_inputs=True")
     gen = torch.Generator(device=dev).manual_seed(seed)
     x, y, x_val, y_val = _split(x, y, x_val, y_val, dev, seed)
     if generations is None and max_seconds is None:
@@ -113,7 +116,8 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
             first = budget.share(1.0 - refine.share) if refine.share else budget
             if refine.start == "random" and init is None:
                 layers, readout, curve, gens, interrupted = random_units(
-                    data, hidden, out_scale, make_refine, first, progress, subspace.spread, subspace.readout)
+                    data, hidden, out_scale, make_refine, first, progress, subspace.spread, subspace.readout,
+                    refine.readout_inputs)
             else:
                 layers, readout, curve, gens, interrupted = cascade.grow(
                     data, hidden, out_scale=out_scale, make_strategy=make, budget=first, progress=progress,

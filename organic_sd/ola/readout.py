@@ -30,14 +30,21 @@ class Data:
 
 
 def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_raw, progress, share: float = 1.0,
-                step: torch.Tensor | None = None, step_floor: float = 0.0, keep_step: bool = False):
+                step: torch.Tensor | None = None, step_floor: float = 0.0, keep_step: bool = False,
+                inputs: bool = True):
     """Evolve the output layer y ~ s * tanh(W [feats] + b); returns raw rows (out, F+1) and the search result.
 
     `share`: search only the principal directions holding that share of the features' variance.
     `step`: step sizes (out, d) a previous search of this readout ended with, to resume from (kept between
     `step_floor` times the usual start and the start; ignored when the number of directions changed);
     `keep_step`: the result carries the step sizes this search ended with.
+    `inputs=False`: the readout reads every feature block but the first (the inputs), whose columns come back zero.
     """
+    skipped = 0
+    if not inputs:
+        skipped = feats[0].shape[1]
+        feats, feats_val = feats[1:], feats_val[1:]
+        init_raw = None if init_raw is None else init_raw[:, skipped:]
     u = torch.cat(feats, dim=1)  # (N, F)
     wh = Whitener.fit(u)
     k = wh.principal_dims(share)
@@ -67,7 +74,8 @@ def fit_readout(data: Data, feats, feats_val, out_scale, strategy, budget, init_
 
     res = run_search(strategy, batch_loss, val_loss, mean0, sigma0, budget, data.generator,
                      progress=progress, desc="readout", shard=shard, keep_step=keep_step, shared_loss=True)
-    return wh.to_raw(wh.pad(res.theta)), res
+    raw = wh.to_raw(wh.pad(res.theta))  # (out, F' + 1)
+    return torch.cat([raw.new_zeros(raw.shape[0], skipped), raw], dim=1), res
 
 
 def target_spread(y: torch.Tensor, out_scale: float) -> float:

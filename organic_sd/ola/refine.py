@@ -53,6 +53,10 @@ class Refine:
     population: int | None = None
     # the refinement's search strategy (and a random start's readout's); None: the fit's own
     strategy: str | None = None
+    # False: the readout reads the hidden units only (the inputs' columns stay zero), the plain two-layer net. A
+    # random start's readout then searches 65 numbers a row instead of 161 on `two` of bench/peers.py, 3x lower
+    # error at 60 s; on O-Decoder rows, whose targets lean on the latent window itself, 25% higher (docs/BENCHMARKS.md)
+    readout_inputs: bool = True
 
     @classmethod
     def measured(cls, share: float, start: str = "cascade") -> "Refine":
@@ -87,6 +91,9 @@ class Refine:
         if self.strategy is not None and self.strategy not in ("auto", *STRATEGY_NAMES):
             raise ValueError(f"Refine.strategy must be one of {('auto', *STRATEGY_NAMES)} or None, "
                              f"got {self.strategy!r}")
+        if not self.readout_inputs and self.start != "random":
+            raise ValueError("Refine(readout_inputs=False) needs start='random': the cascade grows its units as "
+                             "corrections to a readout over the inputs")
         if self.population is not None and self.population < 2:
             raise ValueError(f"Refine.population must be at least 2 (or None: the fit's), got {self.population}")
         if self.damping <= 0 or self.step <= 0:
@@ -94,14 +101,15 @@ class Refine:
 
 
 def random_units(data: Data, hidden, out_scale, make_strategy, budget: Budget, progress=False, spread: float = 1.0,
-                 readout_share: float = 1.0):
+                 readout_share: float = 1.0, readout_inputs: bool = True):
     """One hidden layer of random tanh units and the readout evolved over them: refinement's other starting point.
 
     Each unit is a random direction of the raw inputs, so it follows their principal directions as they vary
     (drawn evenly in whitened coordinates instead, most units read the many faint directions: `two` of
     bench/peers.py at 60 s, teacher seed 6, 191x the floor against 87.5x), scaled to pre-activation std `spread`
     over the rows (the cascade's bound); drawn from the fit's seeded generator, so every rank draws the same.
-    Returns (layers, readout, curve, generations, interrupted) like cascade.grow.
+    `readout_inputs=False`: the readout reads the units only. Returns (layers, readout, curve, generations,
+    interrupted) like cascade.grow.
     """
     if len(hidden) != 1:
         raise ValueError(f"Refine(start='random') starts one hidden layer (the one refinement moves), got {hidden}")
@@ -115,7 +123,7 @@ def random_units(data: Data, hidden, out_scale, make_strategy, budget: Budget, p
     layers = [(rows[:, :-1], rows[:, -1])]
     # Ctrl-C here propagates, as before the cascade's first readout: random units with no readout are nothing to keep
     readout, res = fit_readout(data, layer_features(data.x, layers), layer_features(data.x_val, layers), out_scale,
-                               make_strategy(), budget, None, progress, readout_share)
+                               make_strategy(), budget, None, progress, readout_share, inputs=readout_inputs)
     return layers, readout, list(res.curve), res.generations, False
 
 
@@ -183,7 +191,8 @@ def refine(data: Data, layers, readout, out_scale, make_strategy, budget: Budget
             feats, feats_val = layer_features(data.x, with_rows(rows)), layer_features(data.x_val, with_rows(rows))
             readout, res = fit_readout(data, feats, feats_val, out_scale, make_strategy(),
                                        _round(budget, config.readout_generations), readout, progress,
-                                       step=readout_step, step_floor=floor, keep_step=config.carry_steps)
+                                       step=readout_step, step_floor=floor, keep_step=config.carry_steps,
+                                       inputs=config.readout_inputs)
             if config.carry_steps:
                 unit_step, readout_step = found.step, res.step
             gens += found.generations + res.generations
