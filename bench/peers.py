@@ -386,7 +386,7 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
         hidden = {"ola1": (), "ola-h1": case.hidden[:1]}.get(method, case.hidden)
         refine = {"ola-refine": ola.Refine(share=0.5),
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
-                  "ola-carry": ola.Refine.measured(0.9, "random"),
+                  "ola-carry": ola.Refine.measured(0.9, "random", readout_inputs=skip),  # the plain net's own rounds
                   }.get(method, ola.Refine())
         if not skip:
             if refine.start != "random":

@@ -59,19 +59,26 @@ class Refine:
     readout_inputs: bool = True
 
     @classmethod
-    def measured(cls, share: float, start: str = "cascade") -> "Refine":
+    def measured(cls, share: float, start: str = "cascade", readout_inputs: bool = True) -> "Refine":
         """The rounds measured best for `start`: random units refine in short rounds with carried steps whose floor
         halves after a round that gains nothing (`two`, 15,000 generations: 21.4x against 23.0x with a fixed floor).
 
         (`two` of bench/peers.py, 60 s, start random: rounds of 20 / 20 with carried steps 35-53x the noise floor on
         2 CPU threads and 11-17x on one H200, rounds of 100 / 100 started over 108x / 34x; docs/BENCHMARKS.md)
+        `readout_inputs=False`: the readout over the hidden units only, with the population measured for it.
         """
         if start == "random":
             # 64 candidates per row, not the fit's 40 (`two`, 60 s, 2 CPU threads, teacher seeds 3 + 6: 20 -> 144x,
             # 40 -> 41.7x, 64 -> 34.0x, 96 -> 49.2x, 128 -> 73.5x; the cascade does not gain from 64), drawn along
-            # directions every row shares (SharedSNES: seeds 3 + 6, 127.1x -> 73.9x on a slow day; docs/BENCHMARKS.md)
+            # directions every row shares (SharedSNES: seeds 3 + 6, 127.1x -> 73.9x on a slow day; docs/BENCHMARKS.md).
+            # A readout over the units only searches 65 numbers a row, not 161, and 32 candidates do (same seeds:
+            # 16 -> 23.3x, 32 -> 1.47x, 64 -> 9.21x, 128 -> 48.9x)
             return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True,
-                       floor_decay=0.5, population=64, strategy="snes-shared")
+                       floor_decay=0.5, population=64 if readout_inputs else 32, strategy="snes-shared",
+                       readout_inputs=readout_inputs)
+        if not readout_inputs:
+            raise ValueError("Refine(readout_inputs=False) needs start='random': the cascade grows its units as "
+                             "corrections to a readout over the inputs")
         return cls(share=share, start=start)
 
     def __post_init__(self):
