@@ -4,7 +4,8 @@ Architecture (TAESD-style: the whole model in one short class):
     h_1 = tanh(W_1 x + b_1), h_l = tanh(W_l h_{l-1} + b_l)    hidden layers (may be none)
     y   = s * tanh(W_o [x, h_1, ..., h_L] + b_o)              readout, s = out_scale
 The readout sees the inputs too, because hidden units are grown as corrections to a linear
-readout (see cascade.py). Loading needs only torch and safetensors.
+readout (see cascade.py); a fit with `Refine(readout_inputs=False)` stores those columns as zeros
+(the plain net). Loading needs only torch and safetensors.
 """
 
 from __future__ import annotations
