@@ -33,6 +33,10 @@ CASES = {  # name -> ola.fit keywords; snes splits rows across ranks, trust runs
     "random-carry": dict(hidden=(4,), strategy="snes", generations=40,
                          refine=ola.Refine(share=0.8, start="random", unit_generations=8, readout_generations=8,
                                            carry_steps=True)),
+    # the same with the readout over the hidden units only (its input columns zero on every rank)
+    "random-carry-plain": dict(hidden=(4,), strategy="snes", generations=40,
+                               refine=ola.Refine(share=0.8, start="random", unit_generations=8, readout_generations=8,
+                                                 carry_steps=True, readout_inputs=False)),
     "trust": dict(hidden=(), strategy="trust", generations=30),
 }
 
