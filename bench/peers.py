@@ -388,10 +388,7 @@ def run_method(method: str, case: Case, seconds: float | None, device: str = "cp
                   "ola-random": ola.Refine(share=0.9, start="random", unit_generations=100, readout_generations=100),
                   "ola-carry": ola.Refine.measured(0.9, "random", readout_inputs=skip),  # the plain net's own rounds
                   }.get(method, ola.Refine())
-        if not skip:
-            if refine.start != "random":
-                raise ValueError(f"{method} grows its units as corrections to a readout over the inputs: without the "
-                                 "skip only ola-random and ola-carry run")
+        if not skip:  # Refine refuses it for the cascade methods
             refine = dataclasses.replace(refine, readout_inputs=False)
         if refine_strategy is not None and refine.share:  # --refine-strategy: the refinement's own searches
             refine = dataclasses.replace(refine, strategy=None if refine_strategy == "fit" else refine_strategy)

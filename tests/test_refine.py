@@ -172,6 +172,6 @@ def test_a_readout_over_the_units_only_keeps_the_inputs_columns_zero_and_learns(
     assert m.training_summary["refine"]["readout_inputs"] is False
     # the teacher has no skip either: at its floor (fit seeds 0-2: 1.12, 1.14, 1.08x; zero predicts 937x)
     assert _ratio(m, p) < 1.3
+    grown = ola.fit(p.x, p.y, hidden=(4,), generations=100, seed=0)
     with pytest.raises(ValueError, match="readout_inputs"):  # a module whose readout reads x cannot drop it silently
-        grown = ola.fit(p.x, p.y, hidden=(4,), generations=100, seed=0)
         ola.fit(p.x, p.y, hidden=(4,), generations=100, init=grown, refine=refine)

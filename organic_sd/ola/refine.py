@@ -76,10 +76,7 @@ class Refine:
             return cls(share=share, start=start, unit_generations=20, readout_generations=20, carry_steps=True,
                        floor_decay=0.5, population=64 if readout_inputs else 32, strategy="snes-shared",
                        readout_inputs=readout_inputs)
-        if not readout_inputs:
-            raise ValueError("Refine(readout_inputs=False) needs start='random': the cascade grows its units as "
-                             "corrections to a readout over the inputs")
-        return cls(share=share, start=start)
+        return cls(share=share, start=start, readout_inputs=readout_inputs)  # __post_init__ refuses False here
 
     def __post_init__(self):
         if not 0.0 <= self.share < 1.0:
