@@ -11,6 +11,7 @@ from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ovae import OVAE
 from organic_sd.ola import cascade
 from organic_sd.ovae import rows as rows_mod
+from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae import train as train_mod
 from organic_sd.ovae.train import train
 from conftest import STORE_SIZE as SIZE, quick
@@ -87,7 +88,7 @@ def test_ctrl_c_before_the_first_round_of_units_ends_resumes_with_the_same_comma
 
     monkeypatch.setattr(cascade, "_evolve_units", stop_at_once)
     run = tmp_path / "dec"
-    cfg = quick("decoder", store, run, hidden=(4,), ticks=1)
+    cfg = quick("decoder", store, run, hidden=(4,), ticks=1, refine=0.0)  # the cascade's rounds (not random units)
     assert train(cfg)["status"] == "interrupted"
     assert OVAE.load(run).decoder.module.config.hidden == ()  # the linear readout, saved
     monkeypatch.setattr(cascade, "_evolve_units", real)
@@ -106,7 +107,7 @@ def test_ctrl_c_while_units_grow_keeps_them_and_the_resumed_run_grows_the_rest(s
 
     monkeypatch.setattr(cascade, "_evolve_units", stop_in_second_round)
     run = tmp_path / "dec"
-    cfg = quick("decoder", store, run, hidden=(10,), ticks=2)  # rounds of 8 and 2
+    cfg = quick("decoder", store, run, hidden=(10,), ticks=2, refine=0.0)  # the cascade: rounds of 8 and 2
     res = train(cfg)
     assert res["status"] == "interrupted" and res["tick"] == 1
     assert OVAE.load(run).decoder.module.config.hidden == (8,)  # the first round, saved and loadable
@@ -356,6 +357,44 @@ def test_refine_moves_the_kept_units_of_later_ticks_and_is_checked(store, tmp_pa
         assert json.loads((run / "config.json").read_text())["refine"] == share
     with pytest.raises(ValueError, match="--refine"):
         quick("decoder", store, tmp_path / "bad", refine=1.0)
+
+
+def test_a_fresh_one_layer_decoder_starts_random_and_everything_else_keeps_the_cascade():
+    def chosen(kind="decoder", **kw):
+        c = TrainConfig(kind=kind, store="s", out="o", **kw)
+        return c.refine_start, c.refine
+
+    assert chosen(hidden=(8,)) == ("random", 0.9)  # the measured default (docs/BENCHMARKS.md)
+    assert chosen(hidden=(8,), refine=0.5) == ("random", 0.5)
+    assert chosen(hidden=(8,), refine=0.0) == ("cascade", 0.0)  # --refine 0: the cascade, as before
+    assert chosen(hidden=(8,), refine_start="cascade") == ("cascade", 0.0)
+    assert chosen(hidden=(8,), init="units") == ("cascade", 0.0)  # given units: their readout is re-fitted
+    assert chosen("encoder", hidden=(8,)) == ("cascade", 0.0)  # random windows of pixels lose (measured)
+    assert chosen(hidden=(8, 4)) == chosen(hidden=()) == ("cascade", 0.0)
+    assert chosen(stages=("3:8", "3:4"), max_minutes=1.0) == ("cascade", 0.0)
+
+
+def test_ctrl_c_while_random_units_refine_keeps_them_and_the_same_command_resumes(store, tmp_path, monkeypatch):
+    from organic_sd.ola import refine as refine_mod
+
+    real, calls = refine_mod.fit_readout, []
+
+    def stop_in_second_round(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the first tick, in the second round of the default random start
+        return real(*a, **kw)
+
+    monkeypatch.setattr(refine_mod, "fit_readout", stop_in_second_round)
+    run = tmp_path / "dec"
+    cfg = quick("decoder", store, run, hidden=(4,), ticks=2, generations=60)
+    assert (cfg.refine_start, cfg.refine) == ("random", 0.9)
+    assert train(cfg)["status"] == "interrupted"
+    kept = OVAE.load(run).decoder.module
+    assert kept.config.hidden == (4,)  # every random unit is there from the start: all of them are kept
+    monkeypatch.setattr(refine_mod, "fit_readout", real)
+    res = train(cfg)
+    assert res["status"] == "done" and res["tick"] > 1 and OVAE.load(run).decoder.module.config.hidden == (4,)
 
 
 def test_refine_start_random_draws_the_units_instead_of_growing_them_and_is_checked(store, tmp_path):
