@@ -5,7 +5,8 @@
 # The shipped decoder's two stages (docs/BENCHMARKS.md, 2026-11-27 07:25): `dec units ENC --hidden 168 --mix-teacher 0.8
 # --seed 1 --max-minutes 15 --first-tick-seconds 800` (two calls, the first cut by the cap), then `dec dec ENC --hidden 168
 # --seed 1 --init $W/units --mix-teacher 0.55 --tick-seconds 90 --max-minutes 8` (later options override the defaults
-# below). The readout stage held its final score from its first 90-second tick on.
+# below). The readout stage held its final score from its first 90-second tick on. Those units grew by the cascade: add
+# --refine 0 to the first call to repeat it (a fresh one-layer decoder starts from random units since 2026-12-05).
 # Each call then runs `osd eval pipeline` on VAL. The store is built once per machine (W/st6). Paths (defaults: a
 # .gpu/ folder carried to the device): TRAIN photos and frames, TEACHER, VAL photos, W work dir, DEVICE, VAL_FRACTION;
 # results (model, config, report.json) are copied to OUT/NAME when OUT is set. docs/BENCHMARKS.md.
