@@ -186,3 +186,30 @@ def test_the_train_flag_offers_exactly_the_copies_the_model_knows():
     from organic_sd.ounet.features import STAGE_COPIES
 
     assert STAGE_COPY_CHOICES == tuple(STAGE_COPIES)  # kept twice so config.py reads without torch
+
+
+def test_random_starts_are_checked_and_reach_both_stages_searches(tmp_path, monkeypatch):
+    from organic_sd.ounet.config import DenoiserTrainConfig
+
+    for kw in ({"refine_start": "random"}, {"refine_start": "random", "refine": 0.9, "hidden": (4, 2)},
+               {"stage_refine_start": "random", "stage_refine": 0.0}):
+        with pytest.raises(ValueError, match="-start random"):
+            DenoiserTrainConfig(store="s", out="o", **kw)
+    if not MNIST.is_file():
+        pytest.skip("the MNIST teacher is not here")
+    store = tmp_path / "store"
+    assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
+                     "--samples", "8", "--steps", "4", "--renoise", "2", "--batch", "8", "--device", "cpu",
+                     "--val-fraction", "0.25"]) == 0
+    real, seen = runs.fit_tick, []
+    monkeypatch.setattr(runs, "fit_tick", lambda x, y, **kw: seen.append((x.shape[1], kw["refine"])) or real(x, y, **kw))
+    assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(tmp_path / "run"), "--ticks", "1",
+                     "--generations", "40", "--max-rows", "2000", "--hidden", "2", "--eval-records", "4",
+                     "--window", "3", "--modulate", "1", "--stage-grid", "7", "--stage-hidden", "3",
+                     "--stage-minutes", "0.05", "--target", "v", "--tick-seconds", "1", "--refine", "0.9",
+                     "--refine-start", "random", "--stage-refine", "0.8", "--stage-refine-start", "random"]) == 0
+    u = OUNet.load(tmp_path / "run")
+    widths = {u.stage.config.in_dim: "stage", u.module.config.in_dim: "stack"}
+    assert {widths[w]: r for w, r in seen} == {"stage": ola.Refine.measured(0.8, "random"),
+                                              "stack": ola.Refine.measured(0.9, "random")}
+    assert u.stage.training_summary["refine"]["start"] == u.module.training_summary["refine"]["start"] == "random"

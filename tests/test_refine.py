@@ -175,3 +175,10 @@ def test_a_readout_over_the_units_only_keeps_the_inputs_columns_zero_and_learns(
     grown = ola.fit(p.x, p.y, hidden=(4,), generations=100, seed=0)
     with pytest.raises(ValueError, match="readout_inputs"):  # a module whose readout reads x cannot drop it silently
         ola.fit(p.x, p.y, hidden=(4,), generations=100, init=grown, refine=refine)
+
+
+def test_a_budget_that_grows_no_unit_before_the_refinement_says_so_instead_of_crashing():
+    p = two_layer(6, 4, 3, 500, 200, noise=0.02, seed=1)
+    with pytest.warns(ola.BudgetWarning, match="no"):
+        m = ola.fit(p.x, p.y, hidden=(4,), max_seconds=1e-4, refine=ola.Refine(share=0.5))
+    assert m.config.hidden == ()  # what there is (the readout), resumable as init; nothing to refine

@@ -122,7 +122,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
                 layers, readout, curve, gens, interrupted = cascade.grow(
                     data, hidden, out_scale=out_scale, make_strategy=make, budget=first, progress=progress,
                     subspace=subspace, units_per_round=units_per_round, start=start)
-            if refine.share and not interrupted:
+            if refine.share and not interrupted and layers:  # (a budget that grew no unit leaves nothing to move)
                 layers, readout, more, more_gens, interrupted = refine_units(data, layers, readout, out_scale,
                                                                               make_refine, budget, refine, progress)
                 # the refinement counts its own generations from 0: its curve continues the growth's count

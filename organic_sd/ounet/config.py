@@ -19,6 +19,7 @@ ADDED_FIELDS = {"stage_grid": 0, "stage_buckets": 0, "stage_window": 5, "stage_h
                 "t_weight": "uniform", "weight_steps": 8, "stage_copies": "both"}
 T_WEIGHTS = ("uniform", "update")  # ounet/targets.py (kept here too: this file reads without torch)
 STAGE_COPY_CHOICES = ("both", "noise", "signal", "none")  # ounet/features.py STAGE_COPIES
+REFINE_STARTS = ("cascade", "random")  # ola.Refine.start
 
 
 @dataclass
@@ -50,8 +51,14 @@ class DenoiserTrainConfig:
     stage_minutes: float = flag(2.0, "search minutes of the coarse stage (the whole run's, not per call)")
     stage_rows: int = flag(200_000, "records (one row each) drawn per tick of the coarse stage")
     stage_refine: float = flag(0.5, "share of each coarse-stage tick spent moving its units together (ola.Refine)")
+    stage_refine_start: str = flag("cascade", "where the coarse stage's units start: grown by the cascade, or random "
+                                              "(one hidden layer, moved by --stage-refine > 0; ola.Refine.measured)",
+                                   choices=REFINE_STARTS)
     refine: float = flag(0.0, "share of each per-pixel tick spent moving the last hidden layer's units together "
                               "(ola.Refine)")
+    refine_start: str = flag("cascade", "where the per-pixel stack's units start: grown by the cascade, or random (one "
+                                        "hidden layer, moved by --refine > 0, e.g. 0.9; ola.Refine.measured)",
+                             choices=REFINE_STARTS)
     target: str = flag("eps", "what the stacks predict: eps, x0 or v (v = sqrt(ab) eps - sqrt(1-ab) x0 keeps the "
                               "error reaching DDIM's x0 estimate small at high noise)", choices=("eps", "x0", "v"))
     t_weight: str = flag("uniform", "how rows count by noise level: uniform, or update (each record drawn and scored "
@@ -88,6 +95,14 @@ class DenoiserTrainConfig:
                                                    else self.stage_hidden))
         if not (0 <= self.refine < 1 and 0 <= self.stage_refine < 1):
             raise ValueError(f"--refine and --stage-refine are shares in [0, 1), got {self.refine}, {self.stage_refine}")
+        for start, share, hidden, flags in ((self.refine_start, self.refine, self.hidden, "--refine"),
+                                            (self.stage_refine_start, self.stage_refine, self.stage_hidden,
+                                             "--stage-refine")):
+            if start not in REFINE_STARTS:
+                raise ValueError(f"{flags}-start must be one of {REFINE_STARTS}, got {start!r}")
+            if start == "random" and (share == 0 or len(hidden) != 1):
+                raise ValueError(f"{flags}-start random starts one hidden layer of random units and needs {flags} > 0 "
+                                 f"to move them (got {flags} {share}, hidden {' '.join(map(str, hidden)) or 'none'})")
         if self.stage_minutes < 0 or self.stage_rows <= 0:
             raise ValueError(f"--stage-minutes must be >= 0 and --stage-rows positive, got {self.stage_minutes}, "
                              f"{self.stage_rows}")

@@ -147,7 +147,7 @@ class DenoiserJob:
         self.cfg, self.ucfg, self.schedule, self.store, self.stage = cfg, ucfg, schedule, store, stage
         self.train_idx, self.eval_idx, self.adapter, self.run, self.device = train_idx, eval_idx, adapter, run, device
         self.fit_kwargs = {"units_per_round": DENOISER_UNITS_PER_ROUND, "subspace": ola.Subspace(deflate=cfg.deflate),
-                           "refine": ola.Refine(share=cfg.refine)}
+                           "refine": ola.Refine.measured(cfg.refine, cfg.refine_start)}
         self.adapter_tick = False
         self.p_train = pool_weights(cfg, ucfg.target, schedule, store, train_idx)  # (N,) or None: uniform
         p_eval = pool_weights(cfg, ucfg.target, schedule, store, eval_idx)

@@ -67,7 +67,7 @@ class StageJob:
         self.cfg, self.ucfg, self.schedule, self.store, self.train_idx = cfg, ucfg, schedule, store, train_idx
         self.run, self.device = run, device
         self.x_eval, self.y_eval = stage_rows(ucfg, schedule, store, eval_idx, device)
-        self.fit_kwargs = {"refine": ola.Refine(share=cfg.stage_refine)}
+        self.fit_kwargs = {"refine": ola.Refine.measured(cfg.stage_refine, cfg.stage_refine_start)}
         self.p_train = record_weights(cfg.t_weight, ucfg.target, schedule, store.t[train_idx], cfg.weight_steps)
         w = record_weights(cfg.t_weight, ucfg.target, schedule, store.t[eval_idx], cfg.weight_steps)
         self.w_eval = None if w is None else torch.from_numpy(w * len(eval_idx)).to(device)[:, None]  # (n, 1), mean 1
@@ -114,6 +114,7 @@ def train_stage(cfg, ucfg: OUNetConfig, schedule: torch.Tensor, store: DenoiserS
               "stage_copies": ucfg.stage_copies, "stage_hidden": list(cfg.stage_hidden),
               "target": ucfg.target, "freqs": ucfg.freqs, "teacher": ucfg.teacher, "seed": cfg.seed,
               "stage_minutes": cfg.stage_minutes, "stage_rows": cfg.stage_rows, "stage_refine": cfg.stage_refine,
+              "stage_refine_start": cfg.stage_refine_start,
               "t_weight": cfg.t_weight, "weight_steps": cfg.weight_steps}
     old = open_run(sdir, record, STAGE_FIELDS, STAGE_ADDED)
     state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
