@@ -203,10 +203,11 @@ def test_random_starts_are_checked_and_reach_both_stages_searches(tmp_path, monk
                      "--val-fraction", "0.25"]) == 0
     real, seen = runs.fit_tick, []
     monkeypatch.setattr(runs, "fit_tick", lambda x, y, **kw: seen.append((x.shape[1], kw["refine"])) or real(x, y, **kw))
+    # ticks end after 40 generations: the time limits only bound a slow machine
     assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(tmp_path / "run"), "--ticks", "1",
                      "--generations", "40", "--max-rows", "2000", "--hidden", "2", "--eval-records", "4",
                      "--window", "3", "--modulate", "1", "--stage-grid", "7", "--stage-hidden", "3",
-                     "--stage-minutes", "0.05", "--target", "v", "--tick-seconds", "1", "--refine", "0.9",
+                     "--stage-minutes", "0.4", "--target", "v", "--tick-seconds", "20", "--refine", "0.9",
                      "--refine-start", "random", "--stage-refine", "0.8", "--stage-refine-start", "random"]) == 0
     u = OUNet.load(tmp_path / "run")
     widths = {u.stage.config.in_dim: "stage", u.module.config.in_dim: "stack"}

@@ -374,6 +374,17 @@ def test_a_fresh_one_layer_decoder_starts_random_and_everything_else_keeps_the_c
     assert chosen(stages=("3:8", "3:4"), max_minutes=1.0) == ("cascade", 0.0)
 
 
+def test_a_run_grown_by_the_cascade_is_not_resumed_under_the_random_default(store, tmp_path):
+    run = tmp_path / "old"
+    train(quick("decoder", store, run, hidden=(4,), ticks=1, refine=0.0))  # as every run before the default changed
+    record = json.loads((run / "config.json").read_text())
+    del record["refine_start"]  # runs from before the flag: the cascade
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="refine_start: run has 'cascade', asked 'random'"):
+        train(quick("decoder", store, run, hidden=(4,), ticks=1))
+    assert train(quick("decoder", store, run, hidden=(4,), ticks=1, refine_start="cascade"))["tick"] == 2
+
+
 def test_ctrl_c_while_random_units_refine_keeps_them_and_the_same_command_resumes(store, tmp_path, monkeypatch):
     from organic_sd.ola import refine as refine_mod
 

@@ -10,8 +10,12 @@ from organic_sd.flags import flag
 
 # fields that define a run: a resume with other values would silently mix two experiments
 # seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
+# refine_start: where the units came from (its default changed on 2026-12-05: a run resumed under the new default
+# is refused instead of refined in another way than it grew)
 RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
-              "global_size", "seed", "eval_images", "stages", "stage_shares")
+              "global_size", "seed", "eval_images", "stages", "stage_shares", "refine_start")
+# the values runs from before a field existed used
+ADDED_FIELDS = {"mix_teacher": 0.5, "stages": [], "stage_shares": [], "refine_start": "cascade"}
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 # flags of the decoder alone: the encoder always learns the teacher's latents as they are
 DECODER_ONLY = ("latents", "mix_teacher", "target", "stages", "stage_shares")

@@ -29,7 +29,7 @@ from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
 from organic_sd.metrics.pixels import psnr_of_mse
-from organic_sd.ovae.config import RUN_FIELDS, TrainConfig, stage_specs
+from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
 from organic_sd.ovae.rows import (
     LOAD_CHUNK,
@@ -247,7 +247,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     record.update(teacher=store.meta["teacher"], image_size=part_cfg.image_size,
                   latent_channels=part_cfg.latent_channels, out_scale=1.0)  # decoder pixels lie in [-1, 1]
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
-                   added={"mix_teacher": 0.5, "stages": [], "stage_shares": []})
+                   added=ADDED_FIELDS)
     write_record(run, record, old)
     train_idx = store.indices("train")
     if len(train_idx) == 0:

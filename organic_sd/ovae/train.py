@@ -21,7 +21,7 @@ import torch
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
-from organic_sd.ovae.config import RUN_FIELDS, TrainConfig
+from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
 from organic_sd.ovae.rows import SUBSPACE, HeldOut, PartRows, out_scale, part_config, source_encoder
 from organic_sd.runs import open_run, read_log, resume_state, run_ticks, write_record
@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, log_to=None) -> dict:
     run = Path(cfg.out)
     record = _run_record(cfg, part_cfg, store)
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
-                   added={"mix_teacher": 0.5, "stages": [], "stage_shares": []})  # runs from before these flags
+                   added=ADDED_FIELDS)
     train_idx = store.indices("train")
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")
