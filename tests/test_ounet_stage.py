@@ -202,7 +202,8 @@ def test_random_starts_are_checked_and_reach_both_stages_searches(tmp_path, monk
                      "--samples", "8", "--steps", "4", "--renoise", "2", "--batch", "8", "--device", "cpu",
                      "--val-fraction", "0.25"]) == 0
     real, seen = runs.fit_tick, []
-    monkeypatch.setattr(runs, "fit_tick", lambda x, y, **kw: seen.append((x.shape[1], kw["refine"])) or real(x, y, **kw))
+    monkeypatch.setattr(runs, "fit_tick",
+                        lambda x, y, **kw: seen.append((x.shape[1], kw["refine"])) or real(x, y, **kw))
     # ticks end after 40 generations: the time limits only bound a slow machine
     assert cli.main(["train", "denoiser", "--store", str(store), "--out", str(tmp_path / "run"), "--ticks", "1",
                      "--generations", "40", "--max-rows", "2000", "--hidden", "2", "--eval-records", "4",

@@ -183,3 +183,17 @@ def test_staged_decoder_stages_refine_as_told(store, tmp_path):
     stages = OVAE.load(run).decoder.module.stages
     shares = [s.module.training_summary["refine"]["share"] for s in stages]
     assert shares == [0.5, 0.5]
+
+
+def test_staged_decoder_stages_can_start_from_random_units(store, tmp_path):
+    run = tmp_path / "staged"
+    assert cli.main(["train", "decoder", "--store", str(store), "--out", str(run), "--stages", "3:3", "3:2",
+                     "--refine", "0.9", "--refine-start", "random", "--ticks", "2", "--generations", "60",
+                     "--eval-images", "4", "--max-rows", "2000"]) == 0
+    stages = OVAE.load(run).decoder.module.stages
+    assert [s.module.config.hidden for s in stages] == [(3,), (2,)]
+    assert [s.module.training_summary["refine"]["start"] for s in stages] == ["random", "random"]
+    assert json.loads((run / "config.json").read_text())["refine_start"] == "random"
+    with pytest.raises(ValueError, match="--refine-start random"):  # a stage without units has nothing to start
+        TrainConfig("decoder", "s", "o", ticks=1, stages=("3:3", "3:0"), refine=0.9, refine_start="random")
+    assert TrainConfig("decoder", "s", "o", ticks=1, stages=("3:3", "3:2")).refine_start == "cascade"  # the default

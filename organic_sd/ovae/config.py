@@ -47,8 +47,9 @@ class TrainConfig:
     refine: float | None = flag(None, "share of a tick that grows units spent moving them together afterwards, and of "
                                       "every later tick instead of re-fitting the readout alone (ola.Refine; 0: off; "
                                       "default 0.9 where the units start random, else 0)")
-    refine_start: str | None = flag(None, "where the units start: grown by the cascade, or random (one hidden layer; "
-                                          "needs --refine > 0; ola.Refine(start=...)). Default: random for a fresh "
+    refine_start: str | None = flag(None, "where the units start: grown by the cascade, or random (one hidden layer, "
+                                          "of the part or of each stage; needs --refine > 0; ola.Refine.measured). "
+                                          "Default: random for a fresh "
                                           "single-stage decoder with one hidden layer (measured better at the shipped "
                                           "shape, docs/BENCHMARKS.md), else cascade", choices=("cascade", "random"))
     max_minutes: float | None = flag(None, "stop after this many minutes of this call")
@@ -120,7 +121,7 @@ class TrainConfig:
             raise ValueError(f"--hessian must be >= 0, got {self.hessian}")
         if self.refine_start is None:
             # one GPU, the shipped decoder's shape, 4 min: random 23.16 dB against the cascade's 22.35 on the held-out
-            # split; the encoder (a 768-number window) and the staged parts lose or were not measured with it
+            # split; the encoder (a 768-number window) loses with it, the staged stages tie (docs/BENCHMARKS.md)
             fresh_decoder = self.kind == "decoder" and len(self.hidden) == 1 and not self.stages and not self.init
             self.refine_start = "random" if fresh_decoder and self.refine != 0.0 else "cascade"
         if self.refine is None:
@@ -129,14 +130,16 @@ class TrainConfig:
             raise ValueError(f"--refine is a share of each tick in [0, 1), got {self.refine}")
         if self.refine_start not in ("cascade", "random"):
             raise ValueError(f"--refine-start must be 'cascade' or 'random', got {self.refine_start!r}")
-        if self.refine_start == "random" and (self.refine == 0.0 or len(self.hidden) != 1 or self.stages):
-            raise ValueError("--refine-start random starts one hidden layer of a single-stage part and needs --refine "
-                             f"> 0 to move it (got --hidden {' '.join(map(str, self.hidden)) or 'none'}, --refine "
-                             f"{self.refine}{', --stages' if self.stages else ''})")
         self.stages = tuple(str(s) for s in self.stages)
+        units = [h for _, h, _, _ in stage_specs(self.stages)] if self.stages else list(self.hidden)
+        if self.refine_start == "random" and (self.refine == 0.0 or (len(units) != 1 and not self.stages)
+                                              or not all(units)):
+            raise ValueError("--refine-start random starts one hidden layer (of a part, or of every stage) and needs "
+                             f"--refine > 0 to move it (got {'--stages' if self.stages else '--hidden'} "
+                             f"{' '.join(self.stages) or ' '.join(map(str, self.hidden)) or 'none'}, --refine "
+                             f"{self.refine})")
         self.stage_shares = tuple(float(s) for s in self.stage_shares)
         if self.stages:
-            stage_specs(self.stages)  # a malformed spec fails here, before any data is read
             if self.kind != "decoder" or self.mode != "patch":
                 raise ValueError("--stages builds a decoder (osd train decoder, patch mode)")
             if self.hidden or self.window:

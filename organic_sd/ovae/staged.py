@@ -175,7 +175,8 @@ class StageJob:
         self.run, self.stage_dir, self.last, self.device = run, stage_dir, last, device
         self.kept = kept  # the kept stack, followed through keep(): what the next stage freezes
         self.fit_kwargs = {"subspace": replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
-                           "units_per_round": cfg.units_per_round, "refine": ola.Refine(share=cfg.refine)}
+                           "units_per_round": cfg.units_per_round,
+                           "refine": ola.Refine.measured(cfg.refine, cfg.refine_start)}
         metrics = [("psnr", "PSNR at this stage's resolution (dB)")]
         if rows.rows.mix:
             metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)"))
