@@ -49,9 +49,9 @@ class TrainConfig:
                                       "default 0.9 where the units start random, else 0)")
     refine_start: str | None = flag(None, "where the units start: grown by the cascade, or random (one hidden layer, "
                                           "of the part or of each stage; needs --refine > 0; ola.Refine.measured). "
-                                          "Default: random for a fresh "
-                                          "single-stage decoder with one hidden layer (measured better at the shipped "
-                                          "shape, docs/BENCHMARKS.md), else cascade", choices=("cascade", "random"))
+                                          "Default: random for a fresh single-stage decoder with one hidden layer "
+                                          "(measured better at the shipped shape, docs/BENCHMARKS.md), else cascade",
+                                  choices=("cascade", "random"))
     max_minutes: float | None = flag(None, "stop after this many minutes of this call")
     ticks: int | None = flag(None, "stop after this many ticks of this call")
     tick_seconds: float = flag(30.0, "search time per tick (one fresh sample)")
@@ -131,6 +131,7 @@ class TrainConfig:
         if self.refine_start not in ("cascade", "random"):
             raise ValueError(f"--refine-start must be 'cascade' or 'random', got {self.refine_start!r}")
         self.stages = tuple(str(s) for s in self.stages)
+        # (a malformed --stages spec fails here, before any data is read)
         units = [h for _, h, _, _ in stage_specs(self.stages)] if self.stages else list(self.hidden)
         if self.refine_start == "random" and (self.refine == 0.0 or (len(units) != 1 and not self.stages)
                                               or not all(units)):
