@@ -10,7 +10,8 @@ The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-ou
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
     never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
-               leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front
+               leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front, and
+               STARVED_TICKS whole ticks in a row that ran no search stop the run with what to change
 Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits its searches
 across the ranks, rank 0's clock and scores decide for all, and only rank 0 writes RUN_DIR and prints.
 """
@@ -32,6 +33,8 @@ import torch
 from organic_sd import dist, ola
 from organic_sd.files import WEIGHTS_NAME, atomic_json
 from organic_sd.plots import training_plot
+
+STARVED_TICKS = 3  # whole ticks in a row with no search before a run stops to say its settings cannot search
 
 
 def check_resume(run: Path, record: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
@@ -209,6 +212,7 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
         atomic_json(run / "state.json", state)
 
     ticks_done = ticks_tried = 0  # ticks with a search; ticks started (a budget is judged before the first)
+    starved = 0  # ticks in a row given all the time they asked for that still ran no search
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
@@ -240,7 +244,15 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 state["time"] += time.perf_counter() - t0
                 print(f"no search: the tick's {time.perf_counter() - t0:.0f} s went to setup ({t_data:.0f} s drawing "
                       f"rows) and ran 0 generations: not kept, not scored", file=log_to, flush=True)
+                starved = starved + 1 if tick_s >= want else 0
+                if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on like this until stopped
+                    save("stopped")
+                    raise ValueError(f"{starved} ticks in a row ran no search: each asked {want:g} s and spent it on "
+                                     f"setup (drawing the rows alone took {t_data:.0f} s). Give --tick-seconds"
+                                     f"{' or --first-tick-seconds' if grow else ''} more, or fewer --max-rows; the same "
+                                     "command goes on from the last kept " + job.noun + " with the new settings")
                 continue
+            starved = 0
             cand, extra = job.candidate(module, state["tick"], interrupted, rng, tick_s)
             # rank 0's scores for all: keep / freeze must be decided alike on every rank
             scores = dist.all_gather_object(job.score(cand))[0]

@@ -152,3 +152,17 @@ def test_a_tick_with_no_generation_is_never_a_result(tmp_path, monkeypatch):
     assert res["status"] == "no-result" and res["tick"] == 0 and "heldout_mse" not in res  # before: "done", MSE 0.0x
     assert "ran 0 generations: not kept" in out.getvalue() and "too short to learn anything" in out.getvalue()
     assert "done" not in out.getvalue() and job.saved == [] and not run.exists()
+
+
+def test_whole_ticks_that_never_search_stop_the_run_with_what_to_change(tmp_path, monkeypatch):
+    real = ola.fit
+    # every tick gets the time it asks for and spends it on setup, as 600,000 rows on one CPU thread did;
+    # before, `--ticks 1` then looped forever: a tick without search never counted
+    monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: real(*a, **{**kw, "max_seconds": 1e-9}))
+    run = _new_run(tmp_path)
+    job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
+    with pytest.warns(ola.NoProgressWarning), pytest.raises(ValueError, match=r"3 ticks in a row ran no search: "
+                                                                              r".*--tick-seconds.* more, or fewer --max-rows"):
+        run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0, generations=None), job, run, {"out_scale": 1.0}, state, None,
+                  [], time.perf_counter(), log_to=out)
+    assert out.getvalue().count("ran 0 generations") == runs.STARVED_TICKS and not run.exists()
