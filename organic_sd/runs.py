@@ -245,7 +245,7 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 print(f"no search: the tick's {time.perf_counter() - t0:.0f} s went to setup ({t_data:.0f} s drawing "
                       f"rows) and ran 0 generations: not kept, not scored", file=log_to, flush=True)
                 starved = starved + 1 if tick_s >= want else 0
-                if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on like this until stopped
+                if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on so until stopped
                     save("stopped")
                     raise ValueError(f"{starved} ticks in a row ran no search: each asked {want:g} s and spent it on "
                                      f"setup (drawing the rows alone took {t_data:.0f} s). Give --tick-seconds"

@@ -161,8 +161,8 @@ def test_whole_ticks_that_never_search_stop_the_run_with_what_to_change(tmp_path
     monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: real(*a, **{**kw, "max_seconds": 1e-9}))
     run = _new_run(tmp_path)
     job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
-    with pytest.warns(ola.NoProgressWarning), pytest.raises(ValueError, match=r"3 ticks in a row ran no search: "
-                                                                              r".*--tick-seconds.* more, or fewer --max-rows"):
+    said = r"3 ticks in a row ran no search: .*--tick-seconds.* more, or fewer --max-rows"
+    with pytest.warns(ola.NoProgressWarning), pytest.raises(ValueError, match=said):
         run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0, generations=None), job, run, {"out_scale": 1.0}, state, None,
                   [], time.perf_counter(), log_to=out)
     assert out.getvalue().count("ran 0 generations") == runs.STARVED_TICKS and not run.exists()
