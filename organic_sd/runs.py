@@ -247,10 +247,10 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 starved = starved + 1 if tick_s >= want else 0
                 if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on so until stopped
                     save("stopped")
+                    flags = "--tick-seconds" + (" or --first-tick-seconds" if grow else "")
                     raise ValueError(f"{starved} ticks in a row ran no search: each asked {want:g} s and spent it on "
-                                     f"setup (drawing the rows alone took {t_data:.0f} s). Give --tick-seconds"
-                                     f"{' or --first-tick-seconds' if grow else ''} more, or fewer --max-rows; the same "
-                                     "command goes on from the last kept " + job.noun + " with the new settings")
+                                     f"setup (drawing the rows alone took {t_data:.0f} s). Give {flags} more, or "
+                                     f"fewer --max-rows; the same command goes on from the last kept {job.noun}")
                 continue
             starved = 0
             cand, extra = job.candidate(module, state["tick"], interrupted, rng, tick_s)
