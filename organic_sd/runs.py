@@ -11,7 +11,8 @@ The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-ou
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
     never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
                leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front, and
-               STARVED_TICKS whole ticks in a row that ran no search stop the run with what to change
+               STARVED_TICKS whole ticks in a row with no search, or a fresh search that never beat
+               predicting zero (ola.FitDidNotLearn), stop the run with what to change
 Under torchrun every rank draws the same rows and runs the same loop, ola.fit splits its searches
 across the ranks, rank 0's clock and scores decide for all, and only rank 0 writes RUN_DIR and prints.
 """
@@ -34,7 +35,7 @@ from organic_sd import dist, ola
 from organic_sd.files import WEIGHTS_NAME, atomic_json
 from organic_sd.plots import training_plot
 
-STARVED_TICKS = 3  # whole ticks in a row with no search before a run stops to say its settings cannot search
+STARVED_TICKS = 3  # whole ticks in a row that kept nothing before a run stops to say its settings cannot search
 
 
 def check_resume(run: Path, record: dict, fields: tuple[str, ...], added: dict | None = None) -> dict | None:
@@ -232,25 +233,34 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
             t0 = time.perf_counter()
             x, y = job.draw(rng)  # (N, in), (N, out)
             t_data = time.perf_counter() - t0
-            module, interrupted = fit_tick(
-                x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
-                out_scale=record["out_scale"], max_seconds=max(0.5, job.fit_share(state["tick"]) * tick_s - t_data),
-                generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
-                seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
+            learned_nothing = None
+            try:
+                module, interrupted = fit_tick(
+                    x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
+                    out_scale=record["out_scale"],
+                    max_seconds=max(0.5, job.fit_share(state["tick"]) * tick_s - t_data),
+                    generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
+                    seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
+            except ola.FitDidNotLearn as e:  # a fresh search that never beat predicting zero in the tick's time
+                module, interrupted, learned_nothing = e.module, False, e
             del x, y
-            # the tick's time all went to setup: its module is where the search would start, not a result
-            # (rank 0's count for all, as every decision a later collective depends on)
-            if dist.all_gather_object(not module.training_summary.get("generations") and not interrupted)[0]:
+            # the tick's time all went to setup, or its search never beat predicting zero: its module is where the
+            # search would start, not a result (rank 0's count for all, as every decision a later collective depends on)
+            searched = bool(module.training_summary.get("generations"))
+            if dist.all_gather_object((not searched or learned_nothing is not None) and not interrupted)[0]:
                 state["time"] += time.perf_counter() - t0
-                print(f"no search: the tick's {time.perf_counter() - t0:.0f} s went to setup ({t_data:.0f} s drawing "
-                      f"rows) and ran 0 generations: not kept, not scored", file=log_to, flush=True)
+                why = (f"went to setup ({t_data:.0f} s drawing rows) and ran 0 generations" if not searched else
+                       f"ran {module.training_summary['generations']} generations that never beat predicting zero")
+                print(f"no search: the tick's {time.perf_counter() - t0:.0f} s {why}: not kept, not scored",
+                      file=log_to, flush=True)
                 starved = starved + 1 if tick_s >= want else 0
                 if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on so until stopped
                     save("stopped")
                     flags = "--tick-seconds" + (" or --first-tick-seconds" if grow else "")
-                    raise ValueError(f"{starved} ticks in a row ran no search: each asked {want:g} s and spent it on "
-                                     f"setup (drawing the rows alone took {t_data:.0f} s). Give {flags} more, or "
-                                     f"fewer --max-rows; the same command goes on from the last kept {job.noun}")
+                    raise ValueError(f"{starved} ticks in a row kept nothing: each asked {want:g} s, and its search "
+                                     f"never started or never beat predicting zero (drawing the rows took "
+                                     f"{t_data:.0f} s). Give {flags} more, or fewer --max-rows; the same command goes "
+                                     f"on from the last kept {job.noun}")
                 continue
             starved = 0
             cand, extra = job.candidate(module, state["tick"], interrupted, rng, tick_s)

@@ -161,8 +161,35 @@ def test_whole_ticks_that_never_search_stop_the_run_with_what_to_change(tmp_path
     monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: real(*a, **{**kw, "max_seconds": 1e-9}))
     run = _new_run(tmp_path)
     job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
-    said = r"3 ticks in a row ran no search: .*--tick-seconds.* more, or fewer --max-rows"
+    said = r"3 ticks in a row kept nothing: .*--tick-seconds.* more, or fewer --max-rows"
     with pytest.warns(ola.NoProgressWarning), pytest.raises(ValueError, match=said):
         run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0, generations=None), job, run, {"out_scale": 1.0}, state, None,
                   [], time.perf_counter(), log_to=out)
     assert out.getvalue().count("ran 0 generations") == runs.STARVED_TICKS and not run.exists()
+
+
+def test_a_tick_whose_search_never_beat_zero_is_not_kept_and_the_run_goes_on(tmp_path, monkeypatch):
+    real, calls = ola.fit, []
+
+    def first_learns_nothing(*a, **kw):
+        m = real(*a, **kw)
+        calls.append(1)
+        if len(calls) == 1:  # as a CPU coarse stage's first 30-s tick on one thread did
+            raise ola.FitDidNotLearn("the fit learned nothing: ...", m)
+        return m
+
+    monkeypatch.setattr(runs.ola, "fit", first_learns_nothing)
+    run = _new_run(tmp_path)
+    job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
+    res = run_ticks(_loop_cfg(ticks=2), job, run, {"out_scale": 1.0}, state, None, [], time.perf_counter(), log_to=out)
+    assert "ran 5 generations that never beat predicting zero: not kept" in out.getvalue()
+    assert res["status"] == "done" and res["tick"] == 2 and len(calls) == 3  # before: the run ended at the first tick
+    # every tick like that: the run stops with what to change instead of trying forever
+    monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: (_ for _ in ()).throw(
+        ola.FitDidNotLearn("the fit learned nothing: ...", real(*a, **kw))))
+    (tmp_path / "b").mkdir()
+    run2 = _new_run(tmp_path / "b")
+    with pytest.raises(ValueError, match="3 ticks in a row kept nothing"):
+        run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0), FakeJob(run2), run2, {"out_scale": 1.0},
+                  {"tick": 0, "time": 0.0, "best": None, "status": "running"}, None, [], time.perf_counter(),
+                  log_to=io.StringIO())
