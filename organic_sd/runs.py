@@ -251,7 +251,7 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                 state["time"] += time.perf_counter() - t0
                 why = (f"went to setup ({t_data:.0f} s drawing rows) and ran 0 generations" if not searched else
                        f"ran {module.training_summary['generations']} generations that never beat predicting zero")
-                print(f"no search: the tick's {time.perf_counter() - t0:.0f} s {why}: not kept, not scored",
+                print(f"nothing kept: the tick's {time.perf_counter() - t0:.0f} s {why}; not scored",
                       file=log_to, flush=True)
                 starved = starved + 1 if tick_s >= want else 0
                 if starved >= STARVED_TICKS:  # the settings, not bad luck: it would go on so until stopped

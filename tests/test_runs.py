@@ -150,7 +150,7 @@ def test_a_tick_with_no_generation_is_never_a_result(tmp_path, monkeypatch):
         res = run_ticks(_loop_cfg(max_minutes=0.03, tick_seconds=2.0, generations=None), job, run, {"out_scale": 1.0},
                         state, None, [], time.perf_counter(), log_to=out)
     assert res["status"] == "no-result" and res["tick"] == 0 and "heldout_mse" not in res  # before: "done", MSE 0.0x
-    assert "ran 0 generations: not kept" in out.getvalue() and "too short to learn anything" in out.getvalue()
+    assert "ran 0 generations; not scored" in out.getvalue() and "too short to learn anything" in out.getvalue()
     assert "done" not in out.getvalue() and job.saved == [] and not run.exists()
 
 
@@ -182,7 +182,7 @@ def test_a_tick_whose_search_never_beat_zero_is_not_kept_and_the_run_goes_on(tmp
     run = _new_run(tmp_path)
     job, state, out = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}, io.StringIO()
     res = run_ticks(_loop_cfg(ticks=2), job, run, {"out_scale": 1.0}, state, None, [], time.perf_counter(), log_to=out)
-    assert "ran 5 generations that never beat predicting zero: not kept" in out.getvalue()
+    assert "ran 5 generations that never beat predicting zero; not scored" in out.getvalue()
     assert res["status"] == "done" and res["tick"] == 2 and len(calls) == 3  # before: the run ended at the first tick
     # every tick like that: the run stops with what to change instead of trying forever
     monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: (_ for _ in ()).throw(
