@@ -213,7 +213,7 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
         atomic_json(run / "state.json", state)
 
     ticks_done = ticks_tried = 0  # ticks with a search; ticks started (a budget is judged before the first)
-    starved = 0  # ticks in a row given all the time they asked for that still ran no search
+    starved = 0  # ticks in a row given all the time they asked for that still kept nothing
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
@@ -233,7 +233,7 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
             t0 = time.perf_counter()
             x, y = job.draw(rng)  # (N, in), (N, out)
             t_data = time.perf_counter() - t0
-            learned_nothing = None
+            learned_nothing = False
             try:
                 module, interrupted = fit_tick(
                     x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
@@ -242,12 +242,12 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
                     generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
                     seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
             except ola.FitDidNotLearn as e:  # a fresh search that never beat predicting zero in the tick's time
-                module, interrupted, learned_nothing = e.module, False, e
+                module, interrupted, learned_nothing = e.module, False, True
             del x, y
             # the tick's time all went to setup, or its search never beat predicting zero: its module is where the
             # search would start, not a result (rank 0's count for all, as every decision a later collective depends on)
             searched = bool(module.training_summary.get("generations"))
-            if dist.all_gather_object((not searched or learned_nothing is not None) and not interrupted)[0]:
+            if dist.all_gather_object((not searched or learned_nothing) and not interrupted)[0]:
                 state["time"] += time.perf_counter() - t0
                 why = (f"went to setup ({t_data:.0f} s drawing rows) and ran 0 generations" if not searched else
                        f"ran {module.training_summary['generations']} generations that never beat predicting zero")
