@@ -188,15 +188,17 @@ def test_the_train_flag_offers_exactly_the_copies_the_model_knows():
     assert STAGE_COPY_CHOICES == tuple(STAGE_COPIES)  # kept twice so config.py reads without torch
 
 
-def test_random_starts_are_checked_and_reach_both_stages_searches(tmp_path, monkeypatch):
+def test_random_starts_without_units_to_move_are_refused():
     from organic_sd.ounet.config import DenoiserTrainConfig
 
     for kw in ({"refine_start": "random"}, {"refine_start": "random", "refine": 0.9, "hidden": (4, 2)},
                {"stage_refine_start": "random", "stage_refine": 0.0}):
         with pytest.raises(ValueError, match="-start random"):
             DenoiserTrainConfig(store="s", out="o", **kw)
-    if not MNIST.is_file():
-        pytest.skip("the MNIST teacher is not here")
+
+
+@needs_mnist
+def test_random_starts_reach_both_stages_searches(tmp_path, monkeypatch):
     store = tmp_path / "store"
     assert cli.main(["precompute", "denoiser", "--teacher", f"ddpm-mnist:{MNIST}", "--out", str(store),
                      "--samples", "8", "--steps", "4", "--renoise", "2", "--batch", "8", "--device", "cpu",

@@ -185,8 +185,10 @@ def test_a_tick_whose_search_never_beat_zero_is_not_kept_and_the_run_goes_on(tmp
     assert "ran 5 generations that never beat predicting zero; not scored" in out.getvalue()
     assert res["status"] == "done" and res["tick"] == 2 and len(calls) == 3  # before: the run ended at the first tick
     # every tick like that: the run stops with what to change instead of trying forever
-    monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: (_ for _ in ()).throw(
-        ola.FitDidNotLearn("the fit learned nothing: ...", real(*a, **kw))))
+    def always_learns_nothing(*a, **kw):
+        raise ola.FitDidNotLearn("the fit learned nothing: ...", real(*a, **kw))
+
+    monkeypatch.setattr(runs.ola, "fit", always_learns_nothing)
     (tmp_path / "b").mkdir()
     run2 = _new_run(tmp_path / "b")
     with pytest.raises(ValueError, match="3 ticks in a row kept nothing"):
