@@ -81,6 +81,24 @@ def smooth_images(folder, n, size=40, seed=0):
 STORE_SIZE = 32  # 4 x 4 latent cells per image: every fit on the store is a few thousand rows at most
 
 
+def random_taesd(folder: Path, stem: str, channels: int, gn: bool, suffix: str = ".pth", seed: int = 0):
+    """Random weights for one TAESD architecture saved as STEM_encoder/STEM_decoder."""
+    from safetensors.torch import save_file
+
+    from organic_sd.teachers import taesd
+
+    torch.manual_seed(seed)
+    enc, dec = taesd.build_encoder(channels, gn), taesd.build_decoder(channels, gn)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for half, module in (("encoder", enc), ("decoder", dec)):
+        p = folder / f"{stem}_{half}{suffix}"
+        state = {k: v.contiguous() for k, v in module.state_dict().items()}
+        save_file(state, p) if suffix == ".safetensors" else torch.save(state, p)
+        paths.append(p)
+    return enc, dec, paths
+
+
 def make_store(tmp_path, n=24):
     """A FakeTeacher store of n smooth images (or a few more: see below), a quarter of them held out."""
     store = tmp_path / "store"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import random_taesd
 from safetensors.torch import save_file
 
 from organic_sd.teachers import TAESDTeacher, TeacherError, load_teacher
-from organic_sd.teachers import taesd
 from organic_sd.teachers.common import read_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,20 +52,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # ---- TAESD family
-
-
-def random_taesd(folder: Path, stem: str, channels: int, gn: bool, suffix: str = ".pth", seed: int = 0):
-    """Random weights for one TAESD architecture saved as STEM_encoder/STEM_decoder."""
-    torch.manual_seed(seed)
-    enc, dec = taesd.build_encoder(channels, gn), taesd.build_decoder(channels, gn)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for half, module in (("encoder", enc), ("decoder", dec)):
-        p = folder / f"{stem}_{half}{suffix}"
-        state = {k: v.contiguous() for k, v in module.state_dict().items()}
-        save_file(state, p) if suffix == ".safetensors" else torch.save(state, p)
-        paths.append(p)
-    return enc, dec, paths
 
 
 def test_taef2_real_weights_reconstruct_a_photo(taef2_dir):

@@ -13,12 +13,15 @@ from organic_sd.flags import flag
 # refine_start: where the units came from (its default changed on 2026-12-05: a run resumed under the new default
 # is refused instead of refined in another way than it grew)
 RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
-              "global_size", "seed", "eval_images", "stages", "stage_shares", "refine_start")
+              "global_size", "seed", "eval_images", "stages", "stage_shares", "refine_start", "stage_targets",
+              "feature_channels")
 # the values runs from before a field existed used
-ADDED_FIELDS = {"mix_teacher": 0.5, "stages": [], "stage_shares": [], "refine_start": "cascade"}
+ADDED_FIELDS = {"mix_teacher": 0.5, "stages": [], "stage_shares": [], "refine_start": "cascade",
+                "stage_targets": "decode", "feature_channels": 16}
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 # flags of the decoder alone: the encoder always learns the teacher's latents as they are
-DECODER_ONLY = ("latents", "mix_teacher", "target", "stages", "stage_shares")
+DECODER_ONLY = ("latents", "mix_teacher", "target", "stages", "stage_shares", "stage_targets", "feature_channels",
+                "teacher")
 
 
 @dataclass
@@ -82,16 +85,25 @@ class TrainConfig:
     global_size: int = flag(64, "global decoder: output side before upsampling")
     seed: int = flag(0, "seed of the rows drawn, the searches, the held-out images and a global encoder's retina")
     progress: bool | None = flag(None, "show the search's progress bars (default: on when stderr is a terminal)")
-    stages: tuple[str, ...] = flag((), "a staged decoder, coarse to fine, one WINDOW:HIDDEN[:LATENT[:CARRY]] per stage, e.g. "
-                                       "--stages 3:64 3:48 3:32 (latent -> 1/4 -> 1/2 -> full resolution): stage 1 maps "
-                                       "a WINDOW x WINDOW latent window to an RGB block, each later stage a WINDOW x "
-                                       "WINDOW window of the previous stage's RGB plus a LATENT x LATENT window of the "
-                                       "latent (default 1; 0: none) and a CARRY x CARRY window of the previous "
-                                       "stage's hidden units (default 0: none) to a 2x2 block; trained greedily, stage by stage, "
-                                       "each toward the teacher's decode area-downsampled to its resolution. --max-minutes "
-                                       "and --ticks then count per whole run and per stage (not per call); --window and "
-                                       "--hidden do not apply")
+    stages: tuple[str, ...] = flag((), "a staged decoder, coarse to fine, one WINDOW:HIDDEN[:LATENT[:CARRY]] per "
+                                       "stage, e.g. --stages 5:96 3:64:0 3:48:0 (latent -> 1/4 -> 1/2 -> full "
+                                       "resolution): stage 1 maps a WINDOW x WINDOW latent window to a block, each "
+                                       "later stage a WINDOW x WINDOW window of the previous stage's map plus a "
+                                       "LATENT x LATENT window of the latent (default 1; 0: none) and a CARRY x CARRY "
+                                       "window of the previous stage's hidden units (default 0: none) to a 2x2 block; "
+                                       "trained greedily, stage by stage, the last toward the teacher's decode, the "
+                                       "others as --stage-targets says. --max-minutes and --ticks then count per whole "
+                                       "run and per stage (not per call); --window and --hidden do not apply")
     stage_shares: tuple[float, ...] = flag((), "with --stages: each stage's share of --max-minutes (default equal)")
+    stage_targets: str = flag("decode", "with --stages: what every stage but the last learns: 'decode', the teacher's "
+                                        "decode area-downsampled to its resolution (RGB between stages), or "
+                                        "'features', the teacher decoder's own activations there (their top "
+                                        "--feature-channels principal components, standardised; needs --teacher; "
+                                        "measured far better, docs/BENCHMARKS.md)", choices=("decode", "features"))
+    feature_channels: int = flag(16, "with --stage-targets features: the components each earlier stage learns and "
+                                     "hands to the next")
+    teacher: str = flag("", "the store's teacher (path, TAESD-family), for --stage-targets features: it computes "
+                            "the activations the earlier stages learn")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
@@ -150,8 +162,17 @@ class TrainConfig:
             if self.stage_shares and (len(self.stage_shares) != len(self.stages) or min(self.stage_shares) <= 0):
                 raise ValueError(f"--stage-shares needs one positive share per stage ({len(self.stages)}), "
                                  f"got {list(self.stage_shares)}")
+            if self.stage_targets == "features" and (len(self.stages) < 2 or not self.teacher):
+                raise ValueError("--stage-targets features needs at least two --stages (the last one writes RGB) and "
+                                 "--teacher (the store's teacher, whose activations the earlier stages learn)")
         elif self.stage_shares:
             raise ValueError("--stage-shares only applies with --stages")
+        if self.stage_targets not in ("decode", "features"):
+            raise ValueError(f"--stage-targets must be 'decode' or 'features', got {self.stage_targets!r}")
+        if not self.stages and (self.stage_targets != "decode" or self.teacher):
+            raise ValueError("--stage-targets and --teacher only apply with --stages")
+        if self.feature_channels < 1:
+            raise ValueError(f"--feature-channels must be positive, got {self.feature_channels}")
         for name in ("tick_seconds", "max_rows", "eval_images", "population", "units_per_round"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

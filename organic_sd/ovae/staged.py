@@ -1,9 +1,11 @@
 """`osd train decoder --stages ...`: a staged O-Decoder evolved greedily, coarse to fine (no gradients).
 
-    setup: open the store, fix the held-out images, read RUN_DIR's config (resume) and --init
+    setup: open the store, fix the held-out images, read RUN_DIR's config (resume) and --init; with
+        --stage-targets features, load the teacher and fit (or read) the run's feature basis (features.py)
     each stage in turn, the earlier ones frozen: runs.run_ticks on this stage's rows (input: the frozen stages'
         output on the store's latents, plus the latent repeated up to it; target: the teacher's decode
-        area-downsampled to this stage's resolution), each tick kept by held-out MSE at that resolution
+        area-downsampled to this stage's resolution, or for every stage but the last with features the
+        teacher's activations there), each tick kept by held-out MSE at that resolution
     RUN_DIR/stageN/ holds stage N's config.json, model.safetensors (its OLA module), state.json, log.jsonl and
     plot.png; a finished stage (state "done" or "frozen") is never refitted, an interrupted one resumes where it
     stopped. RUN_DIR/model.safetensors, the O-VAE file of the whole decoder, appears once the last stage has a module.
@@ -30,6 +32,7 @@ from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
 from organic_sd.metrics.pixels import psnr_of_mse
 from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
+from organic_sd.ovae.features import FeatureTargets, open_basis
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
 from organic_sd.ovae.rows import (
     LOAD_CHUNK,
@@ -55,19 +58,39 @@ DONE = ("done", "frozen")
 
 
 def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
-    """The StageConfigs of --stages for this store: stage 1 latent -> RGB at x(f / 2^(n-1)), then x2 per stage."""
+    """The StageConfigs of --stages for this store: stage 1 latent -> RGB (or K feature channels) at
+    x(f / 2^(n-1)), then x2 per stage, the last one writing RGB."""
     specs = stage_specs(cfg.stages)
     n, f, C = len(specs), part.downscale, part.latent_channels
     if f % 2 ** (n - 1):
         raise ValueError(f"--stages: {n} stages need a downscale divisible by 2^{n - 1}, the store's is {f}")
+    width = cfg.feature_channels if cfg.stage_targets == "features" else 3  # what stages before the last write
     out = []
     for i, (k, h, z, c) in enumerate(specs):
+        c_out = 3 if i == n - 1 else width
         if i == 0:
-            out.append(StageConfig(C, 3, window=k, up=f // 2 ** (n - 1), pad=part.pad))
+            out.append(StageConfig(C, c_out, window=k, up=f // 2 ** (n - 1), pad=part.pad))
         else:
-            out.append(StageConfig(3, 3, window=k, up=2, extra_channels=C if z else 0, extra_window=z or 1,
+            out.append(StageConfig(width, c_out, window=k, up=2, extra_channels=C if z else 0, extra_window=z or 1,
                                    pad=part.pad, carry_channels=specs[i - 1][1] if c else 0, carry_window=c or 1))
     return out
+
+
+def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], run: Path, train_idx: np.ndarray,
+                    device: torch.device) -> FeatureTargets:
+    """The teacher's activation targets of every stage but the last (--stage-targets features), basis fitted or read."""
+    from organic_sd.teachers.load import load_teacher
+
+    teacher = load_teacher(cfg.teacher, device)
+    if teacher.id != store.meta["teacher"]:
+        raise ValueError(f"--teacher {cfg.teacher} is {teacher.id}, but store {store.path} was made with "
+                         f"{store.meta['teacher']}: give the store's own teacher")
+    ups, u = [], 1
+    for scfg in configs[:-1]:
+        u *= scfg.up
+        ups.append(u)
+    targets = FeatureTargets(teacher.decoder, ups, cfg.feature_channels, teacher.id)
+    return open_basis(targets, run, store.latents, train_idx, cfg.seed, device, cfg.init)
 
 
 def run_frozen(frozen: list[Stage], z: torch.Tensor, carry: bool = False) -> tuple[torch.Tensor, ...]:
@@ -83,8 +106,9 @@ def run_frozen(frozen: list[Stage], z: torch.Tensor, carry: bool = False) -> tup
 class StageRows:
     """Store samples -> (rows, targets) of one stage, the earlier stages frozen."""
 
-    def __init__(self, rows: PartRows, frozen: list[Stage], scfg: StageConfig):
+    def __init__(self, rows: PartRows, frozen: list[Stage], scfg: StageConfig, features: FeatureTargets | None = None):
         self.rows, self.frozen, self.scfg = rows, frozen, scfg
+        self.features, self.level = features, len(frozen)  # features: this stage learns the teacher's activations
         part = rows.part
         r_in = 1
         for s in frozen:
@@ -93,8 +117,12 @@ class StageRows:
         self.factor = part.downscale // (r_in * scfg.up)  # target = the decode area-downsampled by this
 
     def target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
-        """The teacher's decode (or the image) of samples idx, area-downsampled to this stage's output resolution."""
+        """The teacher's decode (or the image) of samples idx, area-downsampled to this stage's output resolution;
+        with features, the teacher's activations there (B, K, ., .), from the store's teacher latents."""
         s, p = self.rows.store, self.rows.part
+        if self.features is not None:
+            z = torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
+            return self.features(z, self.level)
         t = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.rows.device)
         return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
 
@@ -118,10 +146,10 @@ class StageRows:
         for i in range(0, n, LOAD_CHUNK):
             chunk = idx[i:i + LOAD_CHUNK]
             images = torch.from_numpy(store.images[chunk]).to(self.rows.device)
-            y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, 3*r*r)
+            y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, C_out*r*r)
             for (x_map, extra, carry), f in zip(self.inputs(chunk, images), shares):
                 rows = stage_rows(self.scfg, x_map, extra if self.scfg.extra_channels else None, carry)
-                x, y_set = thin(rows, y, share * f, rng)  # (m, in_dim), (m, 3*r*r)
+                x, y_set = thin(rows, y, share * f, rng)  # (m, in_dim), (m, C_out*r*r)
                 xs.append(x), ys.append(y_set)
         return capped(xs, ys, max_rows, rng)
 
@@ -145,20 +173,25 @@ class StageHeldOut:
             self.chunks.append((rows.target(idx, images), rows.inputs(idx, images)))
 
     def score(self, stage: Stage) -> dict:
-        """Held-out MSE at this resolution (mix: weighted as the rows are), PSNR on teacher latents (and psnr_oenc)."""
-        se, n = [0.0, 0.0], 0
+        """Held-out MSE at this resolution (mix: weighted as the rows are), PSNR on teacher latents (and psnr_oenc);
+        a feature stage reports its MSE relative to the target's variance (rel_error, rel_error_oenc) instead."""
+        se, n, ss = [0.0, 0.0], 0, 0.0
+        pixels = self.rows.features is None
         with torch.no_grad():
             for target, sets in self.chunks:
                 for k, (x_map, extra, carry) in enumerate(sets):
-                    pred = stage(x_map, extra if stage.config.extra_channels else None, carry).clamp(-1, 1)
+                    pred = stage(x_map, extra if stage.config.extra_channels else None, carry)
+                    pred = pred.clamp(-1, 1) if pixels else pred
                     se[k] += float((pred.double() - target.double()).square().sum())
                 n += target.numel()
+                ss += float(target.double().square().sum())  # features are centred: this is their variance
         mse = se[0] / n
-        out = {"heldout_mse": mse, "psnr": psnr_of_mse(mse)}
+        name, of_mse = ("psnr", psnr_of_mse) if pixels else ("rel_error", lambda m: m / max(ss / n, 1e-12))
+        out = {"heldout_mse": mse, name: of_mse(mse)}
         if self.rows.rows.mix:
             w = self.rows.rows.mix_teacher
             out["heldout_mse"] = w * mse + (1 - w) * se[1] / n
-            out["psnr_oenc"] = psnr_of_mse(se[1] / n)
+            out[f"{name}_oenc"] = of_mse(se[1] / n)
         return out
 
 
@@ -177,10 +210,15 @@ class StageJob:
         self.fit_kwargs = {"subspace": replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
                            "units_per_round": cfg.units_per_round,
                            "refine": ola.Refine.measured(cfg.refine, cfg.refine_start)}
-        metrics = [("psnr", "PSNR at this stage's resolution (dB)")]
-        if rows.rows.mix:
-            metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)"))
-        self.plot = [("heldout_mse", "MSE", True), *[(*m, False) for m in metrics]]
+        if rows.features is None:
+            metrics = [("psnr", "PSNR at this stage's resolution (dB)", False)]
+            if rows.rows.mix:
+                metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)", False))
+        else:
+            metrics = [("rel_error", "error / variance of the teacher's features", True)]
+            if rows.rows.mix:
+                metrics.append(("rel_error_oenc", "same, on O-Encoder latents", True))
+        self.plot = [("heldout_mse", "MSE", True), *metrics]
 
     def draw(self, rng):
         return self.rows.draw(self.train_idx, self.cfg.max_rows, rng)
@@ -201,9 +239,14 @@ class StageJob:
         self.kept = cand
 
     def describe(self, scores: dict) -> str:
-        metric = f"stage {self.index + 1} PSNR {scores['psnr']:.2f} dB"
-        if "psnr_oenc" in scores:
-            metric += f" (teacher latents), {scores['psnr_oenc']:.2f} dB (O-Encoder's)"
+        if "rel_error" in scores:
+            metric = f"stage {self.index + 1} relative error {scores['rel_error']:.4f} on the teacher's features"
+            if "rel_error_oenc" in scores:
+                metric += f" (teacher latents), {scores['rel_error_oenc']:.4f} (O-Encoder's)"
+        else:
+            metric = f"stage {self.index + 1} PSNR {scores['psnr']:.2f} dB"
+            if "psnr_oenc" in scores:
+                metric += f" (teacher latents), {scores['psnr_oenc']:.2f} dB (O-Encoder's)"
         return f"held-out MSE {scores['heldout_mse']:.5g}, {metric}"
 
     def save(self, kept: Stack, summary: dict) -> Path:
@@ -245,7 +288,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     hidden = [spec[1] for spec in stage_specs(cfg.stages)]
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
-    record.update(teacher=store.meta["teacher"], image_size=part_cfg.image_size,
+    record.update(teacher_path=cfg.teacher, teacher=store.meta["teacher"], image_size=part_cfg.image_size,
                   latent_channels=part_cfg.latent_channels, out_scale=1.0)  # decoder pixels lie in [-1, 1]
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
                    added=ADDED_FIELDS)
@@ -255,6 +298,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         raise ValueError(f"store {store.path} has no training samples")
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
     init = _init_stages(cfg.init, configs, hidden, dev) if cfg.init else None
+    features = (feature_targets(cfg, store, configs, run, train_idx, dev) if cfg.stage_targets == "features"
+                else None)
     shares = np.array(cfg.stage_shares or [1.0] * len(configs))
     shares = shares / shares.sum()
 
@@ -262,8 +307,10 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     results = []
     for i, (scfg, h) in enumerate(zip(configs, hidden)):
         stage_dir = run / f"stage{i + 1}"
+        learns = features if features is not None and i < len(configs) - 1 else None  # else the decode, in RGB
         srec = {"kind": "decoder-stage", "stage": i + 1, "of": len(configs), "stage_config": asdict(scfg),
-                "hidden": [h] if h else [], "out_scale": 1.0}
+                "hidden": [h] if h else [], "out_scale": 1.0 if learns is None else learns.scale[i],
+                "targets": "decode" if learns is None else "features"}
         s_old = open_run(stage_dir, srec, ("stage", "of", "stage_config", "hidden"))
         state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
         kept = None
@@ -285,7 +332,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         log = read_log(stage_dir, s_old)
         write_record(stage_dir, srec, s_old)
         t_wall = time.perf_counter()
-        rows = StageRows(part_rows, frozen, scfg)
+        rows = StageRows(part_rows, frozen, scfg, learns)
         heldout = StageHeldOut(rows, cfg.eval_images, cfg.seed)
         budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes * float(shares[i])
         left = None if budget is None else max(0.0, budget - state["time"])
@@ -297,7 +344,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
               + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}" if scfg.extra_channels else "")
               + (f" + carried hidden {scfg.carry_channels}x{scfg.carry_window}x{scfg.carry_window}"
                  if scfg.carry_channels else "")
-              + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution)", file=log_to)
+              + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution"
+              + (", the teacher's features)" if learns is not None else ")"), file=log_to)
         job = StageJob(cfg, part_cfg, i, frozen, scfg, rows, heldout, train_idx, run, stage_dir,
                        i == len(configs) - 1, dev, kept)
         res = run_ticks(loop, job, stage_dir, srec, state, kept, log, t_wall, log_to)

@@ -1,0 +1,145 @@
+"""The teacher decoder's activations as targets for a staged O-Decoder's earlier stages (`--stage-targets features`).
+
+A greedy stage fitted to the decode at 1/4 resolution keeps only what 1/4-resolution RGB needs, and the next stage
+cannot get back what it dropped (each upsampling stage lost ~1.3 dB, docs/BENCHMARKS.md). The teacher's own
+activations at that resolution hold what its later layers use, so a stage that learns them hands the next one
+features instead of pixels: layer-wise cloning. Each feature stage learns the top K principal components of the
+teacher's channels at its output resolution, standardised; the basis is fitted once per run on training latents and
+saved in the run folder (FEATURES_NAME), so every later stage and a resumed run read the same one. The shipped
+decoder needs none of this: its stages only ever read their own predictions.
+
+Taps: in a TAESD-family decoder (an nn.Sequential with nn.Upsample between resolutions) the output of the layer
+just before each Upsample, the last activation at that resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from organic_sd.files import atomic_write
+from organic_sd.runs import out_scale_for, typical_largest
+
+FEATURES_NAME = "features.safetensors"
+FIT_SAMPLES = 64  # training latents the basis is fitted on
+FIT_ROWS = 1_000_000  # positions (of all the samples' maps) in the covariance, at most
+SCALE_SHARE = 0.9995  # the out_scale covers this quantile of |component| (rarer values saturate the tanh)
+
+
+def taps(decoder: nn.Module) -> list[int]:
+    """Layer indices whose outputs are the last activations at 1, 2, 4 ... x the latent resolution."""
+    if not isinstance(decoder, nn.Sequential) or not any(isinstance(m, nn.Upsample) for m in decoder):
+        raise ValueError("--stage-targets features reads the teacher decoder's layers between its upsamplings, which "
+                         "needs a TAESD-family teacher (an nn.Sequential with nn.Upsample); got "
+                         f"{type(decoder).__name__}")
+    return [i - 1 for i, m in enumerate(decoder) if isinstance(m, nn.Upsample)]
+
+
+class FeatureTargets:
+    """Per feature stage (output factor `ups[i]` over the latent), the teacher's activations there projected on a
+    standardised principal basis: latents (B, C, h, w) -> [(B, K, h*ups[i], w*ups[i]) per stage]."""
+
+    def __init__(self, decoder: nn.Sequential, ups: list[int], k: int, teacher_id: str):
+        layer_of = taps(decoder)  # by factor 1, 2, 4 ...
+        for u in ups:
+            level = u.bit_length() - 1
+            if u < 1 or u != 1 << level or level >= len(layer_of):
+                raise ValueError(f"the teacher decoder has activations at x1..x{1 << (len(layer_of) - 1)} the latent "
+                                 f"resolution; a stage asks for x{u}")
+        self.decoder, self.ups, self.k, self.teacher_id = decoder, list(ups), int(k), teacher_id
+        self.layers = [layer_of[u.bit_length() - 1] for u in ups]
+        self.mean: list[torch.Tensor] = []  # per stage (C,)
+        self.proj: list[torch.Tensor] = []  # per stage (C, K): components divided by their standard deviation
+        self.scale: list[float] = []  # per stage: the tanh readout's out_scale
+
+    @torch.no_grad()
+    def activations(self, z: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
+        """Raw latents (B, C, h, w) -> the teacher's activations at the layers of `stages`, each (B, C_t, h*u, w*u)."""
+        p = next(self.decoder.parameters())
+        h, out, want = z.to(p.device, p.dtype), {}, {self.layers[s] for s in stages}
+        for i, layer in enumerate(self.decoder):
+            h = layer(h)
+            if i in want:
+                out[i] = h.float()
+            if i >= max(want):
+                break  # layers past the deepest tap are not needed
+        return [out[self.layers[s]] for s in stages]
+
+    def __call__(self, z: torch.Tensor, stage: int) -> torch.Tensor:
+        """Raw latents (B, C, h, w) -> feature stage `stage`'s target map (B, K, h*u, w*u), on z's device."""
+        if not self.proj:
+            raise RuntimeError("FeatureTargets: fit() or load() the basis first")
+        a, m, p = self.activations(z, [stage])[0], self.mean[stage], self.proj[stage]
+        return torch.einsum("bchw,ck->bkhw", a - m[:, None, None], p).to(z.device)
+
+    def fit(self, z: torch.Tensor, seed: int) -> "FeatureTargets":
+        """Fit each stage's basis on the teacher's activations of latents z (a sample of training latents)."""
+        gen = torch.Generator().manual_seed(seed)
+        self.mean, self.proj, self.scale = [], [], []
+        for a in self.activations(z, list(range(len(self.ups)))):
+            rows = a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).double()  # (positions, C_t)
+            if len(rows) > FIT_ROWS:
+                rows = rows[torch.randperm(len(rows), generator=gen)[:FIT_ROWS].to(rows.device)]
+            if self.k > rows.shape[1]:
+                raise ValueError(f"--feature-channels {self.k}: the teacher has {rows.shape[1]} channels there")
+            mean = rows.mean(0)
+            var, vec = torch.linalg.eigh((rows - mean).T @ (rows - mean) / len(rows))  # ascending
+            var, vec = var.flip(0)[:self.k].clamp_min(1e-12), vec.flip(1)[:, :self.k]
+            proj = (vec / var.sqrt()).float()  # (C_t, K)
+            self.mean.append(mean.float()), self.proj.append(proj)
+            self.scale.append(out_scale_for(typical_largest((rows.float() - mean.float()) @ proj, SCALE_SHARE)))
+        return self
+
+    def save(self, path: str | Path) -> Path:
+        """The basis as safetensors, its shape and teacher in the metadata."""
+        from safetensors.torch import save_file
+
+        tensors = {f"{name}.{i}": t.detach().cpu().contiguous()
+                   for i, (m, p) in enumerate(zip(self.mean, self.proj)) for name, t in (("mean", m), ("proj", p))}
+        meta = {"ups": json.dumps(self.ups), "k": str(self.k), "scale": json.dumps(self.scale),
+                "teacher": self.teacher_id, "layers": json.dumps(self.layers)}
+        atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+        return Path(path)
+
+    def load(self, path: str | Path) -> "FeatureTargets":
+        """Read a basis saved by save(); it must be for the same teacher, stages and K."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        have = (meta.get("teacher"), json.loads(meta.get("ups", "null")), int(meta.get("k", -1)))
+        if have != (self.teacher_id, self.ups, self.k):
+            raise ValueError(f"{path} holds a feature basis for teacher {have[0]}, stages x{have[1]}, K {have[2]}; "
+                             f"this run needs teacher {self.teacher_id}, x{self.ups}, K {self.k}")
+        dev = next(self.decoder.parameters()).device
+        self.mean = [tensors[f"mean.{i}"].to(dev) for i in range(len(self.ups))]
+        self.proj = [tensors[f"proj.{i}"].to(dev) for i in range(len(self.ups))]
+        self.scale = [float(s) for s in json.loads(meta["scale"])]
+        return self
+
+
+def open_basis(targets: FeatureTargets, run: Path, latents: np.ndarray, pool: np.ndarray, seed: int,
+               device: torch.device, init_run: str = "") -> FeatureTargets:
+    """The run's basis: read from RUN_DIR (a resume) or an --init run folder, else fitted on FIT_SAMPLES of `pool`
+    (training sample indices into the store's `latents`) and saved to RUN_DIR."""
+    path = run / FEATURES_NAME
+    if path.is_file():
+        return targets.load(path)
+    if init_run:
+        src = Path(init_run) / FEATURES_NAME
+        if not src.is_file():
+            raise ValueError(f"--init {init_run}: a staged decoder trained toward the teacher's features continues "
+                             f"only from a run folder holding its {FEATURES_NAME} (its stages read that basis)")
+        targets.load(src)
+        atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))  # the very basis the --init stages learned
+        return targets
+    idx = np.sort(np.random.default_rng(seed).choice(pool, min(FIT_SAMPLES, len(pool)), replace=False))
+    targets.fit(torch.from_numpy(np.asarray(latents[idx], np.float32)).to(device), seed)
+    targets.save(path)
+    return targets
