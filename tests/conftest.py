@@ -123,6 +123,18 @@ def store(tmp_path):
 
 
 @pytest.fixture
+def taesd_store(tmp_path):
+    """(store, teacher folder): a store of smooth 32x32 images made by a random-weight TAESD (4 latent channels)."""
+    from organic_sd.teachers import load_teacher
+
+    random_taesd(tmp_path / "teacher", "taesd", 4, False)
+    store = tmp_path / "store"
+    precompute([str(smooth_images(tmp_path / "imgs", 16))], load_teacher(tmp_path / "teacher"), store, STORE_SIZE,
+               val_fraction=0.25, progress=False)
+    return store, tmp_path / "teacher"
+
+
+@pytest.fixture
 def fake_teacher():
     return FakeTeacher()
 

@@ -2,28 +2,16 @@ import json
 
 import pytest
 import torch
-from conftest import quick, random_taesd, smooth_images
+from conftest import quick, random_taesd
 
-from organic_sd.data import precompute
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
 from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae.features import FEATURES_NAME, FeatureTargets, taps
 from organic_sd.ovae.train import train
-from organic_sd.teachers import load_teacher
 from organic_sd.teachers.taesd import build_decoder
 
 STAGES = ("3:4", "3:3:0", "1:0:0")  # latent -> 1/4 (features) -> 1/2 (features) -> full (RGB)
-
-
-@pytest.fixture
-def taesd_store(tmp_path):
-    """(store, teacher folder): a store of smooth 32x32 images made by a random-weight TAESD (4 latent channels)."""
-    random_taesd(tmp_path / "teacher", "taesd", 4, False)
-    teacher = load_teacher(tmp_path / "teacher")
-    store = tmp_path / "store"
-    precompute([str(smooth_images(tmp_path / "imgs", 16))], teacher, store, 32, val_fraction=0.25, progress=False)
-    return store, tmp_path / "teacher"
 
 
 def features_run(store, teacher, out, **kw):
