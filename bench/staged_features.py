@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     teacher = load_teacher(a.teacher, dev)
     C, K = store.meta["shapes"]["latents"][0], a.k
     fit_idx = np.sort(np.random.default_rng(a.seed).choice(train_idx, min(64, len(train_idx)), replace=False))
-    features = FeatureTargets(teacher.decoder, [2, 4], K, teacher.id).fit(
+    features = FeatureTargets.for_decoder(teacher.decoder, [2, 4], K, teacher.id).fit(
         torch.from_numpy(np.asarray(store.latents[fit_idx], np.float32)).to(dev), a.seed)
     shapes = {"features": [StageConfig(C, K, a.w1), StageConfig(K, K, 3), StageConfig(K, 3, 3)],
               "rgb": [StageConfig(C, 3, a.w1), StageConfig(3, 3, 3), StageConfig(3, 3, 3)]}

@@ -7,9 +7,9 @@ from conftest import quick, random_taesd
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
 from organic_sd.ovae.config import TrainConfig
-from organic_sd.ovae.features import FEATURES_NAME, FeatureTargets, taps
+from organic_sd.ovae.features import FEATURES_NAME, FeatureTargets, encoder_taps, taps
 from organic_sd.ovae.train import train
-from organic_sd.teachers.taesd import build_decoder
+from organic_sd.teachers.taesd import build_decoder, build_encoder
 
 STAGES = ("3:4", "3:3:0", "1:0:0")  # latent -> 1/4 (features) -> 1/2 (features) -> full (RGB)
 
@@ -32,11 +32,22 @@ def test_taps_are_the_last_layer_at_each_resolution():
         taps(torch.nn.Linear(2, 2))
 
 
+def test_encoder_taps_are_the_last_layer_before_each_halving():
+    enc = build_encoder(4)
+    h, sizes = torch.randn(1, 3, 16, 24), {}
+    for i, layer in enumerate(enc):
+        h = layer(h)
+        sizes[i] = tuple(h.shape[-2:])
+    assert [sizes[i] for i in encoder_taps(enc)] == [(16, 24), (8, 12), (4, 6)]
+    with pytest.raises(ValueError, match="TAESD-family teacher"):
+        encoder_taps(None)
+
+
 def test_the_basis_standardises_and_round_trips(tmp_path):
     torch.manual_seed(0)
     dec = build_decoder(4).eval()
     z = torch.randn(8, 4, 4, 4)
-    ft = FeatureTargets(dec, [2, 4], 6, "t:1").fit(z, seed=0)
+    ft = FeatureTargets.for_decoder(dec, [2, 4], 6, "t:1").fit(z, seed=0)
     for stage, side in ((0, 8), (1, 16)):
         y = ft(z, stage)  # (B, K, side, side)
         assert y.shape == (8, 6, side, side)
@@ -46,16 +57,16 @@ def test_the_basis_standardises_and_round_trips(tmp_path):
         assert torch.allclose(rows.T @ rows / len(rows), torch.eye(6, dtype=torch.double), atol=1e-3)
         assert ft.scale[stage] >= float(rows.abs().quantile(0.999))  # the readout's tanh reaches nearly every value
     path = ft.save(tmp_path / FEATURES_NAME)
-    back = FeatureTargets(dec, [2, 4], 6, "t:1").load(path)
+    back = FeatureTargets.for_decoder(dec, [2, 4], 6, "t:1").load(path)
     assert torch.allclose(back(z, 1), ft(z, 1), atol=1e-5) and back.scale == ft.scale
-    for other in (FeatureTargets(dec, [2, 4], 5, "t:1"), FeatureTargets(dec, [2, 4], 6, "t:2"),
-                  FeatureTargets(dec, [2], 6, "t:1")):
+    for ups, k, teacher in (([2, 4], 5, "t:1"), ([2, 4], 6, "t:2"), ([2], 6, "t:1")):
+        other = FeatureTargets.for_decoder(dec, ups, k, teacher)
         with pytest.raises(ValueError, match="holds a feature basis for teacher"):
             other.load(path)
     with pytest.raises(ValueError, match="a stage asks for x16"):
-        FeatureTargets(dec, [16], 6, "t:1")
+        FeatureTargets.for_decoder(dec, [16], 6, "t:1")
     with pytest.raises(RuntimeError, match="fit"):
-        FeatureTargets(dec, [2], 6, "t:1")(z, 0)
+        FeatureTargets.for_decoder(dec, [2], 6, "t:1")(z, 0)
 
 
 def test_a_feature_staged_run_trains_resumes_and_loads(taesd_store, tmp_path, capsys):

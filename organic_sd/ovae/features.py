@@ -9,7 +9,8 @@ saved in the run folder (FEATURES_NAME), so every later stage and a resumed run 
 decoder needs none of this: its stages only ever read their own predictions.
 
 Taps: in a TAESD-family decoder (an nn.Sequential with nn.Upsample between resolutions) the output of the layer
-just before each Upsample, the last activation at that resolution.
+just before each Upsample, the last activation at that resolution; in its encoder, the layer before each stride-2
+conv (bench/encoder_features.py asks whether an O-Encoder gains from them too).
 """
 
 from __future__ import annotations
@@ -40,29 +41,43 @@ def taps(decoder: nn.Module) -> list[int]:
     return [i - 1 for i, m in enumerate(decoder) if isinstance(m, nn.Upsample)]
 
 
-class FeatureTargets:
-    """Per feature stage (output factor `ups[i]` over the latent), the teacher's activations there projected on a
-    standardised principal basis: latents (B, C, h, w) -> [(B, K, h*ups[i], w*ups[i]) per stage]."""
+def encoder_taps(encoder: nn.Module) -> list[int]:
+    """Layer indices whose outputs are the last activations at 1, 1/2, 1/4 ... x the image resolution."""
+    strided = [i for i, m in enumerate(encoder) if isinstance(m, nn.Conv2d) and m.stride != (1, 1)] \
+        if isinstance(encoder, nn.Sequential) else []
+    if not strided:
+        raise ValueError("the teacher encoder's activations are read between its stride-2 convs, which needs a "
+                         f"TAESD-family teacher (an nn.Sequential); got {type(encoder).__name__}")
+    return [i - 1 for i in strided]
 
-    def __init__(self, decoder: nn.Sequential, ups: list[int], k: int, teacher_id: str):
+
+class FeatureTargets:
+    """Per feature stage, the teacher network's activations at layer `layers[i]` projected on a standardised
+    principal basis: input (B, C, h, w) -> (B, K, h', w') at that layer's resolution."""
+
+    def __init__(self, net: nn.Sequential, layers: list[int], k: int, teacher_id: str):
+        self.net, self.layers, self.k, self.teacher_id = net, [int(i) for i in layers], int(k), teacher_id
+        self.mean: list[torch.Tensor] = []  # per stage (C,)
+        self.proj: list[torch.Tensor] = []  # per stage (C, K): components divided by their standard deviation
+        self.scale: list[float] = []  # per stage: the tanh readout's out_scale
+
+    @classmethod
+    def for_decoder(cls, decoder: nn.Sequential, ups: list[int], k: int, teacher_id: str) -> "FeatureTargets":
+        """Targets of decoder stages whose outputs are ups[i] x the latent resolution (2, 4 ...)."""
         layer_of = taps(decoder)  # by factor 1, 2, 4 ...
         for u in ups:
             level = u.bit_length() - 1
             if u < 1 or u != 1 << level or level >= len(layer_of):
                 raise ValueError(f"the teacher decoder has activations at x1..x{1 << (len(layer_of) - 1)} the latent "
                                  f"resolution; a stage asks for x{u}")
-        self.decoder, self.ups, self.k, self.teacher_id = decoder, list(ups), int(k), teacher_id
-        self.layers = [layer_of[u.bit_length() - 1] for u in ups]
-        self.mean: list[torch.Tensor] = []  # per stage (C,)
-        self.proj: list[torch.Tensor] = []  # per stage (C, K): components divided by their standard deviation
-        self.scale: list[float] = []  # per stage: the tanh readout's out_scale
+        return cls(decoder, [layer_of[u.bit_length() - 1] for u in ups], k, teacher_id)
 
     @torch.no_grad()
     def activations(self, z: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
-        """Raw latents (B, C, h, w) -> the teacher's activations at the layers of `stages`, each (B, C_t, h*u, w*u)."""
-        p = next(self.decoder.parameters())
+        """The network's input (B, C, h, w) -> its activations at the layers of `stages`, each (B, C_t, h', w')."""
+        p = next(self.net.parameters())
         h, out, want = z.to(p.device, p.dtype), {}, {self.layers[s] for s in stages}
-        for i, layer in enumerate(self.decoder):
+        for i, layer in enumerate(self.net):
             h = layer(h)
             if i in want:
                 out[i] = h.float()
@@ -71,17 +86,17 @@ class FeatureTargets:
         return [out[self.layers[s]] for s in stages]
 
     def __call__(self, z: torch.Tensor, stage: int) -> torch.Tensor:
-        """Raw latents (B, C, h, w) -> feature stage `stage`'s target map (B, K, h*u, w*u), on z's device."""
+        """The network's input (B, C, h, w) -> feature stage `stage`'s target map (B, K, h', w'), on z's device."""
         if not self.proj:
             raise RuntimeError("FeatureTargets: fit() or load() the basis first")
         a, m, p = self.activations(z, [stage])[0], self.mean[stage], self.proj[stage]
         return torch.einsum("bchw,ck->bkhw", a - m[:, None, None], p).to(z.device)
 
     def fit(self, z: torch.Tensor, seed: int) -> "FeatureTargets":
-        """Fit each stage's basis on the teacher's activations of latents z (a sample of training latents)."""
+        """Fit each stage's basis on the network's activations of inputs z (a sample of training inputs)."""
         gen = torch.Generator().manual_seed(seed)
         self.mean, self.proj, self.scale = [], [], []
-        for a in self.activations(z, list(range(len(self.ups)))):
+        for a in self.activations(z, list(range(len(self.layers)))):
             rows = a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).double()  # (positions, C_t)
             if len(rows) > FIT_ROWS:
                 rows = rows[torch.randperm(len(rows), generator=gen)[:FIT_ROWS].to(rows.device)]
@@ -101,25 +116,25 @@ class FeatureTargets:
 
         tensors = {f"{name}.{i}": t.detach().cpu().contiguous()
                    for i, (m, p) in enumerate(zip(self.mean, self.proj)) for name, t in (("mean", m), ("proj", p))}
-        meta = {"ups": json.dumps(self.ups), "k": str(self.k), "scale": json.dumps(self.scale),
-                "teacher": self.teacher_id, "layers": json.dumps(self.layers)}
+        meta = {"k": str(self.k), "scale": json.dumps(self.scale), "teacher": self.teacher_id,
+                "layers": json.dumps(self.layers)}
         atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
         return Path(path)
 
     def load(self, path: str | Path) -> "FeatureTargets":
-        """Read a basis saved by save(); it must be for the same teacher, stages and K."""
+        """Read a basis saved by save(); it must be for the same teacher, layers and K."""
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        have = (meta.get("teacher"), json.loads(meta.get("ups", "null")), int(meta.get("k", -1)))
-        if have != (self.teacher_id, self.ups, self.k):
-            raise ValueError(f"{path} holds a feature basis for teacher {have[0]}, stages x{have[1]}, K {have[2]}; "
-                             f"this run needs teacher {self.teacher_id}, x{self.ups}, K {self.k}")
-        dev = next(self.decoder.parameters()).device
-        self.mean = [tensors[f"mean.{i}"].to(dev) for i in range(len(self.ups))]
-        self.proj = [tensors[f"proj.{i}"].to(dev) for i in range(len(self.ups))]
+        have = (meta.get("teacher"), json.loads(meta.get("layers", "null")), int(meta.get("k", -1)))
+        if have != (self.teacher_id, self.layers, self.k):
+            raise ValueError(f"{path} holds a feature basis for teacher {have[0]}, layers {have[1]}, K {have[2]}; "
+                             f"this run needs teacher {self.teacher_id}, layers {self.layers}, K {self.k}")
+        dev = next(self.net.parameters()).device
+        self.mean = [tensors[f"mean.{i}"].to(dev) for i in range(len(self.layers))]
+        self.proj = [tensors[f"proj.{i}"].to(dev) for i in range(len(self.layers))]
         self.scale = [float(s) for s in json.loads(meta["scale"])]
         return self
 

@@ -89,7 +89,8 @@ def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], 
     for scfg in configs[:-1]:
         u *= scfg.up
         ups.append(u)
-    targets = FeatureTargets(teacher.decoder, ups, cfg.feature_channels, teacher.id)
+    # a diffusers AutoencoderKL teacher has no layer list to tap: FeatureTargets says so
+    targets = FeatureTargets.for_decoder(getattr(teacher, "decoder", None), ups, cfg.feature_channels, teacher.id)
     return open_basis(targets, run, store.latents, train_idx, cfg.seed, device, cfg.init)
 
 
