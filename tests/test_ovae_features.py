@@ -126,7 +126,7 @@ def test_another_teacher_or_an_init_without_its_basis_is_refused(taesd_store, tm
     random_taesd(tmp_path / "other", "taesd", 4, False, seed=1)
     with pytest.raises(ValueError, match="was made with"):
         train(features_run(store, tmp_path / "other", tmp_path / "a"))
-    assert not (tmp_path / "a" / FEATURES_NAME).exists()
+    assert not (tmp_path / "a").exists()  # refused before the run folder was made
     rgb = tmp_path / "rgb"
     train(quick("decoder", store, rgb, stages=("3:4", "3:3:0", "1:0:0"), ticks=1))
     with pytest.raises(ValueError, match="stage 1: it has"):  # RGB stages do not fit a feature run's shapes

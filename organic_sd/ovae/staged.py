@@ -76,9 +76,9 @@ def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
     return out
 
 
-def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], run: Path, train_idx: np.ndarray,
-                    device: torch.device) -> FeatureTargets:
-    """The teacher's activation targets of every stage but the last (--stage-targets features), basis fitted or read."""
+def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], device: torch.device) -> FeatureTargets:
+    """The teacher's activation targets of every stage but the last (--stage-targets features), no basis yet; checked
+    before the run folder is touched."""
     from organic_sd.teachers.load import load_teacher
 
     teacher = load_teacher(cfg.teacher, device)
@@ -90,8 +90,7 @@ def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], 
         u *= scfg.up
         ups.append(u)
     # a diffusers AutoencoderKL teacher has no layer list to tap: FeatureTargets says so
-    targets = FeatureTargets.for_decoder(getattr(teacher, "decoder", None), ups, cfg.feature_channels, teacher.id)
-    return open_basis(targets, run, store.latents, train_idx, cfg.seed, device, cfg.init)
+    return FeatureTargets.for_decoder(getattr(teacher, "decoder", None), ups, cfg.feature_channels, teacher.id)
 
 
 def run_frozen(frozen: list[Stage], z: torch.Tensor, carry: bool = False) -> tuple[torch.Tensor, ...]:
@@ -287,6 +286,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     part_cfg = replace(part_config(cfg, store), mode="staged")
     configs = stage_configs(cfg, part_cfg)
     hidden = [spec[1] for spec in stage_specs(cfg.stages)]
+    features = feature_targets(cfg, store, configs, dev) if cfg.stage_targets == "features" else None
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
     record.update(teacher_path=cfg.teacher, teacher=store.meta["teacher"], image_size=part_cfg.image_size,
@@ -299,8 +299,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         raise ValueError(f"store {store.path} has no training samples")
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
     init = _init_stages(cfg.init, configs, hidden, dev) if cfg.init else None
-    features = (feature_targets(cfg, store, configs, run, train_idx, dev) if cfg.stage_targets == "features"
-                else None)
+    if features is not None:  # the basis: read from the run (resume) or --init run, else fitted and saved there
+        open_basis(features, run, store.latents, train_idx, cfg.seed, dev, cfg.init)
     shares = np.array(cfg.stage_shares or [1.0] * len(configs))
     shares = shares / shares.sum()
 
@@ -325,11 +325,12 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                 frozen.append(kept.stages[-1])
                 results.append({"stage": i + 1, "status": state["status"], "tick": state["tick"], **state["best"]})
                 continue
-            print(f"stage {i + 1}: resuming at tick {state['tick']} ({state['time'] / 60:.1f} min trained)", file=log_to)
+            print(f"stage {i + 1}: resuming at tick {state['tick']} ({state['time'] / 60:.1f} min trained)",
+                  file=log_to)
         elif init is not None:
             kept = Stack([*frozen, init[i]])
-            print(f"stage {i + 1}: starting from --init {cfg.init} ({tuple(init[i].module.config.hidden)} hidden units)",
-                  file=log_to)
+            print(f"stage {i + 1}: starting from --init {cfg.init} ({tuple(init[i].module.config.hidden)} hidden "
+                  "units)", file=log_to)
         log = read_log(stage_dir, s_old)
         write_record(stage_dir, srec, s_old)
         t_wall = time.perf_counter()
@@ -342,7 +343,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                                   "max_minutes": None if left is None else left / 60.0,
                                   "ticks": None if cfg.ticks is None else max(0, cfg.ticks - state["tick"])})
         print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels}x{scfg.window}x{scfg.window}"
-              + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}" if scfg.extra_channels else "")
+              + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}"
+                 if scfg.extra_channels else "")
               + (f" + carried hidden {scfg.carry_channels}x{scfg.carry_window}x{scfg.carry_window}"
                  if scfg.carry_channels else "")
               + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution"
