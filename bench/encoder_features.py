@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from staged_features import adam_stage, keep_some, shuffled_head  # bench/staged_features.py: the decoder's twin
 
 from organic_sd import ola
 from organic_sd.data.store import Store
@@ -95,34 +94,8 @@ def rows_of(enc: Encoder, stage: int, targets: FeatureTargets | None, store: Sto
             rows, _ = enc.stage_input(enc(x, upto=stage))
             t = z if stage == 2 else targets((x + 1) / 2, stage)  # the teacher encoder reads [0, 1] images
             y = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-        take = torch.randint(0, len(rows), (min(len(rows), per_image * len(x)),), generator=gen).to(rows.device)
-        xs.append(rows[take]), ys.append(y[take])
-    x, y = torch.cat(xs), torch.cat(ys)
-    keep = torch.randperm(len(x), generator=gen)[:n_rows].to(x.device)
-    return x[keep], y[keep]
-
-
-def adam(x, y, hidden: int, out_scale: float, seconds: float, dev) -> nn.Module:
-    """A reference: the OLA module's shape (tanh units, readout over inputs and units, scaled tanh) fitted by Adam."""
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.h, self.o, self.s = nn.Linear(x.shape[1], hidden), nn.Linear(hidden, y.shape[1]), \
-                nn.Linear(x.shape[1], y.shape[1])
-
-        def forward(self, r):
-            return out_scale * torch.tanh(self.o(torch.tanh(self.h(r))) + self.s(r))
-
-    net = Net().to(dev)
-    opt = torch.optim.Adam(net.parameters(), 2e-3)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        b = torch.randint(0, len(x), (4096,), device=x.device)
-        loss = (net(x[b]) - y[b]).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.requires_grad_(False)
+        keep_some(rows, y, per_image * len(x), gen, xs, ys)
+    return shuffled_head(xs, ys, n_rows, gen)
 
 
 def train(staged: bool, fit, store: Store, train_idx, val_idx, targets, scales, hidden, window, seconds, n_rows,
@@ -178,7 +151,7 @@ def main(argv=None) -> int:
                        device=dev, seed=1, subspace=SUBSPACE, units_per_round=16)
 
     def reference(x, y, hidden, out_scale, seconds, xv, yv):
-        return adam(x, y, hidden, out_scale, seconds, dev)
+        return adam_stage(x, y, hidden, out_scale, seconds, dev)
 
     for staged_now in (False, True):
         name = "staged_features" if staged_now else "single_stage"

@@ -70,9 +70,18 @@ def stage_data(i: int, cfg: StageConfig, frozen: list, targets: Targets, idx: np
             z, maps = targets.batch(idx[j:j + 32])
             for s in frozen:
                 z = s(z)
-            x, y = stage_rows(cfg, z), to_blocks(maps[i], cfg.up)
-            take = torch.randint(0, len(x), (min(len(x), per_image * len(maps[i])),), generator=gen).to(x.device)
-            xs.append(x[take]), ys.append(y[take])
+            keep_some(stage_rows(cfg, z), to_blocks(maps[i], cfg.up), per_image * len(maps[i]), gen, xs, ys)
+    return shuffled_head(xs, ys, n_rows, gen)
+
+
+def keep_some(x: torch.Tensor, y: torch.Tensor, n: int, gen: torch.Generator, xs: list, ys: list) -> None:
+    """Append n random rows (with replacement) of x (N, in) and y (N, out) to xs and ys."""
+    take = torch.randint(0, len(x), (min(len(x), n),), generator=gen).to(x.device)
+    xs.append(x[take]), ys.append(y[take])
+
+
+def shuffled_head(xs: list, ys: list, n_rows: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collected rows, shuffled, at most n_rows."""
     x, y = torch.cat(xs), torch.cat(ys)
     keep = torch.randperm(len(x), generator=gen)[:n_rows].to(x.device)
     return x[keep], y[keep]
