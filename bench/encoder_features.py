@@ -121,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, nargs=3, default=[32, 32, 48], help="units of the three stages")
     ap.add_argument("--single-hidden", type=int, default=64, help="units of the single-stage encoder (shipped: 64)")
     ap.add_argument("--seconds", type=float, default=240.0, help="evolution time of each encoder, all stages together")
+    ap.add_argument("--generations", type=int, default=0, help="each fit's search in generations instead of "
+                                                                "--seconds (reproducible; 0: by time)")
     ap.add_argument("--adam-seconds", type=float, default=0.0,
                     help="Adam references, 3x this per encoder shared as the evolution time is (0: none)")
     ap.add_argument("--rows", type=int, default=100_000, help="training rows per stage")
@@ -147,7 +149,8 @@ def main(argv=None) -> int:
               "set": "the store's held-out split: mean latent cosine per cell; full O-VAE PSNR vs the original"}
 
     def evolve(x, y, hidden, out_scale, seconds, xv, yv):
-        return ola.fit(x, y, hidden=(hidden,), out_scale=out_scale, max_seconds=seconds, x_val=xv, y_val=yv,
+        budget = {"generations": a.generations} if a.generations else {"max_seconds": seconds}
+        return ola.fit(x, y, hidden=(hidden,), out_scale=out_scale, **budget, x_val=xv, y_val=yv,
                        device=dev, seed=1, subspace=SUBSPACE, units_per_round=16)
 
     def reference(x, y, hidden, out_scale, seconds, xv, yv):

@@ -136,6 +136,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, nargs=3, default=[96, 64, 48])
     ap.add_argument("--minutes", type=float, nargs=3, default=[140 / 60, 80 / 60, 80 / 60],
                     help="evolution per stage")
+    ap.add_argument("--generations", type=int, default=0, help="each stage's search in generations instead of "
+                                                                "--minutes (reproducible; 0: by time)")
     ap.add_argument("--adam-seconds", type=float, default=20.0, help="each Adam reference stage (0: skip them)")
     ap.add_argument("--rows", type=int, default=400_000, help="training rows per stage")
     ap.add_argument("--seed", type=int, default=0)
@@ -176,7 +178,8 @@ def main(argv=None) -> int:
     for i, cfg in enumerate(shapes["features"]):
         x, y = stage_data(i, cfg, stages, targets, train_idx, a.rows, gen)
         xv, yv = stage_data(i, cfg, stages, targets, val_idx, 50_000, gen)
-        module = ola.fit(x, y, hidden=(a.hidden[i],), out_scale=scales["features"][i], max_seconds=60 * a.minutes[i],
+        budget = {"generations": a.generations} if a.generations else {"max_seconds": 60 * a.minutes[i]}
+        module = ola.fit(x, y, hidden=(a.hidden[i],), out_scale=scales["features"][i], **budget,
                          x_val=xv, y_val=yv, device=dev, seed=1, population=160, subspace=SUBSPACE,
                          refine=ola.Refine.measured(0.9, "random"))
         with torch.no_grad():

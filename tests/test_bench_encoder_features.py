@@ -14,7 +14,7 @@ def test_both_encoders_are_fitted_and_scored_like_the_trainer(taesd_store, tmp_p
     store, teacher = taesd_store
     out = tmp_path / "r.json"
     assert main(["--store", str(store), "--teacher", str(teacher), "--k", "4", "--hidden", "3", "3", "3",
-                 "--single-hidden", "3", "--seconds", "3", "--adam-seconds", "0.5", "--rows", "2000",
+                 "--single-hidden", "3", "--generations", "60", "--adam-seconds", "0.5", "--rows", "2000",
                  "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     for name in ("evolved_single_stage", "evolved_staged_features"):
