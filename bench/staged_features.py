@@ -3,7 +3,8 @@
     python bench/staged_features.py --store STORE --teacher TEACHER [--device cuda] [--minutes 2.3 1.3 1.3] \
         [--adam-seconds 20] [--out staged_features.json]
 
-Three stages of the shipped shapes (latent W1xW1 -> 1/4 -> 1/2 -> full, 3x3 windows, x2 per stage), trained greedily
+Three stages (latent W1xW1 -> 1/4 -> 1/2 -> full, then 3x3 windows, x2 per stage; by default 96 / 64 / 48 units, the
+shapes of the `fs` run in docs/BENCHMARKS.md), trained greedily
 on the store's training split, each stage on its predecessor's *predicted* map; scored on the store's held-out split
 (teacher latents vs the teacher's decode, mean PSNR over images), beside the shipped decoder in the same process:
   - Adam references (gradient fits, references only) of the same stage shapes, the earlier stages toward the decode
