@@ -31,7 +31,7 @@ from organic_sd.ovae.model import read_parts
 from organic_sd.ovae.patches import grid_to_rows, pixel_windows
 from organic_sd.ovae.rows import SUBSPACE
 from organic_sd.runs import out_scale_for
-from organic_sd.stages import StageConfig, stage_rows
+from organic_sd.stages import windows
 from organic_sd.teachers import load_teacher
 
 
@@ -44,7 +44,7 @@ class Encoder:
     def stage_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """A stage's rows from its input map x (B, C, h, w): the unshuffled map's windows; and (B, h/2, w/2)."""
         m = F.pixel_unshuffle(x, 2)  # (B, 4C, h/2, w/2)
-        return stage_rows(StageConfig(m.shape[1], 1, self.window, up=1), m), (m.shape[0], *m.shape[2:])
+        return windows(m, self.window), (m.shape[0], *m.shape[2:])
 
     def __call__(self, images: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         with torch.no_grad():
