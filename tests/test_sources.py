@@ -40,7 +40,7 @@ def test_image_folder_recursive_sorted(tmp_path):
     assert [Path(f.source).relative_to(tmp_path).as_posix() for f in frames] == ["a.jpg", "b.png", "sub/c.png"]
     assert [f.index for f in frames] == [0, 1, 2]
     assert all(f.image.mode == "RGB" and f.image.size == (40, 30) for f in frames)
-    assert frames[0].key == f"{tmp_path / 'a.jpg'}#0" and frames[0].group == str(tmp_path / "a.jpg")
+    assert frames[0].key == f"{tmp_path / 'a.jpg'}#0" and frames[0].group == f"{tmp_path.name}/a.jpg"
 
 
 def test_single_image_and_mix_give_global_indices(tmp_path):
@@ -63,6 +63,15 @@ def test_video_stride_start_max_frames(tmp_path):
     src = open_sources(str(tmp_path / "v.mp4"), stride=3, start=5, max_frames=4)[0]
     assert src.estimate() == 4
     assert open_sources(str(tmp_path / "v.mp4"), stride=4)[0].estimate() == 8
+
+
+def test_split_group_does_not_depend_on_where_the_photos_are(tmp_path):
+    # the same folder checked out in two places splits alike: the group is the folder and file name, no absolute path
+    for root in ("a", "b/c"):
+        _write_images(tmp_path / root / "photos", ["x.png", "y.png"])
+    here, there = (list(iter_frames(open_sources(str(tmp_path / r / "photos")))) for r in ("a", "b/c"))
+    assert [f.group for f in here] == [f.group for f in there] == ["photos/x.png", "photos/y.png"]
+    assert here[0].key != there[0].key  # the keys still name each file in full
 
 
 def test_video_split_groups_chunk_consecutive_frames(tmp_path):

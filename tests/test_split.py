@@ -43,8 +43,8 @@ def test_resplit_redraws_the_split_without_the_teacher(tmp_path, capsys):
 
 
 def test_key_groups_split_videos_by_chunk_and_photos_whole():
-    keys = ["/p/a.png#0", "/p/a.png#0@view1", "clip.mp4#0", "clip.mp4#31", "clip.mp4#32"]
-    assert key_groups(keys) == ["/p/a.png", "/p/a.png", "clip.mp4#0", "clip.mp4#0", "clip.mp4#1"]
+    keys = ["/x/p/a.png#0", "/x/p/a.png#0@view1", "clip.mp4#0", "clip.mp4#31", "/y/clip.mp4#32"]
+    assert key_groups(keys) == ["p/a.png", "p/a.png", "clip.mp4#0", "clip.mp4#0", "y/clip.mp4#1"]
     with pytest.raises(StoreError, match="not a frame key"):
         key_groups(["sample-17"])
     assert forced_groups(["a"], 0.5) == []  # one group: it must stay for training

@@ -28,6 +28,16 @@ from organic_sd.data.preprocess import IMAGE_EXTENSIONS, load_image
 # this many decoded frames, so that val frames do not have twins in train.
 SPLIT_CHUNK = 32
 
+
+def split_name(source: str) -> str:
+    """The part of a source tag the split hashes: its folder and file name, so that the same photos split alike
+    wherever they are checked out (an absolute path would re-split them on every machine)."""
+    if source.startswith("sample:"):
+        return source
+    parts = source.replace("\\", "/").rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
 SAMPLE_VIDEOS = {
     "bigbuckbunny": "bigbuckbunny.mp4",  # 1280x720, 132 frames
     "bikes": "bikes.mp4",  # 640x272, 250 frames
@@ -62,7 +72,8 @@ class Frame:
     @property
     def group(self) -> str:
         """The unit the train/val split is drawn for (see SPLIT_CHUNK)."""
-        return f"{self.source}#{self.pos // SPLIT_CHUNK}" if self.video else self.source
+        name = split_name(self.source)
+        return f"{name}#{self.pos // SPLIT_CHUNK}" if self.video else name
 
 
 class ImageFiles:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from organic_sd.data.sources import SPLIT_CHUNK
+from organic_sd.data.sources import SPLIT_CHUNK, split_name
 from organic_sd.data.store import META, StoreError, _read_meta, check_val_fraction, lock_store, split_is_val
 from organic_sd.files import atomic_json
 
@@ -20,13 +20,14 @@ from organic_sd.files import atomic_json
 def key_groups(keys: list[str]) -> list[str]:
     """Frame keys ("SOURCE#POS", views "SOURCE#POS@viewJ") -> their split groups, as precompute drew them (Frame.group).
 
-    A source with a frame past position 0 is a video, split per SPLIT_CHUNK frames; any other is a still image."""
+    A source with a frame past position 0 is a video, split per SPLIT_CHUNK frames; any other is a still image. A
+    group names the source by its folder and file (sources.split_name), not its absolute path."""
     parsed = [key.split("@view")[0].rsplit("#", 1) for key in keys]
     if any(len(p) != 2 or not p[1].isdigit() for p in parsed):
         bad = next(k for k, p in zip(keys, parsed) if len(p) != 2 or not p[1].isdigit())
         raise StoreError(f"key {bad!r} is not a frame key (SOURCE#POS): only frames stores can be re-split")
     videos = {src for src, pos in parsed if int(pos) > 0}
-    return [f"{src}#{int(pos) // SPLIT_CHUNK}" if src in videos else src for src, pos in parsed]
+    return [f"{split_name(src)}#{int(pos) // SPLIT_CHUNK}" if src in videos else split_name(src) for src, pos in parsed]
 
 
 def _hash(group: str) -> int:
