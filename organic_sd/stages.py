@@ -9,6 +9,11 @@ an r-times larger map:
         -> rows (B*h*w, C_in*k*k [+ C_e*ke*ke] [+ C_c*kc*kc]) -> OLA module -> (B*h*w, C_out*r*r)
         -> (B, C_out, h*r, w*r)
 
+A stage may instead read its map pixel-unshuffled by d (`down`, up 1): its position is then a d x d cell of the
+map, and the stack goes fine to coarse (the staged O-Encoder: pixels -> 1/2 -> 1/4 -> latent):
+
+    map (B, C_in, h, w) -> unshuffled (B, C_in*d*d, h/d, w/d) -> rows (B*h*w/d^2, C_in*d*d*k*k) -> (B, C_out, h/d, w/d)
+
 The carry is why a greedy stack can pass more than pixels down: a stage fitted toward RGB at its resolution
 keeps, in its hidden units, nonlinear features of its whole input window (for stage 1, of the latent), which
 the next stage may read beside the RGB (the feature channels a gradient-trained decoder passes between stages).
@@ -42,7 +47,8 @@ MAX_ROWS = 65536  # rows per module call on the row path, so a big map never bui
 
 @dataclass
 class StageConfig:
-    """One stage's shape: C_in x k x k window (+ C_e x ke x ke extra window) -> C_out x r x r block."""
+    """One stage's shape: C_in x k x k window (+ C_e x ke x ke extra window) -> C_out x r x r block; with down d,
+    the window is of the map pixel-unshuffled by d (C_in*d*d channels) and the output 1/d of the input's size."""
 
     in_channels: int
     out_channels: int
@@ -53,9 +59,10 @@ class StageConfig:
     pad: str = "replicate"
     carry_channels: int = 0  # C_c: hidden units of the previous stage read here (0: none)
     carry_window: int = 1  # kc, odd
+    down: int = 1  # d: the input map is pixel-unshuffled by d first (a fine-to-coarse stage; then up is 1)
 
     def __post_init__(self):
-        for name in ("in_channels", "out_channels", "window", "up", "extra_window", "carry_window"):
+        for name in ("in_channels", "out_channels", "window", "up", "extra_window", "carry_window", "down"):
             if getattr(self, name) < 1:
                 raise ValueError(f"stage {name} must be >= 1, got {getattr(self, name)}")
         if self.extra_channels < 0 or self.carry_channels < 0:
@@ -64,12 +71,16 @@ class StageConfig:
         if self.window % 2 == 0 or self.extra_window % 2 == 0 or self.carry_window % 2 == 0:
             raise ValueError(f"stage windows must be odd, got window {self.window}, extra_window {self.extra_window}, "
                              f"carry_window {self.carry_window}")
+        if self.down > 1 and (self.up > 1 or self.extra_channels or self.carry_channels):
+            raise ValueError(f"a stage that reads its map unshuffled (down {self.down}) writes at that resolution: "
+                             f"up must be 1 and it takes no extra or carry map, got up {self.up}, extra_channels "
+                             f"{self.extra_channels}, carry_channels {self.carry_channels}")
         if self.pad not in PAD_MODES:
             raise ValueError(f"stage pad must be one of {PAD_MODES}, got {self.pad!r}")
 
     def io_dims(self) -> tuple[int, int]:
         """(in_dim, out_dim) of the OLA module this stage wraps."""
-        return (self.in_channels * self.window ** 2 + self.extra_channels * self.extra_window ** 2
+        return (self.in_channels * self.down ** 2 * self.window ** 2 + self.extra_channels * self.extra_window ** 2
                 + self.carry_channels * self.carry_window ** 2, self.out_channels * self.up ** 2)
 
 
@@ -92,11 +103,16 @@ def windows(x: torch.Tensor, k: int, pad: str = "replicate") -> torch.Tensor:
     return cols.transpose(1, 2).reshape(B * h * w, C * k * k)
 
 
+def unshuffled(c: StageConfig, x: torch.Tensor) -> torch.Tensor:
+    """The map a stage windows: x (B, C, h, w) itself, or with down d > 1 (B, C*d*d, h/d, w/d)."""
+    return F.pixel_unshuffle(x, c.down) if c.down > 1 else x
+
+
 def stage_rows(c: StageConfig, x: torch.Tensor, extra: torch.Tensor | None = None,
                carry: torch.Tensor | None = None) -> torch.Tensor:
-    """A stage's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's ke x ke windows, then the
-    carry's kc x kc windows."""
-    parts = [windows(x, c.window, c.pad)]
+    """A stage's input rows (B*h*w, in_dim): the map's k x k windows (of the map unshuffled, with down), then the
+    extra's ke x ke windows, then the carry's kc x kc windows."""
+    parts = [windows(unshuffled(c, x), c.window, c.pad)]
     if c.extra_channels:
         parts.append(windows(extra, c.extra_window, c.pad))
     if c.carry_channels:
@@ -146,6 +162,9 @@ class Stage(nn.Module):
         c = self.config
         if x.ndim != 4 or x.shape[1] != c.in_channels:
             raise ValueError(f"stage input must have shape (B, {c.in_channels}, h, w), got {tuple(x.shape)}")
+        if x.shape[2] % c.down or x.shape[3] % c.down:
+            raise ValueError(f"this stage reads its map in {c.down}x{c.down} cells: its sides must be multiples of "
+                             f"{c.down}, got {x.shape[2]}x{x.shape[3]}")
         for name, m, channels in (("extra", extra, c.extra_channels), ("carry", carry, c.carry_channels)):
             if channels and (m is None or m.ndim != 4 or m.shape[1] != channels or m.shape[-2:] != x.shape[-2:]
                              or m.shape[0] != x.shape[0]):
@@ -166,6 +185,7 @@ class Stage(nn.Module):
         """The reference path: rows -> module -> blocks (what training fits), in chunks of MAX_ROWS rows.
         `with_hidden`: also the hidden units per position (B, hidden_width, h, w), what a next stage carries."""
         B, _, h, w = x.shape
+        h, w = h // self.config.down, w // self.config.down  # the positions the rows are of
         dt = self.module.readout.weight.dtype
         rows = self.rows(*(None if m is None else m.to(dt) for m in (x, extra, carry)))
         outs, hids = [], []
@@ -185,7 +205,7 @@ class Stage(nn.Module):
         c, m = self.config, self.module
         dt = m.readout.weight.dtype
         # each input map with its window side and channels, in the rows' column order
-        maps = [(padded(x.to(dt), c.window, c.pad), c.in_channels, c.window)]
+        maps = [(padded(unshuffled(c, x.to(dt)), c.window, c.pad), c.in_channels * c.down ** 2, c.window)]
         if c.extra_channels:
             maps.append((padded(extra.to(dt), c.extra_window, c.pad), c.extra_channels, c.extra_window))
         if c.carry_channels:
@@ -215,8 +235,8 @@ class Stage(nn.Module):
         y = F.pixel_shuffle(m.config.out_scale * torch.tanh(y), c.up)  # (B, C_out, h*r, w*r)
         if not with_hidden:
             return y
-        hidden = (hids[0] if len(hids) == 1 else torch.cat(hids, 1)) if hids else x.new_zeros(x.shape[0], 0,
-                                                                                               *x.shape[-2:])
+        hidden = (hids[0] if len(hids) == 1 else torch.cat(hids, 1)) if hids else x.new_zeros(
+            x.shape[0], 0, x.shape[2] // c.down, x.shape[3] // c.down)
         return y, hidden  # hidden (B, hidden_width, h, w)
 
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None,
@@ -266,11 +286,19 @@ class Stack(nn.Module):
 
     @property
     def up(self) -> int:
-        """R: how much larger the output is than the input, along each side."""
+        """R: how much larger the output is than the input, along each side (stages with down count as 1)."""
         r = 1
         for s in self.stages:
             r *= s.config.up
         return r
+
+    @property
+    def down(self) -> int:
+        """D: how much smaller the output is than the input, along each side (a fine-to-coarse stack)."""
+        d = 1
+        for s in self.stages:
+            d *= s.config.down
+        return d
 
     def outputs(self, x: torch.Tensor, fast: bool = True) -> list[torch.Tensor]:
         """Every stage's output map, coarse to fine; `fast=False` takes the row (reference) path."""

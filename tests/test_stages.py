@@ -125,3 +125,43 @@ def test_carry_round_trip_and_mismatches(tmp_path):
         _stage(StageConfig(3, 3, carry_channels=5), ())(torch.randn(1, 3, 3, 3))
     with pytest.raises(ValueError, match="takes no carry map"):
         a(torch.randn(1, 4, 3, 3), None, torch.randn(1, 5, 3, 3))
+
+
+def _down_stack(hidden=(5, 3)) -> Stack:
+    """Fine to coarse, as the staged O-Encoder: RGB -> 6 channels at 1/2 -> 4 at 1/4 (the second stage linear)."""
+    return Stack([_stage(StageConfig(3, 6, window=3, up=1, down=2), hidden, 3),
+                  _stage(StageConfig(6, 4, window=1, up=1, down=2, pad="reflect"), (), 4)])
+
+
+def test_a_down_stage_reads_its_map_in_cells_fine_to_coarse():
+    cfg = StageConfig(3, 6, window=3, up=1, down=2)
+    assert cfg.io_dims() == (3 * 4 * 9, 6)
+    st = _down_stack().double()
+    x = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    assert [m.shape for m in st.outputs(x)] == [(2, 6, 4, 6), (2, 4, 2, 3)]
+    assert st.down == 4 and st.up == 1
+    for fast, ref in zip(st.outputs(x, fast=True), st.outputs(x, fast=False)):
+        assert torch.allclose(fast, ref, atol=1e-10), float((fast - ref).abs().max())
+    # position (1, 2) of stage 1 is the 3x3 window of 2x2 cells around pixels (2..3, 4..5): the module on it
+    s = st.stages[0]
+    cells = torch.nn.functional.pixel_unshuffle(x, 2)  # (2, 12, 4, 6)
+    win = torch.nn.functional.pad(cells, (1, 1, 1, 1), mode="replicate")[0, :, 1:4, 2:5].flatten()
+    assert torch.allclose(s.row_forward(x)[0, :, 1, 2], s.module(win), atol=1e-10)
+    _, hidden = st.run(x)
+    assert hidden.shape == (2, 0, 2, 3)  # the linear last stage has no hidden units, at its positions
+
+
+def test_down_stage_round_trip_and_refusals(tmp_path):
+    st = _down_stack()
+    x = torch.randn(1, 3, 16, 8)
+    back = stages.load(st.save(tmp_path / "enc"))
+    assert [s.config for s in back.stages] == [s.config for s in st.stages]
+    assert torch.allclose(back(x), st(x), atol=1e-6)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        st(torch.randn(1, 3, 6, 5))
+    with pytest.raises(ValueError, match="up must be 1"):
+        StageConfig(3, 6, up=2, down=2)
+    with pytest.raises(ValueError, match="extra or carry"):
+        StageConfig(3, 6, up=1, down=2, extra_channels=3)
+    with pytest.raises(ValueError, match="down must be >= 1"):
+        StageConfig(3, 6, down=0)
