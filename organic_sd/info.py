@@ -67,19 +67,23 @@ def ovae_summary(v) -> str:
     for name, part in v.parts().items():
         d = part.describe()
         p = d["part"]
-        if "stages" in d:  # a staged decoder: one line per stage
-            lines.append(f"  {name}: staged, {len(d['stages'])} stages coarse to fine, {d['parameters']:,} parameters")
+        if "stages" in d:  # a staged part: one line per stage
+            order = "coarse to fine" if name == "decoder" else "fine to coarse"
+            lines.append(f"  {name}: staged, {len(d['stages'])} stages {order}, {d['parameters']:,} parameters")
             for i, st in enumerate(d["stages"]):
                 c = st["stage"]
                 extra = f" + latent {c['extra_window']}x{c['extra_window']}" if c["extra_channels"] else ""
                 if c.get("carry_channels"):  # files written before the carry existed have no such key
                     extra += f" + stage {i}'s {c['carry_channels']} hidden units {c['carry_window']}x{c['carry_window']}"
-                lines.append(f"    stage {i + 1}: {c['in_channels']}x{c['window']}x{c['window']}{extra} window, "
-                             f"{_arch(st['ola'])}, x{c['up']} up; trained: {_trained(st.get('training') or {})}")
+                d_ = c.get("down", 1)  # files written before down existed have no such key
+                cells = f" of {d_}x{d_} cells" if d_ > 1 else ""
+                size = f"/{d_} down" if d_ > 1 else f"x{c['up']} up"
+                lines.append(f"    stage {i + 1}: {c['in_channels']}x{c['window']}x{c['window']}{extra} window{cells}, "
+                             f"{_arch(st['ola'])}, {size}; trained: {_trained(st.get('training') or {})}")
         else:
             lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
         t = d.get("training") or {}
-        if "stages" not in d:  # a staged decoder says it per stage
+        if "stages" not in d:  # a staged part says it per stage
             lines.append(f"    trained: {_trained(t)}")
         if p.get("latents") not in (None, "teacher"):  # e.g. mix:RUN; the run's folder is the training machine's
             kind, _, src = str(p["latents"]).partition(":")

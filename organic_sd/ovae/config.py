@@ -20,8 +20,7 @@ ADDED_FIELDS = {"mix_teacher": 0.5, "stages": [], "stage_shares": [], "refine_st
                 "stage_targets": "decode", "feature_channels": 16}
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 # flags of the decoder alone: the encoder always learns the teacher's latents as they are
-DECODER_ONLY = ("latents", "mix_teacher", "target", "stages", "stage_shares", "stage_targets", "feature_channels",
-                "teacher")
+DECODER_ONLY = ("latents", "mix_teacher", "target", "stage_targets")  # a staged encoder's stages learn features
 
 
 @dataclass
@@ -93,7 +92,11 @@ class TrainConfig:
                                        "window of the previous stage's hidden units (default 0: none) to a 2x2 block; "
                                        "trained greedily, stage by stage, the last toward the teacher's decode, the "
                                        "others as --stage-targets says. --max-minutes and --ticks then count per whole "
-                                       "run and per stage (not per call); --window and --hidden do not apply")
+                                       "run and per stage (not per call); --window and --hidden do not apply. "
+                                       "Encoder: fine to coarse, one WINDOW:HIDDEN per stage, e.g. --stages 3:64 3:64 "
+                                       "3:96 (pixels -> 1/2 -> 1/4 -> latent): each stage maps a WINDOW x WINDOW "
+                                       "window of 2x2 cells of the previous map to one position, every stage but the "
+                                       "last toward the teacher encoder's activations (needs --teacher)")
     stage_shares: tuple[float, ...] = flag((), "with --stages: each stage's share of --max-minutes (default equal)")
     stage_targets: str = flag("decode", "with --stages: what every stage but the last learns: 'decode', the teacher's "
                                         "decode area-downsampled to its resolution (RGB between stages), or "
@@ -102,8 +105,8 @@ class TrainConfig:
                                         "measured far better, docs/BENCHMARKS.md)", choices=("decode", "features"))
     feature_channels: int = flag(16, "with --stage-targets features: the components each earlier stage learns and "
                                      "hands to the next")
-    teacher: str = flag("", "the store's teacher (path, TAESD-family), for --stage-targets features: it computes "
-                            "the activations the earlier stages learn")
+    teacher: str = flag("", "the store's teacher (path, TAESD-family), for --stage-targets features and a staged "
+                            "encoder: it computes the activations the earlier stages learn")
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in ((self.hidden,) if isinstance(self.hidden, int) else self.hidden))
@@ -152,9 +155,14 @@ class TrainConfig:
                              f"{' '.join(self.stages) or ' '.join(map(str, self.hidden)) or 'none'}, --refine "
                              f"{self.refine})")
         self.stage_shares = tuple(float(s) for s in self.stage_shares)
+        if self.stages and self.kind == "encoder":  # its earlier stages can only learn the teacher's activations
+            if any(len(spec.split(":")) != 2 for spec in self.stages):
+                raise ValueError(f"a staged encoder's stages are WINDOW:HIDDEN each (no LATENT or CARRY part), got "
+                                 f"{' '.join(self.stages)}")
+            self.stage_targets = "features"
         if self.stages:
-            if self.kind != "decoder" or self.mode != "patch":
-                raise ValueError("--stages builds a decoder (osd train decoder, patch mode)")
+            if self.mode != "patch":
+                raise ValueError("--stages builds a patch-mode part (no --mode global)")
             if self.hidden or self.window:
                 raise ValueError("--stages sets each stage's window and hidden units: leave --window and --hidden out")
             if self.max_minutes is None and self.ticks is None and self.freeze_loss is None:
@@ -163,8 +171,10 @@ class TrainConfig:
                 raise ValueError(f"--stage-shares needs one positive share per stage ({len(self.stages)}), "
                                  f"got {list(self.stage_shares)}")
             if self.stage_targets == "features" and (len(self.stages) < 2 or not self.teacher):
-                raise ValueError("--stage-targets features needs at least two --stages (the last one writes RGB) and "
-                                 "--teacher (the store's teacher, whose activations the earlier stages learn)")
+                raise ValueError(("a staged encoder" if self.kind == "encoder" else "--stage-targets features")
+                                 + " needs at least two --stages (the last one writes "
+                                 + ("the latent" if self.kind == "encoder" else "RGB") + ") and --teacher (the "
+                                 "store's teacher, whose activations the earlier stages learn)")
         elif self.stage_shares:
             raise ValueError("--stage-shares only applies with --stages")
         if self.stage_targets not in ("decode", "features"):

@@ -27,7 +27,7 @@ from organic_sd.ovae.model import KINDS, OVAE, Part, PartConfig
 
 def _empty_part(described: dict) -> Part:
     """A Part of the described shape with untrained weights (from_pretrained fills them in)."""
-    if "stages" in described:  # a staged decoder: one empty OLA module per stage
+    if "stages" in described:  # a staged part: one empty OLA module per stage
         from organic_sd.stages import Stack, Stage, StageConfig
 
         stack = Stack([Stage(StageConfig(**d["stage"]), OLAModule(OLAConfig(**d["ola"]), d.get("training", {})))

@@ -1,4 +1,5 @@
-"""The teacher decoder's activations as targets for a staged O-Decoder's earlier stages (`--stage-targets features`).
+"""The teacher's activations as targets for the earlier stages of a staged O-Decoder (`--stage-targets features`)
+or O-Encoder.
 
 A greedy stage fitted to the decode at 1/4 resolution keeps only what 1/4-resolution RGB needs, and the next stage
 cannot get back what it dropped (each upsampling stage lost ~1.3 dB, docs/BENCHMARKS.md). The teacher's own
@@ -10,7 +11,7 @@ decoder needs none of this: its stages only ever read their own predictions.
 
 Taps: in a TAESD-family decoder (an nn.Sequential with nn.Upsample between resolutions) the output of the layer
 just before each Upsample, the last activation at that resolution; in its encoder, the layer before each stride-2
-conv (bench/encoder_features.py asks whether an O-Encoder gains from them too).
+conv, what a staged O-Encoder's stages learn fine to coarse (its basis fitted on training images).
 """
 
 from __future__ import annotations
@@ -53,10 +54,12 @@ def encoder_taps(encoder: nn.Module) -> list[int]:
 
 class FeatureTargets:
     """Per feature stage, the teacher network's activations at layer `layers[i]` projected on a standardised
-    principal basis: input (B, C, h, w) -> (B, K, h', w') at that layer's resolution."""
+    principal basis: input (B, C, h, w) -> (B, K, h', w') at that layer's resolution. `prep` maps the input to what
+    the network reads (the teacher's own mapping, e.g. [-1, 1] images to its encoder's [0, 1]); None: as it is."""
 
-    def __init__(self, net: nn.Sequential, layers: list[int], k: int, teacher_id: str):
+    def __init__(self, net: nn.Sequential, layers: list[int], k: int, teacher_id: str, prep=None):
         self.net, self.layers, self.k, self.teacher_id = net, [int(i) for i in layers], int(k), teacher_id
+        self.prep = prep
         self.mean: list[torch.Tensor] = []  # per stage (C,)
         self.proj: list[torch.Tensor] = []  # per stage (C, K): components divided by their standard deviation
         self.scale: list[float] = []  # per stage: the tanh readout's out_scale
@@ -72,11 +75,25 @@ class FeatureTargets:
                                  f"resolution; a stage asks for x{u}")
         return cls(decoder, [layer_of[u.bit_length() - 1] for u in ups], k, teacher_id)
 
+    @classmethod
+    def for_encoder(cls, teacher, downs: list[int], k: int) -> "FeatureTargets":
+        """Targets of encoder stages whose outputs are 1/downs[i] of the image resolution (2, 4 ...), read from a
+        TAESD-family teacher's encoder on [-1, 1] images (through the teacher's own input mapping)."""
+        encoder = getattr(teacher, "encoder", None)
+        layer_of = encoder_taps(encoder)  # by factor 1, 1/2, 1/4 ...
+        for d in downs:
+            level = d.bit_length() - 1
+            if d < 2 or d != 1 << level or level >= len(layer_of):
+                raise ValueError(f"the teacher encoder has activations at 1/1..1/{1 << (len(layer_of) - 1)} the image "
+                                 f"resolution before its last stride; a stage asks for 1/{d}")
+        return cls(encoder, [layer_of[d.bit_length() - 1] for d in downs], k, teacher.id, teacher.encoder_input)
+
     @torch.no_grad()
     def activations(self, z: torch.Tensor, stages: list[int]) -> list[torch.Tensor]:
         """The network's input (B, C, h, w) -> its activations at the layers of `stages`, each (B, C_t, h', w')."""
         p = next(self.net.parameters())
-        h, out, want = z.to(p.device, p.dtype), {}, {self.layers[s] for s in stages}
+        h = z.to(p.device) if self.prep is None else self.prep(z.to(p.device))
+        h, out, want = h.to(p.dtype), {}, {self.layers[s] for s in stages}
         for i, layer in enumerate(self.net):
             h = layer(h)
             if i in want:
@@ -139,22 +156,23 @@ class FeatureTargets:
         return self
 
 
-def open_basis(targets: FeatureTargets, run: Path, latents: np.ndarray, pool: np.ndarray, seed: int,
+def open_basis(targets: FeatureTargets, run: Path, inputs: np.ndarray, pool: np.ndarray, seed: int,
                device: torch.device, init_run: str = "") -> FeatureTargets:
     """The run's basis: read from RUN_DIR (a resume) or an --init run folder, else fitted on FIT_SAMPLES of `pool`
-    (training sample indices into the store's `latents`) and saved to RUN_DIR."""
+    (training sample indices into the store's `inputs`: its latents, or its images for an encoder) and saved to
+    RUN_DIR."""
     path = run / FEATURES_NAME
     if path.is_file():
         return targets.load(path)
     if init_run:
         src = Path(init_run) / FEATURES_NAME
         if not src.is_file():
-            raise ValueError(f"--init {init_run}: a staged decoder trained toward the teacher's features continues "
+            raise ValueError(f"--init {init_run}: a staged part trained toward the teacher's features continues "
                              f"only from a run folder holding its {FEATURES_NAME} (its stages read that basis)")
         targets.load(src)
         atomic_write(path, lambda tmp: shutil.copyfile(src, tmp))  # the very basis the --init stages learned
         return targets
     idx = np.sort(np.random.default_rng(seed).choice(pool, min(FIT_SAMPLES, len(pool)), replace=False))
-    targets.fit(torch.from_numpy(np.asarray(latents[idx], np.float32)).to(device), seed)
+    targets.fit(torch.from_numpy(np.asarray(inputs[idx], np.float32)).to(device), seed)
     targets.save(path)
     return targets

@@ -33,7 +33,8 @@ FORMAT = "organic_sd.ovae/1"
 DEFAULT_PATH = Path(__file__).resolve().parents[1] / "assets" / "ovae" / "ovae.safetensors"
 MAX_ROWS = 65536  # rows per module call, so a huge image never builds one giant window matrix
 KINDS = ("encoder", "decoder")
-MODES = ("patch", "global", "staged")  # staged: decoder only, a Stack of stages coarse to fine (organic_sd.stages)
+MODES = ("patch", "global", "staged")  # staged: a Stack of stages (organic_sd.stages), decoder coarse to fine,
+# encoder fine to coarse
 
 
 @dataclass
@@ -41,7 +42,7 @@ class PartConfig:
     """What an encoder or decoder needs besides its OLA weights to map images <-> latents."""
 
     kind: str  # "encoder" or "decoder"
-    mode: str = "patch"  # "patch" (per latent position), "global" (whole frame) or "staged" (decoder: a Stack)
+    mode: str = "patch"  # "patch" (per latent position), "global" (whole frame) or "staged" (a Stack)
     teacher: str = ""  # id of the teacher whose latent space this part speaks
     latent_channels: int = 4
     downscale: int = 8  # f: pixels per latent cell along each side
@@ -61,8 +62,6 @@ class PartConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "staged" and self.kind != "decoder":
-            raise ValueError("only a decoder can be staged (mode 'staged')")
         if self.window == 0:
             self.window = 3 if self.kind == "decoder" else 2 * self.downscale
         if self.mode == "patch" and self.kind == "decoder" and self.window % 2 == 0:
@@ -167,13 +166,17 @@ class Part(nn.Module):
 
 
 def _check_stack(c: PartConfig, stack) -> None:
-    """A staged decoder's Stack must read the latent and write RGB c.downscale times larger."""
+    """A staged decoder's Stack must read the latent and write RGB c.downscale times larger; a staged encoder's,
+    read RGB and write the latent c.downscale times smaller."""
     if not isinstance(stack, Stack):
-        raise ValueError(f"a staged decoder wraps an organic_sd.stages.Stack, got {type(stack).__name__}")
-    have = (stack.in_channels, stack.out_channels, stack.up)
-    if have != (c.latent_channels, 3, c.downscale):
+        raise ValueError(f"a staged {c.kind} wraps an organic_sd.stages.Stack, got {type(stack).__name__}")
+    have = (stack.in_channels, stack.out_channels, stack.up, stack.down)
+    if c.kind == "decoder" and have != (c.latent_channels, 3, c.downscale, 1):
         raise ValueError(f"a staged decoder needs stages {c.latent_channels} channels -> 3 (RGB), x{c.downscale} in "
-                         f"all; got {have[0]} -> {have[1]}, x{have[2]}")
+                         f"all; got {have[0]} -> {have[1]}, x{have[2]}" + (f" /{have[3]}" if have[3] > 1 else ""))
+    if c.kind == "encoder" and have != (3, c.latent_channels, 1, c.downscale):
+        raise ValueError(f"a staged encoder needs stages 3 (RGB) -> {c.latent_channels} channels, /{c.downscale} in "
+                         f"all; got {have[0]} -> {have[1]}, /{have[3]}" + (f" x{have[2]}" if have[2] > 1 else ""))
 
 
 def part_rows(c: PartConfig, x: torch.Tensor) -> torch.Tensor:
@@ -296,7 +299,7 @@ def read_parts(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
     out = {"encoder": None, "decoder": None, "meta": extra}
     for kind, d in described.items():
         own = {n[len(kind) + 1:]: t for n, t in tensors.items() if n.startswith(kind + ".")}
-        if "stages" in d:  # a staged decoder
+        if "stages" in d:  # a staged part
             stack = Stack.from_description(d["stages"], own, f"{file}: {kind}")
             stack.training_summary = d.get("training", {})
             out[kind] = Part(PartConfig(**d["part"]), stack.to(device))

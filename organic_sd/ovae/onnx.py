@@ -32,14 +32,16 @@ def _part(ovae: OVAE, part: str):
 
 
 class _Staged(torch.nn.Module):
-    """A staged decoder as the graph to export: its stages' convolution path, clamped as OVAE.decode clamps."""
+    """A staged part as the graph to export: its stages' convolution path; a decoder's clamped as OVAE.decode
+    clamps."""
 
     def __init__(self, part):
         super().__init__()
-        self.stack = part.module
+        self.stack, self.clamp = part.module, part.config.kind == "decoder"
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.stack(z).clamp(-1.0, 1.0)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stack(x)
+        return y.clamp(-1.0, 1.0) if self.clamp else y
 
 
 def example_input(ovae: OVAE, part: str, size: tuple[int, int] = (64, 64), batch: int = 1) -> torch.Tensor:
@@ -71,7 +73,7 @@ def export_onnx(ovae: OVAE, path: str | os.PathLike, part: str = "decoder", size
     # the TorchScript exporter: one self-contained file of standard ops, no onnxscript needed
     with warnings.catch_warnings():  # F.pad's reversed pad list is a Slice it cannot fold: harmless, only noise
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        # a staged decoder's shape checks read sizes while tracing: they hold for every size, so the warning is noise
+        # a staged part's shape checks read sizes while tracing: they hold for every size, so the warning is noise
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
                           dynamic_axes={names[0]: axes, names[1]: axes}, opset_version=opset, dynamo=False)

@@ -1,11 +1,13 @@
-"""`osd train decoder --stages ...`: a staged O-Decoder evolved greedily, coarse to fine (no gradients).
+"""`osd train decoder|encoder --stages ...`: a staged O-Decoder evolved greedily, coarse to fine, or a staged
+O-Encoder, fine to coarse (no gradients).
 
     setup: open the store, fix the held-out images, read RUN_DIR's config (resume) and --init; with
         --stage-targets features, load the teacher and fit (or read) the run's feature basis (features.py)
     each stage in turn, the earlier ones frozen: runs.run_ticks on this stage's rows (input: the frozen stages'
         output on the store's latents, plus the latent repeated up to it; target: the teacher's decode
         area-downsampled to this stage's resolution, or for every stage but the last with features the
-        teacher's activations there), each tick kept by held-out MSE at that resolution
+        teacher's activations there), each tick kept by held-out MSE at that resolution. An encoder's stages read the
+        images through the frozen stages instead and learn the teacher encoder's activations, the last its latent
     RUN_DIR/stageN/ holds stage N's config.json, model.safetensors (its OLA module), state.json, log.jsonl and
     plot.png; a finished stage (state "done" or "frozen") is never refitted, an interrupted one resumes where it
     stopped. RUN_DIR/model.safetensors, the O-VAE file of the whole decoder, appears once the last stage has a module.
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
-from organic_sd.metrics.pixels import psnr_of_mse
+from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
 from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.features import FeatureTargets, open_basis
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
@@ -39,6 +41,7 @@ from organic_sd.ovae.rows import (
     SUBSPACE,
     PartRows,
     capped,
+    out_scale,
     part_config,
     source_encoder,
     thin,
@@ -58,13 +61,18 @@ DONE = ("done", "frozen")
 
 
 def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
-    """The StageConfigs of --stages for this store: stage 1 latent -> RGB (or K feature channels) at
-    x(f / 2^(n-1)), then x2 per stage, the last one writing RGB."""
+    """The StageConfigs of --stages for this store. Decoder: stage 1 latent -> RGB (or K feature channels) at
+    x(f / 2^(n-1)), then x2 per stage, the last one writing RGB. Encoder: stage 1 RGB in (f / 2^(n-1))-pixel cells
+    -> K channels, then 2x2 cells per stage, the last one writing the latent."""
     specs = stage_specs(cfg.stages)
     n, f, C = len(specs), part.downscale, part.latent_channels
     if f % 2 ** (n - 1):
         raise ValueError(f"--stages: {n} stages need a downscale divisible by 2^{n - 1}, the store's is {f}")
     width = cfg.feature_channels if cfg.stage_targets == "features" else 3  # what stages before the last write
+    if part.kind == "encoder":
+        return [StageConfig(3 if i == 0 else width, C if i == n - 1 else width, window=k, up=1,
+                            down=f // 2 ** (n - 1) if i == 0 else 2, pad=part.pad)
+                for i, (k, _, _, _) in enumerate(specs)]
     out = []
     for i, (k, h, z, c) in enumerate(specs):
         c_out = 3 if i == n - 1 else width
@@ -77,8 +85,8 @@ def stage_configs(cfg: TrainConfig, part: PartConfig) -> list[StageConfig]:
 
 
 def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], device: torch.device) -> FeatureTargets:
-    """The teacher's activation targets of every stage but the last (--stage-targets features), no basis yet; checked
-    before the run folder is touched."""
+    """The teacher's activation targets of every stage but the last (--stage-targets features; a staged encoder's
+    always), no basis yet; checked before the run folder is touched."""
     from organic_sd.teachers.load import load_teacher
 
     teacher = load_teacher(cfg.teacher, device)
@@ -87,19 +95,24 @@ def feature_targets(cfg: TrainConfig, store: Store, configs: list[StageConfig], 
                          f"{store.meta['teacher']}: give the store's own teacher")
     ups, u = [], 1
     for scfg in configs[:-1]:
-        u *= scfg.up
+        u *= scfg.up * scfg.down  # a stack goes one way: all up (decoder) or all down (encoder)
         ups.append(u)
+    if cfg.kind == "encoder":
+        return FeatureTargets.for_encoder(teacher, ups, cfg.feature_channels)
     # a diffusers AutoencoderKL teacher has no layer list to tap: FeatureTargets says so
     return FeatureTargets.for_decoder(getattr(teacher, "decoder", None), ups, cfg.feature_channels, teacher.id)
 
 
 def run_frozen(frozen: list[Stage], z: torch.Tensor, carry: bool = False) -> tuple[torch.Tensor, ...]:
-    """The next stage's inputs for latents z (B, C, h, w): the frozen stages' output map, z repeated up to it,
-    and (`carry`) the last frozen stage's hidden units repeated up to it, else None."""
+    """The next stage's inputs for the stack's input z (latents (B, C, h, w); an encoder's images): the frozen
+    stages' output map, z repeated up to it, and (`carry`) the last frozen stage's hidden units repeated up to it,
+    else None."""
     if not frozen:
         return z, z, None
     maps, hidden = Stack(frozen).run(z)
-    cur = maps[-1]  # (B, 3, h*R, w*R)
+    cur = maps[-1]  # (B, C_out, h*R, w*R); an encoder's (B, K, H/D, W/D)
+    if frozen[-1].config.down > 1:  # an encoder: no extra or carry map
+        return cur, None, None
     return cur, repeat_up(z, cur.shape[-2:]), (repeat_up(hidden, cur.shape[-2:]) if carry else None)
 
 
@@ -110,16 +123,29 @@ class StageRows:
         self.rows, self.frozen, self.scfg = rows, frozen, scfg
         self.features, self.level = features, len(frozen)  # features: this stage learns the teacher's activations
         part = rows.part
+        self.encoder = part.kind == "encoder"
         r_in = 1
         for s in frozen:
-            r_in *= s.config.up
-        self.side = part.image_size // part.downscale * r_in  # this stage's input map side
-        self.factor = part.downscale // (r_in * scfg.up)  # target = the decode area-downsampled by this
+            r_in *= s.config.up * s.config.down  # all up (decoder) or all down (encoder)
+        if self.encoder:
+            self.side = part.image_size // r_in  # this stage's input map side
+            self.factor = r_in * scfg.down  # its output is 1/factor of the image
+        else:
+            self.side = part.image_size // part.downscale * r_in
+            self.factor = part.downscale // (r_in * scfg.up)  # target = the decode area-downsampled by this
+        self.positions = (self.side // scfg.down) ** 2  # rows per input image
+        # what a held-out score says: features' relative error, a decoder's PSNR, an encoder's latent cosine
+        self.metric = "rel_error" if features is not None else ("cosine" if self.encoder else "psnr")
 
     def target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
         """The teacher's decode (or the image) of samples idx, area-downsampled to this stage's output resolution;
-        with features, the teacher's activations there (B, K, ., .), from the store's teacher latents."""
+        with features, the teacher's activations there (B, K, ., .), from the store's teacher latents (an encoder's:
+        from the images); an encoder's last stage: the teacher's latents."""
         s, p = self.rows.store, self.rows.part
+        if self.encoder:
+            if self.features is not None:
+                return self.features(images, self.level)
+            return torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
         if self.features is not None:
             z = torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
             return self.features(z, self.level)
@@ -127,10 +153,11 @@ class StageRows:
         return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
 
     def inputs(self, idx: np.ndarray, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map, carry)."""
+        """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map, carry); an
+        encoder's one set, from the images."""
         with torch.no_grad():
-            return [run_frozen(self.frozen, z, bool(self.scfg.carry_channels))
-                    for z in self.rows.latent_sets(idx, images)]
+            sets = [images] if self.encoder else self.rows.latent_sets(idx, images)
+            return [run_frozen(self.frozen, z, bool(self.scfg.carry_channels)) for z in sets]
 
     def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh random sample of at most max_rows rows, thinned evenly over at least MIN_IMAGES images."""
@@ -138,7 +165,7 @@ class StageRows:
         if len(pool) == 0:
             raise ValueError(f"store {store.path} has no samples in this split to draw rows from")
         shares = self.rows._set_shares()
-        per_image = self.side ** 2 * sum(shares)
+        per_image = self.positions * sum(shares)
         n = min(len(pool), max(MIN_IMAGES, math.ceil(max_rows / per_image)))
         idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
         share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
@@ -174,19 +201,24 @@ class StageHeldOut:
 
     def score(self, stage: Stage) -> dict:
         """Held-out MSE at this resolution (mix: weighted as the rows are), PSNR on teacher latents (and psnr_oenc);
-        a feature stage reports its MSE relative to the target's variance (rel_error, rel_error_oenc) instead."""
-        se, n, ss = [0.0, 0.0], 0, 0.0
-        pixels = self.rows.features is None
+        a feature stage reports its MSE relative to the target's variance (rel_error, rel_error_oenc) instead, an
+        encoder's last stage the mean latent cosine per cell (cosine)."""
+        se, n, ss, cos = [0.0, 0.0], 0, 0.0, []
+        name = self.rows.metric
         with torch.no_grad():
             for target, sets in self.chunks:
                 for k, (x_map, extra, carry) in enumerate(sets):
                     pred = stage(x_map, extra if stage.config.extra_channels else None, carry)
-                    pred = pred.clamp(-1, 1) if pixels else pred
+                    pred = pred.clamp(-1, 1) if name == "psnr" else pred
                     se[k] += float((pred.double() - target.double()).square().sum())
+                    if name == "cosine":
+                        cos.append(cosine_rows(to_blocks(pred, 1), to_blocks(target, 1)))
                 n += target.numel()
                 ss += float(target.double().square().sum())  # features are centred: this is their variance
         mse = se[0] / n
-        name, of_mse = ("psnr", psnr_of_mse) if pixels else ("rel_error", lambda m: m / max(ss / n, 1e-12))
+        if name == "cosine":
+            return {"heldout_mse": mse, "cosine": float(torch.cat(cos).mean())}
+        of_mse = psnr_of_mse if name == "psnr" else (lambda m: m / max(ss / n, 1e-12))
         out = {"heldout_mse": mse, name: of_mse(mse)}
         if self.rows.rows.mix:
             w = self.rows.rows.mix_teacher
@@ -210,7 +242,9 @@ class StageJob:
         self.fit_kwargs = {"subspace": replace(SUBSPACE, hessian=cfg.hessian, deflate=cfg.deflate),
                            "units_per_round": cfg.units_per_round,
                            "refine": ola.Refine.measured(cfg.refine, cfg.refine_start)}
-        if rows.features is None:
+        if rows.metric == "cosine":
+            metrics = [("cosine", "mean latent cosine", False)]
+        elif rows.metric == "psnr":
             metrics = [("psnr", "PSNR at this stage's resolution (dB)", False)]
             if rows.rows.mix:
                 metrics.append(("psnr_oenc", "PSNR on O-Encoder latents (dB)", False))
@@ -239,7 +273,9 @@ class StageJob:
         self.kept = cand
 
     def describe(self, scores: dict) -> str:
-        if "rel_error" in scores:
+        if "cosine" in scores:
+            metric = f"latent cosine {scores['cosine']:.4f}"
+        elif "rel_error" in scores:
             metric = f"stage {self.index + 1} relative error {scores['rel_error']:.4f} on the teacher's features"
             if "rel_error_oenc" in scores:
                 metric += f" (teacher latents), {scores['rel_error_oenc']:.4f} (O-Encoder's)"
@@ -253,17 +289,18 @@ class StageJob:
         module = kept.stages[-1].module
         module.training_summary = {**module.training_summary, "run": summary}
         path = module.save(self.stage_dir / WEIGHTS_NAME)
-        if self.last:  # the whole decoder exists: RUN_DIR/model.safetensors loads with OVAE.load(RUN_DIR)
+        if self.last:  # the whole part exists: RUN_DIR/model.safetensors loads with OVAE.load(RUN_DIR)
             kept.training_summary = {"run": {**summary, "stage": self.index + 1}}
-            OVAE(decoder=Part(self.part_cfg, kept), meta={"training_run": str(self.run)}).save(self.run / WEIGHTS_NAME)
+            OVAE(**{self.part_cfg.kind: Part(self.part_cfg, kept)},
+                 meta={"training_run": str(self.run)}).save(self.run / WEIGHTS_NAME)
         return path
 
 
-def _init_stages(spec: str, configs: list[StageConfig], hidden: list[int], device) -> list[Stage]:
-    """The stages of an --init staged decoder, checked against this run's: same shapes, hidden units may only grow."""
-    init = read_parts(spec, device)["decoder"]
+def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[int], device) -> list[Stage]:
+    """The stages of an --init staged part, checked against this run's: same shapes, hidden units may only grow."""
+    init = read_parts(spec, device)[kind]
     if init is None or init.config.mode != "staged":
-        raise ValueError(f"--init {spec}: that run/file holds no staged decoder")
+        raise ValueError(f"--init {spec}: that run/file holds no staged {kind}")
     have = list(init.module.stages)
     diff = [f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"
             for i, (s, c) in enumerate(zip(have, configs)) if s.config != c]
@@ -279,7 +316,8 @@ def _init_stages(spec: str, configs: list[StageConfig], hidden: list[int], devic
 
 
 def train_staged(cfg: TrainConfig, log_to=None) -> dict:
-    """Run (or resume) a staged decoder run, stage by stage; returns a summary (also when stopped by Ctrl-C)."""
+    """Run (or resume) a staged decoder or encoder run, stage by stage; returns a summary (also when stopped by
+    Ctrl-C)."""
     log_to = (log_to or sys.stdout) if dist.is_main() else open(os.devnull, "w")
     dev = resolve_device(cfg.device)
     store = Store.open(cfg.store)
@@ -289,8 +327,10 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     features = feature_targets(cfg, store, configs, dev) if cfg.stage_targets == "features" else None
     run = Path(cfg.out)
     record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    # decoder pixels lie in [-1, 1]; an encoder's latents get headroom over the store's (its last stage's out_scale)
+    last_scale = 1.0 if cfg.kind == "decoder" else out_scale(cfg, store, np.random.default_rng(cfg.seed))
     record.update(teacher_path=cfg.teacher, teacher=store.meta["teacher"], image_size=part_cfg.image_size,
-                  latent_channels=part_cfg.latent_channels, out_scale=1.0)  # decoder pixels lie in [-1, 1]
+                  latent_channels=part_cfg.latent_channels, out_scale=last_scale)
     old = open_run(run, record, (*RUN_FIELDS, "teacher", "image_size", "latent_channels"),
                    added=ADDED_FIELDS)
     write_record(run, record, old)
@@ -298,9 +338,10 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
-    init = _init_stages(cfg.init, configs, hidden, dev) if cfg.init else None
+    init = _init_stages(cfg.init, cfg.kind, configs, hidden, dev) if cfg.init else None
     if features is not None:  # the basis: read from the run (resume) or --init run, else fitted and saved there
-        open_basis(features, run, store.latents, train_idx, cfg.seed, dev, cfg.init)
+        inputs = store.images if cfg.kind == "encoder" else store.latents
+        open_basis(features, run, inputs, train_idx, cfg.seed, dev, cfg.init)
     shares = np.array(cfg.stage_shares or [1.0] * len(configs))
     shares = shares / shares.sum()
 
@@ -308,10 +349,10 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     results = []
     for i, (scfg, h) in enumerate(zip(configs, hidden)):
         stage_dir = run / f"stage{i + 1}"
-        learns = features if features is not None and i < len(configs) - 1 else None  # else the decode, in RGB
-        srec = {"kind": "decoder-stage", "stage": i + 1, "of": len(configs), "stage_config": asdict(scfg),
-                "hidden": [h] if h else [], "out_scale": 1.0 if learns is None else learns.scale[i],
-                "targets": "decode" if learns is None else "features"}
+        learns = features if features is not None and i < len(configs) - 1 else None  # else the decode / latent
+        srec = {"kind": f"{cfg.kind}-stage", "stage": i + 1, "of": len(configs), "stage_config": asdict(scfg),
+                "hidden": [h] if h else [], "out_scale": last_scale if learns is None else learns.scale[i],
+                "targets": "features" if learns is not None else ("latent" if cfg.kind == "encoder" else "decode")}
         s_old = open_run(stage_dir, srec, ("stage", "of", "stage_config", "hidden"))
         state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
         kept = None
@@ -347,6 +388,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                  if scfg.extra_channels else "")
               + (f" + carried hidden {scfg.carry_channels}x{scfg.carry_window}x{scfg.carry_window}"
                  if scfg.carry_channels else "")
+              + (f" in {scfg.down}x{scfg.down} cells" if scfg.down > 1 else "")
               + f" -> {h} tanh -> {scfg.out_channels}x{scfg.up}x{scfg.up} (1/{rows.factor} resolution"
               + (", the teacher's features)" if learns is not None else ")"), file=log_to)
         job = StageJob(cfg, part_cfg, i, frozen, scfg, rows, heldout, train_idx, run, stage_dir,

@@ -306,8 +306,12 @@ class TAESDTeacher:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C, H/8, W/8) raw latents, float32 on the input's device."""
         check_images(images, self.downscale)
-        x = images.to(self.device, self.dtype).add(1).div(2)  # (B, 3, H, W) in [0, 1]
-        return self.encoder(x).to(images.device, torch.float32)
+        return self.encoder(self.encoder_input(images)).to(images.device, torch.float32)
+
+    def encoder_input(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> what the encoder's first layer reads: [0, 1], on the teacher's device and dtype
+        (one mapping for encode and for the activations a staged O-Encoder learns)."""
+        return images.to(self.device, self.dtype).add(1).div(2)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
