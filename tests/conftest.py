@@ -102,7 +102,7 @@ def random_taesd(folder: Path, stem: str, channels: int, gn: bool, suffix: str =
 def make_store(tmp_path, n=24):
     """A FakeTeacher store of n smooth images (or a few more: see below), a quarter of them held out."""
     store = tmp_path / "store"
-    # the split hashes each file's path, tmp_path included; a store that draws no held-out image gets one anyway
+    # the split hashes each file's folder and name; a store that draws no held-out image gets one anyway
     precompute([str(smooth_images(tmp_path / "imgs", n))], FakeTeacher(), store, STORE_SIZE, val_fraction=0.25,
                progress=False)
     return store
