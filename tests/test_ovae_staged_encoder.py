@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import quick
 
+from organic_sd.data.store import Store
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
 from organic_sd.ovae.config import TrainConfig
 from organic_sd.ovae.features import FEATURES_NAME
 from organic_sd.ovae.train import train
-from organic_sd.data.store import Store
 
 STAGES = ("3:4", "1:3", "3:0")  # pixels -> 1/2 (features) -> 1/4 (features) -> latent (linear)
 
@@ -116,3 +116,34 @@ def test_staged_encoder_on_the_command_line(taesd_store, tmp_path):
     assert rc == 0 and (run / FEATURES_NAME).is_file()
     assert [s.config.out_channels for s in OVAE.load(run).encoder.module.stages] == [3, 3, 4]
     assert json.loads((run / "config.json").read_text())["stage_targets"] == "features"
+
+
+def test_feature_targets_are_computed_once_per_sample(taesd_store, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from organic_sd.ovae.features import open_basis
+    from organic_sd.ovae.rows import PartRows, part_config
+
+    store, teacher = taesd_store
+    cfg = encoder_run(store, teacher, tmp_path / "r")
+    s = Store.open(store)
+    part = replace(part_config(cfg, s), mode="staged")
+    configs = staged_mod.stage_configs(cfg, part)
+    ft = staged_mod.feature_targets(cfg, s, configs, torch.device("cpu"))
+    (tmp_path / "r").mkdir()
+    open_basis(ft, tmp_path / "r", s.images, s.indices("train"), 0, torch.device("cpu"))
+    rows = staged_mod.StageRows(PartRows(s, part, torch.device("cpu"), None), [], configs[0], ft)
+    seen = []
+    real = ft.activations
+    monkeypatch.setattr(ft, "activations", lambda x, stages: seen.append(len(x)) or real(x, stages))
+    idx = s.indices("train")[:5]
+    images = torch.from_numpy(s.images[idx])
+    first = rows.target(idx, images)
+    again = rows.target(idx[[4, 0, 2]], images[[4, 0, 2]])
+    assert seen == [5] and torch.equal(again, first[[4, 0, 2]])  # served from the cache, in the asked order
+    more = s.indices("train")[3:7]
+    both = rows.target(more, torch.from_numpy(s.images[more]))
+    assert seen == [5, 2] and torch.equal(both[:2], first[3:5])  # only the two new samples go through the teacher
+    monkeypatch.setattr(staged_mod, "TARGET_CACHE_BYTES", 0)  # a full cache: computed every time, still right
+    full = staged_mod.StageRows(PartRows(s, part, torch.device("cpu"), None), [], configs[0], ft)
+    assert torch.equal(full.target(idx, images), first) and seen[-1] == 5 and not full._cached

@@ -27,7 +27,8 @@ def key_groups(keys: list[str]) -> list[str]:
         bad = next(k for k, p in zip(keys, parsed) if len(p) != 2 or not p[1].isdigit())
         raise StoreError(f"key {bad!r} is not a frame key (SOURCE#POS): only frames stores can be re-split")
     videos = {src for src, pos in parsed if int(pos) > 0}
-    return [f"{split_name(src)}#{int(pos) // SPLIT_CHUNK}" if src in videos else split_name(src) for src, pos in parsed]
+    return [f"{split_name(src)}#{int(pos) // SPLIT_CHUNK}" if src in videos else split_name(src)
+            for src, pos in parsed]
 
 
 def _hash(group: str) -> int:

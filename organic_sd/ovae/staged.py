@@ -57,6 +57,9 @@ from organic_sd.stages import (
 )
 
 MIN_IMAGES = 64  # a tick's rows come from at least this many images: fine stages have many positions per image
+# the teacher's activations per sample, kept across ticks up to this many bytes (in host memory): on the CPU one
+# tick's teacher pass over 64 images at 1/2 resolution takes about a minute, longer than a tick
+TARGET_CACHE_BYTES = 2 << 30
 DONE = ("done", "frozen")
 
 
@@ -136,21 +139,36 @@ class StageRows:
         self.positions = (self.side // scfg.down) ** 2  # rows per input image
         # what a held-out score says: features' relative error, a decoder's PSNR, an encoder's latent cosine
         self.metric = "rel_error" if features is not None else ("cosine" if self.encoder else "psnr")
+        self._cached: dict[int, torch.Tensor] = {}  # sample index -> its feature target (K, h', w'), on the host
+        self._cached_bytes = 0
 
     def target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
         """The teacher's decode (or the image) of samples idx, area-downsampled to this stage's output resolution;
         with features, the teacher's activations there (B, K, ., .), from the store's teacher latents (an encoder's:
         from the images); an encoder's last stage: the teacher's latents."""
         s, p = self.rows.store, self.rows.part
-        if self.encoder:
-            if self.features is not None:
-                return self.features(images, self.level)
-            return torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
         if self.features is not None:
-            z = torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
-            return self.features(z, self.level)
+            return self._feature_target(idx, images)
+        if self.encoder:
+            return torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
         t = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.rows.device)
         return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
+
+    def _feature_target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
+        """The teacher's activations of samples idx at this stage (B, K, h', w'), each sample's computed once while
+        the cache has room (the teacher network is fixed, so they never change)."""
+        missing = [k for k, i in enumerate(idx) if int(i) not in self._cached]
+        fresh = {}
+        if missing:
+            net_input = images[missing] if self.encoder else torch.from_numpy(
+                np.asarray(self.rows.store.latents[idx[missing]], np.float32)).to(self.rows.device)
+            for k, t in zip(missing, self.features(net_input, self.level)):
+                fresh[k] = t
+                if self._cached_bytes + t.nbytes <= TARGET_CACHE_BYTES:
+                    self._cached[int(idx[k])] = t.cpu()
+                    self._cached_bytes += t.nbytes
+        dev = self.rows.device
+        return torch.stack([fresh[k] if k in fresh else self._cached[int(i)].to(dev) for k, i in enumerate(idx)])
 
     def inputs(self, idx: np.ndarray, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """Per set of latents (teacher; O-Encoder; or both for mix), this stage's (input map, extra map, carry); an
