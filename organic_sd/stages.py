@@ -29,6 +29,7 @@ that stage's resolution. Files: safetensors with the stages' configs as JSON in 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -287,18 +288,12 @@ class Stack(nn.Module):
     @property
     def up(self) -> int:
         """R: how much larger the output is than the input, along each side (stages with down count as 1)."""
-        r = 1
-        for s in self.stages:
-            r *= s.config.up
-        return r
+        return math.prod(s.config.up for s in self.stages)
 
     @property
     def down(self) -> int:
         """D: how much smaller the output is than the input, along each side (a fine-to-coarse stack)."""
-        d = 1
-        for s in self.stages:
-            d *= s.config.down
-        return d
+        return math.prod(s.config.down for s in self.stages)
 
     def outputs(self, x: torch.Tensor, fast: bool = True) -> list[torch.Tensor]:
         """Every stage's output map, coarse to fine; `fast=False` takes the row (reference) path."""

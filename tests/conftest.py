@@ -99,6 +99,20 @@ def random_taesd(folder: Path, stem: str, channels: int, gn: bool, suffix: str =
     return enc, dec, paths
 
 
+def interrupt_fit(monkeypatch, module, at: int):
+    """Make `module.ola.fit` raise KeyboardInterrupt on its `at`-th call (a Ctrl-C mid-run); returns the real fit."""
+    real, calls = module.ola.fit, []
+
+    def fit_then_interrupt(*a, **kw):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module.ola, "fit", fit_then_interrupt)
+    return real
+
+
 def make_store(tmp_path, n=24):
     """A FakeTeacher store of n smooth images (or a few more: see below), a quarter of them held out."""
     store = tmp_path / "store"

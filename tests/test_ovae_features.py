@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick, random_taesd
+from conftest import interrupt_fit, quick, random_taesd
 
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
@@ -102,15 +102,7 @@ def test_a_feature_staged_run_trains_resumes_and_loads(taesd_store, tmp_path, ca
 
 def test_ctrl_c_in_a_feature_stage_resumes_on_the_same_basis(taesd_store, tmp_path, monkeypatch):
     store, teacher = taesd_store
-    real, calls = staged_mod.ola.fit, []
-
-    def fit_then_interrupt(*a, **kw):
-        calls.append(1)
-        if len(calls) == 4:  # stage 2's second tick
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(staged_mod.ola, "fit", fit_then_interrupt)
+    real = interrupt_fit(monkeypatch, staged_mod, 4)  # at stage 2's second tick
     run = tmp_path / "dec"
     res = train(features_run(store, teacher, run))
     assert res["status"] == "interrupted" and [s["status"] for s in res["stages"]] == ["done", "interrupted"]

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick
+from conftest import interrupt_fit, quick
 
 from organic_sd import cli
 from organic_sd.ovae import OVAE
@@ -50,15 +50,7 @@ def test_staged_train_resume_and_load(store, tmp_path, capsys):
 
 
 def test_ctrl_c_mid_stage_then_resume(store, tmp_path, monkeypatch):
-    real, calls = staged_mod.ola.fit, []
-
-    def fit_then_interrupt(*a, **kw):
-        calls.append(1)
-        if len(calls) == 4:  # stage 2's second tick (stage 1 took ticks 1 and 2)
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(staged_mod.ola, "fit", fit_then_interrupt)
+    real = interrupt_fit(monkeypatch, staged_mod, 4)  # at stage 2's second tick (stage 1 took ticks 1 and 2)
     run = tmp_path / "dec"
     res = train(quick("decoder", store, run, stages=STAGES))
     assert res["status"] == "interrupted" and [s["status"] for s in res["stages"]] == ["done", "interrupted"]

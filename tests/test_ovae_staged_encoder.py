@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import quick
+from conftest import interrupt_fit, quick
 
 from organic_sd.data.store import Store
 from organic_sd.ovae import OVAE
@@ -65,15 +65,7 @@ def test_a_staged_encoder_trains_resumes_and_encodes(taesd_store, tmp_path, caps
 
 def test_ctrl_c_mid_stage_resumes(taesd_store, tmp_path, monkeypatch):
     store, teacher = taesd_store
-    real, calls = staged_mod.ola.fit, []
-
-    def fit_then_interrupt(*a, **kw):
-        calls.append(1)
-        if len(calls) == 4:  # stage 2's second tick
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(staged_mod.ola, "fit", fit_then_interrupt)
+    real = interrupt_fit(monkeypatch, staged_mod, 4)  # at stage 2's second tick
     run = tmp_path / "enc"
     res = train(encoder_run(store, teacher, run))
     assert res["status"] == "interrupted" and [s["status"] for s in res["stages"]] == ["done", "interrupted"]
