@@ -25,6 +25,7 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,13 @@ from organic_sd import dist, ola
 from organic_sd.files import WEIGHTS_NAME, atomic_json
 from organic_sd.plots import training_plot
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, as for stores
+    fcntl = None
+
+LOCK_NAME = ".lock"  # held by the process training a run folder
+
 STARVED_TICKS = 3  # whole ticks in a row that kept nothing before a run stops to say its settings cannot search
 
 
@@ -43,7 +51,7 @@ def check_resume(run: Path, record: dict, fields: tuple[str, ...], added: dict |
     `added`: fields newer than some runs, with the value those runs used before the field existed."""
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
-        if run.exists() and any(p.name not in ("log.jsonl", "plot.png") for p in run.iterdir()):
+        if run.exists() and any(p.name not in ("log.jsonl", "plot.png", LOCK_NAME) for p in run.iterdir()):
             raise ValueError(f"{run} exists and is not empty but holds no config.json: not a training run; "
                              "use another --out folder")
         return None
@@ -142,7 +150,7 @@ def discard_unstarted(run: Path) -> None:
     looks like a run but holds nothing to resume, and an empty --out folder is clutter."""
     if (run / WEIGHTS_NAME).exists() or not run.is_dir():
         return
-    for name in ("config.json", "log.jsonl", "plot.png", "state.json"):
+    for name in ("config.json", "log.jsonl", "plot.png", "state.json", LOCK_NAME):
         (run / name).unlink(missing_ok=True)
     if not any(run.iterdir()):
         run.rmdir()
@@ -191,11 +199,39 @@ class Job(Protocol):
         ...
 
 
+@contextmanager
+def run_lock(run: Path):
+    """Hold RUN_DIR/.lock while a run trains: a second trainer on the same folder stops at once with a clear error
+    instead of both writing its checkpoints (under torchrun only rank 0 writes, so only rank 0 locks)."""
+    if fcntl is None or not dist.is_main():
+        yield
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / LOCK_NAME, "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{run} is being trained by another process right now (it holds {run / LOCK_NAME}): let "
+                         "that one finish or stop it with Ctrl-C, or give another --out folder") from None
+    try:
+        yield
+    finally:
+        f.close()
+
+
 def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: list[dict], t_wall: float,
               log_to=None) -> dict:
     """Tick until a stop (see the module docstring); -> the run's summary. `cfg` holds the loop's flags (hidden,
     strategy, population, max_minutes, ticks, tick_seconds, first_tick_seconds, generations, save_minutes,
-    freeze_loss, batch_size, seed, progress); `state` and `kept` are a resumed run's, or new."""
+    freeze_loss, batch_size, seed, progress); `state` and `kept` are a resumed run's, or new. The run folder is
+    locked meanwhile (run_lock)."""
+    with run_lock(run):
+        return _ticks(cfg, job, run, record, state, kept, log, t_wall, log_to)
+
+
+def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: list[dict], t_wall: float,
+           log_to=None) -> dict:
     main = dist.is_main()
     log_to = (log_to or sys.stdout) if main else open(os.devnull, "w")
     rng = np.random.default_rng([cfg.seed, state["tick"]])  # resumed runs draw new samples, not the same ones

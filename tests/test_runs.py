@@ -195,3 +195,23 @@ def test_a_tick_whose_search_never_beat_zero_is_not_kept_and_the_run_goes_on(tmp
         run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0), FakeJob(run2), run2, {"out_scale": 1.0},
                   {"tick": 0, "time": 0.0, "best": None, "status": "running"}, None, [], time.perf_counter(),
                   log_to=io.StringIO())
+
+
+def test_a_run_folder_being_trained_is_refused_to_a_second_trainer(tmp_path):
+    from organic_sd.runs import LOCK_NAME, run_lock
+
+    run = _new_run(tmp_path)
+    job, state = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    with run_lock(run):  # another trainer holds the folder (a second open file, as another process has)
+        with pytest.raises(ValueError, match="being trained by another process"):
+            run_ticks(_loop_cfg(ticks=1), job, run, {"out_scale": 1.0}, dict(state), None, [], time.perf_counter(),
+                      log_to=io.StringIO())
+    assert job.saved == [] and (run / "config.json").is_file()  # the holder's run untouched
+    res = run_ticks(_loop_cfg(ticks=1), job, run, {"out_scale": 1.0}, dict(state), None, [], time.perf_counter(),
+                    log_to=io.StringIO())
+    assert res["status"] == "done" and job.saved  # released: the same folder trains
+    bare = tmp_path / "bare"
+    with run_lock(bare):
+        pass
+    # a folder left holding only its lock file is a new run, not "not empty" clutter
+    assert (bare / LOCK_NAME).exists() and check_resume(bare, {"kind": "k"}, ()) is None
