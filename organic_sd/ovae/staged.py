@@ -36,6 +36,7 @@ from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
 from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.features import FeatureTargets, open_basis
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
+from organic_sd.ovae.patches import grid_to_rows
 from organic_sd.ovae.rows import (
     LOAD_CHUNK,
     SUBSPACE,
@@ -150,9 +151,13 @@ class StageRows:
         if self.features is not None:
             return self._feature_target(idx, images)
         if self.encoder:
-            return torch.from_numpy(np.asarray(s.latents[idx], np.float32)).to(self.rows.device)
+            return self._teacher_latents(idx)
         t = images if p.target == "image" else torch.from_numpy(s.decodes[idx]).to(self.rows.device)
         return F.avg_pool2d(t, self.factor) if self.factor > 1 else t  # (n, 3, H/factor, W/factor)
+
+    def _teacher_latents(self, idx: np.ndarray) -> torch.Tensor:
+        """The store's teacher latents of samples idx (B, C, h, w), on the device."""
+        return torch.from_numpy(np.asarray(self.rows.store.latents[idx], np.float32)).to(self.rows.device)
 
     def _feature_target(self, idx: np.ndarray, images: torch.Tensor) -> torch.Tensor:
         """The teacher's activations of samples idx at this stage (B, K, h', w'), each sample's computed once while
@@ -160,8 +165,7 @@ class StageRows:
         missing = [k for k, i in enumerate(idx) if int(i) not in self._cached]
         fresh = {}
         if missing:
-            net_input = images[missing] if self.encoder else torch.from_numpy(
-                np.asarray(self.rows.store.latents[idx[missing]], np.float32)).to(self.rows.device)
+            net_input = images[missing] if self.encoder else self._teacher_latents(idx[missing])
             for k, t in zip(missing, self.features(net_input, self.level)):
                 fresh[k] = t
                 if self._cached_bytes + t.nbytes <= TARGET_CACHE_BYTES:
@@ -230,7 +234,7 @@ class StageHeldOut:
                     pred = pred.clamp(-1, 1) if name == "psnr" else pred
                     se[k] += float((pred.double() - target.double()).square().sum())
                     if name == "cosine":
-                        cos.append(cosine_rows(to_blocks(pred, 1), to_blocks(target, 1)))
+                        cos.append(cosine_rows(grid_to_rows(pred), grid_to_rows(target)))  # per latent cell
                 n += target.numel()
                 ss += float(target.double().square().sum())  # features are centred: this is their variance
         mse = se[0] / n
