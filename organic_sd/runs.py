@@ -6,7 +6,7 @@ on the same folder resumes; other settings are refused rather than mixed.
 
 The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-out scorer, module, file):
     each tick: draw fresh training rows, continue the search with ola.fit (init = the kept module) for
-               --tick-seconds, score the held-out set, keep the module if it is no worse, append a log
+               --tick-seconds less the draw (at least half of it: search_seconds), score the held-out set, keep the module if it is no worse, append a log
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
     never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
@@ -43,6 +43,7 @@ except ImportError:  # Windows: no lock, as for stores
 
 LOCK_NAME = ".lock"  # held by the process training a run folder
 
+MIN_SEARCH_SHARE = 0.5  # of a tick's search time kept when drawing its rows takes longer than the rest
 STARVED_TICKS = 3  # whole ticks in a row that kept nothing before a run stops to say its settings cannot search
 
 
@@ -220,6 +221,16 @@ def run_lock(run: Path):
         f.close()
 
 
+def search_seconds(fit_s: float, t_data: float, left: float | None) -> float:
+    """A tick's search time: its share `fit_s` less the time its rows took to draw, but never under
+    MIN_SEARCH_SHARE of the share (a draw as slow as the tick, as a teacher pass on one CPU thread, left no search
+    at all), nor past what --max-minutes has `left`."""
+    s = max(fit_s - t_data, MIN_SEARCH_SHARE * fit_s)
+    if left is not None:
+        s = min(s, left - t_data)
+    return max(0.5, s)
+
+
 def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: list[dict], t_wall: float,
               log_to=None) -> dict:
     """Tick until a stop (see the module docstring); -> the run's summary. `cfg` holds the loop's flags (hidden,
@@ -274,7 +285,7 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
                 module, interrupted = fit_tick(
                     x, y, hidden=cfg.hidden, strategy=cfg.strategy, population=cfg.population,
                     out_scale=record["out_scale"],
-                    max_seconds=max(0.5, job.fit_share(state["tick"]) * tick_s - t_data),
+                    max_seconds=search_seconds(job.fit_share(state["tick"]) * tick_s, t_data, left),
                     generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
                     seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
             except ola.FitDidNotLearn as e:  # a fresh search that never beat predicting zero in the tick's time

@@ -215,3 +215,26 @@ def test_a_run_folder_being_trained_is_refused_to_a_second_trainer(tmp_path):
         pass
     # a folder left holding only its lock file is a new run, not "not empty" clutter
     assert (bare / LOCK_NAME).exists() and check_resume(bare, {"kind": "k"}, ()) is None
+
+
+def test_a_tick_whose_draw_is_slow_still_searches_half_its_time():
+    # R10b on one CPU thread: the teacher's pass drew rows for 108 s of a 30-s tick and the search got 0.5 s
+    assert runs.search_seconds(30.0, 108.0, None) == 30.0 * runs.MIN_SEARCH_SHARE
+    assert runs.search_seconds(30.0, 4.0, None) == 26.0  # a quick draw comes out of the tick, as before
+    assert runs.search_seconds(30.0, 108.0, 118.0) == 10.0  # never past --max-minutes
+    assert runs.search_seconds(30.0, 108.0, 100.0) == 0.5
+
+
+def test_the_loop_gives_a_slow_draw_s_tick_its_search(tmp_path, monkeypatch):
+    real, asked = ola.fit, []
+    monkeypatch.setattr(runs.ola, "fit", lambda *a, **kw: asked.append(kw["max_seconds"]) or real(*a, **kw))
+
+    class SlowDraw(FakeJob):
+        def draw(self, rng):
+            time.sleep(1.5)
+            return super().draw(rng)
+
+    job, state = SlowDraw(tmp_path), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    run_ticks(_loop_cfg(ticks=1, tick_seconds=2.0), job, tmp_path, {"out_scale": 1.0}, state, None, [],
+              time.perf_counter(), log_to=io.StringIO())
+    assert asked and asked[0] >= 2.0 * runs.MIN_SEARCH_SHARE  # before: 2.0 - 1.5 = 0.5 s
