@@ -6,7 +6,8 @@ on the same folder resumes; other settings are refused rather than mixed.
 
 The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-out scorer, module, file):
     each tick: draw fresh training rows, continue the search with ola.fit (init = the kept module) for
-               --tick-seconds less the draw (at least half of it: search_seconds), score the held-out set, keep the module if it is no worse, append a log
+               --tick-seconds less the draw (at least half of it: search_seconds), score the held-out set,
+               keep the module if it is no worse, append a log
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
     stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
     never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
