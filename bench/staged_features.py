@@ -1,7 +1,7 @@
 """What the staged O-Decoder's earlier stages should learn: the decode in RGB, or the teacher decoder's activations.
 
     python bench/staged_features.py --store STORE --teacher TEACHER [--device cuda] [--minutes 2.3 1.3 1.3] \
-        [--adam-seconds 20] [--out staged_features.json]
+        [--adam-seconds 20 | --adam-steps N] [--w2 3] [--out staged_features.json]
 
 Three stages (latent W1xW1 -> 1/4 -> 1/2 -> full, then 3x3 windows, x2 per stage; by default 96 / 64 / 48 units, the
 shapes of the `fs` run in docs/BENCHMARKS.md), trained greedily
@@ -111,12 +111,13 @@ class AdamStage(nn.Module):
         return F.pixel_shuffle(out.reshape(B, h, w, -1).permute(0, 3, 1, 2), self.cfg.up)
 
 
-def adam_stage(x, y, hidden: int, out_scale: float, seconds: float, dev) -> Net:
-    """A reference: Adam on the rows for `seconds` (batch 4096, lr 2e-3)."""
+def adam_stage(x, y, hidden: int, out_scale: float, seconds: float, dev, steps: int = 0) -> Net:
+    """A reference: Adam on the rows for `seconds`, or for `steps` steps when given (batch 4096, lr 2e-3)."""
     net = Net(x.shape[1], hidden, y.shape[1], out_scale).to(dev)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    t0, step = time.perf_counter(), 0
+    while (step < steps) if steps else (time.perf_counter() - t0 < seconds):
+        step += 1
         b = torch.randint(0, len(x), (4096,), device=x.device)
         loss = (net(x[b]) - y[b]).square().mean()
         opt.zero_grad()
@@ -134,12 +135,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--k", type=int, default=16, help="feature channels handed between stages")
     ap.add_argument("--w1", type=int, default=5, help="stage 1's latent window")
+    ap.add_argument("--w2", type=int, default=3, help="stage 2's window of stage 1's map")
     ap.add_argument("--hidden", type=int, nargs=3, default=[96, 64, 48])
     ap.add_argument("--minutes", type=float, nargs=3, default=[140 / 60, 80 / 60, 80 / 60],
                     help="evolution per stage")
     ap.add_argument("--generations", type=int, default=0, help="each stage's search in generations instead of "
                                                                 "--minutes (reproducible; 0: by time)")
     ap.add_argument("--adam-seconds", type=float, default=20.0, help="each Adam reference stage (0: skip them)")
+    ap.add_argument("--adam-steps", type=int, default=0, help="each Adam reference stage in steps instead of "
+                                                              "seconds (shapes of other sizes get the same steps)")
+    ap.add_argument("--kinds", nargs="+", default=["rgb", "features"], choices=("rgb", "features"),
+                    help="which Adam references")
     ap.add_argument("--rows", type=int, default=400_000, help="training rows per stage")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -153,10 +159,10 @@ def main(argv=None) -> int:
     fit_idx = np.sort(np.random.default_rng(a.seed).choice(train_idx, min(64, len(train_idx)), replace=False))
     features = FeatureTargets.for_decoder(teacher.decoder, [2, 4], K, teacher.id).fit(
         torch.from_numpy(np.asarray(store.latents[fit_idx], np.float32)).to(dev), a.seed)
-    shapes = {"features": [StageConfig(C, K, a.w1), StageConfig(K, K, 3), StageConfig(K, 3, 3)],
+    shapes = {"features": [StageConfig(C, K, a.w1), StageConfig(K, K, a.w2), StageConfig(K, 3, 3)],
               "rgb": [StageConfig(C, 3, a.w1), StageConfig(3, 3, 3), StageConfig(3, 3, 3)]}
     scales = {"features": [*features.scale, 1.0], "rgb": [1.0, 1.0, 1.0]}
-    report = {"store": a.store, "train": len(train_idx), "held_out": len(val_idx), "k": K, "w1": a.w1,
+    report = {"store": a.store, "train": len(train_idx), "held_out": len(val_idx), "k": K, "w1": a.w1, "w2": a.w2,
               "hidden": a.hidden, "set": "the store's held-out split (teacher latents vs teacher decode, mean PSNR)"}
     flat = lambda z: z.new_zeros(len(z), 3, 8 * z.shape[2], 8 * z.shape[3])  # noqa: E731 (a flat grey picture)
     report["zero"] = held_out_psnr(flat, store, val_idx, dev)  # the floor every decoder must beat
@@ -164,17 +170,20 @@ def main(argv=None) -> int:
         report["shipped"] = held_out_psnr(read_parts(a.shipped, dev)["decoder"], store, val_idx, dev)
         print(f"shipped decoder: {report['shipped']:.2f} dB", flush=True)
 
-    for kind in ("rgb", "features") if a.adam_seconds > 0 else ():
+    for kind in a.kinds if a.adam_seconds > 0 or a.adam_steps > 0 else ():
         targets, frozen = Targets(store, features if kind == "features" else None, dev), []
         for i, cfg in enumerate(shapes[kind]):
             x, y = stage_data(i, cfg, frozen, targets, train_idx, a.rows, gen)
-            frozen.append(AdamStage(cfg, adam_stage(x, y, a.hidden[i], scales[kind][i], a.adam_seconds, dev)))
+            frozen.append(AdamStage(cfg, adam_stage(x, y, a.hidden[i], scales[kind][i], a.adam_seconds, dev,
+                                                    a.adam_steps)))
         report[f"adam_{kind}"] = held_out_psnr(nn.Sequential(*frozen), store, val_idx, dev)
         print(f"Adam reference, earlier stages toward {kind}: {report[f'adam_{kind}']:.2f} dB", flush=True)
         if kind == "features":  # the last stage on the teacher's own 1/2-resolution activations: its ceiling
             report["adam_last_stage_on_teacher_features"] = held_out_psnr(
                 lambda z: frozen[2](features(z, 1)), store, val_idx, dev)
 
+    if not a.generations and not any(a.minutes):  # references only
+        return _write(report, a.out)
     targets, stages = Targets(store, features, dev), []
     for i, cfg in enumerate(shapes["features"]):
         x, y = stage_data(i, cfg, stages, targets, train_idx, a.rows, gen)
@@ -191,8 +200,12 @@ def main(argv=None) -> int:
         stack.num_parameters()
     print(f"evolved, earlier stages toward features: {report['evolved_features']:.2f} dB "
           f"({report['evolved_parameters']:,} parameters)", flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
+    return _write(report, a.out)
+
+
+def _write(report: dict, out: str | None) -> int:
+    if out:
+        with open(out, "w") as f:
             json.dump(report, f, indent=1)
     return 0
 
