@@ -140,6 +140,20 @@ def test_a_budget_that_cannot_fit_the_first_tick_is_refused_and_leaves_no_run(tm
     assert not run.exists() and job.saved == []
 
 
+def test_a_stage_too_short_for_its_first_tick_says_what_to_give_the_whole_run(tmp_path):
+    # R14: a staged encoder's stage 2 got 2 of --max-minutes 8 and was told "Give --max-minutes 3.6", which the run
+    # already had; the stage needs its share of the run's minutes to grow
+    run = _new_run(tmp_path)
+    job, state = FakeJob(run), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    cfg = _loop_cfg(max_minutes=1.0, tick_seconds=30.0, generations=None, stage_number=2, stage_share=0.25,
+                    run_minutes=4.0)
+    with pytest.raises(ValueError, match=r"stage 2's share of --max-minutes 4 \(1.0 min left to it\) is too short .* "
+                                         r"50 s of setup .* --max-minutes 5.4 or more, or this stage a larger "
+                                         r"--stage-shares"):
+        run_ticks(cfg, job, run, {"out_scale": 1.0}, state, None, [], time.perf_counter() - 50.0,
+                  log_to=io.StringIO())
+
+
 def test_a_tick_with_no_generation_is_never_a_result(tmp_path, monkeypatch):
     real = ola.fit
     # every tick's search gets no time at all, as when setup eats a CPU run's budget

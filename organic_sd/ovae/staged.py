@@ -403,7 +403,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         left = None if budget is None else max(0.0, budget - state["time"])
         first = cfg.first_tick_seconds or (max(cfg.tick_seconds, 0.6 * budget) if budget else None)
         loop = SimpleNamespace(**{**asdict(cfg), "hidden": (h,) if h else (), "first_tick_seconds": first,
-                                  "max_minutes": None if left is None else left / 60.0,
+                                  "max_minutes": None if left is None else left / 60.0, "stage_number": i + 1,
+                                  "stage_share": float(shares[i]), "run_minutes": cfg.max_minutes,
                                   "ticks": None if cfg.ticks is None else max(0, cfg.ticks - state["tick"])})
         print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels}x{scfg.window}x{scfg.window}"
               + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}"
