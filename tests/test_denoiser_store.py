@@ -232,7 +232,7 @@ def test_pixel_range_comes_from_the_teacher_not_its_id(tmp_path):
     assert s.meta["pixel_range"] == [-0.5, 0.5] and s.pixel_range == (-0.5, 0.5)
     run = tmp_path / "run"
     assert main(["train", "denoiser", "--store", str(tmp_path / "s"), "--out", str(run), "--ticks", "1",
-                     "--window", "3", "--modulate", "1", "--hidden", "2"]) == 0
+                     "--window", "3", "--modulate", "1", "--hidden", "2", "--generations", "3"]) == 0
     assert OUNet.load(run).config.pixel_range == (-0.5, 0.5)
     # a store written before the field existed: a clear error, not a guess
     m = json.loads((tmp_path / "s" / "meta.json").read_text())
