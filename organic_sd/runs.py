@@ -9,7 +9,8 @@ The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-ou
                --tick-seconds less the draw (at least half of it: search_seconds), score the held-out set,
                keep the module if it is no worse, append a log
                line, redraw the plot, save a checkpoint atomically (every tick, or every --save-minutes)
-    stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, or Ctrl-C (saves first)
+    stop: --max-minutes spent, --ticks done, held-out MSE <= --freeze-loss, `patience` ticks in a row no better
+          (a staged run's --stage-patience), or Ctrl-C (saves first)
     never a result: a tick whose search ran no generation; a run that kept nothing ends "no-result" and
                leaves no folder behind; a --max-minutes that cannot fit the first tick is refused up front, and
                STARVED_TICKS whole ticks in a row with no search, or a fresh search that never beat
@@ -244,8 +245,8 @@ def run_ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, lo
               log_to=None) -> dict:
     """Tick until a stop (see the module docstring); -> the run's summary. `cfg` holds the loop's flags (hidden,
     strategy, population, max_minutes, ticks, tick_seconds, first_tick_seconds, generations, save_minutes,
-    freeze_loss, batch_size, seed, progress); `state` and `kept` are a resumed run's, or new. The run folder is
-    locked meanwhile (run_lock)."""
+    freeze_loss, batch_size, seed, progress; optionally patience, and a staged run's stage_number, stage_share and
+    run_minutes); `state` and `kept` are a resumed run's, or new. The run folder is locked meanwhile (run_lock)."""
     with run_lock(run):
         return _ticks(cfg, job, run, record, state, kept, log, t_wall, log_to)
 
@@ -270,6 +271,8 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
 
     ticks_done = ticks_tried = 0  # ticks with a search; ticks started (a budget is judged before the first)
     starved = 0  # ticks in a row given all the time they asked for that still kept nothing
+    misses = 0  # scored ticks in a row that were no better than the kept module (within this call)
+    patience = getattr(cfg, "patience", 0)  # a staged run's --stage-patience: stop after so many
     try:
         while True:
             left = None if budget is None else budget - (time.perf_counter() - t_wall)
@@ -326,6 +329,7 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
             if is_kept:
                 kept, state["best"] = cand, scores
                 job.keep(cand)
+            misses = 0 if is_kept else misses + 1
             state["tick"] += 1
             ticks_done += 1
             state["time"] += time.perf_counter() - t0
@@ -350,6 +354,11 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
             if time.perf_counter() - last_save >= 60.0 * cfg.save_minutes:
                 save("running")
                 last_save = time.perf_counter()
+            if patience and misses >= patience:
+                print(f"{misses} ticks in a row scored no better on the held-out set: done (patience {patience})",
+                      file=log_to)
+                state["status"] = "done"
+                break
             if cfg.freeze_loss is not None and state["best"]["heldout_mse"] <= cfg.freeze_loss:
                 print(f"held-out MSE {state['best']['heldout_mse']:.5g} <= --freeze-loss {cfg.freeze_loss}: frozen",
                       file=log_to)

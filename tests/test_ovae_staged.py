@@ -103,7 +103,8 @@ def test_stages_flag_on_the_command_line(store, tmp_path):
     ({"stages": ("3:0", "3:4:0:1")}, "CARRY reads the previous stage's hidden units, and it has none"),
     ({"stages": ("3:4", "3:4"), "hidden": (8,)}, "leave --window and --hidden out"),
     ({"stages": ("3:4", "3:4"), "stage_shares": (1.0,)}, "one positive share per stage"),
-    ({"stage_shares": (1.0,)}, "only applies with --stages"),
+    ({"stage_shares": (1.0,)}, "only apply with --stages"),
+    ({"stages": ("3:4", "3:3"), "stage_patience": -1}, "--stage-patience must be 0"),
 ])
 def test_stage_flags_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -189,3 +190,31 @@ def test_staged_decoder_stages_can_start_from_random_units(store, tmp_path):
     with pytest.raises(ValueError, match="--refine-start random"):  # a stage without units has nothing to start
         TrainConfig("decoder", "s", "o", ticks=1, stages=("3:3", "3:0"), refine=0.9, refine_start="random")
     assert TrainConfig("decoder", "s", "o", ticks=1, stages=("3:3", "3:2")).refine_start == "cascade"  # the default
+
+
+def test_stage_budget_hands_what_an_early_stage_left_to_the_later_ones():
+    import numpy as np
+    shares = np.array([0.4, 0.3, 0.3])
+    assert staged_mod.stage_budget(600.0, shares, 0, []) == 240.0
+    assert staged_mod.stage_budget(600.0, shares, 1, [240.0]) == 180.0  # spent its share: as before
+    assert staged_mod.stage_budget(600.0, shares, 1, [100.0]) == 250.0  # 140 s left over, shared 0.3 : 0.3
+    assert staged_mod.stage_budget(600.0, shares, 2, [100.0, 250.0]) == 250.0
+    assert staged_mod.stage_budget(600.0, shares, 1, [300.0]) == 180.0  # an overrun takes nothing from it
+
+
+def test_a_stage_that_stops_gaining_ends_and_the_next_gets_its_minutes(store, tmp_path, monkeypatch):
+    from organic_sd import runs
+    budgets = []
+    real_ticks = staged_mod.run_ticks
+    monkeypatch.setattr(staged_mod, "run_ticks",
+                        lambda loop, *a, **kw: budgets.append(loop.max_minutes) or real_ticks(loop, *a, **kw))
+    # every tick after a stage's first scores worse: with patience 1 each stage ends at its second tick
+    monkeypatch.setattr(runs, "keeps", lambda new, kept, mse, best: best is None)
+    run = tmp_path / "dec"
+    res = train(quick("decoder", store, run, stages=("3:4", "3:3"), ticks=None, max_minutes=2.0,
+                      stage_shares=(0.5, 0.5), stage_patience=1))
+    assert res["status"] == "done"
+    assert [len(_log(run / f"stage{i}")) for i in (1, 2)] == [2, 2]  # not a minute of ticks each
+    assert budgets[0] == 1.0 and budgets[1] > 1.5  # stage 2 got what stage 1 left of its minute
+    with pytest.raises(ValueError, match="--stage-patience"):
+        TrainConfig("decoder", "s", "o", ticks=1, stage_patience=2)

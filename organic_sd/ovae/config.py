@@ -98,6 +98,9 @@ class TrainConfig:
                                        "window of 2x2 cells of the previous map to one position, every stage but the "
                                        "last toward the teacher encoder's activations (needs --teacher)")
     stage_shares: tuple[float, ...] = flag((), "with --stages: each stage's share of --max-minutes (default equal)")
+    stage_patience: int = flag(0, "with --stages: a stage ends when this many ticks in a row score no better on its "
+                                  "held-out images, and the later stages share the minutes it left (0: every stage "
+                                  "spends its share)")
     stage_targets: str = flag("decode", "with --stages: what every stage but the last learns: 'decode', the teacher's "
                                         "decode area-downsampled to its resolution (RGB between stages), or "
                                         "'features', the teacher decoder's own activations there (their top "
@@ -175,8 +178,10 @@ class TrainConfig:
                                  + " needs at least two --stages (the last one writes "
                                  + ("the latent" if self.kind == "encoder" else "RGB") + ") and --teacher (the "
                                  "store's teacher, whose activations the earlier stages learn)")
-        elif self.stage_shares:
-            raise ValueError("--stage-shares only applies with --stages")
+        elif self.stage_shares or self.stage_patience:
+            raise ValueError("--stage-shares and --stage-patience only apply with --stages")
+        if self.stage_patience < 0:
+            raise ValueError(f"--stage-patience must be 0 (off) or more ticks, got {self.stage_patience}")
         if self.stage_targets not in ("decode", "features"):
             raise ValueError(f"--stage-targets must be 'decode' or 'features', got {self.stage_targets!r}")
         if not self.stages and (self.stage_targets != "decode" or self.teacher):

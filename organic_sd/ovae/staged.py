@@ -12,7 +12,8 @@ O-Encoder, fine to coarse (no gradients).
     plot.png; a finished stage (state "done" or "frozen") is never refitted, an interrupted one resumes where it
     stopped. RUN_DIR/model.safetensors, the O-VAE file of the whole decoder, appears once the last stage has a module.
 --max-minutes is shared out over the stages by --stage-shares and counts over every call of the run (a resumed
-run trains what is left of each stage's share); --ticks counts per stage, also over calls.
+run trains what is left of each stage's share); a stage ended early by --stage-patience leaves its minutes to the
+later stages (stage_budget); --ticks counts per stage, also over calls.
 """
 
 from __future__ import annotations
@@ -337,6 +338,15 @@ def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[
     return have
 
 
+def stage_budget(total: float, shares: np.ndarray, i: int, spent: list[float]) -> float:
+    """Stage i's seconds of a run's `total`: its share, or more when the earlier stages (which trained `spent`
+    seconds) left time over, as a stage ended early by --stage-patience does; the later stages share that time by
+    their shares. Never less than its share: an earlier stage that overran its last tick takes nothing from it."""
+    own = total * float(shares[i])
+    left_over = (total - sum(spent[:i])) * float(shares[i]) / float(shares[i:].sum())
+    return max(own, left_over)
+
+
 def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     """Run (or resume) a staged decoder or encoder run, stage by stage; returns a summary (also when stopped by
     Ctrl-C)."""
@@ -369,6 +379,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
 
     frozen: list[Stage] = []
     results = []
+    spent: list[float] = []  # seconds each finished stage trained, over every call
     for i, (scfg, h) in enumerate(zip(configs, hidden)):
         stage_dir = run / f"stage{i + 1}"
         learns = features if features is not None and i < len(configs) - 1 else None  # else the decode / latent
@@ -387,6 +398,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                       f"{state['best']['heldout_mse']:.5g})", file=log_to)
                 frozen.append(kept.stages[-1])
                 results.append({"stage": i + 1, "status": state["status"], "tick": state["tick"], **state["best"]})
+                spent.append(state["time"])
                 continue
             print(f"stage {i + 1}: resuming at tick {state['tick']} ({state['time'] / 60:.1f} min trained)",
                   file=log_to)
@@ -399,12 +411,13 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         t_wall = time.perf_counter()
         rows = StageRows(part_rows, frozen, scfg, learns)
         heldout = StageHeldOut(rows, cfg.eval_images, cfg.seed)
-        budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes * float(shares[i])
+        budget = None if cfg.max_minutes is None else stage_budget(60.0 * cfg.max_minutes, shares, i, spent)
         left = None if budget is None else max(0.0, budget - state["time"])
         first = cfg.first_tick_seconds or (max(cfg.tick_seconds, 0.6 * budget) if budget else None)
         loop = SimpleNamespace(**{**asdict(cfg), "hidden": (h,) if h else (), "first_tick_seconds": first,
                                   "max_minutes": None if left is None else left / 60.0, "stage_number": i + 1,
                                   "stage_share": float(shares[i]), "run_minutes": cfg.max_minutes,
+                                  "patience": cfg.stage_patience,
                                   "ticks": None if cfg.ticks is None else max(0, cfg.ticks - state["tick"])})
         print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels}x{scfg.window}x{scfg.window}"
               + (f" + latent {scfg.extra_channels}x{scfg.extra_window}x{scfg.extra_window}"
@@ -424,6 +437,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
                       "(give more minutes; the same command resumes)", file=log_to)
             break
         frozen.append(job.kept.stages[-1])
+        spent.append(state["time"])
     done = len(frozen) == len(configs)
     status = "done" if done else ("interrupted" if results and results[-1]["status"] == "interrupted" else "stopped")
     stack = Stack(frozen) if frozen else None
