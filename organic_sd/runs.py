@@ -355,8 +355,8 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
                 save("running")
                 last_save = time.perf_counter()
             if patience and misses >= patience:
-                print(f"{misses} ticks in a row scored no better on the held-out set: done (patience {patience})",
-                      file=log_to)
+                print(f"{misses} tick{'s' if misses > 1 else ''} in a row scored no better on the held-out set: "
+                      f"done (patience {patience})", file=log_to)
                 state["status"] = "done"
                 break
             if cfg.freeze_loss is not None and state["best"]["heldout_mse"] <= cfg.freeze_loss:
