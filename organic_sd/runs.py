@@ -144,16 +144,15 @@ def write_record(run: Path, record: dict, old: dict | None) -> None:
 def _too_short(cfg, what: str, setup: float, want: float) -> str:
     """Why --max-minutes cannot fit one tick of search (`what` happened), and what to give instead. A staged run's
     stage (cfg.stage_share set) gets a share of the run's --max-minutes, so the advice is in the run's terms."""
-    need = (setup + want) / 60
-    share = getattr(cfg, "stage_share", None)
+    share = getattr(cfg, "stage_share", None)  # a staged run's stage
+    need = math.ceil((setup + want) / 60 / (share or 1.0) * 10) / 10
+    budget, more = f"--max-minutes {cfg.max_minutes:g}", ""
     if share:
-        return (f"stage {cfg.stage_number}'s share of --max-minutes {cfg.run_minutes:g} ({cfg.max_minutes:.1f} min "
-                f"left to it) is too short to learn anything: {what}. Give --max-minutes "
-                f"{math.ceil(need / share * 10) / 10:g} or more, or this stage a larger --stage-shares, or ask less "
-                "of the first tick (--first-tick-seconds, fewer --max-rows).")
-    return (f"--max-minutes {cfg.max_minutes:g} is too short to learn anything: {what}. Give --max-minutes "
-            f"{math.ceil(need * 10) / 10:g} or more, or ask less of the first tick (--first-tick-seconds, fewer "
-            "--max-rows).")
+        budget = (f"stage {cfg.stage_number}'s share of --max-minutes {cfg.run_minutes:g} ({cfg.max_minutes:.1f} min "
+                  "left to it)")
+        more = ", or this stage a larger --stage-shares"
+    return (f"{budget} is too short to learn anything: {what}. Give --max-minutes {need:g} or more{more}, or ask less "
+            "of the first tick (--first-tick-seconds, fewer --max-rows).")
 
 
 def discard_unstarted(run: Path) -> None:
