@@ -138,6 +138,8 @@ def repeat_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, H, W) with every cell repeated (H, W multiples of h, w): the extra map of a stage."""
     H, W = size
     h, w = x.shape[-2:]
+    if (h, w) == (H, W):
+        return x
     if H % h or W % w:
         raise ValueError(f"cannot repeat a {h}x{w} map up to {H}x{W}: not a whole multiple")
     # nearest resizing by a whole factor repeats each cell exactly, and exports to ONNX as one Resize
@@ -167,11 +169,12 @@ class Stage(nn.Module):
             raise ValueError(f"this stage reads its map in {c.down}x{c.down} cells: its sides must be multiples of "
                              f"{c.down}, got {x.shape[2]}x{x.shape[3]}")
         for name, m, channels in (("extra", extra, c.extra_channels), ("carry", carry, c.carry_channels)):
-            if channels and (m is None or m.ndim != 4 or m.shape[1] != channels or m.shape[-2:] != x.shape[-2:]
-                             or m.shape[0] != x.shape[0]):
+            if channels and (m is None or m.ndim != 4 or m.shape[1] != channels or m.shape[0] != x.shape[0]
+                             or x.shape[2] % m.shape[2] or x.shape[3] % m.shape[3]):
                 got = None if m is None else tuple(m.shape)
                 raise ValueError(f"stage {name} must have shape ({x.shape[0]}, {channels}, {x.shape[2]}, "
-                                 f"{x.shape[3]}), got {got}")
+                                 f"{x.shape[3]}) or a map those sides are whole multiples of (repeated up to "
+                                 f"them), got {got}")
             if not channels and m is not None:
                 raise ValueError(f"this stage takes no {name} map, got one")
 
@@ -179,6 +182,8 @@ class Stage(nn.Module):
              carry: torch.Tensor | None = None) -> torch.Tensor:
         """The module's input rows (B*h*w, in_dim): the map's k x k windows, then the extra's, then the carry's."""
         self._check(x, extra, carry)
+        size = x.shape[-2:]
+        extra, carry = (None if m is None else repeat_up(m, size) for m in (extra, carry))
         return stage_rows(self.config, x, extra, carry)
 
     def row_forward(self, x: torch.Tensor, extra: torch.Tensor | None = None, carry: torch.Tensor | None = None,
@@ -206,17 +211,21 @@ class Stage(nn.Module):
         c, m = self.config, self.module
         dt = m.readout.weight.dtype
         # each input map with its window side and channels, in the rows' column order
+        size = (x.shape[2] // c.down, x.shape[3] // c.down)  # the positions (extra / carry exist only at down 1)
         maps = [(padded(unshuffled(c, x.to(dt)), c.window, c.pad), c.in_channels * c.down ** 2, c.window)]
-        if c.extra_channels:
-            maps.append((padded(extra.to(dt), c.extra_window, c.pad), c.extra_channels, c.extra_window))
-        if c.carry_channels:
-            maps.append((padded(carry.to(dt), c.carry_window, c.pad), c.carry_channels, c.carry_window))
+        for side, C, k in ((extra, c.extra_channels, c.extra_window), (carry, c.carry_channels, c.carry_window)):
+            if C:
+                # a coarser map read through a 1x1 window is convolved where it is and its result repeated up
+                # (the same numbers, 1/f^2 of the work); a wider window reads the repeated map's neighbours
+                side = side.to(dt) if k == 1 else repeat_up(side.to(dt), size)
+                maps.append((padded(side, k, c.pad), C, k))
 
         def windowed(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
             # W (O, in_dim): each map's columns in unfold order are a (O, C, k, k) kernel
             O, start, y = W.shape[0], 0, None
             for mp, C, k in maps:
                 part = F.conv2d(mp, W[:, start:start + C * k * k].reshape(O, C, k, k), b if y is None else None)
+                part = repeat_up(part, size)
                 y = part if y is None else y + part
                 start += C * k * k
             return y  # (B, O, h, w)
@@ -304,8 +313,9 @@ class Stack(nn.Module):
         resolution: what a stage appended after it would carry, repeated up to its own input)."""
         maps, cur, hidden = [], x, None
         for s in self.stages:
-            extra = repeat_up(x, cur.shape[-2:]) if s.config.extra_channels else None
-            carry = repeat_up(hidden, cur.shape[-2:]) if s.config.carry_channels else None
+            # at their own resolution: the stage repeats them up to its map (the fast path after a 1x1 window)
+            extra = x if s.config.extra_channels else None
+            carry = hidden if s.config.carry_channels else None
             cur, hidden = (s.fast if fast else s.row_forward)(cur, extra, carry, with_hidden=True)
             maps.append(cur)
         return maps, hidden

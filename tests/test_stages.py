@@ -111,6 +111,25 @@ def test_a_carried_stage_reads_the_previous_stages_hidden_units():
     assert last.shape == (2, 0, 12, 20)  # stage 3 has no hidden units: nothing to carry on
 
 
+def test_a_coarse_extra_or_carry_map_is_the_same_as_the_map_repeated_up():
+    # the stack hands extra and carry maps over at their own resolution; a 1x1 window is convolved there and its
+    # result repeated up (the fast path's saving), a wider one reads the repeated map: both must equal the
+    # stage given the repeated map, on both paths
+    st = _carry_stack().double()
+    z = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    x1, h1 = st.stages[0].fast(z, with_hidden=True)  # (2, 3, 6, 10), (2, 8, 3, 5)
+    x2, h2 = st.stages[1].fast(x1, z, h1, with_hidden=True)  # carry window 3, extra window 1, both coarse
+    up = lambda m, x: stages.repeat_up(m, x.shape[-2:])  # noqa: E731
+    for s, x, extra, carry in ((st.stages[1], x1, z, h1), (st.stages[2], x2, None, h2)):
+        full = (None if extra is None else up(extra, x), up(carry, x))
+        want = s.row_forward(x, *full)
+        for path in (s.fast, s.row_forward):
+            assert torch.allclose(path(x, extra, carry), want, atol=1e-10)
+        assert torch.allclose(s.fast(x, *full), want, atol=1e-10)
+    with pytest.raises(ValueError, match="or a map those sides are whole multiples of"):
+        st.stages[2](x2, None, torch.randn(2, 4, 5, 5, dtype=torch.float64))  # 12x20 is no multiple of 5x5
+
+
 def test_carry_round_trip_and_mismatches(tmp_path):
     st = _carry_stack()
     back = stages.load(st.save(tmp_path / "carry"))
