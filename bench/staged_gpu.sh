@@ -1,34 +1,48 @@
 #!/bin/bash
-# A staged O-Decoder on one GPU in 8 minutes of training (issue 24), then its numbers on the store's held-out split
-# (the set that chooses) and on Set14 (the set that reports, once, at the end):
-#   bench/staged_gpu.sh NAME [osd train args]        e.g. bench/staged_gpu.sh st1 --stages 3:96 3:64 3:48
-# Defaults: --stages 3:96 3:64 3:48 --stage-shares 0.5 0.25 0.25, latents mix:ENC (the shipped O-Encoder unless
-# ENC is set) at --mix-teacher 0.8, toward the teacher's decode, so the decoder serves both latents.
-# The store is built once per machine (W/st6, the shipped recipe's: 6 views of each training photo). Paths (defaults:
-# a .gpu/ folder carried to the device): TRAIN photos, TEACHER, VAL photos (Set14), W work dir, DEVICE, ENC,
-# VAL_FRACTION (0.1: ~15 photos' views held out to choose on); results are copied to OUT/NAME when OUT is set.
-# One 10-minute device call: precompute (~1 min) + 8 min training; if the call cap cuts it (`timeout -s INT`), run
-# the same command again while the machine is held: finished stages stay, the cut stage resumes.
+# The staged O-VAE pair on one GPU (issue 24), one step per 10-minute device call, as measured in docs/BENCHMARKS.md
+# ("A longer staged O-Encoder, the carry at the feature shape, and the spread between seeds"):
+#   bench/staged_gpu.sh enc NAME [osd train args]          staged O-Encoder 3:64 3:64 3:96 toward the teacher
+#                                                          encoder's activations, 8 min (es8: cosine 0.759)
+#   bench/staged_gpu.sh dec NAME [osd train args]          staged feature decoder 5:96 3:64:1 3:48:1 on teacher
+#                                                          latents, 8.8 min (dLp: 23.44 dB; the carry, --stages
+#                                                          5:96 3:64:1:1 3:48:1:1: +0.06 / +0.22 dB on two seeds)
+#   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
+#                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB); give DEC's
+#                                                          own --stages if it was not trained with the default
+#   bench/staged_gpu.sh set14 NAME                         the pair W/NAME.safetensors on VAL (Set14): once, at
+#                                                          the end, for the report of a pair the held-out split chose
+# Every training step ends by scoring on the store's held-out split (bench/heldout_decoders.py; the set that chooses)
+# into W/heldout_NAME.json. Later options override the defaults (e.g. --max-minutes, --seed, --stages). The store
+# is built once per machine (W/st6: 6 views of each training photo, 10% of the photos held out). Paths (defaults: a
+# .gpu/ folder carried to the device): TRAIN photos, TEACHER, VAL photos, W work dir, DEVICE; with OUT set, each
+# step leaves OUT/NAME.tgz (the run folder, its log and scores), so a run outlives the machine: untar it into W
+# to resume or --init from it. A step cut by the call cap (`timeout -s INT`) resumes with the same command.
 set -eo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OSD="python3 -m organic_sd.cli"
 TRAIN=${TRAIN:-.gpu/train} TEACHER=${TEACHER:-.gpu/taef2} VAL=${VAL:-.gpu/cset14} W=${W:-/tmp/w} DEVICE=${DEVICE:-cuda}
-ENC=${ENC:-organic_sd/assets/ovae/ovae.safetensors} VAL_FRACTION=${VAL_FRACTION:-0.1} MINUTES=${MINUTES:-8}
-name=$1; shift
+step=$1 name=$2; shift 2
 mkdir -p "$W"
-[ -z "$OUT" ] || trap 'mkdir -p "$OUT/$name" && cp -r "$W/$name" "$OUT/$name/run" 2>/dev/null || true' EXIT
 [ -f "$W/st6/.done" ] || { $OSD precompute "$TRAIN" --teacher "$TEACHER" --out "$W/st6" --views 6 --batch 32 \
-    --val-fraction "$VAL_FRACTION" --device "$DEVICE" 2>&1 | tail -1; touch "$W/st6/.done"; }
-$OSD train decoder --store "$W/st6" --out "$W/$name" --device "$DEVICE" --population 160 --tick-seconds 40 \
-    --max-rows 1200000 --latents "mix:$ENC" --mix-teacher 0.8 --seed 1 --max-minutes "$MINUTES" \
-    --stages 3:96 3:64 3:48 --stage-shares 0.5 0.25 0.25 "$@"
-$OSD export --encoder "$ENC" --decoder "$W/$name" --out "$W/$name.safetensors"
-# choose on the store's held-out split (beside the shipped decoder); report on Set14 once
-python3 bench/heldout_decoders.py --store "$W/st6" --encoder "$ENC" --out "$W/heldout_$name.json" \
-    --decoders "shipped=organic_sd/assets/ovae/ovae.safetensors" "$name=$W/$name.safetensors"
-$OSD eval pipeline "$VAL" --ovae "$W/$name.safetensors" --teacher "$TEACHER" --out "$W/ev_$name" 2>&1 | tail -7
-if [ -n "$OUT" ]; then
-  mkdir -p "$OUT/$name"
-  cp "$W/$name"/config.json "$W/$name.safetensors" "$W/heldout_$name.json" "$W/ev_$name/report.json" "$OUT/$name/"
-  for s in "$W/$name"/stage*; do cp "$s/log.jsonl" "$OUT/$name/$(basename "$s").log.jsonl"; done
-fi
+    --val-fraction 0.1 --device "$DEVICE" 2>&1 | tail -2; touch "$W/st6/.done"; }
+common=(--store "$W/st6" --out "$W/$name" --device "$DEVICE" --teacher "$TEACHER" --feature-channels 16
+        --population 160 --tick-seconds 40)
+decoder=("${common[@]}" --stage-targets features --refine 0.9 --refine-start random --max-rows 1200000)
+score() { python3 bench/heldout_decoders.py --store "$W/st6" --out "$W/heldout_$name.json" "$@" 2>&1 | tail -2; }
+case $step in
+  enc) $OSD train encoder "${common[@]}" --stages 3:64 3:64 3:96 --stage-shares 0.5 0.25 0.25 --max-rows 600000 \
+         --max-minutes 8 --seed 1 "$@" 2>&1 | tail -3 ;;
+  dec) $OSD train decoder "${decoder[@]}" --stages 5:96 3:64:1 3:48:1 --stage-shares 0.3 0.35 0.35 \
+         --max-minutes 8.8 --seed 1 "$@" 2>&1 | tail -3
+       score --decoders "$name=$W/$name" ;;
+  pair) dec=$1 enc=$2; shift 2
+       $OSD train decoder "${decoder[@]}" --stages 5:96 3:64:1 3:48:1 --init "$W/$dec" --latents "mix:$W/$enc" \
+         --mix-teacher 0.7 --stage-shares 0.2 0.3 0.5 --max-minutes 7.4 --seed 2 "$@" 2>&1 | tail -3
+       $OSD export --encoder "$W/$enc" --decoder "$W/$name" --out "$W/$name.safetensors"
+       score --encoder "$W/$enc" --decoders "$name=$W/$name" ;;
+  set14) $OSD eval pipeline "$VAL" --ovae "$W/$name.safetensors" --teacher "$TEACHER" --out "$W/set14_$name" 2>&1 \
+           | tail -7 ;;
+  *) echo "usage: bench/staged_gpu.sh enc|dec|pair|set14 NAME ..." >&2; exit 2 ;;
+esac
+[ -z "$OUT" ] || tar czf "$OUT/$name.tgz" -C "$W" $(cd "$W" && ls -d "$name" "$name.safetensors" "heldout_$name.json" \
+    "set14_$name" 2>/dev/null)
