@@ -122,7 +122,7 @@ def _random_staged_ovae() -> OVAE:
     g = torch.Generator().manual_seed(0)
     stages = []
     for cfg, hidden in ((StageConfig(4, 3, 3, 2), (5,)), (StageConfig(3, 3, 3, 2, extra_channels=4), (3,)),
-                        (StageConfig(3, 3, 3, 2, extra_channels=4), ())):
+                        (StageConfig(3, 3, 3, 2, extra_channels=4, carry_channels=3), ())):  # latent cell, carry
         m = OLAModule(OLAConfig(*cfg.io_dims(), hidden))
         for p in m.parameters():
             p.data = torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5

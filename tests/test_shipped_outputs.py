@@ -1,6 +1,8 @@
 """The shipped O-VAE and O-UNet give the same numbers as when these were recorded.
 
-Refactors must leave these bit-identical. A change that ships a new model file re-pins them:
+Refactors must leave these identical up to float32 rounding: another CPU (AVX-512 Intel against AMD EPYC, seen
+2026-12-06) or a kernel that sums in another order moves the last bit or two (relative 1e-6), while any change of a
+weight or of what the model computes moves them by far more. A change that ships a new model file re-pins them:
 run the inputs below through the new file and paste the printed values.
 """
 
@@ -8,6 +10,8 @@ import torch
 
 from organic_sd.ounet.model import OUNet
 from organic_sd.ovae.model import OVAE
+
+RTOL, ATOL = 1e-5, 1e-6  # the largest move seen across CPUs: relative 3.7e-6 (O-UNet eps, 0.80050 -> 0.80050)
 
 # flat indices into the outputs, and the float32 values there (recorded from the shipped files)
 LATENT_AT = {0: 0.18001525104045868, 1: 1.3717836141586304, 100: 0.45049312710762024,
@@ -31,7 +35,9 @@ def _assert_pinned(out: torch.Tensor, pinned: dict, what: str):
     flat = out.flatten()
     got = torch.stack([flat[i] for i in pinned])
     want = torch.tensor(list(pinned.values()), dtype=torch.float32)
-    assert torch.equal(got, want), f"{what} changed at {list(pinned)}: got {got.tolist()}, pinned {want.tolist()}"
+    # a few float32 ulps of rounding (see above), nothing more
+    close = torch.allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert close, f"{what} changed at {list(pinned)}: got {got.tolist()}, pinned {want.tolist()}"
 
 
 def test_shipped_ovae_outputs_are_pinned():
