@@ -147,7 +147,9 @@ def repeat_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class Stage(nn.Module):
-    """One stage around one OLA module: map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> (B, C_out, h*r, w*r)."""
+    """One stage around one OLA module: map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> (B, C_out, h*r, w*r).
+
+    Extra and carry maps may also come coarser, with sides that divide h and w: they are read repeated up to h x w."""
 
     def __init__(self, config: StageConfig, module: OLAModule):
         super().__init__()
@@ -170,7 +172,7 @@ class Stage(nn.Module):
                              f"{c.down}, got {x.shape[2]}x{x.shape[3]}")
         for name, m, channels in (("extra", extra, c.extra_channels), ("carry", carry, c.carry_channels)):
             if channels and (m is None or m.ndim != 4 or m.shape[1] != channels or m.shape[0] != x.shape[0]
-                             or x.shape[2] % m.shape[2] or x.shape[3] % m.shape[3]):
+                             or 0 in m.shape[-2:] or x.shape[2] % m.shape[2] or x.shape[3] % m.shape[3]):
                 got = None if m is None else tuple(m.shape)
                 raise ValueError(f"stage {name} must have shape ({x.shape[0]}, {channels}, {x.shape[2]}, "
                                  f"{x.shape[3]}) or a map those sides are whole multiples of (repeated up to "
