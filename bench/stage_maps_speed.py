@@ -12,9 +12,10 @@ median milliseconds of each, their ratio and the largest difference between thei
 from __future__ import annotations
 
 import argparse
-import time
+import statistics
 
 import torch
+from ovae_speed import interleaved_times  # bench/ovae_speed.py: the same rounds as the pair's speed benchmark
 
 from organic_sd.ovae.model import read_parts
 from organic_sd.stages import Stack, repeat_up
@@ -48,16 +49,11 @@ def main(argv=None) -> int:
         z = torch.randn(1, stack.in_channels, a.size // stack.up, a.size // stack.up)
         for threads in a.threads:
             torch.set_num_threads(threads)
-            ways = {"old": lambda: repeated_first(stack, z), "new": lambda: stack(z)}
-            times = {k: [] for k in ways}
+            ways = {"old": lambda t: repeated_first(stack, t), "new": stack}
             with torch.no_grad():
-                diff = float((ways["old"]() - ways["new"]()).abs().max())  # also the warm-up
-                for _ in range(a.repeats):
-                    for k, f in ways.items():
-                        t = time.perf_counter()
-                        f()
-                        times[k].append(time.perf_counter() - t)
-            old, new = (sorted(times[k])[a.repeats // 2] * 1000 for k in ("old", "new"))
+                diff = float((ways["old"](z) - ways["new"](z)).abs().max())
+                times = interleaved_times(ways, z, a.repeats)
+            old, new = (statistics.median(times[k]) * 1000 for k in ("old", "new"))
             print(f"| {name} | {threads} | {old:.1f} | {new:.1f} | {old / new:.2f}x | {diff:.1e} |")
     return 0
 
