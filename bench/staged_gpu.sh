@@ -9,6 +9,9 @@
 #   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
 #                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB); give DEC's
 #                                                          own --stages if it was not trained with the default
+#   bench/staged_gpu.sh ref NAME [osd train args]          the Adam reference of `dec`'s shapes (or of the given
+#                                                          --stages), 40 s a stage: bench/staged_reference.py
+#   bench/staged_gpu.sh eref NAME [osd train args]         the same for `enc`'s staged O-Encoder
 #   bench/staged_gpu.sh set14 NAME                         the pair W/NAME.safetensors on VAL (Set14): once, at
 #                                                          the end, for the report of a pair the held-out split chose
 # Every training step ends by scoring on the store's held-out split (bench/heldout_decoders.py; the set that chooses)
@@ -40,9 +43,14 @@ case $step in
          --mix-teacher 0.7 --stage-shares 0.2 0.3 0.5 --max-minutes 7.4 --seed 2 "$@" 2>&1 | tail -3
        $OSD export --encoder "$W/$enc" --decoder "$W/$name" --out "$W/$name.safetensors"
        score --encoder "$W/$enc" --decoders "$name=$W/$name" ;;
+  ref) python3 bench/staged_reference.py decoder "${decoder[@]}" --stages 5:96 3:64:1 3:48:1 --seed 1 \
+         --adam-seconds 40 "$@" 2>&1 | grep -v '^  Adam' | tail -4
+       score --decoders "$name=$W/$name" ;;
+  eref) python3 bench/staged_reference.py encoder "${common[@]}" --stages 3:64 3:64 3:96 --max-rows 600000 --seed 1 \
+          --adam-seconds 40 "$@" 2>&1 | tail -4 ;;
   set14) $OSD eval pipeline "$VAL" --ovae "$W/$name.safetensors" --teacher "$TEACHER" --out "$W/set14_$name" 2>&1 \
            | tail -7 ;;
-  *) echo "usage: bench/staged_gpu.sh enc|dec|pair|set14 NAME ..." >&2; exit 2 ;;
+  *) echo "usage: bench/staged_gpu.sh enc|dec|pair|ref|eref|set14 NAME ..." >&2; exit 2 ;;
 esac
 [ -z "$OUT" ] || tar czf "$OUT/$name.tgz" -C "$W" $(cd "$W" && ls -d "$name" "$name.safetensors" "heldout_$name.json" \
     "set14_$name" 2>/dev/null)
