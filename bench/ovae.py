@@ -9,8 +9,9 @@ preprocessed to 256x256 by organic_sd.data.preprocess):
   - O-Decoder on teacher latents vs the teacher's decode (PSNR, SSIM)
   - full O-VAE (O-Encoder -> O-Decoder) vs the original (PSNR, SSIM)
   - mean cosine of O-Encoder vs teacher latent vectors
-  - parameters, and CPU encode+decode time of one 512x512 image as a ratio to the teacher's,
-    both timed in this process on the same threads (median of repeats)
+  - parameters, and CPU encode+decode time of one 512x512 image as a ratio to the teacher's, both timed in
+    this process on the same threads, in turn in each round (the median of the same-round ratios, as
+    bench/ovae_speed.py; global mode: both at 256x256)
 Two kinds of reference are listed beside the evolved rows, and live here only (never in `osd
 train` or `ola.fit`): closed-form least-squares fits of the linear architectures (no tanh),
 the single-layer optimum; and the hidden-layer architectures themselves (the same OLAModule:
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ovae_speed import interleaved_times  # bench/ovae_speed.py: the pair's rounds, the teacher in each
 
 from organic_sd.data import Store
 from organic_sd.ola.module import OLAConfig, OLAModule
@@ -163,16 +165,10 @@ def adam_reference(store: Store, cfg: TrainConfig, device, max_rows: int, second
 def cpu_seconds(fn, x, repeats: int) -> float:
     """Median wall time of fn(x) over repeats, after one warm-up call."""
     with torch.inference_mode():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        return statistics.median(interleaved_times({"fn": fn}, x, repeats)["fn"])
 
 
-def measure(name: str, v: OVAE, teacher, args, out: Path, teacher_cpu_s: float) -> dict:
+def measure(name: str, v: OVAE, teacher, args, out: Path, cpu_teacher) -> dict:
     """Quality on the held-out photos and CPU speed of one encoder/decoder pair."""
     rep = pipeline([args.val], v, out / "eval" / name.replace(" ", "_").replace("/", "_"), teacher=teacher, size=256,
                    max_images=args.max_images)
@@ -181,14 +177,18 @@ def measure(name: str, v: OVAE, teacher, args, out: Path, teacher_cpu_s: float) 
     x = torch.rand(1, 3, 512, 512) * 2 - 1
     if v.encoder.config.mode == "global":
         x = torch.rand(1, 3, 256, 256) * 2 - 1  # global mode only runs at its training size
-    ovae_s = cpu_seconds(lambda t: cpu.decode(cpu.encode(t)), x, 5)
+    with torch.inference_mode():  # the teacher in the same rounds: a slow spell slows both sides of each ratio
+        times = interleaved_times({"teacher": lambda t: cpu_teacher.decode(cpu_teacher.encode(t)),
+                                   "ovae": lambda t: cpu.decode(cpu.encode(t))}, x, 5)
+    ovae_s = statistics.median(times["ovae"])
     return {
         "name": name, "params_encoder": v.encoder.num_parameters(), "params_decoder": v.decoder.num_parameters(),
         "params": v.num_parameters(),
         "odec_psnr": m["odec_vs_teacher"]["psnr"], "odec_ssim": m["odec_vs_teacher"]["ssim"],
         "ovae_psnr": m["ovae_vs_orig"]["psnr"], "ovae_ssim": m["ovae_vs_orig"]["ssim"],
         "latent_cosine": m.get("latent_cosine"), "teacher_psnr": m["teacher_vs_orig"]["psnr"],
-        "cpu_ms": 1000 * ovae_s, "speedup_vs_teacher": teacher_cpu_s / ovae_s,
+        "cpu_ms": 1000 * ovae_s,
+        "speedup_vs_teacher": statistics.median(t / o for t, o in zip(times["teacher"], times["ovae"])),
         "timed_at": "256x256 (global mode)" if v.encoder.config.mode == "global" else "512x512",
     }
 
@@ -209,7 +209,7 @@ def markdown(rows: list[dict], args, teacher_id: str, teacher_ms: float) -> str:
     if rows:
         lines += ["", f"Teacher vs original on the same photos: {rows[0]['teacher_psnr']:.2f} dB PSNR. "
                       "Global mode compares its pooled latent with the teacher's latent pooled the same way; "
-                      "* timed at 256x256 (global mode runs at its training size only). "
+                      "* timed at 256x256, the teacher too (global mode runs at its training size only). "
                       "LS rows are closed-form least-squares references (no tanh), Adam rows the same hidden-layer "
                       "architecture trained by gradient descent; neither is evolution."]
     return "\n".join(lines) + "\n"
@@ -261,20 +261,21 @@ def main(argv=None) -> int:
                               device=args.device, **kw)
             print(f"== {name}: {kind}", flush=True)
             shutil.rmtree(run, ignore_errors=True)  # a fresh run: resuming would give it more than --seconds
-            train(cfg)
+            if train(cfg)["status"] == "no-result":  # the trainer said why (too few seconds); no run to measure
+                raise SystemExit(f"{name}: the {kind} learned nothing in --seconds {args.seconds:g}: give more")
             if readout_mix is not None:  # a second stage: the same units, the readout re-fitted on other rows
                 print(f"== {name}: {kind} readout, mix {readout_mix}", flush=True)
                 run = out / "runs" / f"{name}-{kind}-readout"
                 shutil.rmtree(run, ignore_errors=True)
                 train(replace(cfg, out=str(run), init=str(cfg.out), mix_teacher=readout_mix, first_tick_seconds=None))
             parts[kind] = read_parts(run, args.device)[kind]
-        results.append(measure(name, OVAE(parts["encoder"], parts["decoder"]), teacher, args, out, teacher_s))
+        results.append(measure(name, OVAE(parts["encoder"], parts["decoder"]), teacher, args, out, cpu_teacher))
         print(json.dumps(results[-1]), flush=True)
     if not args.no_references:
         for name, (enc_kw, dec_kw) in REFERENCES.items():
             enc = least_squares(store, TrainConfig("encoder", args.store, "-", **enc_kw), args.device, args.max_rows)
             dec = least_squares(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows)
-            results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
+            results.append(measure(name, OVAE(enc, dec), teacher, args, out, cpu_teacher))
             print(json.dumps(results[-1]), flush=True)
         for name, (enc_kw, dec_kw) in GRADIENT_REFERENCES.items():
             print(f"== {name}", flush=True)
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
                 dec_kw = {**dec_kw, "latents": f"mix:{enc_file}"}
             dec = adam_reference(store, TrainConfig("decoder", args.store, "-", **dec_kw), args.device, args.max_rows,
                                  args.gradient_seconds)
-            results.append(measure(name, OVAE(enc, dec), teacher, args, out, teacher_s))
+            results.append(measure(name, OVAE(enc, dec), teacher, args, out, cpu_teacher))
             print(json.dumps(results[-1]), flush=True)
     # results of earlier calls with the same --out are kept (configs can be run in separate calls)
     old = json.loads((out / "results.json").read_text())["results"] if (out / "results.json").is_file() else []
