@@ -71,9 +71,9 @@ class Net(nn.Module):
 
 
 def adam_fit(rows: StageRows, pool: np.ndarray, n_rows: int, hidden: int, scale: float, seconds: float,
-             redraw_seconds: float, rng: np.random.Generator, device: torch.device, log=print) -> Net:
+             redraw_seconds: float, rng: np.random.Generator, device: torch.device, log=print) -> tuple[Net, int]:
     """Adam (batch 4096, lr 2e-3 falling linearly to 2e-4) for `seconds`, on a fresh draw of n_rows rows every
-    redraw_seconds (the trainer's ticks draw fresh rows too)."""
+    redraw_seconds (the trainer's ticks draw fresh rows too) -> (the net, its steps)."""
     x, y = rows.draw(pool, n_rows, rng)  # (N, in), (N, out)
     net = Net(x.shape[1], hidden, y.shape[1], scale).to(device)
     opt = torch.optim.Adam(net.parameters(), 2e-3)
@@ -93,7 +93,7 @@ def adam_fit(rows: StageRows, pool: np.ndarray, n_rows: int, hidden: int, scale:
         steps += 1
     loss = loss.detach()
     log(f"  Adam: {steps:,} steps in {seconds:.0f} s, last batch MSE {loss.item():.5g}")
-    return net.requires_grad_(False)
+    return net.requires_grad_(False), steps
 
 
 def main(argv=None) -> int:
@@ -129,7 +129,9 @@ def main(argv=None) -> int:
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
     evolved = list(read_parts(a.evolved, dev)[a.part].module.stages) if a.evolved else None
     rng = np.random.default_rng(cfg.seed)
-    report = {"flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    # the flags that make the shapes, rows and targets (the trainer's budget flags play no part here)
+    report = {"flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                        if k not in ("max_minutes", "ticks", "tick_seconds", "first_tick_seconds", "generations")},
               "adam_seconds": a.adam_seconds, "redraw_seconds": a.redraw_seconds, "evolved_run": a.evolved,
               "device": str(dev), "stages": []}
     ref: list[Stage] = []
@@ -139,9 +141,10 @@ def main(argv=None) -> int:
         rows = StageRows(part_rows, list(ref), scfg, learns)  # a copy: ref grows below
         print(f"stage {i + 1} of {len(configs)}: {scfg.in_channels} channels in, {h} tanh, "
               f"{rows.metric} at 1/{rows.factor} resolution", flush=True)
-        net = adam_fit(rows, train_idx, cfg.max_rows, h, scale, a.adam_seconds, a.redraw_seconds, rng, dev)
+        net, steps = adam_fit(rows, train_idx, cfg.max_rows, h, scale, a.adam_seconds, a.redraw_seconds, rng, dev)
         ref.append(Stage(scfg, net.to_module()))
-        line = {"stage": i + 1, "reference": StageHeldOut(rows, cfg.eval_images, cfg.seed).score(ref[-1])}
+        line = {"stage": i + 1, "adam_steps": steps,
+                "reference": StageHeldOut(rows, cfg.eval_images, cfg.seed).score(ref[-1])}
         if evolved is not None:
             if evolved[i].config != scfg:
                 raise SystemExit(f"--evolved {a.evolved}: its stage {i + 1} is {asdict(evolved[i].config)}, these "
