@@ -7,8 +7,9 @@
 #                                                          latents, 8.8 min (dLp: 23.44 dB; the carry, --stages
 #                                                          5:96 3:64:1:1 3:48:1:1: +0.06 / +0.22 dB on two seeds)
 #   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
-#                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB); give DEC's
-#                                                          own --stages if it was not trained with the default
+#                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB; pmdLCs, the
+#                                                          carry, 5 min: 23.58 / 24.15 dB); give DEC's own
+#                                                          --stages if it was not trained with the default
 #   bench/staged_gpu.sh ref NAME [osd train args]          the Adam reference of `dec`'s shapes (or of the given
 #                                                          --stages), 40 s a stage: bench/staged_reference.py
 #   bench/staged_gpu.sh eref NAME [osd train args]         the same for `enc`'s staged O-Encoder
