@@ -35,7 +35,7 @@ from organic_sd.devices import resolve_device
 from organic_sd.files import WEIGHTS_NAME
 from organic_sd.flags import add_flags, from_args
 from organic_sd.ovae.config import DECODER_ONLY, TrainConfig, stage_specs
-from organic_sd.ovae.features import open_basis
+from organic_sd.ovae.features import FEATURES_NAME, open_basis
 from organic_sd.ovae.model import OVAE, Part, read_parts
 from organic_sd.ovae.rows import PartRows, out_scale, part_config, source_encoder
 from organic_sd.ovae.staged import StageHeldOut, StageRows, feature_targets, stage_configs
@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     train_idx = store.indices("train")
     if features is not None:
         inputs = store.images if a.part == "encoder" else store.latents
+        if a.evolved:  # that run's basis, even where OUT holds one from an earlier call
+            (out / FEATURES_NAME).unlink(missing_ok=True)
         open_basis(features, out, inputs, train_idx, cfg.seed, dev, a.evolved)
     last_scale = out_scale(cfg, store, np.random.default_rng(cfg.seed))
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
