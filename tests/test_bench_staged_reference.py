@@ -63,3 +63,21 @@ def test_an_evolved_run_of_other_shapes_is_refused(taesd_store, tmp_path):
     with pytest.raises(SystemExit, match="its stage 2 is"):
         main(["decoder", "--store", str(store), "--out", str(tmp_path / "ref"), "--stages", *STAGES,
               "--eval-images", "4", "--max-rows", "2000", "--adam-seconds", "0.2", "--evolved", str(run)])
+
+
+def test_the_encoders_reference_scores_cosine_beside_the_evolved_encoder(taesd_store, tmp_path):
+    store, teacher = taesd_store
+    run, ref = tmp_path / "enc", tmp_path / "ref"
+    stages = ("3:4", "1:3", "3:0")  # pixels -> 1/2 -> 1/4 (features) -> latent, the last stage linear
+    train(quick("encoder", store, run, stages=stages, teacher=str(teacher), feature_channels=5, generations=40,
+                ticks=1))
+    assert main(["encoder", "--store", str(store), "--out", str(ref), "--stages", *stages, "--teacher", str(teacher),
+                 "--feature-channels", "5", "--eval-images", "4", "--max-rows", "2000", "--adam-seconds", "1",
+                 "--evolved", str(run)]) == 0
+    r = json.loads((ref / "reference.json").read_text())
+    last = r["stages"][-1]
+    assert -1 <= last["reference"]["cosine"] <= 1
+    logged = json.loads((run / "stage3" / "state.json").read_text())["best"]  # what the trainer scored, the same
+    assert last["evolved"]["cosine"] == pytest.approx(logged["cosine"], abs=1e-6)
+    enc = read_parts(str(ref))["encoder"]
+    assert enc.config.mode == "staged" and tuple(enc.module.stages[-1].module.config.hidden) == ()
