@@ -117,8 +117,15 @@ def main(argv=None) -> int:
     part_cfg = replace(part_config(cfg, store), mode="staged")
     configs = stage_configs(cfg, part_cfg)
     hidden = [spec[1] for spec in stage_specs(cfg.stages)]
-    features = feature_targets(cfg, store, configs, dev) if cfg.stage_targets == "features" or a.part == "encoder" \
-        else None
+    evolved = list(read_parts(a.evolved, dev)[a.part].module.stages) if a.evolved else None
+    if evolved is not None:  # before any fit: a run of other shapes is no comparison
+        have, want = [asdict(s.config) for s in evolved], [asdict(c) for c in configs]
+        for i in range(max(len(have), len(want))):
+            got, made = (have[i] if i < len(have) else None), (want[i] if i < len(want) else None)
+            if got != made:
+                raise SystemExit(f"--evolved {a.evolved}: its stage {i + 1} is {got}, these flags make {made}")
+    # a staged encoder's earlier stages always learn features (TrainConfig sets stage_targets so)
+    features = feature_targets(cfg, store, configs, dev) if cfg.stage_targets == "features" else None
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train_idx = store.indices("train")
@@ -129,7 +136,6 @@ def main(argv=None) -> int:
         open_basis(features, out, inputs, train_idx, cfg.seed, dev, a.evolved)
     last_scale = out_scale(cfg, store, np.random.default_rng(cfg.seed))
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
-    evolved = list(read_parts(a.evolved, dev)[a.part].module.stages) if a.evolved else None
     rng = np.random.default_rng(cfg.seed)
     # the flags that make the shapes, rows and targets (the trainer's budget flags play no part here)
     report = {"flags": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
@@ -148,9 +154,6 @@ def main(argv=None) -> int:
         line = {"stage": i + 1, "adam_steps": steps,
                 "reference": StageHeldOut(rows, cfg.eval_images, cfg.seed).score(ref[-1])}
         if evolved is not None:
-            if evolved[i].config != scfg:
-                raise SystemExit(f"--evolved {a.evolved}: its stage {i + 1} is {asdict(evolved[i].config)}, these "
-                                 f"flags make {asdict(scfg)}")
             own = StageRows(part_rows, evolved[:i], scfg, learns)
             line["evolved"] = StageHeldOut(own, cfg.eval_images, cfg.seed).score(evolved[i])
         print("  " + json.dumps(line), flush=True)
