@@ -176,9 +176,8 @@ class Job(Protocol):
     fit_kwargs: dict  # ola.fit arguments of this trainer (units_per_round, subspace)
     plot: list[tuple[str, str, bool]]  # plot.png's series: (log key, label, log scale)
 
-    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        """A tick's fresh training rows x (N, in), y (N, out); optionally also x_val, y_val, the rows its search
-        picks its best round on (else ola.fit holds out a tenth of x)."""
+    def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A tick's fresh training rows x (N, in), y (N, out)."""
         ...
 
     def fit_share(self, tick: int) -> float:
@@ -290,8 +289,7 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
                 break
             tick_s = want if left is None else min(want, left)
             t0 = time.perf_counter()
-            x, y, *val = job.draw(rng)  # (N, in), (N, out), and the search's own held-out rows if the job draws them
-            x_val, y_val = val or (None, None)
+            x, y = job.draw(rng)  # (N, in), (N, out)
             t_data = time.perf_counter() - t0
             learned_nothing = False
             try:
@@ -300,11 +298,10 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
                     out_scale=record["out_scale"],
                     max_seconds=search_seconds(job.fit_share(state["tick"]) * tick_s, t_data, left),
                     generations=cfg.generations, batch_size=cfg.batch_size, device=job.device,
-                    seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), x_val=x_val,
-                    y_val=y_val, **job.fit_kwargs)
+                    seed=cfg.seed + state["tick"], progress=cfg.progress, init=job.module_of(kept), **job.fit_kwargs)
             except ola.FitDidNotLearn as e:  # a fresh search that never beat predicting zero in the tick's time
                 module, interrupted, learned_nothing = e.module, False, True
-            del x, y, x_val, y_val
+            del x, y
             # the tick's time all went to setup, or its search never beat predicting zero: its module is where the
             # search would start, not a result (rank 0's count for all, as every decision a later collective depends on)
             searched = bool(module.training_summary.get("generations"))

@@ -103,9 +103,6 @@ def test_stages_flag_on_the_command_line(store, tmp_path):
     ({"stages": ("3:0", "3:4:0:1")}, "CARRY reads the previous stage's hidden units, and it has none"),
     ({"stages": ("3:4", "3:4"), "hidden": (8,)}, "leave --window and --hidden out"),
     ({"stages": ("3:4", "3:4"), "stage_shares": (1.0,)}, "one positive share per stage"),
-    ({"tick_images": 8}, "only apply with --stages"),
-    ({"fit_val_images": 2}, "only apply with --stages"),
-    ({"stages": ("3:4", "3:3"), "fit_val_images": -1}, "must be 0 \\(off\\) or more images"),
     ({"stage_shares": (1.0,)}, "only apply with --stages"),
     ({"stages": ("3:4", "3:3"), "stage_patience": -1}, "--stage-patience must be 0"),
 ])
@@ -221,39 +218,3 @@ def test_a_stage_that_stops_gaining_ends_and_the_next_gets_its_minutes(store, tm
     assert budgets[0] == 1.0 and budgets[1] > 1.5  # stage 2 got what stage 1 left of its minute
     with pytest.raises(ValueError, match="--stage-patience"):
         TrainConfig("decoder", "s", "o", ticks=1, stage_patience=2)
-
-
-def test_a_tick_spreads_its_rows_over_tick_images_and_holds_out_other_images(store, tmp_path, monkeypatch):
-    import numpy as np
-
-    drawn, counts = [], []
-    real_rows_of = staged_mod.StageRows._rows_of
-
-    def rows_of(self, idx, *a):
-        x, y = real_rows_of(self, idx, *a)
-        drawn.append(set(idx.tolist())), counts.append(x.shape[0])
-        return x, y
-
-    monkeypatch.setattr(staged_mod.StageRows, "_rows_of", rows_of)
-    monkeypatch.setattr(staged_mod, "MIN_IMAGES", 2)
-    run = tmp_path / "dec"
-    res = train(quick("decoder", store, run, stages=("3:4", "3:3"), max_rows=100, tick_images=8, fit_val_images=3))
-    assert res["status"] == "done"
-    train_draws, val_draws = drawn[0::2], drawn[1::2]  # each tick: its rows, then its search's held-out rows
-    assert len(train_draws) == 4 and all(len(t) == 8 for t in train_draws)  # 100 rows fill 7 images or fewer; 8 asked
-    assert all(len(v) == 3 and not v & t for t, v in zip(train_draws, val_draws))
-    pool = set(staged_mod.Store.open(store).indices("train").tolist())
-    assert all(t | v <= pool for t, v in zip(train_draws, val_draws))
-    assert len({frozenset(v) for v in val_draws}) > 1  # other images each tick: every image trains in some tick
-    for i in (1, 2):  # the search trained on every row drawn and picked its round on the other images' rows
-        summary = OVAE.load(run).decoder.module.stages[i - 1].module.training_summary
-        assert (summary["n_train"], summary["n_val"]) == (counts[4 * i - 2], counts[4 * i - 1])
-    # without the flags, the fit holds out a tenth of its own rows, as before
-    plain = train(quick("decoder", store, tmp_path / "plain", stages=("3:4", "3:3"), max_rows=100))
-    assert plain["status"] == "done"
-    summary = OVAE.load(tmp_path / "plain").decoder.module.stages[0].module.training_summary
-    assert summary["n_train"] + summary["n_val"] == 100 and summary["n_val"] == 10
-    rows = staged_mod.StageRows.__new__(staged_mod.StageRows)
-    rows.rows = type("R", (), {"store": staged_mod.Store.open(store)})()
-    with pytest.raises(ValueError, match="leaves none of the 3 training samples"):
-        rows.draw(np.arange(3), 100, np.random.default_rng(0), val_images=3)

@@ -101,10 +101,6 @@ class TrainConfig:
     stage_patience: int = flag(0, "with --stages: a stage ends when this many ticks in a row score no better on its "
                                   "held-out images, and the later stages share the minutes it left (0: every stage "
                                   "spends its share)")
-    tick_images: int = flag(0, "with --stages: training images each tick's rows are spread over (0: as few as hold "
-                               "--max-rows, at least 64); more takes fewer positions from each image")
-    fit_val_images: int = flag(0, "with --stages: each tick's search picks its best refinement round on rows from this "
-                                  "many other training images, not the tick's own (0: a random tenth of its own rows)")
     stage_targets: str = flag("decode", "with --stages: what every stage but the last learns: 'decode', the teacher's "
                                         "decode area-downsampled to its resolution (RGB between stages), or "
                                         "'features', the teacher decoder's own activations there (their top "
@@ -182,12 +178,8 @@ class TrainConfig:
                                  + " needs at least two --stages (the last one writes "
                                  + ("the latent" if self.kind == "encoder" else "RGB") + ") and --teacher (the "
                                  "store's teacher, whose activations the earlier stages learn)")
-        elif self.stage_shares or self.stage_patience or self.tick_images or self.fit_val_images:
-            raise ValueError("--stage-shares, --stage-patience, --tick-images and --fit-val-images only apply with "
-                             "--stages")
-        if self.tick_images < 0 or self.fit_val_images < 0:
-            raise ValueError(f"--tick-images and --fit-val-images must be 0 (off) or more images, got "
-                             f"{self.tick_images}, {self.fit_val_images}")
+        elif self.stage_shares or self.stage_patience:
+            raise ValueError("--stage-shares and --stage-patience only apply with --stages")
         if self.stage_patience < 0:
             raise ValueError(f"--stage-patience must be 0 (off) or more ticks, got {self.stage_patience}")
         if self.stage_targets not in ("decode", "features"):

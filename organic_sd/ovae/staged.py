@@ -62,7 +62,6 @@ MIN_IMAGES = 64  # a tick's rows come from at least this many images: fine stage
 # the teacher's activations per sample, kept across ticks up to this many bytes (in host memory): on the CPU one
 # tick's teacher pass over 64 images at 1/2 resolution takes about a minute, longer than a tick
 TARGET_CACHE_BYTES = 2 << 30
-MAX_FIT_VAL = 10_000  # rows of --fit-val-images: as many as ola.fit holds out of a tick's own rows at most
 DONE = ("done", "frozen")
 
 
@@ -183,32 +182,18 @@ class StageRows:
             sets = [images] if self.encoder else self.rows.latent_sets(idx, images)
             return [run_frozen(self.frozen, z, bool(self.scfg.carry_channels)) for z in sets]
 
-    def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator, images: int = 0,
-             val_images: int = 0) -> tuple[torch.Tensor, ...]:
-        """A fresh random sample of at most max_rows rows (x (N, in), y (N, out)), thinned evenly over at least
-        MIN_IMAGES images (or `images`); with `val_images`, also x_val, y_val: at most MAX_FIT_VAL rows from that
-        many other images of the pool, on which the tick's search picks its best round."""
+    def draw(self, pool: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh random sample of at most max_rows rows, thinned evenly over at least MIN_IMAGES images."""
         store = self.rows.store
         if len(pool) == 0:
             raise ValueError(f"store {store.path} has no samples in this split to draw rows from")
-        if val_images and val_images >= len(pool):
-            raise ValueError(f"--fit-val-images {val_images} leaves none of the {len(pool)} training samples of "
-                             f"{store.path} to draw rows from: give fewer")
-        per_image = self.positions * sum(self.rows._set_shares())
-        val = rng.choice(pool, val_images, replace=False) if val_images else np.empty(0, dtype=pool.dtype)
-        pool = np.setdiff1d(pool, val)  # every image lies on one side of a tick
-        n = min(len(pool), max(MIN_IMAGES, math.ceil(max_rows / per_image), images))
-        x, y = self._rows_of(np.sort(rng.choice(pool, n, replace=False)), max_rows, rng)
-        if not val_images:
-            return x, y
-        return (x, y, *self._rows_of(np.sort(val), MAX_FIT_VAL, rng))
-
-    def _rows_of(self, idx: np.ndarray, max_rows: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """At most max_rows rows spread evenly over samples idx (sorted: sequential shard reads)."""
-        store, shares = self.rows.store, self.rows._set_shares()
-        share = min(1.0, max_rows / (len(idx) * self.positions * sum(shares)))  # thin each chunk: no full set
+        shares = self.rows._set_shares()
+        per_image = self.positions * sum(shares)
+        n = min(len(pool), max(MIN_IMAGES, math.ceil(max_rows / per_image)))
+        idx = np.sort(rng.choice(pool, n, replace=False))  # sorted: sequential shard reads
+        share = min(1.0, max_rows / (n * per_image))  # thin each chunk now, so the full set never exists
         xs, ys = [], []
-        for i in range(0, len(idx), LOAD_CHUNK):
+        for i in range(0, n, LOAD_CHUNK):
             chunk = idx[i:i + LOAD_CHUNK]
             images = torch.from_numpy(store.images[chunk]).to(self.rows.device)
             y = to_blocks(self.target(chunk, images), self.scfg.up)  # (m, C_out*r*r)
@@ -293,7 +278,7 @@ class StageJob:
         self.plot = [("heldout_mse", "MSE", True), *metrics]
 
     def draw(self, rng):
-        return self.rows.draw(self.train_idx, self.cfg.max_rows, rng, self.cfg.tick_images, self.cfg.fit_val_images)
+        return self.rows.draw(self.train_idx, self.cfg.max_rows, rng)
 
     def fit_share(self, tick: int) -> float:
         return 1
