@@ -102,3 +102,23 @@ def test_whitener_statistics_come_from_rows_spread_over_the_whole_set():
     wh = Whitener.fit(x, max_rows=2000)
     z = wh(x[6000:])  # whitened later rows: unit scale, not blown up by a zero variance seen in a first block
     assert float(z.std(dim=0).max()) < 5.0
+
+
+def test_deflate_on_a_batch_of_fewer_rows_than_units():
+    # a tiny fit (fewer rows than units grown side by side) once failed here with a shape error from the QR
+    g = torch.Generator().manual_seed(0)
+    z, resid = torch.randn(3, 2, generator=g), torch.randn(3, 1, generator=g)
+    basis, _ = torch.linalg.qr(torch.cat([torch.ones(3, 1), z], 1))
+    theta = torch.randn(5, 4, 3, generator=g)  # (P, R, in + 1): 4 units, 3 rows
+    e = explained_loss(theta, z, resid, basis, deflate=True)
+    assert e.shape == (5, 4) and bool(torch.isfinite(e).all())
+    assert torch.allclose(e[:, 0], explained_loss(theta, z, resid, basis)[:, 0])  # the first unit is never deflated
+
+
+def test_a_fit_on_fewer_rows_than_a_round_of_units_grows_them():
+    from organic_sd import ola
+
+    x, y = torch.randn(12, 3, generator=torch.Generator().manual_seed(1)), torch.randn(12, 2).tanh() * 0.5
+    m = ola.fit(x, y, hidden=(8,), generations=30, subspace=ola.Subspace(deflate=True), units_per_round=8,
+                batch_size=6)
+    assert m.config.hidden == (8,)

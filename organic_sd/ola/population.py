@@ -111,10 +111,11 @@ def explained_loss(theta: torch.Tensor, z: torch.Tensor, resid: torch.Tensor, ba
     var = h.square().mean(dim=0)
     if deflate and R > 1:
         ref = torch.tanh(z @ theta[..., :-1].mean(0).T + theta[..., -1].mean(0))  # (B, R): each unit's mean
-        q, _ = torch.linalg.qr(ref - basis @ (basis.T @ ref))  # (B, R): column j spans unit j beyond units < j
-        earlier = torch.ones(R, R, device=z.device, dtype=z.dtype).triu(1)  # [j, r] = 1 where j < r
-        coef = (q.T @ h).view(R, P, R) * earlier[:, None, :]  # (R, P, R)
-        h = h - q @ coef.view(R, P * R)
+        q, _ = torch.linalg.qr(ref - basis @ (basis.T @ ref))  # (B, K): column j spans unit j beyond units < j
+        K = q.shape[1]  # min(B, R): a batch of fewer rows than units holds only B independent columns
+        earlier = torch.ones(K, R, device=z.device, dtype=z.dtype).triu(1)  # [j, r] = 1 where j < r
+        coef = (q.T @ h).view(K, P, R) * earlier[:, None, :]  # (K, P, R)
+        h = h - q @ coef.view(K, P * R)
     rc = resid - resid.mean(dim=0)
     cov = (rc.T @ h) / B  # (out, P*R)
     energy = cov.square().sum(0) / var.clamp_min(1e-12)  # (P*R,)
