@@ -4,7 +4,7 @@
 #   bench/staged_gpu.sh enc NAME [osd train args]          staged O-Encoder 3:64 3:64 3:96 toward the teacher
 #                                                          encoder's activations, 8 min (es8: cosine 0.759)
 #   bench/staged_gpu.sh dec NAME [osd train args]          staged feature decoder 5:96 3:64:1 3:48:1 on teacher
-#                                                          latents, 8.8 min (dLp: 23.44 dB; the carry, --stages
+#                                                          latents, 8.4 min (dLp: 23.44 dB; the carry, --stages
 #                                                          5:96 3:64:1:1 3:48:1:1: +0.06 / +0.22 dB on two seeds)
 #   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
 #                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB; pmdLCs, the
@@ -15,6 +15,9 @@
 #   bench/staged_gpu.sh eref NAME [osd train args]         the same for `enc`'s staged O-Encoder
 #   bench/staged_gpu.sh set14 NAME                         the pair W/NAME.safetensors on VAL (Set14): once, at
 #                                                          the end, for the report of a pair the held-out split chose
+# On the GPU, --batch-size 32768 (8x the CUDA default) took stage 1 from 0.152 to 0.138 relative error in the same
+# seconds (docs/BENCHMARKS.md, "Rows per generation on the GPU"); stages 2-3 and the pair are not measured with it yet.
+# 8.4 minutes, not more, leave a 10-minute call room for the store, the teacher and the scoring after training.
 # Every training step ends by scoring on the store's held-out split (bench/heldout_decoders.py; the set that chooses)
 # into W/heldout_NAME.json. Later options override the defaults (e.g. --max-minutes, --seed, --stages). The store
 # is built once per machine (W/st6: 6 views of each training photo, 10% of the photos held out). Paths (defaults: a
@@ -37,7 +40,7 @@ case $step in
   enc) $OSD train encoder "${common[@]}" --stages 3:64 3:64 3:96 --stage-shares 0.5 0.25 0.25 --max-rows 600000 \
          --max-minutes 8 --seed 1 "$@" 2>&1 | tail -3 ;;
   dec) $OSD train decoder "${decoder[@]}" --stages 5:96 3:64:1 3:48:1 --stage-shares 0.3 0.35 0.35 \
-         --max-minutes 8.8 --seed 1 "$@" 2>&1 | tail -3
+         --max-minutes 8.4 --seed 1 "$@" 2>&1 | tail -3
        score --decoders "$name=$W/$name" ;;
   pair) dec=$1 enc=$2; shift 2
        $OSD train decoder "${decoder[@]}" --stages 5:96 3:64:1 3:48:1 --init "$W/$dec" --latents "mix:$W/$enc" \
