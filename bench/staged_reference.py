@@ -23,6 +23,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, replace
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +120,7 @@ def main(argv=None) -> int:
     hidden = [spec[1] for spec in stage_specs(cfg.stages)]
     evolved = list(read_parts(a.evolved, dev)[a.part].module.stages) if a.evolved else None
     if evolved is not None:  # before any fit: a run of other shapes is no comparison
-        have, want = [asdict(s.config) for s in evolved], [asdict(c) for c in configs]
-        for i in range(max(len(have), len(want))):
-            got, made = (have[i] if i < len(have) else None), (want[i] if i < len(want) else None)
+        for i, (got, made) in enumerate(zip_longest([asdict(s.config) for s in evolved], map(asdict, configs))):
             if got != made:
                 raise SystemExit(f"--evolved {a.evolved}: its stage {i + 1} is {got}, these flags make {made}")
     # a staged encoder's earlier stages always learn features (TrainConfig sets stage_targets so)
