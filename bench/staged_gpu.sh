@@ -15,8 +15,9 @@
 #   bench/staged_gpu.sh eref NAME [osd train args]         the same for `enc`'s staged O-Encoder
 #   bench/staged_gpu.sh set14 NAME                         the pair W/NAME.safetensors on VAL (Set14): once, at
 #                                                          the end, for the report of a pair the held-out split chose
-# On the GPU, --batch-size 32768 (8x the CUDA default) took stage 1 from 0.152 to 0.138 relative error in the same
-# seconds (docs/BENCHMARKS.md, "Rows per generation on the GPU"); stages 2-3 and the pair are not measured with it yet.
+# The fit's CUDA default of 32,768 rows per generation (4,096 before 2026-12-06) took stage 1 from 0.152 to 0.138
+# relative error in the same seconds and `dec` from 23.57 to 23.75 dB (docs/BENCHMARKS.md, "Rows per generation on
+# the GPU"); runs before then are re-run with --batch-size 4096.
 # 8.4 minutes, not more, leave a 10-minute call room for the store, the teacher and the scoring after training.
 # Every training step ends by scoring on the store's held-out split (bench/heldout_decoders.py; the set that chooses)
 # into W/heldout_NAME.json. Later options override the defaults (e.g. --max-minutes, --seed, --stages). The store

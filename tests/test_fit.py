@@ -348,3 +348,19 @@ def test_a_continued_fit_that_improved_nothing_warns():
         warnings.simplefilter("error")
         _check_progress(m, val_mse=0.4, start_mse=0.5, fresh=False)
     assert m.training_summary["learned"] is True
+
+
+def test_default_rows_per_generation_are_many_on_a_gpu_but_bounded_by_the_scratch_they_need():
+    from organic_sd.ola.fit import CPU_BATCH, CUDA_BATCH, CUDA_MIN_BATCH, CUDA_SCRATCH, default_batch_size
+    assert default_batch_size("cpu", 160, 96) == CPU_BATCH
+    assert default_batch_size("cuda", 160, 96) == CUDA_BATCH  # the staged O-Decoder's stages, as measured
+    wide = default_batch_size("cuda:0", 40, 768)  # a text adapter's readout: (P, B, 768) would need 4 GiB at 32k
+    assert CUDA_MIN_BATCH < wide < CUDA_BATCH and 40 * 768 * wide <= CUDA_SCRATCH
+    assert default_batch_size("cuda", 1000, 4096) == CUDA_MIN_BATCH
+
+
+def test_a_fit_without_batch_size_uses_the_default_and_reports_it():
+    x, y, _ = _linear_tanh(n=3000)
+    m = ola.fit(x, y, generations=2)
+    assert m.training_summary["batch_size"] == 1024
+    assert ola.fit(x, y, generations=2, batch_size=300).training_summary["batch_size"] == 300

@@ -20,8 +20,13 @@ from organic_sd.ola.search import Budget
 from organic_sd.ola.strategies import AUTO, make_strategy
 
 DEFAULT_GENERATIONS = 2000  # when neither max_seconds nor generations is given
-MAX_HELDOUT = 10_000
-JUDGE_AFTER = 100  # generations after which a fresh fit no better than predicting zero is an error, not bad luck  # rows split off for selection when no x_val is given
+MAX_HELDOUT = 10_000  # rows split off for selection when no x_val is given
+JUDGE_AFTER = 100  # generations after which a fresh fit no better than predicting zero is an error, not bad luck
+# Rows per generation when batch_size is not given. On a GPU a generation of 32,768 rows costs ~2.2x one of 4,096 and
+# took the staged O-Decoder 0.18 dB further in the same 8.4 minutes (docs/BENCHMARKS.md, "Rows per generation on
+# the GPU"); wide outputs or hidden layers make the (P, B, width) scratch large, so the default shrinks to keep it
+# under CUDA_SCRATCH elements, never below CUDA_MIN_BATCH.
+CPU_BATCH, CUDA_BATCH, CUDA_MIN_BATCH, CUDA_SCRATCH = 1024, 32768, 4096, 2**29
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -97,7 +102,7 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
     if generations is None and max_seconds is None:
         generations = DEFAULT_GENERATIONS
     if batch_size is None:
-        batch_size = 4096 if dev.type == "cuda" else 1024
+        batch_size = default_batch_size(dev, max(population, refine.population or 0), max((y.shape[1], *hidden)))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     budget = Budget(max_seconds, generations, start=t0)
@@ -188,6 +193,14 @@ def _check_progress(module, val_mse, start_mse, fresh):
     hint = "; the budget ended before the search could start: give it more time" if s["generations"] == 0 else ""
     what = "the fit" if fresh else "continuing from init"
     warnings.warn(f"{what} improved nothing: {facts}{hint}", NoProgressWarning, stacklevel=3)
+
+
+def default_batch_size(device: torch.device | str, population: int, width: int) -> int:
+    """Rows per generation for a fit on `device` whose widest layer has `width` neurons (see CUDA_BATCH)."""
+    if torch.device(device).type != "cuda":
+        return CPU_BATCH
+    fits = CUDA_SCRATCH // max(1, population * width)
+    return max(CUDA_MIN_BATCH, min(CUDA_BATCH, fits))
 
 
 def _check_init(init, in_dim, out_dim, hidden, out_scale):
