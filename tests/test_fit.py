@@ -352,11 +352,14 @@ def test_a_continued_fit_that_improved_nothing_warns():
 
 def test_default_rows_per_generation_are_many_on_a_gpu_but_bounded_by_the_scratch_they_need():
     from organic_sd.ola.fit import CPU_BATCH, CUDA_BATCH, CUDA_MIN_BATCH, CUDA_SCRATCH, default_batch_size
+    h100 = 80 * 2**30
     assert default_batch_size("cpu", 160, 96) == CPU_BATCH
-    assert default_batch_size("cuda", 160, 96) == CUDA_BATCH  # the staged O-Decoder's stages, as measured
-    wide = default_batch_size("cuda:0", 40, 768)  # a text adapter's readout: (P, B, 768) would need 4 GiB at 32k
+    assert default_batch_size("cuda", 160, 96, h100) == CUDA_BATCH  # the staged O-Decoder's stages, as measured
+    wide = default_batch_size("cuda:0", 40, 768, h100)  # a text adapter's readout: (P, B, 768) is 4 GiB at 32k rows
     assert CUDA_MIN_BATCH < wide < CUDA_BATCH and 40 * 768 * wide <= CUDA_SCRATCH
-    assert default_batch_size("cuda", 1000, 4096) == CUDA_MIN_BATCH
+    small = default_batch_size("cuda", 160, 96, 8 * 2**30)  # an 8 GiB card: fewer rows for the same fit
+    assert CUDA_MIN_BATCH < small < CUDA_BATCH and 4 * 160 * 96 * small <= 8 * 2**30 // 16
+    assert default_batch_size("cuda", 1000, 4096, h100) == CUDA_MIN_BATCH
 
 
 def test_a_fit_without_batch_size_uses_the_default_and_reports_it():

@@ -8,6 +8,7 @@ import warnings
 
 import torch
 
+from organic_sd import dist
 from organic_sd.devices import resolve_device
 from organic_sd.ola import cascade
 from organic_sd.ola.checks import as_matrix, check_pair
@@ -25,7 +26,7 @@ JUDGE_AFTER = 100  # generations after which a fresh fit no better than predicti
 # Rows per generation when batch_size is not given. On a GPU a generation of 32,768 rows costs ~2.2x one of 4,096 and
 # took the staged O-Decoder 0.18 dB further in the same 8.4 minutes (docs/BENCHMARKS.md, "Rows per generation on
 # the GPU"); wide outputs or hidden layers make the (P, B, width) scratch large, so the default shrinks to keep it
-# under CUDA_SCRATCH elements, never below CUDA_MIN_BATCH.
+# under CUDA_SCRATCH elements (and a small card's share), never below CUDA_MIN_BATCH.
 CPU_BATCH, CUDA_BATCH, CUDA_MIN_BATCH, CUDA_SCRATCH = 1024, 32768, 4096, 2**29
 
 
@@ -103,6 +104,8 @@ def fit(x, y, *, hidden=(), strategy="auto", population=40, out_scale=1.0,
         generations = DEFAULT_GENERATIONS
     if batch_size is None:
         batch_size = default_batch_size(dev, max(population, refine.population or 0), max((y.shape[1], *hidden)))
+        if dev.type == "cuda" and dist.world_size() > 1:  # every rank draws the same rows: the smallest card decides
+            batch_size = min(dist.all_gather_object(batch_size))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     budget = Budget(max_seconds, generations, start=t0)
@@ -195,12 +198,19 @@ def _check_progress(module, val_mse, start_mse, fresh):
     warnings.warn(f"{what} improved nothing: {facts}{hint}", NoProgressWarning, stacklevel=3)
 
 
-def default_batch_size(device: torch.device | str, population: int, width: int) -> int:
-    """Rows per generation for a fit on `device` whose widest layer has `width` neurons (see CUDA_BATCH)."""
-    if torch.device(device).type != "cuda":
+def default_batch_size(device: torch.device | str, population: int, width: int, memory: int | None = None) -> int:
+    """Rows per generation for a fit on `device` whose widest layer has `width` neurons (see CUDA_BATCH).
+
+    `memory`: the card's bytes (default: asked of CUDA); the scratch stays within a 64th of them too, in float32
+    elements (a few (P, B, width) tensors are alive at once), so a small card gets fewer rows, not an out-of-memory.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
         return CPU_BATCH
-    fits = CUDA_SCRATCH // max(1, population * width)
-    return max(CUDA_MIN_BATCH, min(CUDA_BATCH, fits))
+    if memory is None:
+        memory = torch.cuda.get_device_properties(device).total_memory
+    scratch = min(CUDA_SCRATCH, memory // 64)
+    return max(CUDA_MIN_BATCH, min(CUDA_BATCH, scratch // max(1, population * width)))
 
 
 def _check_init(init, in_dim, out_dim, hidden, out_scale):
