@@ -336,6 +336,7 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
             line = {"tick": state["tick"], "time": round(state["time"], 3),
                     "rows": fitted.get("n_train", 0) + fitted.get("n_val", 0), "data_seconds": round(t_data, 3),
                     "fit_seconds": fitted.get("seconds"), "generations": fitted.get("generations"),
+                    "batch_size": fitted.get("batch_size"),  # rows per generation: the default depends on the device
                     "fit_val_mse": fitted.get("val_mse"), **scores, "kept": is_kept,
                     "best_heldout_mse": state["best"]["heldout_mse"], "curve": fitted.get("curve", []), **extra}
             log.append(line)

@@ -114,6 +114,20 @@ def test_run_ticks_logs_saves_and_stops_after_its_ticks(tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["status"] == "done"
 
 
+def test_run_ticks_logs_the_rows_per_generation_each_fit_used(tmp_path):
+    state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
+    for batch, want in ((64, 64), (None, 1024)):  # None: the engine's default on the CPU
+        run = tmp_path / str(batch)
+        run.mkdir()
+        job = FakeJob(run)
+        draw = job.draw
+        job.draw = lambda rng: tuple(torch.cat(part) for part in zip(*(draw(rng) for _ in range(5))))  # 2,000 rows
+        run_ticks(_loop_cfg(ticks=1, batch_size=batch), job, run, {"out_scale": 1.0}, dict(state), None, [],
+                  time.perf_counter(), log_to=io.StringIO())
+        line = json.loads((run / "log.jsonl").read_text())
+        assert line["rows"] == 2000 and line["batch_size"] == want
+
+
 def test_run_ticks_freezes_and_saves_by_the_minute(tmp_path):
     job, state = FakeJob(tmp_path), {"tick": 0, "time": 0.0, "best": None, "status": "running"}
     out = io.StringIO()
