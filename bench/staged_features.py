@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from staged_reference import Net  # the OLA module's shape as autograd trains it (a reference)
 from torch import nn
 
 from organic_sd import ola
@@ -86,18 +87,6 @@ def shuffled_head(xs: list, ys: list, n_rows: int, gen: torch.Generator) -> tupl
     x, y = torch.cat(xs), torch.cat(ys)
     keep = torch.randperm(len(x), generator=gen)[:n_rows].to(x.device)
     return x[keep], y[keep]
-
-
-class Net(nn.Module):
-    """The OLA module's shape (tanh hidden layer, readout over inputs and units, scaled tanh out), fitted by Adam."""
-
-    def __init__(self, n_in: int, hidden: int, n_out: int, out_scale: float):
-        super().__init__()
-        self.hidden, self.out, self.skip, self.out_scale = nn.Linear(n_in, hidden), nn.Linear(hidden, n_out), \
-            nn.Linear(n_in, n_out), out_scale
-
-    def forward(self, x):
-        return self.out_scale * torch.tanh(self.out(torch.tanh(self.hidden(x))) + self.skip(x))
 
 
 class AdamStage(nn.Module):
