@@ -17,7 +17,7 @@
 #                                                          the end, for the report of a pair the held-out split chose
 # The fit's CUDA default of 32,768 rows per generation (4,096 before 2026-12-06) took stage 1 from 0.152 to 0.138
 # relative error in the same seconds and `dec` from 23.57 to 23.75 dB (docs/BENCHMARKS.md, "Rows per generation on
-# the GPU"); runs before then are re-run with --batch-size 4096.
+# the GPU"); to repeat a run from before then, add --batch-size 4096.
 # 8.4 minutes, not more, leave a 10-minute call room for the store, the teacher and the scoring after training.
 # Every training step ends by scoring on the store's held-out split (bench/heldout_decoders.py; the set that chooses)
 # into W/heldout_NAME.json. Later options override the defaults (e.g. --max-minutes, --seed, --stages). The store
@@ -32,9 +32,9 @@ OSD="python3 -m organic_sd.cli"
 TRAIN=${TRAIN:-.gpu/train} TEACHER=${TEACHER:-.gpu/taef2} VAL=${VAL:-.gpu/cset14} W=${W:-/tmp/w} DEVICE=${DEVICE:-cuda}
 step=$1 name=$2; shift 2
 mkdir -p "$W"
-# on every exit, a step cut by the call cap too: what the step has written so far outlives the machine
 # the pipes' readers ignore the call cap's INT, so the trainer's last lines, printed as it saves, still get through
 last() { trap '' INT; tail "$@"; }
+# on every exit, a step cut by the call cap too: what the step has written so far outlives the machine
 pack() {
   local have; have=$(cd "$W" && ls -d "$name" "$name.safetensors" "heldout_$name.json" "set14_$name" 2>/dev/null || :)
   [ -z "$OUT" ] || [ -z "$have" ] || tar czf "$OUT/$name.tgz" -C "$W" $have

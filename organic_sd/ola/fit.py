@@ -201,15 +201,15 @@ def _check_progress(module, val_mse, start_mse, fresh):
 def default_batch_size(device: torch.device | str, population: int, width: int, memory: int | None = None) -> int:
     """Rows per generation for a fit on `device` whose widest layer has `width` neurons (see CUDA_BATCH).
 
-    `memory`: the card's bytes (default: asked of CUDA); the scratch stays within a 64th of them too, in float32
-    elements (a few (P, B, width) tensors are alive at once), so a small card gets fewer rows, not an out-of-memory.
+    `memory`: the card's bytes (default: asked of CUDA); one (P, B, width) float32 tensor stays within a sixteenth of
+    them too (a few are alive at once), so a small card gets fewer rows, not an out-of-memory error.
     """
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_BATCH
     if memory is None:
         memory = torch.cuda.get_device_properties(device).total_memory
-    scratch = min(CUDA_SCRATCH, memory // 64)
+    scratch = min(CUDA_SCRATCH, memory // 16 // 4)  # float32 elements
     return max(CUDA_MIN_BATCH, min(CUDA_BATCH, scratch // max(1, population * width)))
 
 
