@@ -63,14 +63,14 @@ class FakeJob:
     fit_kwargs = {}
     plot = [("heldout_mse", "MSE", True)]
 
-    def __init__(self, run):
-        self.run, self.saved = run, []
+    def __init__(self, run, rows: int = 400):
+        self.run, self.saved, self.rows = run, [], rows
         g = torch.Generator().manual_seed(0)
         self.w = torch.randn(3, 2, generator=g)
         self.x_val = torch.randn(200, 3, generator=g)
 
     def draw(self, rng):
-        x = torch.from_numpy(rng.standard_normal((400, 3)).astype("float32"))
+        x = torch.from_numpy(rng.standard_normal((self.rows, 3)).astype("float32"))
         return x, 0.3 * torch.tanh(x @ self.w)
 
     def fit_share(self, tick):
@@ -119,11 +119,8 @@ def test_run_ticks_logs_the_rows_per_generation_each_fit_used(tmp_path):
     for batch, want in ((64, 64), (None, 1024)):  # None: the engine's default on the CPU
         run = tmp_path / str(batch)
         run.mkdir()
-        job = FakeJob(run)
-        draw = job.draw
-        job.draw = lambda rng: tuple(torch.cat(part) for part in zip(*(draw(rng) for _ in range(5))))  # 2,000 rows
-        run_ticks(_loop_cfg(ticks=1, batch_size=batch), job, run, {"out_scale": 1.0}, dict(state), None, [],
-                  time.perf_counter(), log_to=io.StringIO())
+        run_ticks(_loop_cfg(ticks=1, batch_size=batch), FakeJob(run, rows=2000), run, {"out_scale": 1.0}, dict(state),
+                  None, [], time.perf_counter(), log_to=io.StringIO())
         line = json.loads((run / "log.jsonl").read_text())
         assert line["rows"] == 2000 and line["batch_size"] == want
 
