@@ -5,10 +5,14 @@
 #                                                          encoder's activations, 8 min (es8: cosine 0.759)
 #   bench/staged_gpu.sh dec NAME [osd train args]          staged feature decoder 5:96 3:64:1 3:48:1 on teacher
 #                                                          latents, 8.4 min (dLp: 23.44 dB; the carry, --stages
-#                                                          5:96 3:64:1:1 3:48:1:1: +0.06 / +0.22 dB on two seeds)
+#                                                          5:96 3:64:1:1 3:48:1:1: +0.06 / +0.22 dB on two seeds;
+#                                                          the best, dL32: --stages 5:96 5:64:1:1 3:48:1:1
+#                                                          --max-minutes 16 --stage-shares 0.2 0.4 0.4, two calls,
+#                                                          23.94 dB at 32,768 rows)
 #   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
 #                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB; pmdLCs, the
-#                                                          carry, 5 min: 23.58 / 24.15 dB); give DEC's own
+#                                                          carry, 5 min: 23.58 / 24.15 dB; pmL7 from dL32, 3 min:
+#                                                          23.97 / 24.38 dB); give DEC's own
 #                                                          --stages if it was not trained with the default
 #   bench/staged_gpu.sh ref NAME [osd train args]          the Adam reference of `dec`'s shapes (or of the given
 #                                                          --stages), 40 s a stage: bench/staged_reference.py
