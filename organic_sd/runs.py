@@ -5,6 +5,7 @@ the run), state.json (tick, time, best held-out scores), log.jsonl and plot.png.
 on the same folder resumes; other settings are refused rather than mixed.
 
 The loop (run_ticks), nanoGPT style; a trainer supplies a Job (its rows, held-out scorer, module, file):
+    start:     a run started from --init scores that module first: a tick must be no worse to replace it
     each tick: draw fresh training rows, continue the search with ola.fit (init = the kept module) for
                --tick-seconds less the draw (at least half of it: search_seconds), score the held-out set,
                keep the module if it is no worse, append a log
@@ -268,6 +269,9 @@ def _ticks(cfg, job: Job, run: Path, record: dict, state: dict, kept: Any, log: 
                         **(state["best"] or {})})
         atomic_json(run / "state.json", state)
 
+    if kept is not None and state["best"] is None:  # started from --init: a tick must beat where the run started
+        state["best"] = dist.all_gather_object(job.score(kept))[0]
+        print(f"tick    0 | as --init starts it: {job.describe(state['best'])}", file=log_to, flush=True)
     ticks_done = ticks_tried = 0  # ticks with a search; ticks started (a budget is judged before the first)
     starved = 0  # ticks in a row given all the time they asked for that still kept nothing
     misses = 0  # scored ticks in a row that were no better than the kept module (within this call)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import interrupt_fit, quick
 
-from organic_sd import cli
+from organic_sd import cli, ola
 from organic_sd.ovae import OVAE
 from organic_sd.ovae import staged as staged_mod
 from organic_sd.ovae.config import TrainConfig
@@ -74,6 +74,31 @@ def test_init_from_a_staged_run(store, tmp_path, capsys):
         train(quick("decoder", store, tmp_path / "c", stages=("3:4", "3:3", "3:0:1"), ticks=1, init=str(first)))
 
 
+def test_init_frozen_keeps_the_first_stages_and_trains_a_reshaped_last(store, tmp_path, capsys):
+    first = tmp_path / "a"
+    train(quick("decoder", store, first, stages=STAGES, ticks=1))
+    run, stages = tmp_path / "b", ("3:4", "3:3", "3:5:0:1")  # stage 3: another window, more units, the carry
+    res = train(quick("decoder", store, run, stages=stages, ticks=1, init=str(first), init_frozen=2))
+    out = capsys.readouterr().out
+    assert res["status"] == "done" and [s["status"] for s in res["stages"]] == ["frozen", "frozen", "done"]
+    assert out.count("taken from --init") == 2 and "stage 3: fresh" in out
+    for k in (1, 2):  # the frozen stages are --init's, to the bit
+        a, b = ola.load(first / f"stage{k}"), ola.load(run / f"stage{k}")
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+        assert json.loads((run / f"stage{k}" / "state.json").read_text())["status"] == "frozen"
+    v = OVAE.load(run)
+    last = v.decoder.module.stages[2]
+    assert last.config.window == 3 and last.config.carry_channels == 3 and tuple(last.module.config.hidden) == (5,)
+    assert v.decode(torch.zeros(2, 4, 4, 4)).shape == (2, 3, 32, 32)
+    # the same command resumes: nothing is trained again
+    again = train(quick("decoder", store, run, stages=stages, ticks=1, init=str(first), init_frozen=2))
+    assert [s["status"] for s in again["stages"]] == ["frozen", "frozen", "done"]
+    assert capsys.readouterr().out.count("taken from --init") == 2
+    with pytest.raises(ValueError, match="a frozen stage is taken as it is"):  # a frozen stage must match exactly
+        train(quick("decoder", store, tmp_path / "c", stages=("3:4", "3:6", "1:0:1"), ticks=1, init=str(first),
+                    init_frozen=2))
+
+
 def test_a_carried_stack_trains_and_loads_with_the_carry(store, tmp_path, capsys):
     run = tmp_path / "carry"
     res = train(quick("decoder", store, run, stages=("3:4", "3:3:0:1", "1:0:1:3")))
@@ -105,6 +130,10 @@ def test_stages_flag_on_the_command_line(store, tmp_path):
     ({"stages": ("3:4", "3:4"), "stage_shares": (1.0,)}, "one positive share per stage"),
     ({"stage_shares": (1.0,)}, "only apply with --stages"),
     ({"stages": ("3:4", "3:3"), "stage_patience": -1}, "--stage-patience must be 0"),
+    ({"stages": ("3:4", "3:3"), "init_frozen": 1}, "needs --init"),
+    ({"stages": ("3:4", "3:3"), "init": "run", "init_frozen": 2}, "fewer than the 2 --stages"),
+    ({"init_frozen": 1}, "--init-frozen only apply with --stages"),
+    ({"stages": ("3:4", "3:3"), "init_frozen": -1}, "0 or more"),
 ])
 def test_stage_flags_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -200,6 +229,7 @@ def test_stage_budget_hands_what_an_early_stage_left_to_the_later_ones():
     assert staged_mod.stage_budget(600.0, shares, 1, [100.0]) == 250.0  # 140 s left over, shared 0.3 : 0.3
     assert staged_mod.stage_budget(600.0, shares, 2, [100.0, 250.0]) == 250.0
     assert staged_mod.stage_budget(600.0, shares, 1, [300.0]) == 180.0  # an overrun takes nothing from it
+    assert staged_mod.stage_budget(600.0, shares, 2, [0.0, 0.0]) == 600.0  # --init-frozen 2: all to stage 3
 
 
 def test_a_stage_that_stops_gaining_ends_and_the_next_gets_its_minutes(store, tmp_path, monkeypatch):

@@ -114,6 +114,26 @@ def test_run_ticks_logs_saves_and_stops_after_its_ticks(tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["status"] == "done"
 
 
+def test_a_run_from_init_keeps_the_init_until_a_tick_beats_it(tmp_path):
+    class InitIsBest(FakeJob):  # the module the run starts from scores better than anything a tick finds
+        def score(self, cand):
+            return {"heldout_mse": 0.0} if cand is self.init else super().score(cand)
+
+    first = FakeJob(tmp_path)
+    first.keep = lambda cand: setattr(first, "kept", cand)
+    run_ticks(_loop_cfg(ticks=1), first, tmp_path, {"out_scale": 1.0}, {"tick": 0, "time": 0.0, "best": None,
+              "status": "running"}, None, [], time.perf_counter(), log_to=io.StringIO())
+    run = tmp_path / "from_init"
+    run.mkdir()
+    job, out = InitIsBest(run), io.StringIO()
+    job.init = first.kept
+    res = run_ticks(_loop_cfg(ticks=2), job, run, {"out_scale": 1.0}, {"tick": 0, "time": 0.0, "best": None,
+                    "status": "running"}, job.init, [], time.perf_counter(), log_to=out)
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["kept"] for r in lines] == [False, False] and res["heldout_mse"] == 0.0
+    assert "tick    0 | as --init starts it: held-out MSE 0" in out.getvalue()
+
+
 def test_run_ticks_logs_the_rows_per_generation_each_fit_used(tmp_path):
     state = {"tick": 0, "time": 0.0, "best": None, "status": "running"}
     for batch, want in ((64, 64), (None, 1024)):  # None: the engine's default on the CPU

@@ -14,10 +14,10 @@ from organic_sd.flags import flag
 # is refused instead of refined in another way than it grew)
 RUN_FIELDS = ("kind", "mode", "window", "hidden", "latents", "mix_teacher", "target", "pad", "grid", "retina_dim",
               "global_size", "seed", "eval_images", "stages", "stage_shares", "refine_start", "stage_targets",
-              "feature_channels")
+              "feature_channels", "init_frozen")
 # the values runs from before a field existed used
 ADDED_FIELDS = {"mix_teacher": 0.5, "stages": [], "stage_shares": [], "refine_start": "cascade",
-                "stage_targets": "decode", "feature_channels": 16}
+                "stage_targets": "decode", "feature_channels": 16, "init_frozen": 0}
 ENCODER_UNITS_PER_ROUND = 16  # TrainConfig.units_per_round's encoder default
 # flags of the decoder alone: the encoder always learns the teacher's latents as they are
 DECODER_ONLY = ("latents", "mix_teacher", "target", "stage_targets")  # a staged encoder's stages learn features
@@ -72,6 +72,9 @@ class TrainConfig:
                          "the same --hidden only the readout is re-fitted, on this run's rows (e.g. units grown on "
                          "teacher latents, readout on --latents mix:); with a larger --hidden its units are kept and "
                          "the missing ones grow on them")
+    init_frozen: int = flag(0, "with --stages and --init: the first N stages are --init's as they are, never trained "
+                               "again (the later stages share all of --max-minutes); a later stage may then differ "
+                               "from --init's in shape, and starts fresh")
     target: str = flag("", "train toward the teacher's decode (default with teacher latents) or the original image "
                            "(default with oenc latents)", choices=("decode", "image"))
     freeze_loss: float | None = flag(None, "stop once held-out MSE is at or below this")
@@ -159,6 +162,8 @@ class TrainConfig:
                              f"{' '.join(self.stages) or ' '.join(map(str, self.hidden)) or 'none'}, --refine "
                              f"{self.refine})")
         self.stage_shares = tuple(float(s) for s in self.stage_shares)
+        if self.init_frozen < 0:
+            raise ValueError(f"--init-frozen counts stages: 0 or more, got {self.init_frozen}")
         if self.stages and self.kind == "encoder":  # its earlier stages can only learn the teacher's activations
             if any(len(spec.split(":")) != 2 for spec in self.stages):
                 raise ValueError(f"a staged encoder's stages are WINDOW:HIDDEN each (no LATENT or CARRY part), got "
@@ -179,8 +184,11 @@ class TrainConfig:
                                  + " needs at least two --stages (the last one writes "
                                  + ("the latent" if self.kind == "encoder" else "RGB") + ") and --teacher (the "
                                  "store's teacher, whose activations the earlier stages learn)")
-        elif self.stage_shares or self.stage_patience:
-            raise ValueError("--stage-shares and --stage-patience only apply with --stages")
+            if self.init_frozen and not (self.init and 0 < self.init_frozen < len(self.stages)):
+                raise ValueError(f"--init-frozen {self.init_frozen} needs --init and fewer than the {len(self.stages)} "
+                                 "--stages (the stages after it are the ones trained)")
+        elif self.stage_shares or self.stage_patience or self.init_frozen:
+            raise ValueError("--stage-shares, --stage-patience and --init-frozen only apply with --stages")
         if self.stage_patience < 0:
             raise ValueError(f"--stage-patience must be 0 (off) or more ticks, got {self.stage_patience}")
         if self.stage_targets not in ("decode", "features"):

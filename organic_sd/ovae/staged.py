@@ -13,7 +13,9 @@ O-Encoder, fine to coarse (no gradients).
     stopped. RUN_DIR/model.safetensors, the O-VAE file of the whole decoder, appears once the last stage has a module.
 --max-minutes is shared out over the stages by --stage-shares and counts over every call of the run (a resumed
 run trains what is left of each stage's share); a stage ended early by --stage-patience leaves its minutes to the
-later stages (stage_budget); --ticks counts per stage, also over calls.
+later stages (stage_budget); --ticks counts per stage, also over calls. --init starts every stage from an
+earlier run's; --init-frozen N takes its first N stages as they are (scored, saved, status "frozen", no minutes) and
+trains the rest, which may then have other shapes: a finer stage re-fitted or reshaped on the frozen coarse ones.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from organic_sd import dist, ola
 from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
+from organic_sd.files import atomic_json
 from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
 from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.features import FeatureTargets, open_basis
@@ -319,23 +322,36 @@ class StageJob:
         return path
 
 
-def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[int], device) -> list[Stage]:
-    """The stages of an --init staged part, checked against this run's: same shapes, hidden units may only grow."""
+def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[int], device,
+                 frozen: int = 0) -> list[Stage | None]:
+    """The stages of an --init staged part, checked against this run's: same shapes, hidden units may only grow.
+    With `frozen` (--init-frozen) the first `frozen` stages must match exactly (they are not trained again) and a later
+    stage that does not match is None: it starts fresh."""
     init = read_parts(spec, device)[kind]
     if init is None or init.config.mode != "staged":
         raise ValueError(f"--init {spec}: that run/file holds no staged {kind}")
     have = list(init.module.stages)
-    diff = [f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"
-            for i, (s, c) in enumerate(zip(have, configs)) if s.config != c]
-    if len(have) != len(configs):
+    if len(have) < frozen:
+        raise ValueError(f"--init {spec} has {len(have)} stages: too few for --init-frozen {frozen}")
+    out, diff = [], []
+    for i, (c, h) in enumerate(zip(configs, hidden)):
+        s = have[i] if i < len(have) else None
+        got, want = (None, None) if s is None else (tuple(s.module.config.hidden), (h,) if h else ())
+        why = [] if s is None else ([f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"]
+                                    if s.config != c else [])
+        if s is not None and got != want and (i < frozen or not ola.grown_part_of(got, want)):
+            why.append(f"stage {i + 1} hidden: it has {got}, this run asks {want} "
+                       + ("(a frozen stage is taken as it is)" if i < frozen else "(it may only grow)"))
+        if frozen and i >= frozen:  # a stage after the frozen ones: --init's if it fits, else fresh
+            out.append(None if why else s)
+        else:
+            diff += why
+            out.append(s)
+    if len(have) != len(configs) and not frozen:
         diff.insert(0, f"it has {len(have)} stages, this run {len(configs)}")
-    for i, (s, h) in enumerate(zip(have, hidden)):
-        got, want = tuple(s.module.config.hidden), ((h,) if h else ())
-        if got != want and not ola.grown_part_of(got, want):
-            diff.append(f"stage {i + 1} hidden: it has {got}, this run asks {want} (it may only grow)")
     if diff:
         raise ValueError(f"--init {spec} cannot start this run: {'; '.join(diff)}")
-    return have
+    return out
 
 
 def stage_budget(total: float, shares: np.ndarray, i: int, spent: list[float]) -> float:
@@ -370,7 +386,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     if len(train_idx) == 0:
         raise ValueError(f"store {store.path} has no training samples")
     part_rows = PartRows(store, part_cfg, dev, source_encoder(cfg.latents, store, dev), cfg.mix_teacher)
-    init = _init_stages(cfg.init, cfg.kind, configs, hidden, dev) if cfg.init else None
+    init = _init_stages(cfg.init, cfg.kind, configs, hidden, dev, cfg.init_frozen) if cfg.init else None
     if features is not None:  # the basis: read from the run (resume) or --init run, else fitted and saved there
         inputs = store.images if cfg.kind == "encoder" else store.latents
         open_basis(features, run, inputs, train_idx, cfg.seed, dev, cfg.init)
@@ -394,18 +410,36 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
             state = resume_state(stage_dir, module.training_summary.get("run", {}))
             kept = Stack([*frozen, Stage(scfg, module)])
             if state["status"] in DONE:  # finished earlier: frozen as it is
-                print(f"stage {i + 1}: done earlier ({state['tick']} ticks, held-out MSE "
-                      f"{state['best']['heldout_mse']:.5g})", file=log_to)
+                how = "taken from --init" if i < cfg.init_frozen else f"done earlier ({state['tick']} ticks"
+                print(f"stage {i + 1}: {how}, held-out MSE {state['best']['heldout_mse']:.5g}"
+                      + ("" if i < cfg.init_frozen else ")"), file=log_to)
                 frozen.append(kept.stages[-1])
                 results.append({"stage": i + 1, "status": state["status"], "tick": state["tick"], **state["best"]})
                 spent.append(state["time"])
                 continue
             print(f"stage {i + 1}: resuming at tick {state['tick']} ({state['time'] / 60:.1f} min trained)",
                   file=log_to)
-        elif init is not None:
+        elif i < cfg.init_frozen:  # --init's stage as it is: scored once on this run's held-out images, saved
+            write_record(stage_dir, srec, s_old)
+            scores = StageHeldOut(StageRows(part_rows, frozen, scfg, learns), cfg.eval_images, cfg.seed).score(init[i])
+            module = init[i].module
+            module.training_summary = {**module.training_summary,
+                                       "run": {"run": srec, "tick": 0, "minutes": 0.0, "init": cfg.init, **scores}}
+            if dist.is_main():
+                module.save(stage_dir / WEIGHTS_NAME)
+                atomic_json(stage_dir / "state.json", {"tick": 0, "time": 0.0, "best": scores, "status": "frozen"})
+            print(f"stage {i + 1}: taken from --init {cfg.init} and frozen, held-out MSE {scores['heldout_mse']:.5g}",
+                  file=log_to)
+            frozen.append(init[i])
+            results.append({"stage": i + 1, "status": "frozen", "tick": 0, **scores})
+            spent.append(0.0)  # its share of --max-minutes goes to the stages trained
+            continue
+        elif init is not None and init[i] is not None:
             kept = Stack([*frozen, init[i]])
             print(f"stage {i + 1}: starting from --init {cfg.init} ({tuple(init[i].module.config.hidden)} hidden "
                   "units)", file=log_to)
+        elif init is not None:
+            print(f"stage {i + 1}: fresh (--init {cfg.init} has no stage {i + 1} of this shape)", file=log_to)
         log = read_log(stage_dir, s_old)
         write_record(stage_dir, srec, s_old)
         t_wall = time.perf_counter()
