@@ -146,6 +146,27 @@ def repeat_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=(H, W), mode="nearest")
 
 
+def tanh_(x: torch.Tensor) -> torch.Tensor:
+    """tanh of a temporary, in place, as 2 sigmoid(2x) - 1: on the CPU torch's sigmoid takes a third of tanh's time
+    (3.4 against 10.2 ms for 48 x 256 x 256 values, one thread; 1.8e-7 apart at most); torch.tanh under ONNX export."""
+    if torch.onnx.is_in_onnx_export():
+        return torch.tanh(x)
+    return torch.sigmoid_(x.mul_(2)).mul_(2).sub_(1)
+
+
+def add_repeated_(y: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+    """y (B, O, H, W) += part (B, O, h, w) repeated up to H x W (sides whole multiples), in place: the repeated map
+    is never built (under ONNX export it is, as one Resize)."""
+    B, O, H, W = y.shape
+    h, w = part.shape[-2:]
+    if (h, w) == (H, W):
+        return y.add_(part)
+    if torch.onnx.is_in_onnx_export() or not y.is_contiguous():
+        return y + repeat_up(part, (H, W))
+    y.view(B, O, h, H // h, w, W // w).add_(part[:, :, :, None, :, None])
+    return y
+
+
 class Stage(nn.Module):
     """One stage around one OLA module: map (B, C_in, h, w) [+ extra (B, C_e, h, w)] -> (B, C_out, h*r, w*r).
 
@@ -225,10 +246,9 @@ class Stage(nn.Module):
         def windowed(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
             # W (O, in_dim): each map's columns in unfold order are a (O, C, k, k) kernel
             O, start, y = W.shape[0], 0, None
-            for mp, C, k in maps:
+            for mp, C, k in maps:  # the first is the stage's own map, at the positions' size
                 part = F.conv2d(mp, W[:, start:start + C * k * k].reshape(O, C, k, k), b if y is None else None)
-                part = repeat_up(part, size)
-                y = part if y is None else y + part
+                y = repeat_up(part, size) if y is None else add_repeated_(y, part)
                 start += C * k * k
             return y  # (B, O, h, w)
 
@@ -237,14 +257,14 @@ class Stage(nn.Module):
         h, start, hids = None, m.in_dim, []
         for i, layer in enumerate(m.hidden):
             if i == 0:
-                h = torch.tanh(windowed(layer.weight, layer.bias))
+                h = tanh_(windowed(layer.weight, layer.bias))
             else:
-                h = torch.tanh(F.conv2d(h, layer.weight[:, :, None, None], layer.bias))
+                h = tanh_(F.conv2d(h, layer.weight[:, :, None, None], layer.bias))
             width = layer.weight.shape[0]
-            y = y + F.conv2d(h, Wr[:, start:start + width, None, None])
+            y = add_repeated_(y, F.conv2d(h, Wr[:, start:start + width, None, None]))
             start += width
             hids.append(h)
-        y = F.pixel_shuffle(m.config.out_scale * torch.tanh(y), c.up)  # (B, C_out, h*r, w*r)
+        y = F.pixel_shuffle(tanh_(y).mul_(m.config.out_scale), c.up)  # (B, C_out, h*r, w*r)
         if not with_hidden:
             return y
         hidden = (hids[0] if len(hids) == 1 else torch.cat(hids, 1)) if hids else x.new_zeros(

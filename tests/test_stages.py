@@ -58,6 +58,19 @@ def test_fast_path_equals_row_path():
     assert torch.allclose(y[0, :, 6:8, 10:12].flatten(), out, atol=1e-10)
 
 
+def test_the_fast_paths_tanh_and_repeated_add_work_in_place_and_match_the_plain_ops():
+    z = torch.cat([torch.randn(5000) * 3, torch.tensor([-80.0, -1e-4, 0.0, 1e-4, 80.0])])
+    buf = z.clone()
+    out = stages.tanh_(buf)
+    assert out.data_ptr() == buf.data_ptr() and torch.allclose(out, torch.tanh(z), rtol=0, atol=1e-6)
+    assert out[-1] == 1.0 and out[-5] == -1.0  # saturates exactly
+    for size in ((8, 12), (2, 3), (8, 1), (1, 1)):  # repeated 1x1, 4x4, 1x12 and 8x12 times
+        y, part = torch.randn(2, 3, 8, 12), torch.randn(2, 3, *size)
+        want = y + stages.repeat_up(part, (8, 12))
+        got = stages.add_repeated_(y, part)
+        assert got.data_ptr() == y.data_ptr() and torch.equal(got, want)
+
+
 def test_save_load_round_trip(tmp_path):
     st = _stack()
     st.stages[0].module.training_summary = {"seconds": 1.5}
