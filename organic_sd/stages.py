@@ -161,9 +161,14 @@ def add_repeated_(y: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
     h, w = part.shape[-2:]
     if (h, w) == (H, W):
         return y.add_(part)
-    if torch.onnx.is_in_onnx_export() or not y.is_contiguous():
+    if torch.onnx.is_in_onnx_export():
         return y + repeat_up(part, (H, W))
-    y.view(B, O, h, H // h, w, W // w).add_(part[:, :, :, None, :, None])
+    if y.is_contiguous():
+        y.view(B, O, h, H // h, w, W // w).add_(part[:, :, :, None, :, None])
+    elif y.is_contiguous(memory_format=torch.channels_last):  # (B, H, W, O) in memory
+        y.permute(0, 2, 3, 1).view(B, h, H // h, w, W // w, O).add_(part.permute(0, 2, 3, 1)[:, :, None, :, None])
+    else:
+        return y + repeat_up(part, (H, W))
     return y
 
 
@@ -229,7 +234,7 @@ class Stage(nn.Module):
 
     def fast(self, x: torch.Tensor, extra: torch.Tensor | None = None, carry: torch.Tensor | None = None,
              with_hidden: bool = False):
-        """The same numbers as row_forward, as convolutions (no window matrix is ever built)."""
+        """The same numbers as row_forward (to float rounding), as convolutions (no window matrix is ever built)."""
         self._check(x, extra, carry)
         c, m = self.config, self.module
         dt = m.readout.weight.dtype
@@ -242,6 +247,10 @@ class Stage(nn.Module):
                 # (the same numbers, 1/f^2 of the work); a wider window reads the repeated map's neighbours
                 side = side.to(dt) if k == 1 else repeat_up(side.to(dt), size)
                 maps.append((padded(side, k, c.pad), C, k))
+
+        # channels-last maps: this CPU's convolutions ran 2.8x faster on them (3x3, 16 -> 48 channels, 256 x 256, one
+        # thread); what they write stays channels-last through the stage (add_repeated_ and tanh_ keep the layout)
+        maps = [(mp.contiguous(memory_format=torch.channels_last), C, k) for mp, C, k in maps]
 
         def windowed(W: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
             # W (O, in_dim): each map's columns in unfold order are a (O, C, k, k) kernel
@@ -340,6 +349,7 @@ class Stack(nn.Module):
             carry = hidden if s.config.carry_channels else None
             cur, hidden = (s.fast if fast else s.row_forward)(cur, extra, carry, with_hidden=True)
             maps.append(cur)
+        maps[-1] = maps[-1].contiguous()  # the stack's output in the usual layout (the fast path's is channels-last)
         return maps, hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ def test_fast_path_equals_row_path():
     z = torch.randn(2, 4, 4, 6, dtype=torch.float64)
     for fast, ref in zip(st.outputs(z, fast=True), st.outputs(z, fast=False)):
         assert torch.allclose(fast, ref, atol=1e-10), float((fast - ref).abs().max())
+    assert st(z).is_contiguous()  # the convolutions run channels-last; the stack hands back the usual layout
     # and the row path is the module applied to each window (not two paths sharing one mistake)
     s = st.stages[1]
     x, e = st.outputs(z)[0], stages.repeat_up(z, (8, 12))
@@ -64,11 +65,13 @@ def test_the_fast_paths_tanh_and_repeated_add_work_in_place_and_match_the_plain_
     out = stages.tanh_(buf)
     assert out.data_ptr() == buf.data_ptr() and torch.allclose(out, torch.tanh(z), rtol=0, atol=1e-6)
     assert out[-1] == 1.0 and out[-5] == -1.0  # saturates exactly
-    for size in ((8, 12), (2, 3), (8, 1), (1, 1)):  # repeated 1x1, 4x4, 1x12 and 8x12 times
-        y, part = torch.randn(2, 3, 8, 12), torch.randn(2, 3, *size)
-        want = y + stages.repeat_up(part, (8, 12))
-        got = stages.add_repeated_(y, part)
-        assert got.data_ptr() == y.data_ptr() and torch.equal(got, want)
+    for layout in (torch.contiguous_format, torch.channels_last):  # the fast path's maps are channels-last
+        for size in ((8, 12), (2, 3), (8, 1), (1, 1)):  # repeated 1x1, 4x4, 1x12 and 8x12 times
+            y = torch.randn(2, 3, 8, 12).contiguous(memory_format=layout)
+            part = torch.randn(2, 3, *size).contiguous(memory_format=layout)
+            want = y + stages.repeat_up(part, (8, 12))
+            got = stages.add_repeated_(y, part)
+            assert got.data_ptr() == y.data_ptr() and torch.equal(got, want)
 
 
 def test_save_load_round_trip(tmp_path):
