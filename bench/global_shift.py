@@ -33,8 +33,9 @@ from organic_sd.runs import out_scale_for, typical_largest
 RIDGE = 1.0
 
 
-def collect(decoder, store: Store, idx: np.ndarray, encoder=None) -> tuple[torch.Tensor, ...]:
-    """-> statistics (n, 2C+6), mean error per channel (n, 3), outputs (n, 3, H, W), targets (n, 3, H, W)."""
+def collect(decoder, store: Store, idx: np.ndarray, encoder=None, images: bool = True) -> tuple[torch.Tensor, ...]:
+    """-> statistics (n, 2C+6), mean error per channel (n, 3), outputs (n, 3, H, W), targets (n, 3, H, W); without
+    `images` the last two are empty (a training split's pictures are not needed, and 780 of them are 1.2 GB)."""
     stats, shift, outs, refs = [], [], [], []
     with torch.inference_mode():
         for i in range(0, len(idx), 16):
@@ -47,9 +48,12 @@ def collect(decoder, store: Store, idx: np.ndarray, encoder=None) -> tuple[torch
             y = decoder(z).clamp(-1, 1)  # (n, 3, H, W)
             stats.append(torch.cat([z.mean((2, 3)), z.std((2, 3)), y.mean((2, 3)), y.std((2, 3))], 1))
             shift.append((ref - y).mean((2, 3)))
-            outs.append(y)
-            refs.append(ref)
-    return tuple(torch.cat(t) for t in (stats, shift, outs, refs))
+            if images:
+                outs.append(y)
+                refs.append(ref)
+    empty = torch.empty(0)
+    return (torch.cat(stats), torch.cat(shift), torch.cat(outs) if images else empty,
+            torch.cat(refs) if images else empty)
 
 
 def mean_psnr(y: torch.Tensor, ref: torch.Tensor, shift: torch.Tensor | None = None) -> float:
@@ -93,7 +97,7 @@ def main(argv=None) -> int:
     if len(tr) == 0 or len(va) == 0:
         raise SystemExit(f"store {a.store} needs training and held-out samples")
     kinds = {"teacher": None, **({"full": encoder} if encoder is not None else {})}  # whose latents
-    train = {k: collect(decoder, store, tr, e) for k, e in kinds.items()}
+    train = {k: collect(decoder, store, tr, e, images=False) for k, e in kinds.items()}
     held = {k: collect(decoder, store, va, e) for k, e in kinds.items()}
     s_all = torch.cat([train[k][0] for k in kinds])
     mu, sd = s_all.mean(0), s_all.std(0) + 1e-6  # (F,): one standardisation for every map
