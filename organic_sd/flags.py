@@ -13,6 +13,11 @@ import argparse
 import dataclasses
 from typing import Any
 
+# --batch-size's help, one text for every trainer (the numbers are organic_sd.ola.fit's defaults; this file reads no
+# torch, so they are written out here)
+BATCH_SIZE_HELP = ("rows per generation (unset: 1,024 on the CPU, 32,768 on a GPU, fewer for wide layers or a small "
+                   "card)")
+
 
 def flag(default: Any = dataclasses.MISSING, help: str = "", **argparse_kw) -> Any:
     """A dataclass field that is also a command-line flag: its default, its --help text, extra argparse settings."""

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass
 
 from organic_sd import strategy_names
-from organic_sd.flags import flag
+from organic_sd.flags import BATCH_SIZE_HELP, flag
 
 # fields that define a run: resuming with other values would silently mix two experiments
 # seed and eval_records pick the held-out records that decide which tick is kept: a resume must score the same ones
@@ -81,8 +81,7 @@ class DenoiserTrainConfig:
     save_minutes: float = flag(0.0, "checkpoint interval (0: every tick)")
     freeze_loss: float | None = flag(None, "stop once the held-out eps MSE is at or below this")
     max_rows: int = flag(100_000, "pixel rows drawn per tick")
-    batch_size: int | None = flag(None, "rows per generation (unset: 1,024 on the CPU, 32,768 on a GPU, fewer "
-                                        "for wide layers or a small card)")
+    batch_size: int | None = flag(None, BATCH_SIZE_HELP)
     eval_records: int = flag(64, "held-out records scored per tick")
     device: str = flag("cpu", "cpu, cuda, cuda:1 ...")
     seed: int = flag(0, "seed of the rows drawn, the searches and the held-out records")

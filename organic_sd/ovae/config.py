@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from organic_sd import strategy_names
-from organic_sd.flags import flag
+from organic_sd.flags import BATCH_SIZE_HELP, flag
 
 # fields that define a run: a resume with other values would silently mix two experiments
 # seed and eval_images pick the held-out images that decide which tick is kept: a resume must score the same ones
@@ -79,8 +79,7 @@ class TrainConfig:
                            "(default with oenc latents)", choices=("decode", "image"))
     freeze_loss: float | None = flag(None, "stop once held-out MSE is at or below this")
     max_rows: int = flag(200_000, "patch rows drawn per tick")
-    batch_size: int | None = flag(None, "rows per generation (unset: 1,024 on the CPU, 32,768 on a GPU, fewer "
-                                        "for wide layers or a small card)")
+    batch_size: int | None = flag(None, BATCH_SIZE_HELP)
     eval_images: int = flag(32, "held-out images scored per tick")
     pad: str = flag("replicate", "border padding", choices=("replicate", "reflect"))
     grid: int = flag(1, "global mode: latent pooled to GRID x GRID")

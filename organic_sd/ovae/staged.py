@@ -334,24 +334,30 @@ def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[
     if len(have) < frozen:
         raise ValueError(f"--init {spec} has {len(have)} stages: too few for --init-frozen {frozen}")
     out, diff = [], []
+    if len(have) != len(configs) and not frozen:
+        diff.append(f"it has {len(have)} stages, this run {len(configs)}")
     for i, (c, h) in enumerate(zip(configs, hidden)):
         s = have[i] if i < len(have) else None
-        got, want = (None, None) if s is None else (tuple(s.module.config.hidden), (h,) if h else ())
-        why = [] if s is None else ([f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"]
-                                    if s.config != c else [])
-        if s is not None and got != want and (i < frozen or not ola.grown_part_of(got, want)):
-            why.append(f"stage {i + 1} hidden: it has {got}, this run asks {want} "
-                       + ("(a frozen stage is taken as it is)" if i < frozen else "(it may only grow)"))
+        why = [] if s is None else _stage_mismatch(i, s, c, h, exact=i < frozen)
         if frozen and i >= frozen:  # a stage after the frozen ones: --init's if it fits, else fresh
             out.append(None if why else s)
         else:
             diff += why
             out.append(s)
-    if len(have) != len(configs) and not frozen:
-        diff.insert(0, f"it has {len(have)} stages, this run {len(configs)}")
     if diff:
         raise ValueError(f"--init {spec} cannot start this run: {'; '.join(diff)}")
     return out
+
+
+def _stage_mismatch(i: int, s: Stage, c: StageConfig, h: int, exact: bool) -> list[str]:
+    """Why --init's stage i cannot start this run's (shape c, h hidden units); [] if it can. Hidden units may grow,
+    unless `exact` (a frozen stage is taken as it is)."""
+    why = [] if s.config == c else [f"stage {i + 1}: it has {asdict(s.config)}, this run {asdict(c)}"]
+    got, want = tuple(s.module.config.hidden), ((h,) if h else ())
+    if got != want and (exact or not ola.grown_part_of(got, want)):
+        why.append(f"stage {i + 1} hidden: it has {got}, this run asks {want} "
+                   + ("(a frozen stage is taken as it is)" if exact else "(it may only grow)"))
+    return why
 
 
 def stage_budget(total: float, shares: np.ndarray, i: int, spent: list[float]) -> float:
