@@ -80,6 +80,12 @@ def ovae_summary(v) -> str:
                 size = f"/{d_} down" if d_ > 1 else f"x{c['up']} up"
                 lines.append(f"    stage {i + 1}: {c['in_channels']}x{c['window']}x{c['window']}{extra} window{cells}, "
                              f"{_arch(st['ola'])}, {size}; trained: {_trained(st.get('training') or {})}")
+            if d.get("shift"):
+                sh = d["shift"]
+                how = "one map" if sh["shift"]["maps"] == 1 else "two maps, a probe of the latents' source picks one"
+                lines.append(f"    global shift: per image, {sh['shift']['out_channels']} channel shifts from "
+                             f"{4 * sh['shift']['in_channels'] + 3 * sh['shift']['out_channels']} global statistics "
+                             f"({how}); {_trained(sh.get('training') or {})}")
         else:
             lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
         t = d.get("training") or {}

@@ -23,7 +23,9 @@ folds the module into convolutions: unfold's channel-major, row, column order is
 the first hidden layer and the readout's input columns are k x k convolutions of the padded map, later
 hidden layers and the readout's hidden columns are 1x1 convolutions, and PixelShuffle(r) unpacks the
 (c, a, b) blocks. A Stack runs stages in turn, each stage's extra being the stack's input repeated up to
-that stage's resolution. Files: safetensors with the stages' configs as JSON in the metadata.
+that stage's resolution, and may end in a global shift (global_shift.py: per image and output channel, one number
+predicted from global statistics of the stack's input and output). Files: safetensors with the stages' configs (and
+the shift's) as JSON in the metadata.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from organic_sd.files import WEIGHTS_NAME, atomic_write, read_safetensors
+from organic_sd.global_shift import GlobalShift
 from organic_sd.ola.module import OLAConfig, OLAModule, load_weights
 
 FORMAT = "organic_sd.stages/1"
@@ -296,9 +299,9 @@ class Stack(nn.Module):
 
     Stage i reads stage i-1's output (stage 0 the input); a stage with extra channels also reads the
     stack's input repeated up to its own input's resolution, one with carry channels stage i-1's hidden units
-    repeated up likewise."""
+    repeated up likewise. A `shift` (GlobalShift) then moves each image's output channels by one number each."""
 
-    def __init__(self, stages: list[Stage]):
+    def __init__(self, stages: list[Stage], shift: GlobalShift | None = None):
         super().__init__()
         if not stages:
             raise ValueError("a stack needs at least one stage")
@@ -316,6 +319,11 @@ class Stack(nn.Module):
                 raise ValueError(f"stage {i + 1}'s carry is the previous stage's hidden units ({carried}), got "
                                  f"carry_channels {s.config.carry_channels}")
         self.stages = nn.ModuleList(stages)
+        if shift is not None and (shift.config.in_channels, shift.config.out_channels) != (
+                first, stages[-1].config.out_channels):
+            raise ValueError(f"the global shift reads {shift.config.in_channels} input and {shift.config.out_channels} "
+                             f"output channels, the stages {first} and {stages[-1].config.out_channels}")
+        self.shift = shift
 
     @property
     def in_channels(self) -> int:
@@ -350,6 +358,8 @@ class Stack(nn.Module):
             cur, hidden = (s.fast if fast else s.row_forward)(cur, extra, carry, with_hidden=True)
             maps.append(cur)
         maps[-1] = maps[-1].contiguous()  # the stack's output in the usual layout (the fast path's is channels-last)
+        if self.shift is not None:
+            maps[-1] = self.shift(x, maps[-1])
         return maps, hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -360,22 +370,28 @@ class Stack(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> list[dict]:
-        """Per stage its describe(): what a file stores beside the weights."""
+        """Per stage its describe(): what a file stores beside the weights (the shift's: shift.describe())."""
         return [s.describe() for s in self.stages]
 
     @classmethod
-    def from_description(cls, described: list[dict], tensors: dict, where: str) -> "Stack":
-        """Rebuild a stack from describe()'s list and its state_dict's tensors; errors name `where`."""
+    def from_description(cls, described: list[dict], tensors: dict, where: str,
+                         shift: dict | None = None) -> "Stack":
+        """Rebuild a stack from describe()'s list (and its shift's describe()) and its state_dict's tensors; errors
+        name `where`."""
         stages = []
         for i, d in enumerate(described):
             own = {n[len(f"stages.{i}.module."):]: t for n, t in tensors.items()
                    if n.startswith(f"stages.{i}.module.")}
             module = load_weights(OLAModule(OLAConfig(**d["ola"]), d.get("training", {})), own, f"{where}: stage {i + 1}")
             stages.append(Stage(StageConfig(**d["stage"]), module))
-        extra = {n for n in tensors if not any(n.startswith(f"stages.{i}.") for i in range(len(described)))}
+        if shift is not None:
+            shift = GlobalShift.from_description(
+                shift, {n[len("shift."):]: t for n, t in tensors.items() if n.startswith("shift.")}, where)
+        extra = {n for n in tensors if not any(n.startswith(f"stages.{i}.") for i in range(len(described)))
+                 and not (shift is not None and n.startswith("shift."))}
         if extra:
             raise ValueError(f"{where}: tensors of no stage: {sorted(extra)}")
-        return cls(stages)
+        return cls(stages, shift)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write one .safetensors file (a folder gets model.safetensors inside), atomically."""
@@ -387,6 +403,8 @@ class Stack(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {"format": FORMAT, "stages": json.dumps(self.describe())}
+        if self.shift is not None:
+            meta["shift"] = json.dumps(self.shift.describe())
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
         return path
 
@@ -398,6 +416,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Stack:
         raise ValueError(f"{file} holds format {meta.get('format')!r}, expected {FORMAT!r}: not a stage stack")
     try:
         described = json.loads(meta["stages"])
+        shift = json.loads(meta["shift"]) if "shift" in meta else None
     except (KeyError, json.JSONDecodeError):
         raise ValueError(f"{file}: stage stack metadata is damaged") from None
-    return Stack.from_description(described, tensors, str(file)).to(device)
+    return Stack.from_description(described, tensors, str(file), shift).to(device)

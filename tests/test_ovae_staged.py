@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -131,9 +132,11 @@ def test_stages_flag_on_the_command_line(store, tmp_path):
     ({"stage_shares": (1.0,)}, "only apply with --stages"),
     ({"stages": ("3:4", "3:3"), "stage_patience": -1}, "--stage-patience must be 0"),
     ({"stages": ("3:4", "3:3"), "init_frozen": 1}, "needs --init"),
-    ({"stages": ("3:4", "3:3"), "init": "run", "init_frozen": 2}, "fewer than the 2 --stages"),
+    ({"stages": ("3:4", "3:3"), "init": "run", "init_frozen": 2}, "at most 1 of the 2 --stages"),
     ({"init_frozen": 1}, "--init-frozen only apply with --stages"),
     ({"stages": ("3:4", "3:3"), "init_frozen": -1}, "0 or more"),
+    ({"stages": ("3:4", "3:3"), "shift_seconds": -1}, "--shift-seconds must be 0"),
+    ({"shift_seconds": 5}, "a staged decoder"),
 ])
 def test_stage_flags_are_checked(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -142,8 +145,9 @@ def test_stage_flags_are_checked(kw, match):
         TrainConfig("decoder", "s", "o", stages=("3:4",))
 
 
-def _random_staged_ovae() -> OVAE:
-    """A staged decoder with random weights (4 latent channels, x8): stage shapes as `--stages 3:5 3:3 3:0` makes."""
+def _random_staged_ovae(shift: bool = False) -> OVAE:
+    """A staged decoder with random weights (4 latent channels, x8): stage shapes as `--stages 3:5 3:3 3:0` makes;
+    with `shift`, a global shift of two maps and a probe after them."""
     from organic_sd.ola.module import OLAConfig, OLAModule
     from organic_sd.ovae import Part, PartConfig
     from organic_sd.stages import Stack, Stage, StageConfig
@@ -156,19 +160,24 @@ def _random_staged_ovae() -> OVAE:
         for p in m.parameters():
             p.data = torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5
         stages.append(Stage(cfg, m))
-    part = Part(PartConfig("decoder", mode="staged", teacher="fake", latent_channels=4), Stack(stages))
+    from test_global_shift import random_shift
+
+    stack = Stack(stages, random_shift(C=4, O=3, maps=2) if shift else None)
+    part = Part(PartConfig("decoder", mode="staged", teacher="fake", latent_channels=4), stack)
     return OVAE(decoder=part)
 
 
-def test_staged_decoder_file_round_trip_info_and_onnx(tmp_path, capsys):
-    v = _random_staged_ovae()
+@pytest.mark.parametrize("shift", [False, True])
+def test_staged_decoder_file_round_trip_info_and_onnx(tmp_path, capsys, shift):
+    v = _random_staged_ovae(shift)
     f = v.save(tmp_path / "v.safetensors")
     back = OVAE.load(f)
     z = torch.randn(2, 4, 5, 3)
     assert torch.equal(back.decode(z), v.decode(z)) and back.num_parameters() == v.num_parameters()
     assert v.decode(z[:0]).shape == (0, 3, 40, 24)
     assert cli.main(["info", str(f)]) == 0
-    assert "staged, 3 stages" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "staged, 3 stages" in out and ("global shift: per image, 3 channel shifts from 25" in out) == shift
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from organic_sd.ovae.onnx import check_onnx, export_onnx
@@ -177,11 +186,12 @@ def test_staged_decoder_file_round_trip_info_and_onnx(tmp_path, capsys):
     assert check_onnx(path, back, "decoder", size=(40, 88)) <= 1e-3  # a size it was not exported at
 
 
-def test_staged_decoder_through_diffusers_save_pretrained(tmp_path):
+@pytest.mark.parametrize("shift", [False, True])
+def test_staged_decoder_through_diffusers_save_pretrained(tmp_path, shift):
     pytest.importorskip("diffusers")
     from organic_sd.ovae.diffusers_vae import OVAEDiffusers
 
-    v = _random_staged_ovae()
+    v = _random_staged_ovae(shift)
     OVAEDiffusers.from_ovae(v).save_pretrained(tmp_path / "d")
     e = OVAEDiffusers.from_pretrained(tmp_path / "d")
     z = torch.randn(1, 4, 5, 7)
@@ -248,3 +258,57 @@ def test_a_stage_that_stops_gaining_ends_and_the_next_gets_its_minutes(store, tm
     assert budgets[0] == 1.0 and budgets[1] > 1.5  # stage 2 got what stage 1 left of its minute
     with pytest.raises(ValueError, match="--stage-patience"):
         TrainConfig("decoder", "s", "o", ticks=1, stage_patience=2)
+
+
+def test_a_global_shift_is_fitted_after_the_stages_once_and_kept_only_if_better(store, tmp_path, capsys):
+    train(quick("encoder", store, tmp_path / "enc", ticks=1))
+    run = tmp_path / "dec"
+    kw = {"stages": STAGES, "ticks": 1, "latents": f"mix:{tmp_path / 'enc'}", "shift_seconds": 2}
+    res = train(quick("decoder", store, run, **kw))
+    out = capsys.readouterr().out
+    state = json.loads((run / "shift" / "state.json").read_text())
+    assert res["status"] == "done" and res["shift"]["kept"] == state["kept"] and "global shift: held-out" in out
+    assert state["sources"] == 2 and len(state["probe_heldout_accuracy"]) == 2
+    d = OVAE.load(run).decoder
+    if state["kept"]:  # the file holds the shift; it lowered the held-out error it was judged by
+        assert d.module.shift is not None and d.module.shift.config.maps == 2
+        assert state["after"]["heldout_mse"] < state["before"]["heldout_mse"]
+        z = torch.randn(2, 4, 4, 4)
+        assert torch.allclose(d(z), d.module.outputs(z, fast=False)[-1], atol=1e-5)
+    else:
+        assert d.module.shift is None and state["after"]["heldout_mse"] >= state["before"]["heldout_mse"]
+    again = train(quick("decoder", store, run, **kw))  # resumed: nothing is fitted twice
+    assert "global shift: done earlier" in capsys.readouterr().out and again["shift"]["kept"] == state["kept"]
+    # a finished run's stages all frozen: only a shift is trained (one map: teacher latents only)
+    res = train(quick("decoder", store, tmp_path / "only", stages=STAGES, ticks=1, init=str(run), init_frozen=3,
+                      shift_seconds=2))
+    assert [s["status"] for s in res["stages"]] == ["frozen"] * 3 and res["shift"]["sources"] == 1
+    assert OVAE.load(tmp_path / "only").decode(torch.zeros(1, 4, 4, 4)).shape == (1, 3, 32, 32)
+
+
+def test_the_shift_learns_a_cast_the_stages_leave(tmp_path):
+    """Stages that write zeros: the error is each image itself, whose mean colour its latent's means tell (the fake
+    teacher's latent is the image pooled), so the evolved shift must take most of what one colour per image can."""
+    import numpy as np
+    from conftest import make_store
+
+    from organic_sd.data.store import Store
+    from organic_sd.ovae import rows as rows_mod
+    from organic_sd.ovae.train_shift import fit_shift
+
+    store = make_store(tmp_path, n=96)
+    v = _random_staged_ovae()
+    for s in v.decoder.module.stages:
+        for p in s.module.parameters():
+            p.data.zero_()
+    st = Store.open(store)
+    part_rows = rows_mod.PartRows(st, rows_mod.part_config(quick("decoder", store, tmp_path / "t"), st),
+                                  torch.device("cpu"), None)
+    val = st.indices("val")
+    shift, summary = fit_shift(v.decoder.module, part_rows, st.indices("train"), val, 4.0, 0,
+                               torch.device("cpu"), open(os.devnull, "w"))
+    assert shift is not None and summary["kept"] and summary["sources"] == 1
+    decodes = torch.from_numpy(np.asarray(st.decodes[val], np.float32))
+    oracle = float((decodes - decodes.mean((2, 3), keepdim=True)).square().mean())  # each image's own mean taken away
+    before, after = summary["before"]["heldout_mse"], summary["after"]["heldout_mse"]
+    assert after < before - 0.6 * (before - oracle), (before, after, oracle)

@@ -200,3 +200,22 @@ def test_down_stage_round_trip_and_refusals(tmp_path):
         StageConfig(3, 6, up=1, down=2, extra_channels=3)
     with pytest.raises(ValueError, match="down must be >= 1"):
         StageConfig(3, 6, down=0)
+
+
+def test_a_stack_with_a_global_shift_round_trips_and_both_paths_agree(tmp_path):
+    from test_global_shift import random_shift
+
+    plain = _stack()
+    st = Stack(list(plain.stages), random_shift(C=4, O=3, maps=2))
+    z = torch.randn(3, 4, 3, 5)
+    y = st(z)
+    assert torch.allclose(y, st.outputs(z, fast=False)[-1], atol=1e-5)  # the row path shifts too
+    d = y - plain(z)
+    assert d.abs().max() > 1e-3 and torch.allclose(d, d[:, :, :1, :1].expand_as(d), atol=1e-5)
+    assert st.num_parameters() == plain.num_parameters() + st.shift.num_parameters()
+    back = stages.load(st.save(tmp_path / "shifted"))
+    assert torch.equal(back(z), y) and back.shift.describe() == st.shift.describe()
+    with pytest.raises(ValueError, match="the global shift reads 5 input"):
+        Stack(list(plain.stages), random_shift(C=5, O=3))
+    with pytest.raises(ValueError, match="tensors of no stage"):  # shift weights without its description
+        Stack.from_description(st.describe(), st.state_dict(), "f")

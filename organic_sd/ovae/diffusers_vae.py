@@ -27,11 +27,13 @@ from organic_sd.ovae.model import KINDS, OVAE, Part, PartConfig
 
 def _empty_part(described: dict) -> Part:
     """A Part of the described shape with untrained weights (from_pretrained fills them in)."""
-    if "stages" in described:  # a staged part: one empty OLA module per stage
+    if "stages" in described:  # a staged part: one empty OLA module per stage (and its global shift's)
+        from organic_sd.global_shift import GlobalShift
         from organic_sd.stages import Stack, Stage, StageConfig
 
+        shift = GlobalShift.skeleton(described["shift"]) if "shift" in described else None
         stack = Stack([Stage(StageConfig(**d["stage"]), OLAModule(OLAConfig(**d["ola"]), d.get("training", {})))
-                       for d in described["stages"]])
+                       for d in described["stages"]], shift)
         return Part(PartConfig(**described["part"]), stack)
     module = OLAModule(OLAConfig(**described["ola"]), described.get("training", {}))
     return Part(PartConfig(**described["part"]), module)

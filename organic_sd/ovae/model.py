@@ -158,8 +158,9 @@ class Part(nn.Module):
         """The JSON-able description stored in files and shown in `meta`."""
         m = self.module
         if isinstance(m, Stack):
-            return {"part": asdict(self.config), "stages": m.describe(), "parameters": self.num_parameters(),
-                    "training": getattr(m, "training_summary", {})}
+            shift = {} if m.shift is None else {"shift": m.shift.describe()}
+            return {"part": asdict(self.config), "stages": m.describe(), **shift,
+                    "parameters": self.num_parameters(), "training": getattr(m, "training_summary", {})}
         ola = asdict(m.config) if isinstance(m, OLAModule) else {"in_dim": m.in_dim, "out_dim": m.out_dim}
         return {"part": asdict(self.config), "ola": ola, "parameters": self.num_parameters(),
                 "training": getattr(m, "training_summary", {})}
@@ -300,7 +301,7 @@ def read_parts(path: str | os.PathLike, device: str | torch.device = "cpu") -> d
     for kind, d in described.items():
         own = {n[len(kind) + 1:]: t for n, t in tensors.items() if n.startswith(kind + ".")}
         if "stages" in d:  # a staged part
-            stack = Stack.from_description(d["stages"], own, f"{file}: {kind}")
+            stack = Stack.from_description(d["stages"], own, f"{file}: {kind}", d.get("shift"))
             stack.training_summary = d.get("training", {})
             out[kind] = Part(PartConfig(**d["part"]), stack.to(device))
             continue

@@ -16,6 +16,7 @@ run trains what is left of each stage's share); a stage ended early by --stage-p
 later stages (stage_budget); --ticks counts per stage, also over calls. --init starts every stage from an
 earlier run's; --init-frozen N takes its first N stages as they are (scored, saved, status "frozen", no minutes) and
 trains the rest, which may then have other shapes: a finer stage re-fitted or reshaped on the frozen coarse ones.
+A decoder with --shift-seconds ends with its global shift (train_shift.py), after the last stage.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from organic_sd.data.store import Store
 from organic_sd.devices import resolve_device
 from organic_sd.files import atomic_json
 from organic_sd.metrics.pixels import cosine_rows, psnr_of_mse
+from organic_sd.ovae import train_shift
 from organic_sd.ovae.config import ADDED_FIELDS, RUN_FIELDS, TrainConfig, stage_specs
 from organic_sd.ovae.features import FeatureTargets, open_basis
 from organic_sd.ovae.model import OVAE, WEIGHTS_NAME, Part, PartConfig, read_parts
@@ -207,17 +209,22 @@ class StageRows:
         return capped(xs, ys, max_rows, rng)
 
 
+def heldout_indices(store: Store, n: int, seed: int) -> np.ndarray:
+    """The run's n held-out samples (as rows.HeldOut chooses them): every stage and the shift are judged on them."""
+    val = store.indices("val")
+    if len(val) == 0:
+        raise ValueError(f"store {store.path} has no held-out samples (val split is empty); "
+                         "re-run precompute with --val-fraction > 0")
+    rng = np.random.default_rng(seed + 1)
+    return np.sort(rng.choice(val, min(n, len(val)), replace=False))
+
+
 class StageHeldOut:
-    """Fixed held-out samples (chosen as rows.HeldOut chooses them), scored at this stage's resolution."""
+    """Fixed held-out samples (heldout_indices), scored at this stage's resolution."""
 
     def __init__(self, rows: StageRows, n: int, seed: int):
         store = rows.rows.store
-        val = store.indices("val")
-        if len(val) == 0:
-            raise ValueError(f"store {store.path} has no held-out samples (val split is empty); "
-                             "re-run precompute with --val-fraction > 0")
-        rng = np.random.default_rng(seed + 1)
-        self.idx = np.sort(rng.choice(val, min(n, len(val)), replace=False))
+        self.idx = heldout_indices(store, n, seed)
         self.rows = rows
         self.chunks = []  # per chunk: target, [(input map, extra) per set of latents]; the frozen stages never change
         for i in range(0, len(self.idx), 16):
@@ -480,11 +487,47 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         spent.append(state["time"])
     done = len(frozen) == len(configs)
     status = "done" if done else ("interrupted" if results and results[-1]["status"] == "interrupted" else "stopped")
-    stack = Stack(frozen) if frozen else None
-    out = {"run": str(run), "status": status, "stages": results,
-           "parameters": None if stack is None else stack.num_parameters()}
+    if done and not (run / WEIGHTS_NAME).is_file() and dist.is_main():  # every stage frozen from --init
+        stack = Stack(frozen)
+        stack.training_summary = {"run": {"stage": len(frozen), "init": cfg.init, "init_frozen": cfg.init_frozen}}
+        OVAE(**{cfg.kind: Part(part_cfg, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+    shift = None
+    if done and cfg.shift_seconds:
+        shift = _shift_step(cfg, run, store, part_rows, train_idx, dev, log_to)
+        status = "interrupted" if shift is None else status
+    params = read_parts(run, "cpu")[cfg.kind].num_parameters() if done else (
+        Stack(frozen).num_parameters() if frozen else None)
+    out = {"run": str(run), "status": status, "stages": results, "parameters": params}
+    if shift is not None:
+        out["shift"] = shift
     if done:
         out.update({k: v for k, v in results[-1].items() if k not in ("stage", "status")})
-        print(f"done: {run / WEIGHTS_NAME} ({out['parameters']:,} parameters in {len(frozen)} stages)", file=log_to)
+        print(f"done: {run / WEIGHTS_NAME} ({out['parameters']:,} parameters in {len(frozen)} stages"
+              + (", and a global shift" if shift and shift.get("kept") else "") + ")", file=log_to)
     return out
+
+
+def _shift_step(cfg: TrainConfig, run: Path, store: Store, part_rows: PartRows, train_idx: np.ndarray, dev,
+                log_to) -> dict | None:
+    """Fit the finished decoder's global shift once (train_shift.py), writing RUN_DIR/model.safetensors again with it
+    if it is kept; its summary, or None when Ctrl-C stopped it (the same command fits it again)."""
+    done = train_shift.shift_state(run)
+    if done is not None:
+        print(f"global shift: done earlier ({'kept' if done['kept'] else 'not kept'})", file=log_to)
+        return done
+    part = read_parts(run, dev)[cfg.kind]
+    stages = list(part.module.stages)
+    held = heldout_indices(store, cfg.eval_images, cfg.seed)
+    try:
+        shift, summary = train_shift.fit_shift(Stack(stages), part_rows, train_idx, held, cfg.shift_seconds, cfg.seed,
+                                               dev, log_to)
+    except KeyboardInterrupt:
+        print("global shift: interrupted (the stages are saved; the same command fits the shift again)", file=log_to)
+        return None
+    if shift is not None and dist.is_main():
+        stack = Stack(stages, shift)
+        stack.training_summary = part.module.training_summary
+        OVAE(**{cfg.kind: Part(part.config, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+    train_shift.record(run, summary)
+    return {"status": "done", **summary}
 
