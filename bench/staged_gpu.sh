@@ -12,8 +12,11 @@
 #   bench/staged_gpu.sh pair NAME DEC ENC [osd train args] DEC's stages re-fitted on rows 30% from ENC's latents,
 #                                                          7.4 min (pm8 with es8: 23.48 / 24.03 dB; pmdLCs, the
 #                                                          carry, 5 min: 23.58 / 24.15 dB; pmL7 from dL32, 3 min:
-#                                                          23.97 / 24.38 dB); give DEC's own
-#                                                          --stages if it was not trained with the default
+#                                                          23.97 / 24.38 dB; pmL5 at --mix-teacher 0.5:
+#                                                          23.64 / 24.66, with --shift-seconds 60 (the global
+#                                                          shift, fitted after the stages) 24.19 / 24.70 dB);
+#                                                          give DEC's own --stages if it was not trained with the
+#                                                          default
 #   bench/staged_gpu.sh ref NAME [osd train args]          the Adam reference of `dec`'s shapes (or of the given
 #                                                          --stages), 40 s a stage: bench/staged_reference.py
 #   bench/staged_gpu.sh eref NAME [osd train args]         the same for `enc`'s staged O-Encoder

@@ -47,13 +47,19 @@ def _spread(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return (x - mean[:, :, None, None]).square().mean((2, 3)).sqrt()
 
 
+def _step(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Per image and channel the mean |difference| (B, C) of neighbours along dim of x (B, C, h, w); 0 on a side of
+    one cell, which has no neighbours."""
+    n = x.shape[dim]
+    if n < 2:
+        return x.new_zeros(x.shape[:2])
+    return (x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)).abs().mean((2, 3))
+
+
 def global_stats(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Input z (B, C, h, w) and output y (B, O, H, W) -> (B, 4C + 3O) statistics, unstandardised."""
     zm, ym = z.mean((2, 3)), y.mean((2, 3))
-    dzx = (z[..., 1:] - z[..., :-1]).abs().mean((2, 3))
-    dzy = (z[..., 1:, :] - z[..., :-1, :]).abs().mean((2, 3))
-    dyx = (y[..., 1:] - y[..., :-1]).abs().mean((2, 3))
-    return torch.cat([zm, _spread(z, zm), dzx, dzy, ym, _spread(y, ym), dyx], 1)
+    return torch.cat([zm, _spread(z, zm), _step(z, 3), _step(z, 2), ym, _spread(y, ym), _step(y, 3)], 1)
 
 
 class GlobalShift(nn.Module):

@@ -35,6 +35,8 @@ def test_statistics_of_known_maps():
     assert torch.isclose(zm[1, 2], torch.tensor(0.6)) and dx[1, 2] == 1 and dy[1, 2] == 0
     assert torch.isclose(zs[1, 2], torch.tensor(0.6 * 0.4) ** 0.5)
     assert torch.all(ym == -0.5) and torch.all(ys == 0) and torch.all(yx == 0)
+    one = global_stats(torch.randn(2, 4, 1, 1), torch.randn(2, 3, 8, 8))  # a one-cell latent: no neighbours, no NaN
+    assert torch.isfinite(one).all() and torch.all(one[:, 8:16] == 0)
 
 
 def test_one_number_per_image_and_channel_and_the_probe_picks_the_map():
