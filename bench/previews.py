@@ -71,10 +71,15 @@ def onnx_times(ovae: OVAE, side: int, threads: int, repeats: int) -> dict:
             feed = {sess.get_inputs()[0].name: x.numpy()}
             fn = ovae.encode if part == "encoder" else ovae.decode
             diff = float((torch.from_numpy(sess.run(None, feed)[0]) - fn(x)).abs().max())
-            conv = ConvPart(ovae.parts()[part])
+            conv = conv_path(ovae.parts()[part])
             out[part] = {"torch": ms_per_call(fn, x, repeats), "conv": ms_per_call(conv, x, repeats),
                          "onnxruntime": ms_per_call(lambda _: sess.run(None, feed), x, repeats), "max_abs_diff": diff}
     return out
+
+
+def conv_path(part):
+    """A part as plain convolutions: a patch part through ConvPart; a staged part runs as convolutions already."""
+    return ConvPart(part) if part.config.mode == "patch" else part
 
 
 def main(argv=None) -> int:
@@ -97,10 +102,11 @@ def main(argv=None) -> int:
                          "all three must be the same")
     f = ovae.decoder.config.downscale
     M = fit_linear(store)
-    conv = ConvPart(ovae.decoder)
-    previews = {"O-Decoder (OVAE.decode)": ovae.decode, "O-Decoder as convolutions (the preview path)": conv,
-                "linear latent-to-RGB map": lambda z: linear_preview(M, z, f),
-                "teacher decoder (the reference)": lambda z: teacher.decode(z).float()}
+    previews = {"O-Decoder (OVAE.decode)": ovae.decode}
+    if ovae.decoder.config.mode == "patch":  # a staged decoder's OVAE.decode is its convolution pass already
+        previews["O-Decoder as convolutions (the preview path)"] = conv_path(ovae.decoder)
+    previews.update({"linear latent-to-RGB map": lambda z: linear_preview(M, z, f),
+                     "teacher decoder (the reference)": lambda z: teacher.decode(z).float()})
     with torch.inference_mode():
         x = photos(args.images, args.size)
         zt = torch.cat([teacher.encode(xi[None]).float() for xi in x])  # (N, C, h, w)

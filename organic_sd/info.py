@@ -83,9 +83,11 @@ def ovae_summary(v) -> str:
             if d.get("shift"):
                 sh = d["shift"]
                 how = "one map" if sh["shift"]["maps"] == 1 else "two maps, a probe of the latents' source picks one"
+                t = sh.get("training") or {}
+                held = _figures(t.get("heldout") or {})
                 lines.append(f"    global shift: per image, {sh['shift']['out_channels']} channel shifts from "
                              f"{4 * sh['shift']['in_channels'] + 3 * sh['shift']['out_channels']} global statistics "
-                             f"({how}); {_trained(sh.get('training') or {})}")
+                             f"({how}); {_trained(t)}" + (f"; held-out with it: {held}" if held else ""))
         else:
             lines.append(f"  {name}: {p['mode']}, window {p['window']}, {_arch(d['ola'])}, {d['parameters']:,} parameters")
         t = d.get("training") or {}

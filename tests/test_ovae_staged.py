@@ -283,6 +283,8 @@ def test_a_global_shift_is_fitted_after_the_stages_once_and_kept_only_if_better(
     res = train(quick("decoder", store, tmp_path / "only", stages=STAGES, ticks=1, init=str(run), init_frozen=3,
                       shift_seconds=2))
     assert [s["status"] for s in res["stages"]] == ["frozen"] * 3 and res["shift"]["sources"] == 1
+    frozen_file = OVAE.load(tmp_path / "only").decoder.module.training_summary["run"]
+    assert frozen_file["psnr"] == res["stages"][-1]["psnr"] and frozen_file["init"] == str(run)
     assert OVAE.load(tmp_path / "only").decode(torch.zeros(1, 4, 4, 4)).shape == (1, 3, 32, 32)
 
 

@@ -489,7 +489,8 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
     status = "done" if done else ("interrupted" if results and results[-1]["status"] == "interrupted" else "stopped")
     if done and not (run / WEIGHTS_NAME).is_file() and dist.is_main():  # every stage frozen from --init
         stack = Stack(frozen)
-        stack.training_summary = {"run": {"stage": len(frozen), "init": cfg.init, "init_frozen": cfg.init_frozen}}
+        last = {k: v for k, v in results[-1].items() if k not in ("status", "tick")}  # its scores on this run's images
+        stack.training_summary = {"run": {**last, "init": cfg.init}}
         OVAE(**{cfg.kind: Part(part_cfg, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
     shift = None
     if done and cfg.shift_seconds:
