@@ -314,3 +314,23 @@ def test_the_shift_learns_a_cast_the_stages_leave(tmp_path):
     oracle = float((decodes - decodes.mean((2, 3), keepdim=True)).square().mean())  # each image's own mean taken away
     before, after = summary["before"]["heldout_mse"], summary["after"]["heldout_mse"]
     assert after < before - 0.6 * (before - oracle), (before, after, oracle)
+
+
+def test_ctrl_c_in_the_shift_step_keeps_the_stages_and_the_same_command_fits_it(store, tmp_path, monkeypatch, capsys):
+    from organic_sd.ovae import train_shift
+
+    run, kw = tmp_path / "dec", {"stages": STAGES, "ticks": 1, "shift_seconds": 1}
+    real_fit = train_shift.fit_shift
+
+    def stopped(*a, **k):  # Ctrl-C while the shift's maps evolve
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_shift, "fit_shift", stopped)
+    res = train(quick("decoder", store, run, **kw))
+    assert res["status"] == "interrupted" and "global shift: interrupted" in capsys.readouterr().out
+    assert not (run / "shift" / "state.json").exists() and OVAE.load(run).decoder.module.shift is None
+    monkeypatch.setattr(train_shift, "fit_shift", real_fit)
+    again = train(quick("decoder", store, run, **kw))
+    out = capsys.readouterr().out
+    assert again["status"] == "done" and out.count("done earlier") == 3 and "global shift: held-out" in out
+    assert (run / "shift" / "state.json").is_file()
