@@ -4,8 +4,8 @@ training split, no gradients.
     per source of latents the decoder serves (the teacher's; with --latents mix:RUN an O-Encoder's too), over the
         training split's images: the statistics of latent and decoder output, and the mean error per colour channel
         (target - output; the target: the stages' own for the teacher's latents, the image for an O-Encoder's)
-    -> ola.fit of one linear map per source and, with two sources, of a probe (toward +1 teacher, -1 O-Encoder) whose
-       sign picks the map; --shift-seconds shared out between them
+    -> ola.fit of one linear map per source and, with two sources, of a probe (toward +0.5 for the teacher's latents,
+       -0.5 for the O-Encoder's) whose sign picks the map; --shift-seconds shared out between them
     -> kept only if the run's held-out images score better with it (their MSE, weighted over the sources as the rows
        are): RUN_DIR/model.safetensors is then written again with the shift after the stages.
 RUN_DIR/shift/state.json records the outcome, so a resumed run does not fit it twice.
@@ -28,7 +28,7 @@ from organic_sd.ovae.rows import PartRows
 from organic_sd.runs import out_scale_for, typical_largest
 from organic_sd.stages import Stack
 
-POPULATION = 40  # what bench/global_shift.py measured with: 73 statistics, about a thousand images
+POPULATION = 40  # what bench/global_shift.py measured with (about a thousand images, one row each)
 MAX_IMAGES = 4096  # training images the statistics are taken from, at most (one row each)
 PROBE_SHARE = 0.2  # of --shift-seconds, with two sources; the maps share the rest
 CHUNK = 16
@@ -118,7 +118,8 @@ def fit_shift(stack: Stack, rows: PartRows, train_idx: np.ndarray, held_idx: np.
     shift.training_summary = {"strategy": "ola.fit (evolution)", "population": POPULATION,
                               "seconds": summary["seconds"], "device": str(device), "n_train": len(pick),
                               "heldout": after}
-    fmt = lambda s: f"{s['psnr']:.2f} dB" + (f" / {s['psnr_oenc']:.2f} dB (O-Encoder's)" if "psnr_oenc" in s else "")  # noqa: E731
+    fmt = lambda s: f"{s['psnr']:.2f} dB" + (  # noqa: E731
+        f" / {s['psnr_oenc']:.2f} dB (O-Encoder's, against the image)" if "psnr_oenc" in s else "")
     print(f"global shift: held-out {fmt(before)} -> {fmt(after)}: " + ("kept" if kept else "not kept (no better)"),
           file=log_to)
     return (shift if kept else None), summary
