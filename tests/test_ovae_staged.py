@@ -308,7 +308,7 @@ def test_the_shift_learns_a_cast_the_stages_leave(tmp_path):
                                   torch.device("cpu"), None)
     val = st.indices("val")
     shift, summary = fit_shift(v.decoder.module, part_rows, st.indices("train"), val, 4.0, 0,
-                               torch.device("cpu"), open(os.devnull, "w"))
+                               torch.device("cpu"), open(os.devnull, "w"), progress=True)  # the bars' path too
     assert shift is not None and summary["kept"] and summary["sources"] == 1
     decodes = torch.from_numpy(np.asarray(st.decodes[val], np.float32))
     oracle = float((decodes - decodes.mean((2, 3), keepdim=True)).square().mean())  # each image's own mean taken away

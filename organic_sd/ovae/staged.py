@@ -521,7 +521,7 @@ def _shift_step(cfg: TrainConfig, run: Path, store: Store, part_rows: PartRows, 
     held = heldout_indices(store, cfg.eval_images, cfg.seed)
     try:
         shift, summary = train_shift.fit_shift(Stack(stages), part_rows, train_idx, held, cfg.shift_seconds, cfg.seed,
-                                               dev, log_to)
+                                               dev, log_to, cfg.progress)
     except KeyboardInterrupt:
         print("global shift: interrupted (the stages are saved; the same command fits the shift again)", file=log_to)
         return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from organic_sd import dist, ola
 from organic_sd.files import atomic_json
@@ -40,14 +41,16 @@ def shift_state(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _collect(stack: Stack, rows: PartRows, idx: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _collect(stack: Stack, rows: PartRows, idx: np.ndarray,
+             progress: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per source of latents: statistics (n, F), mean error per channel (n, O) and squared error (n, O) of samples
     idx, on the host. The teacher's latents are judged against the stages' target, an O-Encoder's against the image:
     they only ever reach the decoder in the full O-VAE, whose output is compared with the original."""
     store, part = rows.store, rows.part
     out = None
     with torch.no_grad():
-        for i in range(0, len(idx), CHUNK):
+        for i in tqdm(range(0, len(idx), CHUNK), desc="global shift: statistics", unit="chunk", disable=not progress,
+                      leave=False):
             chunk = idx[i:i + CHUNK]
             images = torch.from_numpy(store.images[chunk]).to(rows.device)
             decodes = images if part.target == "image" else torch.from_numpy(store.decodes[chunk]).to(rows.device)
@@ -81,13 +84,15 @@ def _heldout(shift: GlobalShift | None, held: list, weights: list[float]) -> dic
 
 
 def fit_shift(stack: Stack, rows: PartRows, train_idx: np.ndarray, held_idx: np.ndarray, seconds: float, seed: int,
-              device: torch.device, log_to) -> tuple[GlobalShift | None, dict]:
+              device: torch.device, log_to, progress: bool = False) -> tuple[GlobalShift | None, dict]:
     """Evolve the shift of `stack` (its stages trained) on train_idx, judge it on held_idx: (the shift if it is kept,
-    else None; a summary with the held-out scores before and after)."""
+    else None; a summary with the held-out scores before and after). `progress`: bars for the statistics and fits."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed + 7)
     pick = np.sort(rng.choice(train_idx, min(len(train_idx), MAX_IMAGES), replace=False))
-    train, held = _collect(stack, rows, pick), _collect(stack, rows, held_idx)
+    print(f"global shift: statistics of {len(pick)} training and {len(held_idx)} held-out images, then {seconds:g} s "
+          "of evolution", file=log_to)
+    train, held = _collect(stack, rows, pick, progress), _collect(stack, rows, held_idx, progress)
     stats = torch.cat([t[0] for t in train])  # (n * sources, F)
     mean, scale = stats.mean(0), stats.std(0) + 1e-6  # one standardisation for every map and the probe
     std = [((t[0] - mean) / scale, t[1]) for t in train]
@@ -96,14 +101,14 @@ def fit_shift(stack: Stack, rows: PartRows, train_idx: np.ndarray, held_idx: np.
     maps = []
     for k, (x, d) in enumerate(std):
         maps.append(ola.fit(x, d, population=POPULATION, out_scale=out_scale_for(typical_largest(d)),
-                            max_seconds=map_seconds, device=device, seed=seed + k))
+                            max_seconds=map_seconds, device=device, seed=seed + k, progress=progress))
     probe = None
     if n_src > 1:  # positive: the teacher's latents (latent_sets' first), negative: the O-Encoder's
         x = torch.cat([s for s, _ in std])
         # +-0.5: inside what tanh reaches; only the sign is read
         label = torch.cat([torch.full((len(s), 1), 0.5 - k) for k, (s, _) in enumerate(std)])
         probe = ola.fit(x, label, population=POPULATION, out_scale=1.0, max_seconds=seconds * PROBE_SHARE,
-                        device=device, seed=seed + n_src)
+                        device=device, seed=seed + n_src, progress=progress)
     shift = GlobalShift(ShiftConfig(stack.in_channels, stack.out_channels, n_src), maps, probe, mean, scale).to(device)
     w = rows.mix_teacher if n_src > 1 else 1.0
     before, after = _heldout(None, held, [w, 1 - w]), _heldout(shift, held, [w, 1 - w])
