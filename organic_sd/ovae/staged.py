@@ -492,6 +492,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         last = {k: v for k, v in results[-1].items() if k not in ("status", "tick")}  # its scores on this run's images
         stack.training_summary = {"run": {**last, "init": cfg.init}}
         OVAE(**{cfg.kind: Part(part_cfg, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+    dist.barrier()  # under torchrun the other ranks read the file rank 0 wrote
     shift = None
     if done and cfg.shift_seconds:
         shift = _shift_step(cfg, run, store, part_rows, train_idx, dev, log_to)
@@ -530,5 +531,6 @@ def _shift_step(cfg: TrainConfig, run: Path, store: Store, part_rows: PartRows, 
         stack.training_summary = part.module.training_summary
         OVAE(**{cfg.kind: Part(part.config, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
     train_shift.record(run, summary)
+    dist.barrier()
     return {"status": "done", **summary}
 
