@@ -324,9 +324,13 @@ class StageJob:
         path = module.save(self.stage_dir / WEIGHTS_NAME)
         if self.last:  # the whole part exists: RUN_DIR/model.safetensors loads with OVAE.load(RUN_DIR)
             kept.training_summary = {"run": {**summary, "stage": self.index + 1}}
-            OVAE(**{self.part_cfg.kind: Part(self.part_cfg, kept)},
-                 meta={"training_run": str(self.run)}).save(self.run / WEIGHTS_NAME)
+            save_part(self.run, self.part_cfg, kept)
         return path
+
+
+def save_part(run: Path, part_cfg: PartConfig, stack: Stack) -> Path:
+    """RUN_DIR/model.safetensors: the whole staged part so far (its stack's training_summary set by the caller)."""
+    return OVAE(**{part_cfg.kind: Part(part_cfg, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
 
 
 def _init_stages(spec: str, kind: str, configs: list[StageConfig], hidden: list[int], device,
@@ -491,7 +495,7 @@ def train_staged(cfg: TrainConfig, log_to=None) -> dict:
         stack = Stack(frozen)
         last = {k: v for k, v in results[-1].items() if k not in ("status", "tick")}  # its scores on this run's images
         stack.training_summary = {"run": {**last, "init": cfg.init}}
-        OVAE(**{cfg.kind: Part(part_cfg, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+        save_part(run, part_cfg, stack)
     dist.barrier()  # under torchrun the other ranks read the file rank 0 wrote
     shift = None
     if done and cfg.shift_seconds:
@@ -529,7 +533,7 @@ def _shift_step(cfg: TrainConfig, run: Path, store: Store, part_rows: PartRows, 
     if shift is not None and dist.is_main():
         stack = Stack(stages, shift)
         stack.training_summary = part.module.training_summary
-        OVAE(**{cfg.kind: Part(part.config, stack)}, meta={"training_run": str(run)}).save(run / WEIGHTS_NAME)
+        save_part(run, part.config, stack)
     train_shift.record(run, summary)
     dist.barrier()
     return {"status": "done", **summary}
