@@ -1,7 +1,7 @@
 """Does spatial depth give an O-UNet's samples the teacher's fine structure? A small conv net by Adam, a reference.
 
     python bench/ounet_conv_reference.py --ounet mnist --store STORE --teacher ddpm-mnist:PATH [--seconds 360] \
-        [--channels 32] [--n 1000] [--seed 5002] [--device cpu] [--png conv.png] [--json OUT]
+        [--channels 32] [--n 1000] [--seed 5002] [--device cpu] [--below T] [--png conv.png] [--json OUT]
 
 Every per-pixel stack, and a 14x14 mid stage beside one, leaves most of the fine-structure gap (low-noise
 error 0.067-0.073 by Adam against the teacher's 0.051; docs/BENCHMARKS.md). This fits, with Adam only (a
@@ -12,6 +12,11 @@ Three stacked layers see 13x13 pixels through nonlinear features of nonlinear fe
 per-pixel stacks lack. Reported: held-out target MSE, and on --n 8-step samples from noise --seed the
 low-noise error (metrics/denoising.py, the teacher judging) and KID / precision / recall against the
 teacher's 50-step samples. The default seed is the dev seed's noise: a diagnosis, which chooses nothing.
+
+--below T: the net is fitted on records with t < T only and samples with it at those steps, the O-UNet at the
+others (the last two of 8 DDIM steps are t = 250 and 125: --below 300 asks whether depth at those two steps alone
+draws the O-UNet's shapes as the teacher's last two steps do). The PNG then shows 64 samples: the teacher's 8
+steps | the O-UNet alone | the O-UNet with the net below T.
 """
 
 from __future__ import annotations
@@ -74,6 +79,19 @@ class ConvReference(nn.Module):
             return to_eps(self.u.config.target, out, x_t, self.u._schedule.to(x_t.device)[t].float())
 
 
+class Below:
+    """The net at steps t < below, the O-UNet at the others (a DDIM batch shares one t)."""
+
+    def __init__(self, net: ConvReference, below: int):
+        self.net, self.below = net, below
+        self.alphas_cumprod, self.sample_shape, self.device = net.alphas_cumprod, net.sample_shape, net.device
+
+    def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
+        """eps of the model owning step t."""
+        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
+        return (self.net if int(t[0]) < self.below else self.net.u).eps(x_t, t, cond)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ounet", default="mnist")
@@ -86,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=5002)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--below", type=int, default=0, help="fit and use the net only at steps t < BELOW (0: every step)")
     p.add_argument("--png", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -104,8 +123,11 @@ def main(argv=None) -> int:
 
     def load(pool, n):
         """n update-weighted records of pool, on the device: inputs (n, 2C+2, H, W), targets (n, C, H, W)."""
-        idx = np.sort(draw_records(rng, pool, n, record_weights("update", u.config.target, u.schedule,
-                                                                store.t[pool], 8)))
+        w = record_weights("update", u.config.target, u.schedule, store.t[pool], 8)
+        if args.below:
+            w = w * (np.asarray(store.t[pool]).round() < args.below)
+            w = w / w.sum()
+        idx = np.sort(draw_records(rng, pool, n, w))
         zs, ys = [], []
         for i in range(0, len(idx), 4096):
             j = idx[i:i + 4096]
@@ -153,18 +175,25 @@ def main(argv=None) -> int:
     ref, few = dist.draw(teacher, noise, dist.REF_STEPS), dist.draw(teacher, noise, dist.STEPS)
     res = {"args": vars(args), "parameters": params, "adam_steps": steps, "heldout_mse": best, "samples": {}}
     print("| 8-step samples | low-noise error | KID x1000 / P / R |\n| --- | ---: | --- |")
-    for name, model in (("teacher", teacher), ("O-UNet (evolved)", u), ("conv net (Adam)", net)):
-        x = few if model is teacher else dist.draw(model, noise, dist.STEPS)
+    mine = Below(net, args.below) if args.below else net
+    label = f"O-UNet, conv net (Adam) below t = {args.below}" if args.below else "conv net (Adam)"
+    drawn = {}
+    for name, model in (("teacher", teacher), ("O-UNet (evolved)", u), (label, mine)):
+        x = drawn[name] = few if model is teacher else dist.draw(model, noise, dist.STEPS)
         d = distribution_report(ref, x, pr, paired=True)
         r = {"denoise_err": float(denoising_error(teacher, x, pr).mean()),
              **{k: d[k] for k in ("kid_x1000", "precision", "recall")}}
         res["samples"][name] = r
         print(f"| {name} | {r['denoise_err']:.4f} | {r['kid_x1000']:.1f} / {r['precision']:.3f} / {r['recall']:.3f} |")
-        if args.png and model is net:
+        if args.png and model is mine and not args.below:
             from PIL import Image
 
             img = gen.grid_image(gen.to_unit(x[:32], pr), 8)
             Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(args.png)
+    if args.png and args.below:
+        unit = {k: gen.to_unit(drawn[n], pr) for k, n in (("reference", "teacher"), ("teacher", "O-UNet (evolved)"),
+                                                          ("ounet", label))}
+        dist.write_grid(Path(args.png), unit, show=64)
     if args.json:
         atomic_json(Path(args.json), res)
     return 0
