@@ -104,3 +104,20 @@ def test_conv_reference_reads_the_coarse_map_and_returns_eps_of_its_target():
         net.readout.weight.zero_(), net.readout.bias.fill_(0.25)  # predicts v = 0.25 everywhere
     ab = u._schedule[t].float()
     assert torch.allclose(net.eps(x_t, t), to_eps("v", torch.full_like(x_t, 0.25), x_t, ab), atol=1e-6)
+
+
+def test_conv_reference_below_a_step_hands_the_others_to_the_o_unet():
+    from ounet_conv_reference import Below, ConvReference
+    from test_ounet_stage import staged
+
+    u = staged()
+    net = ConvReference(u, channels=4)
+    with torch.no_grad():
+        net.readout.weight.zero_(), net.readout.bias.fill_(0.25)
+    mixed = Below(net, below=8)
+    x_t = torch.randn(2, 2, 12, 12, generator=torch.Generator().manual_seed(1))
+    for step in (3, 7, 8, 15):  # a DDIM batch shares one step
+        t = torch.full((2,), step)
+        want = (net if step < 8 else u).eps(x_t, t)
+        assert torch.equal(mixed.eps(x_t, t), want)
+    assert not torch.allclose(net.eps(x_t, torch.full((2,), 15)), u.eps(x_t, torch.full((2,), 15)))
