@@ -1,4 +1,4 @@
-"""Throwaway probe: a clean stage whose rows add k x k windows of the low x0 average-pooled 2x2 and 4x4
+"""Throwaway probe, kept as it ran (docs/BENCHMARKS.md, "The last two steps redraw the strokes"): a clean stage whose rows add k x k windows of the low x0 average-pooled 2x2 and 4x4
 (the pixel's parent cell), against the same stage with the full-resolution window only. Same store, rows, budget."""
 import argparse, json, sys, time
 from dataclasses import replace
