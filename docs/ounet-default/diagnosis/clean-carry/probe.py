@@ -1,5 +1,7 @@
-"""Throwaway probe, kept as it ran (docs/BENCHMARKS.md, "The last two steps redraw the strokes"): a clean stage whose rows add k x k windows of the low x0 average-pooled 2x2 and 4x4
-(the pixel's parent cell), against the same stage with the full-resolution window only. Same store, rows, budget."""
+"""Throwaway probe, kept as it ran (docs/BENCHMARKS.md, "The last two steps redraw the strokes"): a clean stage on the
+shipped O-UNet's low stack whose rows add, beside the k x k window of the low stack's x0, that x0 average-pooled 2x2 and
+4x4 (--scales 1,2,4: a k x k window around the pixel's cell) and/or the low stack's hidden units (--carry 1 or 3: their
+window), against the plain window; same store, rows and budget. Fitted by ola.fit; scored on 8-step samples."""
 import argparse, json, sys, time
 from dataclasses import replace
 import numpy as np, torch, torch.nn.functional as F
@@ -28,7 +30,7 @@ p.add_argument("--seed", type=int, default=7002)
 p.add_argument("--out", required=True)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--device", default="cpu")
-p.add_argument("--teacher", default="ddpm-mnist:/work/shared/data/teachers/ddpm-mnist")
+p.add_argument("--teacher", required=True, help="ddpm-mnist:PATH")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 SC = tuple(int(s) for s in a.scales.split(","))
