@@ -126,6 +126,8 @@ def main(argv=None) -> int:
         w = record_weights("update", u.config.target, u.schedule, store.t[pool], 8)
         if args.below:
             w = w * (np.asarray(store.t[pool]).round() < args.below)
+            if w.sum() == 0:
+                raise SystemExit(f"--below {args.below}: the store holds no records below that step")
             w = w / w.sum()
         idx = np.sort(draw_records(rng, pool, n, w))
         zs, ys = [], []
