@@ -2,7 +2,7 @@
 stack + clean stage there; Q elsewhere."""
 import sys, json, torch
 from pathlib import Path
-sys.path.insert(0, "bench")
+sys.path.insert(0, "bench")  # from the repository root: python PATH/final_step_stack.py TEACHER_PATH STORE HIDDEN SECONDS SPLIT
 from ounet_split_paths import SplitPath
 from organic_sd.ounet.model import OUNet
 from organic_sd.ounet.low import fit_low
