@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from ounet_split_paths import SplitPath  # bench/ounet_split_paths.py: the net below --below, the O-UNet above
 from torch import nn
 
 from organic_sd.files import atomic_json
@@ -77,19 +78,6 @@ class ConvReference(nn.Module):
         with torch.no_grad():
             out = self(self.inputs(x_t, t))
             return to_eps(self.u.config.target, out, x_t, self.u._schedule.to(x_t.device)[t].float())
-
-
-class Below:
-    """The net at steps t < below, the O-UNet at the others (a DDIM batch shares one t)."""
-
-    def __init__(self, net: ConvReference, below: int):
-        self.net, self.below = net, below
-        self.alphas_cumprod, self.sample_shape, self.device = net.alphas_cumprod, net.sample_shape, net.device
-
-    def eps(self, x_t: torch.Tensor, t, cond=None) -> torch.Tensor:
-        """eps of the model owning step t."""
-        t = torch.as_tensor(t, device=x_t.device).reshape(-1)
-        return (self.net if int(t[0]) < self.below else self.net.u).eps(x_t, t, cond)
 
 
 def main(argv=None) -> int:
@@ -177,7 +165,7 @@ def main(argv=None) -> int:
     ref, few = dist.draw(teacher, noise, dist.REF_STEPS), dist.draw(teacher, noise, dist.STEPS)
     res = {"args": vars(args), "parameters": params, "adam_steps": steps, "heldout_mse": best, "samples": {}}
     print("| 8-step samples | low-noise error | KID x1000 / P / R |\n| --- | ---: | --- |")
-    mine = Below(net, args.below) if args.below else net
+    mine = SplitPath(u, net, args.below) if args.below else net  # the net below T, the O-UNet from T on
     label = f"O-UNet, conv net (Adam) below t = {args.below}" if args.below else "conv net (Adam)"
     drawn = {}
     for name, model in (("teacher", teacher), ("O-UNet (evolved)", u), (label, mine)):

@@ -23,10 +23,11 @@ from organic_sd.ounet.model import OUNet
 
 
 class SplitPath:
-    """An eps model that runs `high` at steps t >= split and `low` below (what ddim_sample needs of a model)."""
+    """An eps model that runs `high` at steps t >= split and `low` below (what ddim_sample needs of a model); either
+    may be any such model of the same teacher (an O-UNet, a reference net)."""
 
-    def __init__(self, high: OUNet, low: OUNet, split: int):
-        if high.config.num_steps != low.config.num_steps or high.sample_shape != low.sample_shape:
+    def __init__(self, high, low, split: int):
+        if len(high.alphas_cumprod) != len(low.alphas_cumprod) or tuple(high.sample_shape) != tuple(low.sample_shape):
             raise ValueError("the two O-UNets must clone the same teacher (schedule and sample shape differ)")
         self.high, self.low, self.split = high, low, split
         self.alphas_cumprod, self.sample_shape, self.device = high.alphas_cumprod, high.sample_shape, high.device

@@ -107,14 +107,14 @@ def test_conv_reference_reads_the_coarse_map_and_returns_eps_of_its_target():
 
 
 def test_conv_reference_below_a_step_hands_the_others_to_the_o_unet():
-    from ounet_conv_reference import Below, ConvReference
+    from ounet_conv_reference import ConvReference
     from test_ounet_stage import staged
 
     u = staged()
     net = ConvReference(u, channels=4)
     with torch.no_grad():
         net.readout.weight.zero_(), net.readout.bias.fill_(0.25)
-    mixed = Below(net, below=8)
+    mixed = SplitPath(u, net, 8)  # what --below 8 samples with
     x_t = torch.randn(2, 2, 12, 12, generator=torch.Generator().manual_seed(1))
     for step in (3, 7, 8, 15):  # a DDIM batch shares one step
         t = torch.full((2,), step)
