@@ -10,8 +10,8 @@ latent -> 1/4 -> 1/2 -> full resolution; about 245 k parameters, so that with th
 stays under issue 24's 400 k), fitted by Adam on the training split of --store. Its rows come from the teacher in
 the loop: --crop (128) pixel crops of the store's training images (x2 flips), encoded and decoded by the teacher
 on the fly, so that --jitter can also change their colours first (a channel permutation, saturation, gamma and a
-per-channel gain, scaled by --jitter) and ask whether colour variety is the data lever unseen photos want. A reference only: it is
-never a product path, and `osd train` stays gradient-free.
+per-channel gain, scaled by --jitter) and ask whether colour variety is the data lever unseen photos want. A
+reference only: it is never a product path, and `osd train` stays gradient-free.
 
 Each --score NAME=STORE:SPLIT (SPLIT val, train or all) reports the mean per-image PSNR / SSIM / MS-SSIM of the
 decoder on the store's teacher latents against the teacher's decode (bench/heldout_decoders.score, as every decoder
