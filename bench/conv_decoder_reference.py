@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     ap.add_argument("--widths", type=int, nargs=4, default=(96, 64, 48, 32))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="the report, rewritten after the fit and after every score")
+    ap.add_argument("--save", default=None, help="write the fitted net's weights here (torch.save) before scoring")
     a = ap.parse_args(argv)
     if a.crop % 8 or a.crop < 8:
         raise SystemExit(f"--crop {a.crop}: give a positive multiple of 8 (the teacher's latent cell)")
@@ -164,6 +165,11 @@ def main(argv=None) -> int:
     report = {"args": vars(a), "parameters": net.num_parameters(), "scores": {},
               "fit": fit(net, teacher, train_images, a.seconds, a.batch, a.crop, a.jitter, a.seed)}
     print(f"  {report['fit']['steps']} Adam steps, last loss {report['fit']['last_loss']:.5f}", flush=True)
+    # a call cut while scoring (a device call's step limit) still leaves the fit and every score taken so far
+    write = lambda: a.json and Path(a.json).write_text(json.dumps(report, indent=1, default=str))  # noqa: E731
+    if a.save:
+        torch.save(net.state_dict(), a.save)
+    write()
     net.eval()
     decoders = {"conv": OnDevice(net, device)}
     decoders.update({n: read_parts(p)["decoder"] for n, _, p in (c.partition("=") for c in a.compare)})
@@ -180,8 +186,7 @@ def main(argv=None) -> int:
             m = r["odec_vs_teacher"]
             print(f"{name:6s} {d:10s} {len(idx):4d} images: PSNR {m['psnr']:.2f} dB SSIM {m['ssim']:.4f} "
                   f"MS-SSIM {m['ms_ssim']:.4f}", flush=True)
-    if a.json:
-        Path(a.json).write_text(json.dumps(report, indent=1, default=str))
+            write()
     return 0
 
 

@@ -48,11 +48,16 @@ def test_fitting_beats_the_untrained_net_on_held_out_images_and_main_writes_ever
     after = score(OnDevice(net, torch.device("cpu")), store, val)["odec_vs_teacher"]["psnr"]
     assert r["steps"] > 10 and after > before + 1.0
 
-    out = tmp_path / "conv.json"
+    out, saved = tmp_path / "conv.json", tmp_path / "conv.pt"
     main(["--store", str(store_path), "--teacher", str(teacher_path), "--seconds", "1", "--crop", "16",
-          "--widths", "4", "4", "4", "4", "--device", "cpu", "--json", str(out),
+          "--widths", "4", "4", "4", "4", "--device", "cpu", "--json", str(out), "--save", str(saved),
           "--score", f"held={store_path}:val", f"every={store_path}:all"])
     rep = json.loads(out.read_text())
     assert rep["scores"]["held"]["conv"]["images"] == len(val)
     assert rep["scores"]["every"]["conv"]["images"] == len(store)
-    assert rep["parameters"] == ConvDecoder(teacher.latent_channels, (4, 4, 4, 4)).num_parameters()
+    again = ConvDecoder(teacher.latent_channels, (4, 4, 4, 4))
+    again.load_state_dict(torch.load(saved))
+    assert rep["parameters"] == again.num_parameters()
+    rescored = score(OnDevice(again, torch.device("cpu")), store, val)["odec_vs_teacher"]["psnr"]
+    # the saved net is the one scored
+    assert abs(rescored - rep["scores"]["held"]["conv"]["odec_vs_teacher"]["psnr"]) < 1e-4
