@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,8 @@ def fit(net: ConvDecoder, teacher, images: torch.Tensor, seconds: float, batch: 
     net's device, until `seconds` pass; lr 2e-3 falling to 2e-4 on a cosine."""
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    t0, steps, losses = time.perf_counter(), 0, []
+    # the last 200 losses stay on the device: reading each one back would stall the GPU every step
+    t0, steps, losses = time.perf_counter(), 0, deque(maxlen=200)
     while (elapsed := time.perf_counter() - t0) < seconds:
         for g in opt.param_groups:
             g["lr"] = 2e-4 + 0.5 * (2e-3 - 2e-4) * (1 + math.cos(math.pi * min(elapsed / seconds, 1.0)))
@@ -123,8 +125,8 @@ def fit(net: ConvDecoder, teacher, images: torch.Tensor, seconds: float, batch: 
         loss.backward()
         opt.step()
         steps += 1
-        losses.append(float(loss.detach()))
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "last_loss": float(np.mean(losses[-200:]))}
+        losses.append(loss.detach())
+    return {"steps": steps, "seconds": time.perf_counter() - t0, "last_loss": float(torch.stack(list(losses)).mean())}
 
 
 def indices(store: Store, split: str) -> np.ndarray:
